@@ -1,0 +1,3 @@
+from branchline.cli.main import run
+
+run()

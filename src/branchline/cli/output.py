@@ -1,0 +1,62 @@
+"""Everything the CLI prints goes through here: rich for people, JSON for scripts."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+
+from branchline.errors import BranchlineError
+
+
+def _default(value: object) -> object:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def to_json(data: object) -> str:
+    return json.dumps(data, indent=2, default=_default, ensure_ascii=False)
+
+
+@dataclass
+class Output:
+    json: bool = False
+    debug: bool = False
+    out: Console = field(default_factory=lambda: Console(highlight=False, soft_wrap=True))
+    err: Console = field(
+        default_factory=lambda: Console(stderr=True, highlight=False, soft_wrap=True)
+    )
+
+    def emit(self, data: Any, human: Callable[[Console], None]) -> None:
+        """Print `data` as JSON with --json, else let `human` render it."""
+        if self.json:
+            sys.stdout.write(to_json(data) + "\n")
+        else:
+            human(self.out)
+
+    def progress(self, message: str) -> None:
+        """A line about long work; on stderr so that --json output stays clean."""
+        if not self.json:
+            self.err.print(f"[dim]{message}[/dim]")
+
+    def error(self, exc: BranchlineError) -> None:
+        if self.json:
+            sys.stderr.write(to_json(exc.as_dict()) + "\n")
+            return
+        self.err.print(f"[bold red]error:[/bold red] {escape(exc.message)}")
+        if exc.hint:
+            self.err.print(f"[yellow]hint:[/yellow] {escape(exc.hint)}")

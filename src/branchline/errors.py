@@ -1,0 +1,95 @@
+"""One exception hierarchy for everything branchline reports to a user.
+
+Every error carries a message (what was wrong) and a hint (how to fix it).
+The CLI is the only place that turns these into output and exit codes; the
+rest of the code raises them and never prints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class BranchlineError(Exception):
+    """Base of every error branchline reports. Exit code 1: the operation failed."""
+
+    exit_code = 1
+    default_hint = "Run again with --debug for details."
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint if hint is not None else self.default_hint
+
+    def __str__(self) -> str:
+        return self.message
+
+    def as_dict(self) -> dict[str, object]:
+        return {"error": type(self).__name__, "message": self.message, "hint": self.hint}
+
+
+class UsageError(BranchlineError):
+    """The command was called wrongly. Exit code 2."""
+
+    exit_code = 2
+    default_hint = "See `branchline --help`."
+
+
+class ConfigError(UsageError):
+    """branchline.toml is wrong. Names the file, the key path and (when known) the line."""
+
+    default_hint = "Fix the key in branchline.toml and run `branchline config check`."
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: Path | str | None = None,
+        key: str | None = None,
+        line: int | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.file = str(file) if file is not None else None
+        self.key = key
+        self.line = line
+        where = self.location()
+        super().__init__(f"{where}: {message}" if where else message, hint=hint)
+        self.detail = message
+
+    def location(self) -> str:
+        parts = []
+        if self.file:
+            parts.append(self.file + (f":{self.line}" if self.line else ""))
+        if self.key:
+            parts.append(self.key)
+        return ": ".join(parts)
+
+    def as_dict(self) -> dict[str, object]:
+        data = super().as_dict()
+        data.update({"file": self.file, "key": self.key, "line": self.line})
+        return data
+
+
+class PostgresError(BranchlineError):
+    """A Postgres cluster could not be found, created, started or stopped."""
+
+    default_hint = "Look at the cluster's log file named above; run with --debug for details."
+
+
+class PostgresNotFoundError(PostgresError):
+    """No usable Postgres binaries."""
+
+    exit_code = 2
+    default_hint = (
+        "Install PostgreSQL (for example `apt-get install postgresql`), set BRANCHLINE_PG_BIN "
+        "to its bin directory, or `pip install 'branchline[embedded-pg]'` for bundled binaries."
+    )
+
+
+class StoreError(BranchlineError):
+    """The control-plane state could not be reached or migrated."""
+
+    default_hint = (
+        "Check BRANCHLINE_DATABASE_URL (or the embedded state under .branchline/) "
+        "and run `branchline status`."
+    )

@@ -1,0 +1,393 @@
+"""One Postgres cluster in a directory of its own: initdb, start, stop, status.
+
+A cluster home holds `data/` (PGDATA), `cluster.json` (superuser, password,
+port; mode 0600) and `postgres.log`. The server is started directly, never
+through a shell (pg_ctl builds a shell command line from paths), listens on
+127.0.0.1 on a free port, and keeps its socket in a private short directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from urllib.parse import quote
+
+from branchline.errors import PostgresError
+from branchline.postgres.binaries import PgBinaries, find_binaries
+from branchline.postgres.runas import RunAs, current_run_as
+
+SUPERUSER = "branchline"
+MANAGED_CONF = "branchline.conf"
+START_ATTEMPTS = 5  # a free port can be taken between choosing and binding it
+
+# Throw-away clusters (tests, previews) trade crash safety for speed.
+FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+
+
+class ClusterState(Enum):
+    MISSING = "missing"  # no data directory
+    STOPPED = "stopped"  # initialised, no live postmaster
+    RUNNING = "running"  # postmaster up and accepting connections
+
+
+@dataclass(frozen=True)
+class ClusterMeta:
+    superuser: str
+    password: str
+    port: int
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _conf_value(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class Cluster:
+    """A Postgres cluster rooted at `home`. Construction does no I/O."""
+
+    def __init__(
+        self,
+        home: Path,
+        *,
+        binaries: PgBinaries | None = None,
+        run_as: RunAs | None = None,
+    ) -> None:
+        self.home = Path(home).absolute()
+        self._binaries = binaries
+        self._run_as = run_as
+
+    # -- layout -----------------------------------------------------------
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "postgres.log"
+
+    @property
+    def meta_file(self) -> Path:
+        return self.home / "cluster.json"
+
+    @property
+    def socket_dir(self) -> Path:
+        # Unix socket paths are limited to ~107 bytes, so not under `home`.
+        digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"branchline-pg-{digest}"
+
+    @property
+    def binaries(self) -> PgBinaries:
+        if self._binaries is None:
+            self._binaries = find_binaries()
+        return self._binaries
+
+    @property
+    def run_as(self) -> RunAs:
+        if self._run_as is None:
+            self._run_as = current_run_as()
+        return self._run_as
+
+    # -- state ------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return (self.data_dir / "PG_VERSION").exists()
+
+    def meta(self) -> ClusterMeta:
+        try:
+            raw = json.loads(self.meta_file.read_text())
+            return ClusterMeta(raw["superuser"], raw["password"], int(raw["port"]))
+        except (OSError, ValueError, KeyError) as exc:
+            raise PostgresError(
+                f"cluster metadata {self.meta_file} is unreadable: {exc}",
+                hint="If the cluster is disposable, delete its directory and start again.",
+            ) from exc
+
+    def _write_meta(self, meta: ClusterMeta) -> None:
+        tmp = self.meta_file.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(
+                {"superuser": meta.superuser, "password": meta.password, "port": meta.port}, fh
+            )
+        tmp.replace(self.meta_file)  # atomic: a crash never leaves half a file
+
+    def postmaster_pid(self) -> int | None:
+        """The live postmaster's pid, or None."""
+        try:
+            lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
+            pid = int(lines[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if _alive(pid) else None
+
+    def _ready(self) -> bool:
+        try:
+            lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
+        except OSError:
+            return False
+        # Line 8 of postmaster.pid is the postmaster status (Postgres 10+).
+        return len(lines) >= 8 and lines[7].strip() == "ready"
+
+    def state(self) -> ClusterState:
+        if not self.exists():
+            return ClusterState.MISSING
+        if self.postmaster_pid() is not None and self._ready():
+            return ClusterState.RUNNING
+        return ClusterState.STOPPED
+
+    # -- lifecycle --------------------------------------------------------
+
+    def init(
+        self,
+        *,
+        settings: Mapping[str, str] | None = None,
+        durable: bool = True,
+    ) -> None:
+        """Create the cluster (initdb). Idempotent: an existing cluster is left as it is."""
+        if self.exists():
+            return
+        if self.data_dir.exists():
+            # A crash during an earlier initdb: start over.
+            shutil.rmtree(self.data_dir)
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.run_as.check_reachable(self.home)
+        self.run_as.own(self.home)
+        meta = ClusterMeta(SUPERUSER, secrets.token_urlsafe(24), free_port())
+        pwfile = self.home / ".initdb-password"
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(meta.password + "\n")
+        self.run_as.own(pwfile)
+        try:
+            self._run(
+                [
+                    self.binaries.path("initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    meta.superuser,
+                    f"--pwfile={pwfile}",
+                    "--auth-host=scram-sha-256",
+                    "--auth-local=trust",  # the socket directory is private (0700)
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    *([] if durable else ["--no-sync"]),
+                ],
+                what="initdb",
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        extra = dict(settings or {})
+        if not durable:
+            extra = {**FAST_SETTINGS, **extra}
+        with (self.data_dir / "postgresql.conf").open("a") as conf:
+            conf.write(f"\n# Written by branchline.\ninclude_if_exists = '{MANAGED_CONF}'\n")
+            for key, value in extra.items():
+                conf.write(f"{key} = {_conf_value(value)}\n")
+        self._write_meta(meta)
+
+    def start(self, *, timeout: float = 30.0) -> ClusterMeta:
+        """Start the cluster if it is not running; return its connection facts."""
+        if not self.exists():
+            raise PostgresError(
+                f"no cluster in {self.home}", hint="Initialise it first (`branchline status`)."
+            )
+        if self.state() is ClusterState.RUNNING:
+            return self.meta()
+        if self.postmaster_pid() is not None:
+            # Starting up or shutting down: wait for it to settle.
+            self._wait_ready(timeout, process=None)
+            return self.meta()
+        self._prepare_socket_dir()
+        meta = self.meta()
+        for attempt in range(START_ATTEMPTS):
+            if attempt > 0 or not port_is_free(meta.port):
+                meta = ClusterMeta(meta.superuser, meta.password, free_port())
+                self._write_meta(meta)
+            self._write_managed_conf(meta.port)
+            process = self._spawn_postmaster()
+            try:
+                self._wait_ready(timeout, process=process)
+                return meta
+            except _PortTakenError:
+                continue
+        raise PostgresError(
+            f"the cluster in {self.home} found no free port after {START_ATTEMPTS} tries",
+            hint=f"See {self.log_file}.",
+        )
+
+    def stop(self, *, timeout: float = 30.0) -> None:
+        """Fast shutdown; escalates to immediate, then SIGKILL. No-op when not running."""
+        pid = self.postmaster_pid()
+        if pid is None:
+            return
+        for sig, wait in ((signal.SIGINT, timeout), (signal.SIGQUIT, 5.0), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            if _wait_gone(pid, wait):
+                return
+        raise PostgresError(f"postmaster {pid} of {self.home} did not stop")
+
+    def destroy(self) -> None:
+        """Stop and remove everything the cluster owns. No-op when already gone."""
+        self.stop()
+        shutil.rmtree(self.home, ignore_errors=True)
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+    # -- connections ------------------------------------------------------
+
+    def uri(self, dbname: str = "postgres") -> str:
+        meta = self.meta()
+        return (
+            f"postgresql://{quote(meta.superuser, safe='')}:{quote(meta.password, safe='')}"
+            f"@127.0.0.1:{meta.port}/{quote(dbname, safe='')}"
+        )
+
+    # -- internals --------------------------------------------------------
+
+    def _prepare_socket_dir(self) -> None:
+        path = self.socket_dir
+        path.mkdir(mode=0o700, exist_ok=True)
+        path.chmod(0o700)
+        self.run_as.own(path)
+
+    def _write_managed_conf(self, port: int) -> None:
+        conf = self.data_dir / MANAGED_CONF
+        conf.write_text(
+            "# Managed by branchline; rewritten at every start.\n"
+            "listen_addresses = '127.0.0.1'\n"
+            f"port = {port}\n"
+            f"unix_socket_directories = {_conf_value(str(self.socket_dir))}\n"
+        )
+        self.run_as.own(conf)
+
+    def _spawn_postmaster(self) -> subprocess.Popen[bytes]:
+        log = self.log_file.open("ab")
+        try:
+            return subprocess.Popen(
+                [self.binaries.path("postgres"), "-D", str(self.data_dir)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # outlives branchline; not killed by ^C
+                env=_clean_env(),
+                user=self.run_as.uid,
+                group=self.run_as.gid,
+                extra_groups=self.run_as.extra_groups,
+            )
+        finally:
+            log.close()
+
+    def _wait_ready(self, timeout: float, process: subprocess.Popen[bytes] | None) -> None:
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while time.monotonic() < deadline:
+            if self._ready() and self.postmaster_pid() is not None:
+                return
+            if process is not None and process.poll() is not None:
+                tail = self._log_tail()
+                if "could not bind" in tail or "Address already in use" in tail:
+                    raise _PortTakenError()
+                raise PostgresError(
+                    f"Postgres in {self.home} exited during start-up (code {process.returncode})",
+                    hint=f"Its log ends with: {tail[-500:].strip() or '(empty)'}",
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        raise PostgresError(
+            f"Postgres in {self.home} was not ready within {timeout:.0f} s",
+            hint=f"See {self.log_file}.",
+        )
+
+    def _log_tail(self, size: int = 4000) -> str:
+        try:
+            with self.log_file.open("rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - size))
+                return fh.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def _run(self, args: list[str], *, what: str) -> None:
+        result = subprocess.run(
+            args,
+            capture_output=True,
+            text=True,
+            check=False,
+            env=_clean_env(),
+            cwd=self.home,
+            user=self.run_as.uid,
+            group=self.run_as.gid,
+            extra_groups=self.run_as.extra_groups,
+        )
+        if result.returncode != 0:
+            raise PostgresError(
+                f"{what} failed for {self.home} (exit {result.returncode})",
+                hint=(result.stderr or result.stdout).strip()[-800:] or "no output",
+            )
+
+
+class _PortTakenError(Exception):
+    pass
+
+
+def _clean_env() -> dict[str, str]:
+    # Postgres must not inherit PG* variables aimed at some other server.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.setdefault("LC_ALL", "C")
+    return env
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (our own exited child) is not alive.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reap if it is our child
+        if not _alive(pid):
+            return True
+        time.sleep(0.02)
+    return not _alive(pid)

@@ -1,0 +1,176 @@
+"""Where branchline's control-plane state lives, and getting it running.
+
+By default an embedded Postgres cluster under the project's `.branchline/`
+directory, started on demand and left running for the next command;
+`BRANCHLINE_DATABASE_URL` points at any other Postgres instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from branchline.errors import StoreError
+from branchline.postgres import Cluster, ClusterState
+from branchline.postgres.runas import current_run_as
+from branchline.store.migrate import Migration, apply_migrations
+
+STATE_DIRNAME = ".branchline"
+STATE_DATABASE = "branchline"
+
+
+def mask_url(url: str) -> str:
+    """A connection URL fit for output: the password replaced by ***."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+@dataclass(frozen=True)
+class StateLocation:
+    state_dir: Path  # locks, keys and local artifacts live here in every mode
+    external_url: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return "external" if self.external_url else "embedded"
+
+    @property
+    def cluster(self) -> Cluster:
+        return Cluster(cluster_home(self.state_dir))
+
+
+# Where root keeps cluster data when the state directory sits somewhere the
+# unprivileged Postgres user cannot enter (a checkout under /root, say).
+FALLBACK_CLUSTER_ROOT = Path("/var/lib/branchline/state")
+
+
+def cluster_home(state_dir: Path) -> Path:
+    preferred = state_dir / "postgres"
+    run_as = current_run_as()
+    if run_as.unreachable_ancestor(preferred) is None:
+        return preferred
+    digest = hashlib.sha256(str(state_dir).encode()).hexdigest()[:16]
+    FALLBACK_CLUSTER_ROOT.mkdir(parents=True, exist_ok=True, mode=0o755)
+    return FALLBACK_CLUSTER_ROOT / digest
+
+
+def locate_state(project_root: Path, env: Mapping[str, str] | None = None) -> StateLocation:
+    env = os.environ if env is None else env
+    state_dir = Path(env.get("BRANCHLINE_STATE_DIR") or project_root / STATE_DIRNAME)
+    return StateLocation(state_dir.absolute(), env.get("BRANCHLINE_DATABASE_URL") or None)
+
+
+@dataclass
+class StartReport:
+    """What `Store.start` found and did."""
+
+    kind: str
+    url: str = field(repr=False)
+    was: str  # cluster state before: missing, stopped, running (embedded only)
+    seconds: float
+    migrations_applied: list[Migration] = field(default_factory=list)
+
+    @property
+    def display_url(self) -> str:
+        return mask_url(self.url)
+
+
+class Store:
+    """The control-plane state database. Construction does no I/O."""
+
+    def __init__(self, location: StateLocation) -> None:
+        self.location = location
+        self._url: str | None = location.external_url
+
+    @property
+    def url(self) -> str:
+        if self._url is None:
+            raise StoreError("the state database has not been started yet")
+        return self._url
+
+    async def start(self) -> StartReport:
+        """Start the embedded cluster if needed, then apply pending migrations."""
+        began = time.monotonic()
+        was = "external"
+        if self.location.external_url is None:
+            was = await asyncio.to_thread(self._start_embedded)
+        applied = await self._migrate()
+        return StartReport(self.location.kind, self.url, was, time.monotonic() - began, applied)
+
+    def _start_embedded(self) -> str:
+        cluster = self.location.cluster
+        with state_lock(self.location.state_dir):
+            was = cluster.state()
+            if was is ClusterState.MISSING:
+                cluster.init(durable=True)
+            if was is not ClusterState.RUNNING:
+                cluster.start()
+            if was is ClusterState.MISSING:
+                _create_database(cluster.uri("postgres"), STATE_DATABASE)
+        self._url = cluster.uri(STATE_DATABASE)
+        return was.value
+
+    async def _migrate(self) -> list[Migration]:
+        async with self.connect() as conn:
+            return await apply_migrations(conn)
+
+    @contextlib.asynccontextmanager
+    async def connect(self) -> AsyncIterator[psycopg.AsyncConnection[tuple[object, ...]]]:
+        """An autocommit connection; callers open transactions where they need them."""
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                self.url, autocommit=True, application_name="branchline", connect_timeout=10
+            )
+        except psycopg.OperationalError as exc:
+            raise StoreError(
+                f"cannot connect to the state database at {mask_url(self.url)}: {_first_line(exc)}"
+            ) from exc
+        async with conn:
+            yield conn
+
+    def stop(self) -> bool:
+        """Stop the embedded cluster; False when there was nothing to stop."""
+        if self.location.external_url is not None:
+            raise StoreError(
+                "the state lives in an external Postgres (BRANCHLINE_DATABASE_URL)",
+                hint="branchline only stops the embedded cluster it started itself.",
+            )
+        cluster = self.location.cluster
+        with state_lock(self.location.state_dir):
+            if cluster.postmaster_pid() is None:
+                return False
+            cluster.stop()
+            return True
+
+
+@contextlib.contextmanager
+def state_lock(state_dir: Path) -> Iterator[None]:
+    """Serialise cluster creation and start-up between branchline processes."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with (state_dir / "state.lock").open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _create_database(admin_url: str, name: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
