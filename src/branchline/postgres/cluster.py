@@ -9,9 +9,11 @@ through a shell (pg_ctl builds a shell command line from paths), listens on
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -19,8 +21,8 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from urllib.parse import quote
@@ -45,9 +47,18 @@ class ClusterState(Enum):
 
 @dataclass(frozen=True)
 class ClusterMeta:
+    """What branchline knows of a cluster; the settings are applied at every start."""
+
     superuser: str
     password: str
     port: int
+    settings: Mapping[str, str] = field(default_factory=dict)
+
+    def with_port(self, port: int) -> ClusterMeta:
+        return replace(self, port=port)
+
+    def with_settings(self, settings: Mapping[str, str]) -> ClusterMeta:
+        return replace(self, settings=dict(settings))
 
 
 def free_port() -> int:
@@ -65,8 +76,17 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+_SETTING_NAME = re.compile(r"[a-z_][a-z0-9_.]*")
+
+
 def _conf_value(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+def _conf_line(name: str, value: str) -> str:
+    if not _SETTING_NAME.fullmatch(name):
+        raise PostgresError(f"invalid Postgres setting name {name!r}")
+    return f"{name} = {_conf_value(value)}"
 
 
 class Cluster:
@@ -123,21 +143,30 @@ class Cluster:
     def meta(self) -> ClusterMeta:
         try:
             raw = json.loads(self.meta_file.read_text())
-            return ClusterMeta(raw["superuser"], raw["password"], int(raw["port"]))
+            settings = {str(k): str(v) for k, v in raw.get("settings", {}).items()}
+            return ClusterMeta(raw["superuser"], raw["password"], int(raw["port"]), settings)
         except (OSError, ValueError, KeyError) as exc:
             raise PostgresError(
                 f"cluster metadata {self.meta_file} is unreadable: {exc}",
                 hint="If the cluster is disposable, delete its directory and start again.",
             ) from exc
 
-    def _write_meta(self, meta: ClusterMeta) -> None:
+    def write_meta(self, meta: ClusterMeta) -> None:
+        """Replace the metadata atomically: a crash never leaves half a file."""
+        self.home.mkdir(parents=True, exist_ok=True)
         tmp = self.meta_file.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             json.dump(
-                {"superuser": meta.superuser, "password": meta.password, "port": meta.port}, fh
+                {
+                    "superuser": meta.superuser,
+                    "password": meta.password,
+                    "port": meta.port,
+                    "settings": dict(meta.settings),
+                },
+                fh,
             )
-        tmp.replace(self.meta_file)  # atomic: a crash never leaves half a file
+        tmp.replace(self.meta_file)
 
     def postmaster_pid(self) -> int | None:
         """The live postmaster's pid, or None."""
@@ -180,14 +209,17 @@ class Cluster:
         self.home.mkdir(parents=True, exist_ok=True)
         self.run_as.check_reachable(self.home)
         self.run_as.own(self.home)
-        meta = ClusterMeta(SUPERUSER, secrets.token_urlsafe(24), free_port())
+        extra = dict(settings or {})
+        if not durable:
+            extra = {**FAST_SETTINGS, **extra}
+        meta = ClusterMeta(SUPERUSER, secrets.token_urlsafe(24), free_port(), extra)
         pwfile = self.home / ".initdb-password"
         fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(meta.password + "\n")
         self.run_as.own(pwfile)
         try:
-            self._run(
+            self.run_tool(
                 [
                     self.binaries.path("initdb"),
                     "-D",
@@ -206,14 +238,9 @@ class Cluster:
             )
         finally:
             pwfile.unlink(missing_ok=True)
-        extra = dict(settings or {})
-        if not durable:
-            extra = {**FAST_SETTINGS, **extra}
         with (self.data_dir / "postgresql.conf").open("a") as conf:
             conf.write(f"\n# Written by branchline.\ninclude_if_exists = '{MANAGED_CONF}'\n")
-            for key, value in extra.items():
-                conf.write(f"{key} = {_conf_value(value)}\n")
-        self._write_meta(meta)
+        self.write_meta(meta)
 
     def start(self, *, timeout: float = 30.0) -> ClusterMeta:
         """Start the cluster if it is not running; return its connection facts."""
@@ -221,6 +248,14 @@ class Cluster:
             raise PostgresError(
                 f"no cluster in {self.home}", hint="Initialise it first (`branchline status`)."
             )
+        if self.state() is ClusterState.RUNNING:
+            return self.meta()
+        # One starter at a time, across threads and processes: two postmasters
+        # racing for one data directory would make one of them fail.
+        with self._start_lock():
+            return self._start_locked(timeout)
+
+    def _start_locked(self, timeout: float) -> ClusterMeta:
         if self.state() is ClusterState.RUNNING:
             return self.meta()
         if self.postmaster_pid() is not None:
@@ -231,9 +266,9 @@ class Cluster:
         meta = self.meta()
         for attempt in range(START_ATTEMPTS):
             if attempt > 0 or not port_is_free(meta.port):
-                meta = ClusterMeta(meta.superuser, meta.password, free_port())
-                self._write_meta(meta)
-            self._write_managed_conf(meta.port)
+                meta = meta.with_port(free_port())
+                self.write_meta(meta)
+            self._write_managed_conf(meta)
             process = self._spawn_postmaster()
             try:
                 self._wait_ready(timeout, process=process)
@@ -244,6 +279,15 @@ class Cluster:
             f"the cluster in {self.home} found no free port after {START_ATTEMPTS} tries",
             hint=f"See {self.log_file}.",
         )
+
+    @contextlib.contextmanager
+    def _start_lock(self) -> Iterator[None]:
+        with (self.home / "start.lock").open("a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def stop(self, *, timeout: float = 30.0) -> None:
         """Fast shutdown; escalates to immediate, then SIGKILL. No-op when not running."""
@@ -280,14 +324,16 @@ class Cluster:
         path.chmod(0o700)
         self.run_as.own(path)
 
-    def _write_managed_conf(self, port: int) -> None:
+    def _write_managed_conf(self, meta: ClusterMeta) -> None:
+        lines = [
+            "# Managed by branchline; rewritten at every start.",
+            "listen_addresses = '127.0.0.1'",
+            f"port = {meta.port}",
+            f"unix_socket_directories = {_conf_value(str(self.socket_dir))}",
+            *(_conf_line(key, value) for key, value in meta.settings.items()),
+        ]
         conf = self.data_dir / MANAGED_CONF
-        conf.write_text(
-            "# Managed by branchline; rewritten at every start.\n"
-            "listen_addresses = '127.0.0.1'\n"
-            f"port = {port}\n"
-            f"unix_socket_directories = {_conf_value(str(self.socket_dir))}\n"
-        )
+        conf.write_text("\n".join(lines) + "\n")
         self.run_as.own(conf)
 
     def _spawn_postmaster(self) -> subprocess.Popen[bytes]:
@@ -337,13 +383,14 @@ class Cluster:
         except OSError:
             return ""
 
-    def _run(self, args: list[str], *, what: str) -> None:
+    def run_tool(self, args: list[str], *, what: str, env: Mapping[str, str] | None = None) -> None:
+        """Run a Postgres tool as the cluster's user; a failure raises with its output."""
         result = subprocess.run(
             args,
             capture_output=True,
             text=True,
             check=False,
-            env=_clean_env(),
+            env={**_clean_env(), **(env or {})},
             cwd=self.home,
             user=self.run_as.uid,
             group=self.run_as.gid,

@@ -1,0 +1,222 @@
+"""Copies of a running cluster: online clones, base backups, point-in-time restores.
+
+All of them use `pg_basebackup`, which copies a consistent image of a live
+cluster (open transactions, writes in flight) without stopping it. Passwords
+travel in PGPASSWORD, never on a command line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+
+from branchline.errors import PostgresError
+from branchline.postgres.cluster import Cluster, ClusterMeta, free_port
+
+
+def _basebackup_args(parent: Cluster, target: Path, *, durable: bool) -> list[str]:
+    meta = parent.meta()
+    return [
+        parent.binaries.path("pg_basebackup"),
+        "--pgdata",
+        str(target),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(meta.port),
+        "--username",
+        meta.superuser,
+        "--no-password",
+        "--wal-method=stream",  # the copy carries the WAL it needs to be consistent
+        "--checkpoint=fast",
+        "--no-manifest",
+        *([] if durable else ["--no-sync"]),
+    ]
+
+
+def _password_env(cluster: Cluster) -> dict[str, str]:
+    return {"PGPASSWORD": cluster.meta().password, "PGAPPNAME": "branchline"}
+
+
+def clone(
+    parent: Cluster,
+    child: Cluster,
+    *,
+    settings: Mapping[str, str],
+    durable: bool = False,
+    port: int | None = None,
+) -> ClusterMeta:
+    """Make `child` (not yet existing) a copy of the running `parent`."""
+    if child.data_dir.exists():
+        shutil.rmtree(child.data_dir)  # left by a crash during an earlier copy
+    child.home.mkdir(parents=True, exist_ok=True)
+    child.run_as.own(child.home)
+    child.run_tool(
+        _basebackup_args(parent, child.data_dir, durable=durable),
+        what="pg_basebackup",
+        env=_password_env(parent),
+    )
+    source = parent.meta()
+    # Roles, and so the password, are copied with the data (as on Neon).
+    meta = ClusterMeta(source.superuser, source.password, port or free_port(), dict(settings))
+    child.write_meta(meta)
+    return meta
+
+
+@dataclass(frozen=True)
+class BaseBackup:
+    """A base backup of a cluster: the starting point of a point-in-time restore."""
+
+    path: Path  # holds data/ and backup.json
+    start_wal_file: str
+    start_time: datetime
+    end_time: datetime  # the earliest moment a restore from it can reach
+
+    @property
+    def data_dir(self) -> Path:
+        return self.path / "data"
+
+    @property
+    def size_bytes(self) -> int:
+        return directory_size(self.data_dir)
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "start_wal_file": self.start_wal_file,
+            "start_time": self.start_time.isoformat(),
+            "end_time": self.end_time.isoformat(),
+        }
+
+    @classmethod
+    def load(cls, path: Path) -> BaseBackup:
+        raw = json.loads((path / "backup.json").read_text())
+        return cls(
+            path,
+            raw["start_wal_file"],
+            datetime.fromisoformat(raw["start_time"]),
+            datetime.fromisoformat(raw["end_time"]),
+        )
+
+
+_WAL_FILE = re.compile(r"START WAL LOCATION: \S+ \(file ([0-9A-F]{24})\)")
+_START_TIME = re.compile(r"START TIME: (.+)")
+
+
+def take_base_backup(cluster: Cluster, dest: Path) -> BaseBackup:
+    """A durable base backup of the running `cluster` into `dest` (which must not exist)."""
+    dest.mkdir(parents=True)
+    cluster.run_as.own(dest)
+    cluster.run_tool(
+        _basebackup_args(cluster, dest / "data", durable=True),
+        what="pg_basebackup",
+        env=_password_env(cluster),
+    )
+    end_time = _server_now(cluster)
+    label = (dest / "data" / "backup_label").read_text()
+    wal = _WAL_FILE.search(label)
+    started = _START_TIME.search(label)
+    if wal is None or started is None:
+        raise PostgresError(f"unexpected backup_label in {dest}: {label[:200]!r}")
+    start_time = datetime.strptime(started.group(1).strip(), "%Y-%m-%d %H:%M:%S %Z").replace(
+        tzinfo=UTC
+    )
+    backup = BaseBackup(dest, wal.group(1), start_time, end_time)
+    (dest / "backup.json").write_text(json.dumps(backup.as_dict()))
+    return backup
+
+
+def archive_settings(archive_dir: Path) -> dict[str, str]:
+    """WAL archiving into `archive_dir`: what makes point-in-time restore possible."""
+    # archive_command is always run by a shell; the directory is branchline's own
+    # and quoted, and %p / %f are file names Postgres generates.
+    target = shlex.quote(str(archive_dir))
+    return {
+        "wal_level": "replica",
+        "archive_mode": "on",
+        "archive_command": f"test ! -f {target}/%f && cp %p {target}/%f",
+        "archive_timeout": "60s",
+    }
+
+
+def restore_to_time(
+    backup: BaseBackup,
+    child: Cluster,
+    *,
+    archive_dir: Path,
+    target: datetime,
+    settings: Mapping[str, str],
+    superuser: str,
+    password: str,
+    timeout: float = 120.0,
+) -> ClusterMeta:
+    """Start `child` from `backup` plus archived WAL replayed up to exactly `target`."""
+    if child.data_dir.exists():
+        shutil.rmtree(child.data_dir)
+    child.home.mkdir(parents=True, exist_ok=True)
+    child.run_as.own(child.home)
+    child.run_tool(["cp", "-a", str(backup.data_dir), str(child.data_dir)], what="copy backup")
+    signal_file = child.data_dir / "recovery.signal"
+    signal_file.touch()
+    child.run_as.own(signal_file)
+    recovery = {
+        "restore_command": f"cp {shlex.quote(str(archive_dir))}/%f %p",
+        "recovery_target_time": target.astimezone(UTC).isoformat(sep=" "),
+        "recovery_target_action": "promote",
+    }
+    meta = ClusterMeta(superuser, password, free_port(), {**settings, **recovery})
+    child.write_meta(meta)
+    meta = child.start(timeout=timeout)
+    _wait_promoted(child, timeout)
+    # Recovery is over (recovery.signal is gone); keep the settings clean for restarts.
+    final = meta.with_settings(settings)
+    child.write_meta(final)
+    return final
+
+
+def _wait_promoted(cluster: Cluster, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cluster.postmaster_pid() is None:
+            break
+        try:
+            with psycopg.connect(cluster.uri(), connect_timeout=5) as conn:
+                row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+            if row is not None and row[0] is False:
+                return
+        except psycopg.OperationalError:
+            pass
+        time.sleep(0.05)
+    raise PostgresError(
+        f"point-in-time recovery in {cluster.home} did not finish",
+        hint=f"See {cluster.log_file}; the target may lie beyond the archived WAL.",
+    )
+
+
+def _server_now(cluster: Cluster) -> datetime:
+    with psycopg.connect(cluster.uri()) as conn:
+        row = conn.execute("SELECT now()").fetchone()
+    assert row is not None
+    value = row[0]
+    assert isinstance(value, datetime)
+    return value
+
+
+def directory_size(path: Path) -> int:
+    """Bytes on disk under `path` (allocated blocks, like `du`)."""
+    total = 0
+    for entry in path.rglob("*"):
+        try:
+            if entry.is_file() and not entry.is_symlink():
+                total += entry.stat().st_blocks * 512
+        except OSError:
+            continue  # files come and go in a live data directory
+    return total

@@ -1,0 +1,85 @@
+"""Database branches: the `DatabaseProvider` interface and what it returns."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol, runtime_checkable
+
+
+class BranchStatus(StrEnum):
+    CREATING = "creating"  # intent recorded; the copy may be half made
+    READY = "ready"  # accepts connections at its URI
+    FAILED = "failed"  # creation failed; nothing of it is left running
+    DELETING = "deleting"  # intent recorded; removal may be half done
+
+
+@dataclass(frozen=True)
+class Branch:
+    """A named copy of the database. `uri` holds a password: never print it unmasked."""
+
+    name: str
+    parent: str | None
+    status: BranchStatus
+    created_at: datetime
+    expires_at: datetime | None = None
+    size_bytes: int | None = None
+    port: int | None = None
+    compute: str | None = None  # running, stopped or missing (local); idle/active (Neon)
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "parent": self.parent,
+            "status": self.status.value,
+            "created_at": self.created_at.isoformat(),
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "size_bytes": self.size_bytes,
+            "port": self.port,
+            "compute": self.compute,
+            "detail": dict(self.detail),
+        }
+
+
+@runtime_checkable
+class DatabaseProvider(Protocol):
+    """Branches of one project's database."""
+
+    async def create_branch(
+        self,
+        name: str,
+        parent: str | None = None,
+        *,
+        at: datetime | None = None,
+        expires: datetime | None = None,
+    ) -> Branch:
+        """Create `name` from `parent` (default: the configured parent), as of `at` when
+        given (point in time); return the existing branch if it is already there."""
+        ...
+
+    async def delete_branch(self, name: str) -> bool:
+        """Delete `name`; False when it was already gone."""
+        ...
+
+    async def reset_branch(self, name: str) -> Branch:
+        """Replace the branch's data with its parent's current state; same name and URI."""
+        ...
+
+    async def get_branch(self, name: str) -> Branch | None: ...
+
+    async def list_branches(self) -> list[Branch]: ...
+
+    async def connection_uri(self, name: str) -> str:
+        """A libpq URI for the branch (contains its password)."""
+        ...
+
+    async def schema_dump(self, name: str) -> str:
+        """The branch's schema as `pg_dump --schema-only` text."""
+        ...
+
+    async def restore(self, name: str, at: datetime) -> Branch:
+        """A new branch `name` holding the parent as it was at `at`."""
+        ...

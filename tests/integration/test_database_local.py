@@ -1,0 +1,274 @@
+"""Local database branches on real Postgres clusters: isolation, consistency under
+load, concurrency, idempotence, reset, point-in-time restore, gc."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from branchline.errors import UsageError
+from branchline.postgres import Cluster
+from branchline.providers.database import BranchStatus, DatabaseProvider
+from branchline.providers.database.local import LocalDatabaseProvider
+from branchline.store import Store, locate_state, resources
+from branchline.store import branches as branch_rows
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def shared_store(pg_cluster: Cluster) -> Store:
+    """One state database for the module (each provider uses its own project name)."""
+    with psycopg.connect(pg_cluster.uri(), autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = 'bl_state'").fetchone()
+        if not exists:
+            conn.execute("CREATE DATABASE bl_state")
+    store = Store(locate_state(Path("/"), {"BRANCHLINE_DATABASE_URL": pg_cluster.uri("bl_state")}))
+    asyncio.run(store.start())
+    return store
+
+
+def _provider(store: Store, root_dir: Path) -> Iterator[LocalDatabaseProvider]:
+    state = Path(tempfile.mkdtemp(prefix="db-", dir=root_dir))
+    state.chmod(0o755)
+    provider = LocalDatabaseProvider(
+        project=f"p{os.urandom(4).hex()}", state_dir=state, store=store, database="app"
+    )
+    try:
+        asyncio.run(provider.init_root())
+        yield provider
+    finally:
+        for home in (state / "branches").glob("*"):
+            Cluster(home).destroy()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def db(shared_store: Store, cluster_root: Path) -> Iterator[LocalDatabaseProvider]:
+    yield from _provider(shared_store, cluster_root)
+
+
+@pytest.fixture
+def fresh_db(shared_store: Store, cluster_root: Path) -> Iterator[LocalDatabaseProvider]:
+    yield from _provider(shared_store, cluster_root)
+
+
+def uri(db: LocalDatabaseProvider, name: str) -> str:
+    return asyncio.run(db.connection_uri(name))
+
+
+def execute(url: str, query: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute(query, params)  # type: ignore[arg-type]
+        return cur.fetchall() if cur.description else []
+
+
+def test_provider_satisfies_the_interface(db: LocalDatabaseProvider) -> None:
+    assert isinstance(db, DatabaseProvider)
+
+
+def test_init_root_is_idempotent(db: LocalDatabaseProvider) -> None:
+    first = asyncio.run(db.get_branch("production"))
+    again = asyncio.run(db.init_root())
+    assert first is not None and again.port == first.port
+    assert again.status is BranchStatus.READY and again.parent is None
+    assert len(db.backups()) >= 1
+
+
+def test_writes_do_not_cross_between_branch_and_parent(db: LocalDatabaseProvider) -> None:
+    prod = uri(db, "production")
+    execute(prod, "CREATE TABLE iso (v text)")
+    execute(prod, "INSERT INTO iso VALUES ('before')")
+    branch = asyncio.run(db.create_branch("iso-1"))
+    assert branch.parent == "production" and branch.status is BranchStatus.READY
+    child = uri(db, "iso-1")
+    assert child != prod
+    execute(child, "INSERT INTO iso VALUES ('on branch')")
+    execute(prod, "INSERT INTO iso VALUES ('on parent later')")
+    assert execute(child, "SELECT v FROM iso ORDER BY v") == [("before",), ("on branch",)]
+    assert execute(prod, "SELECT v FROM iso ORDER BY v") == [("before",), ("on parent later",)]
+
+
+def test_branch_of_a_busy_parent_holds_a_consistent_prefix(db: LocalDatabaseProvider) -> None:
+    prod = uri(db, "production")
+    execute(
+        prod,
+        "CREATE TABLE stream (id int PRIMARY KEY, payload text NOT NULL, sum text NOT NULL)",
+    )
+    stop = threading.Event()
+    committed: list[int] = []
+
+    def writer() -> None:
+        with psycopg.connect(prod, autocommit=True) as conn:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                payload = f"row-{n}-" + "x" * (n % 500)
+                conn.execute("INSERT INTO stream VALUES (%s, %s, md5(%s))", (n, payload, payload))
+                committed.append(n)
+
+    holder = psycopg.connect(prod)
+    holder.execute("INSERT INTO stream VALUES (-1, 'uncommitted', md5('uncommitted'))")
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        while len(committed) < 200:
+            time.sleep(0.01)
+        asyncio.run(db.create_branch("busy-1"))
+    finally:
+        stop.set()
+        thread.join()
+        holder.rollback()
+        holder.close()
+    rows = execute(
+        uri(db, "busy-1"), "SELECT id, payload = payload, md5(payload) = sum FROM stream"
+    )
+    ids = sorted(int(r[0]) for r in rows)  # type: ignore[call-overload]
+    assert -1 not in ids, "an uncommitted row reached the branch"
+    assert ids == list(range(1, len(ids) + 1)), "the branch is not a prefix of the commits"
+    assert len(ids) >= 200
+    assert all(r[2] for r in rows), "a torn row reached the branch"
+
+
+def test_five_concurrent_branches_are_independent(db: LocalDatabaseProvider) -> None:
+    execute(uri(db, "production"), "CREATE TABLE conc (v int)")
+    names = [f"conc-{i}" for i in range(5)]
+
+    async def create_all() -> list[object]:
+        return list(await asyncio.gather(*(db.create_branch(n) for n in names)))
+
+    branches = asyncio.run(create_all())
+    ports = {b.port for b in branches}  # type: ignore[attr-defined]
+    assert len(ports) == 5
+    for i, name in enumerate(names):
+        execute(uri(db, name), "INSERT INTO conc VALUES (%s)", (i,))
+    for i, name in enumerate(names):
+        assert execute(uri(db, name), "SELECT v FROM conc") == [(i,)]
+    assert execute(uri(db, "production"), "SELECT v FROM conc") == []
+
+
+def test_create_and_delete_are_idempotent(db: LocalDatabaseProvider) -> None:
+    first = asyncio.run(db.create_branch("idem-1"))
+    again = asyncio.run(db.create_branch("idem-1"))
+    assert (again.port, again.created_at) == (first.port, first.created_at)
+    assert asyncio.run(db.delete_branch("idem-1")) is True
+    assert asyncio.run(db.delete_branch("idem-1")) is False
+    assert asyncio.run(db.get_branch("idem-1")) is None
+    assert not db.cluster("idem-1").home.exists()
+
+
+def test_reset_discards_the_branch_changes_and_keeps_the_uri(db: LocalDatabaseProvider) -> None:
+    prod = uri(db, "production")
+    execute(prod, "CREATE TABLE resettable (v text)")
+    asyncio.run(db.create_branch("reset-1"))
+    before = uri(db, "reset-1")
+    execute(before, "INSERT INTO resettable VALUES ('branch change')")
+    execute(prod, "INSERT INTO resettable VALUES ('parent change')")
+    asyncio.run(db.reset_branch("reset-1"))
+    after = uri(db, "reset-1")
+    assert after == before
+    assert execute(after, "SELECT v FROM resettable") == [("parent change",)]
+
+
+def test_delete_refuses_the_root_without_force(db: LocalDatabaseProvider) -> None:
+    with pytest.raises(UsageError, match="root branch"):
+        asyncio.run(db.delete_branch("production"))
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["pr-1'; DROP TABLE x;--", "$(touch /tmp/pwned)", "ünïcödé", "a" * 300, "", "../escape"],
+)
+def test_hostile_names_are_refused_with_a_hint(db: LocalDatabaseProvider, name: str) -> None:
+    before = sorted(p.name for p in (db.state_dir / "branches").iterdir())
+    with pytest.raises(UsageError) as info:
+        asyncio.run(db.create_branch(name))
+    assert info.value.hint
+    assert sorted(p.name for p in (db.state_dir / "branches").iterdir()) == before
+
+
+def test_missing_parent_is_explained(db: LocalDatabaseProvider) -> None:
+    with pytest.raises(UsageError, match="does not exist"):
+        asyncio.run(db.create_branch("orphan-1", parent="no-such-branch"))
+    assert asyncio.run(db.get_branch("orphan-1")) is None
+
+
+def test_point_in_time_restore_brings_dropped_rows_back(fresh_db: LocalDatabaseProvider) -> None:
+    db = fresh_db
+    prod = uri(db, "production")
+    execute(prod, "CREATE TABLE precious (v int)")
+    execute(prod, "INSERT INTO precious SELECT generate_series(1, 100)")
+    time.sleep(0.2)
+    (noted,) = execute(prod, "SELECT now()")[0]
+    time.sleep(0.2)
+    execute(prod, "DROP TABLE precious")
+    assert isinstance(noted, datetime)
+    restored = asyncio.run(db.restore("emergency-restore-1", noted))
+    assert restored.parent == "production"
+    assert restored.detail["restored_to"] == noted.isoformat()
+    rows = execute(uri(db, "emergency-restore-1"), "SELECT count(*), sum(v) FROM precious")
+    assert rows == [(100, 5050)]
+    with pytest.raises(psycopg.errors.UndefinedTable):
+        execute(prod, "SELECT * FROM precious")
+    # The restored branch is an ordinary writable branch.
+    execute(uri(db, "emergency-restore-1"), "INSERT INTO precious VALUES (101)")
+
+
+def test_restore_before_the_first_backup_says_the_earliest_point(
+    db: LocalDatabaseProvider,
+) -> None:
+    with pytest.raises(UsageError) as info:
+        asyncio.run(db.restore("too-early", datetime.now(UTC) - timedelta(days=3)))
+    assert "earliest" in info.value.hint
+
+
+def test_gc_removes_expired_interrupted_and_stray_things(fresh_db: LocalDatabaseProvider) -> None:
+    db = fresh_db
+    past = datetime.now(UTC) - timedelta(minutes=1)
+    asyncio.run(db.create_branch("expired-1", expires=past))
+    asyncio.run(db.create_branch("kept-1", expires=datetime.now(UTC) + timedelta(hours=1)))
+
+    # A create that crashed half-way: intent recorded, a half-made cluster directory.
+    async def crashed_create() -> None:
+        async with db.store.connect() as conn:
+            await resources.record(conn, db.project, "database_branch", "crashed-1", "creating")
+            await branch_rows.upsert(
+                conn,
+                db.project,
+                "crashed-1",
+                parent="production",
+                provider="local",
+                status="creating",
+            )
+
+    asyncio.run(crashed_create())
+    (db.cluster("crashed-1").home / "data").mkdir(parents=True)
+    # A cluster the store does not know, running.
+    stray = db.cluster("stray-1")
+    stray.init(durable=False)
+    stray.start()
+    # A row whose cluster vanished.
+    asyncio.run(db.create_branch("vanished-1"))
+    db.cluster("vanished-1").destroy()
+
+    report = asyncio.run(db.gc())
+    assert report.expired_deleted == ["expired-1"]
+    assert report.interrupted_cleaned == ["crashed-1 (creating)"]
+    assert report.orphan_clusters_removed == ["stray-1"]
+    assert report.stale_rows_removed == ["vanished-1"]
+    names = {b.name for b in asyncio.run(db.list_branches())}
+    assert names == {"production", "kept-1"}
+    assert not stray.home.exists() and stray.postmaster_pid() is None
+    assert not db.cluster("crashed-1").home.exists()
+    again = asyncio.run(db.gc())
+    assert again.as_dict()["expired_deleted"] == [] and not again.interrupted_cleaned
