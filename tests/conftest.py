@@ -45,7 +45,8 @@ def state_dir(cluster_root: Path, tmp_path: Path) -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="state-", dir=cluster_root))
     path.chmod(0o755)
     yield path
-    Cluster(path / "postgres").destroy()
+    for home in [path / "postgres", *(path / "branches").glob("*")]:
+        Cluster(home).destroy()
     shutil.rmtree(path, ignore_errors=True)
 
 

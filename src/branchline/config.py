@@ -427,6 +427,8 @@ class LocalDatabaseConfig(_Model):
     """`[database.local]`: one Postgres cluster per branch on this machine."""
 
     pg_bin: str | None = None  # Postgres bin directory; default: PATH, then the pgserver wheel
+    # The database inside every branch that services connect to (Neon's "neondb").
+    database: str = Field("app", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 class NeonConfig(_Model):

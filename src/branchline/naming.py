@@ -273,10 +273,11 @@ def validate_branch_id(name: str) -> str:
     """
     if len(name) <= MAX_LABEL and _BRANCH_ID_RE.fullmatch(name):
         return name
+    suggestion = slug(name) if name.strip() else "dev-mine"
     raise UsageError(
-        f"{_preview(name)} is not a database branch name.",
+        f"{_preview(name)} is not a database branch name",
         hint="Branch names are up to 63 characters of a-z, 0-9 and single '-', "
-        "like `pr-8` or `production`; see `branchline branch list`.",
+        f"like `pr-8` or `production`; for example `{suggestion}`.",
     )
 
 

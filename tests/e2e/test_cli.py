@@ -10,11 +10,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from tests.conftest import REPO, run_cli
 
 from branchline import __version__
 from branchline.postgres import Cluster
 from branchline.store.migrate import bundled_migrations
+from tests.conftest import REPO, run_cli
 
 EXAMPLE = REPO / "examples" / "codex" / "branchline.toml"
 

@@ -13,6 +13,7 @@ import typer
 
 from branchline import __version__
 from branchline.cli import config as config_cmd
+from branchline.cli import db as db_cmd
 from branchline.cli import init as init_cmd
 from branchline.cli import state as state_cmd
 from branchline.cli import status as status_cmd
@@ -69,6 +70,7 @@ app.command("init")(init_cmd.init)
 app.command("status")(status_cmd.status)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(state_cmd.app, name="state")
+app.add_typer(db_cmd.app, name="db")
 
 
 GLOBAL_FLAGS = ("--json", "--debug")

@@ -32,14 +32,19 @@ def to_json(data: object) -> str:
     return json.dumps(data, indent=2, default=_default, ensure_ascii=False)
 
 
+def _console(*, stderr: bool) -> Console:
+    # Piped output is read by scripts and logs: do not fold tables at 80 columns.
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else 200
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
+
+
 @dataclass
 class Output:
     json: bool = False
     debug: bool = False
-    out: Console = field(default_factory=lambda: Console(highlight=False, soft_wrap=True))
-    err: Console = field(
-        default_factory=lambda: Console(stderr=True, highlight=False, soft_wrap=True)
-    )
+    out: Console = field(default_factory=lambda: _console(stderr=False))
+    err: Console = field(default_factory=lambda: _console(stderr=True))
 
     def emit(self, data: Any, human: Callable[[Console], None]) -> None:
         """Print `data` as JSON with --json, else let `human` render it."""

@@ -80,6 +80,10 @@ class DatabaseProvider(Protocol):
         """The branch's schema as `pg_dump --schema-only` text."""
         ...
 
+    async def annotate(self, name: str, detail: Mapping[str, Any]) -> None:
+        """Merge facts (migrations applied, schema fingerprint) into the branch's record."""
+        ...
+
     async def restore(self, name: str, at: datetime) -> Branch:
         """A new branch `name` holding the parent as it was at `at`."""
         ...

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,7 +29,7 @@ from psycopg import sql
 
 from branchline import naming
 from branchline.errors import BranchlineError, PostgresError, UsageError
-from branchline.postgres import Cluster, ClusterState
+from branchline.postgres import Cluster, ClusterState, PgBinaries
 from branchline.postgres.copy import (
     BaseBackup,
     archive_settings,
@@ -77,8 +77,10 @@ class LocalDatabaseProvider:
         store: Store,
         root: str = naming.PRODUCTION,
         database: str = "app",
+        binaries: PgBinaries | None = None,
     ) -> None:
         self.project = project
+        self.binaries = binaries
         self.state_dir = state_dir
         self.store = store
         self.root = root
@@ -87,7 +89,7 @@ class LocalDatabaseProvider:
     # -- layout -----------------------------------------------------------
 
     def cluster(self, name: str) -> Cluster:
-        return Cluster(self.state_dir / "branches" / name)
+        return Cluster(self.state_dir / "branches" / name, binaries=self.binaries)
 
     @property
     def archive_dir(self) -> Path:
@@ -292,6 +294,21 @@ class LocalDatabaseProvider:
         return await asyncio.to_thread(
             dump_schema, uri, self.cluster(name).binaries.path("pg_dump")
         )
+
+    async def annotate(self, name: str, detail: Mapping[str, Any]) -> None:
+        async with self.store.connect() as conn:
+            await branch_rows.update(conn, self.project, name, detail=dict(detail))
+
+    async def server_log(self, name: str, size: int = 65536) -> str:
+        """The end of the branch's Postgres log (errors and the statements behind them)."""
+        path = self.cluster(name).log_file
+        try:
+            with path.open("rb") as fh:
+                fh.seek(0, 2)
+                fh.seek(max(0, fh.tell() - size))
+                return fh.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     # -- backups ----------------------------------------------------------
 

@@ -1,0 +1,323 @@
+"""`branchline db`: database branches, migrations, schema diffs, restores."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
+
+import psycopg
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from branchline import naming
+from branchline.cli.context import AppContext, app_context
+from branchline.config import Config
+from branchline.errors import BranchlineError, UsageError
+from branchline.migrations import database_env, migrate, preflight
+from branchline.postgres import find_binaries
+from branchline.providers.database import Branch, DatabaseProvider
+from branchline.providers.registry import database_provider
+from branchline.schemadiff import describe_schema, diff_schemas, normalize_dump, unified_diff
+from branchline.timespec import parse_expiry, parse_moment
+
+app = typer.Typer(help="Database branches: create, reset, migrate, diff, restore.")
+branches_app = typer.Typer(help="Create, list, reset and delete branches.")
+app.add_typer(branches_app, name="branches")
+
+T = TypeVar("T")
+
+
+def _with_provider(
+    ctx: typer.Context, work: Callable[[Config, DatabaseProvider], Awaitable[T]]
+) -> T:
+    app_ctx = app_context(ctx)
+    config = app_ctx.config()
+    store = app_ctx.store()
+
+    async def main() -> T:
+        await store.start()
+        return await work(config, database_provider(config, store))
+
+    return asyncio.run(main())
+
+
+def _output(ctx: typer.Context) -> AppContext:
+    return app_context(ctx)
+
+
+def _progress(ctx: typer.Context, message: str) -> None:
+    """Say what long work is starting, once the config is known to be good."""
+    app_ctx = app_context(ctx)
+    app_ctx.config()
+    app_ctx.output.progress(message)
+
+
+def _human_size(size: int | None) -> str:
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def _age(moment: datetime) -> str:
+    seconds = int((datetime.now(UTC) - moment).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
+def _branch_table(branches: list[Branch]) -> Table:
+    table = Table("branch", "parent", "status", "postgres", "age", "expires", "size", "port")
+    for b in branches:
+        table.add_row(
+            b.name,
+            b.parent or "-",
+            b.status.value,
+            b.compute or "-",
+            _age(b.created_at),
+            b.expires_at.strftime("%Y-%m-%d %H:%M") if b.expires_at else "-",
+            _human_size(b.size_bytes),
+            str(b.port or "-"),
+        )
+    return table
+
+
+def _show_branch(ctx: typer.Context, branch: Branch, verb: str) -> None:
+    def human(console: Console) -> None:
+        console.print(f"{verb} branch [bold]{branch.name}[/bold] (parent {branch.parent or '-'})")
+        console.print(_branch_table([branch]))
+
+    _output(ctx).output.emit(branch.as_dict(), human)
+
+
+@app.command("init")
+def init(ctx: typer.Context) -> None:
+    """Create the production branch (WAL archiving on, first base backup). Idempotent."""
+    _progress(ctx, "creating the production branch (initdb, first base backup)")
+    branch = _with_provider(ctx, lambda _c, db: _init_root(db))
+    _show_branch(ctx, branch, "ready:")
+
+
+async def _init_root(db: DatabaseProvider) -> Branch:
+    init_root = getattr(db, "init_root", None)
+    if init_root is None:
+        raise UsageError("this database provider has no init step; its root branch exists")
+    branch: Branch = await init_root()
+    return branch
+
+
+@branches_app.command("list")
+def branches_list(ctx: typer.Context) -> None:
+    """Every branch with parent, age, expiry, size and status."""
+    branches = _with_provider(ctx, lambda _c, db: db.list_branches())
+    _output(ctx).output.emit(
+        [b.as_dict() for b in branches], lambda console: console.print(_branch_table(branches))
+    )
+
+
+@branches_app.command("create")
+def branches_create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Branch name: lowercase letters, digits, '-'.")],
+    parent: Annotated[str | None, typer.Option(help="Parent branch (default: production).")] = None,
+    expires: Annotated[
+        str | None, typer.Option(help='Expiry: a duration such as "2h" or an ISO time.')
+    ] = None,
+) -> None:
+    """Create a branch from its parent, online. Returns the existing one if it is there."""
+    naming.validate_branch_id(name)
+    expires_at = parse_expiry(expires) if expires else None
+    _progress(ctx, f"copying {parent or 'production'} into {name}")
+    branch = _with_provider(ctx, lambda _c, db: db.create_branch(name, parent, expires=expires_at))
+    _show_branch(ctx, branch, "ready:")
+
+
+@branches_app.command("delete")
+def branches_delete(
+    ctx: typer.Context,
+    name: str,
+    force: Annotated[bool, typer.Option(help="Allow deleting the root branch.")] = False,
+) -> None:
+    """Delete a branch (its cluster and its data). Succeeds when it is already gone."""
+
+    async def work(_c: Config, db: DatabaseProvider) -> bool:
+        delete: Callable[..., Awaitable[bool]] = db.delete_branch
+        return await (delete(name, force=True) if force else delete(name))
+
+    deleted = _with_provider(ctx, work)
+    _output(ctx).output.emit(
+        {"name": name, "deleted": deleted},
+        lambda c: c.print(f"deleted {name}" if deleted else f"{name} was already gone"),
+    )
+
+
+@branches_app.command("reset")
+def branches_reset(ctx: typer.Context, name: str) -> None:
+    """Replace a branch's data with its parent's current state (same URI afterwards)."""
+    _progress(ctx, f"resetting {name} to its parent")
+    branch = _with_provider(ctx, lambda _c, db: db.reset_branch(name))
+    _show_branch(ctx, branch, "reset:")
+
+
+@app.command("url")
+def url(ctx: typer.Context, name: str) -> None:
+    """Print the branch's connection URI (it contains the password)."""
+    uri = _with_provider(ctx, lambda _c, db: db.connection_uri(name))
+    _output(ctx).output.emit({"name": name, "uri": uri}, lambda c: c.print(uri, markup=False))
+
+
+@app.command("psql")
+def psql(ctx: typer.Context, name: str) -> None:
+    """Open psql on the branch (the password travels in the environment)."""
+    uri = _with_provider(ctx, lambda _c, db: db.connection_uri(name))
+    binary = find_binaries().path("psql")
+    env = {**os.environ, **database_env(uri)}
+    env.pop("DATABASE_URL", None)
+    os.execve(binary, [binary], env)  # noqa: S606 - an argument list, no shell
+
+
+@app.command("migrate")
+def migrate_cmd(ctx: typer.Context, name: str) -> None:
+    """Run the project's migrate command against a branch, streaming its output."""
+    out = _output(ctx).output
+    echo = None if out.json else (lambda line: out.out.print(line, markup=False, highlight=False))
+    result = _with_provider(ctx, lambda config, db: migrate(config, db, name, on_line=echo))
+    data = {
+        "branch": name,
+        "ok": result.ok,
+        "exit_code": result.exit_code,
+        "seconds": round(result.seconds, 3),
+        "migrations": result.applied,
+        "schema_fingerprint": result.schema_fingerprint,
+        "output_tail": result.output_tail[-20:],
+    }
+    if not result.ok:
+        if out.json:
+            out.emit(data, lambda c: None)
+        raise BranchlineError(
+            f"the migrate command failed on {name} (exit {result.exit_code})",
+            hint="Its output is above; fix the migration and run `branchline db migrate` again.",
+        )
+    out.emit(
+        data,
+        lambda c: c.print(
+            f"migrated {name} in {result.seconds:.2f} s"
+            + (f"; migrations: {', '.join(result.applied)}" if result.applied else "")
+        ),
+    )
+
+
+@app.command("preflight")
+def preflight_cmd(ctx: typer.Context) -> None:
+    """Try the migrations on a throw-away copy of production, report, delete the copy."""
+    out = _output(ctx).output
+    _progress(ctx, "copying production into a throw-away branch and migrating it")
+    echo = None if out.json else (lambda line: out.err.print(line, markup=False, highlight=False))
+    result = _with_provider(ctx, lambda config, db: preflight(config, db, on_line=echo))
+    data = result.as_dict()
+
+    def human(console: Console) -> None:
+        if result.ok:
+            console.print(f"[green]preflight passed[/green] in {result.migrate.seconds:.2f} s")
+            changes = result.schema_changes or {}
+            for key in ("tables_added", "tables_removed"):
+                if changes.get(key):
+                    console.print(f"  {key.replace('_', ' ')}: {', '.join(changes[key])}")
+            for change in changes.get("tables_changed", []):
+                console.print(f"  table changed: {change['table']}")
+        else:
+            console.print("[red]preflight failed[/red]; production was not touched")
+
+    out.emit(data, human)
+    if not result.ok:
+        raise BranchlineError(
+            f"the migration fails on a copy of production: {result.error or 'see output'}"
+            + (f" (statement: {result.failing_statement})" if result.failing_statement else ""),
+            hint="Fix the migration, then run `branchline db preflight` again.",
+        )
+
+
+@app.command("diff")
+def diff(ctx: typer.Context, a: str, b: str) -> None:
+    """Compare two branches' schemas (a unified diff; --json lists the changes)."""
+
+    async def work(_c: Config, db: DatabaseProvider) -> tuple[str, dict[str, Any]]:
+        text = unified_diff(
+            normalize_dump(await db.schema_dump(a)), normalize_dump(await db.schema_dump(b)), a, b
+        )
+        schemas = []
+        for name in (a, b):
+            async with await psycopg.AsyncConnection.connect(await db.connection_uri(name)) as c:
+                schemas.append(await describe_schema(c))
+        return text, diff_schemas(schemas[0], schemas[1]).as_dict()
+
+    text, changes = _with_provider(ctx, work)
+    _output(ctx).output.emit(
+        {"a": a, "b": b, "changes": changes, "diff": text},
+        lambda c: c.print(text or f"{a} and {b} have the same schema", markup=False),
+    )
+
+
+@app.command("restore")
+def restore(
+    ctx: typer.Context,
+    to: Annotated[str, typer.Option("--to", help='"30 minutes ago" or an ISO time.')],
+    name: Annotated[str | None, typer.Option(help="Name of the new branch.")] = None,
+) -> None:
+    """Create a new branch holding production as it was at a past moment."""
+    moment = parse_moment(to)
+    branch_name = name or "emergency-restore-" + moment.strftime("%Y%m%d%H%M%S")
+    _progress(ctx, f"restoring production as of {moment.isoformat()} into {branch_name}")
+    branch = _with_provider(ctx, lambda _c, db: db.restore(branch_name, moment))
+    _show_branch(ctx, branch, f"restored to {moment.isoformat()}:")
+
+
+@app.command("backup")
+def backup(ctx: typer.Context) -> None:
+    """Take a base backup of production now (a restore starts from the latest one)."""
+
+    async def work(_c: Config, db: DatabaseProvider) -> dict[str, str]:
+        take = getattr(db, "take_backup", None)
+        if take is None:
+            raise UsageError("this database provider keeps its own backups")
+        taken = await take()
+        return {"path": str(taken.path), **taken.as_dict()}
+
+    data = _with_provider(ctx, work)
+    _output(ctx).output.emit(data, lambda c: c.print(f"base backup taken: {data['path']}"))
+
+
+@app.command("gc")
+def gc(ctx: typer.Context) -> None:
+    """Delete expired branches, clean up after crashes, refresh and prune backups."""
+
+    async def work(_c: Config, db: DatabaseProvider) -> dict[str, Any]:
+        collect = getattr(db, "gc", None)
+        if collect is None:
+            raise UsageError("this database provider has no local garbage to collect")
+        report = await collect()
+        data: dict[str, Any] = report.as_dict()
+        return data
+
+    data = _with_provider(ctx, work)
+
+    def human(console: Console) -> None:
+        done = False
+        for key, value in data.items():
+            if value:
+                done = True
+                shown = ", ".join(value) if isinstance(value, list) else "yes"
+                console.print(f"{key.replace('_', ' ')}: {shown}")
+        if not done:
+            console.print("nothing to collect")
+
+    _output(ctx).output.emit(data, human)

@@ -1,0 +1,29 @@
+"""Choosing providers by name, once, at the edge: the rest of branchline is
+handed the instances and never picks one."""
+
+from __future__ import annotations
+
+from branchline.config import Config
+from branchline.errors import UsageError
+from branchline.postgres import find_binaries
+from branchline.providers.database import DatabaseProvider
+from branchline.providers.database.local import LocalDatabaseProvider
+from branchline.store import Store
+
+
+def database_provider(config: Config, store: Store) -> DatabaseProvider:
+    provider = config.database.provider
+    if provider == "local":
+        pg_bin = config.database.local.pg_bin
+        return LocalDatabaseProvider(
+            project=config.project.name,
+            state_dir=store.location.state_dir,
+            store=store,
+            root=config.database.parent,
+            database=config.database.local.database,
+            binaries=find_binaries({"BRANCHLINE_PG_BIN": pg_bin}) if pg_bin else None,
+        )
+    raise UsageError(
+        f"the {provider!r} database provider is not available in this version of branchline",
+        hint='Set `provider = "local"` under [database] in branchline.toml.',
+    )
