@@ -4,8 +4,11 @@ Targets (database branches issue): branch creation within 1.3x of a raw copy of
 the parent's files, and under 1 s for a 100 MB parent. For each parent size it
 times, as the median of a few rounds:
 
-- branch: `LocalDatabaseProvider.create_branch` (store rows, online
-  `pg_basebackup`, start-up) until the branch answers `SELECT 1`;
+- branch: `LocalDatabaseProvider.create_branch` until the branch answers
+  `SELECT 1`, as a user meets it: a spare standby of the parent is ready (the
+  provider refills it after each create, untimed here) and is promoted;
+- cold branch: the same with no spare ready, so the branch is an online
+  `pg_basebackup` copy (store rows, copy, start-up);
 - raw copy: `cp -a` of the parent's `base/` and `global/` after a `CHECKPOINT`,
   then `sync` (the copy limit of this disk), as the cluster's user;
 - template: `CREATE DATABASE copy TEMPLATE app` on the idle parent;
@@ -31,7 +34,7 @@ from pathlib import Path
 import psycopg
 
 from branchline.postgres import Cluster
-from branchline.postgres.copy import _basebackup_args, _password_env, directory_size
+from branchline.postgres.copy import basebackup_args, directory_size, password_env
 from branchline.providers.database.local import LocalDatabaseProvider
 from branchline.store import Store, locate_state
 
@@ -54,6 +57,7 @@ class Result:
     files_bytes: int = 0  # base/ + global/ of the parent cluster
     files: int = 0  # how many files those are (creating files is much of a copy's cost)
     create: list[float] = field(default_factory=list)
+    cold: list[float] = field(default_factory=list)
     raw_copy: list[float] = field(default_factory=list)
     template: list[float] = field(default_factory=list)
     basebackup: list[float] = field(default_factory=list)
@@ -122,23 +126,30 @@ def _basebackup(cluster: Cluster, dest: Path) -> float:
     try:
         began = time.perf_counter()
         cluster.run_tool(
-            _basebackup_args(cluster, dest / "data", durable=False),
+            basebackup_args(cluster, dest / "data", durable=False),
             what="pg_basebackup",
-            env=_password_env(cluster),
+            env=password_env(cluster),
         )
         return time.perf_counter() - began
     finally:
         shutil.rmtree(dest)
 
 
-def _branch(provider: LocalDatabaseProvider, name: str) -> float:
-    began = time.perf_counter()
-    asyncio.run(provider.create_branch(name))
-    with psycopg.connect(provider.cluster(name).uri(DATABASE)) as conn:
-        conn.execute("SELECT 1")
-    elapsed = time.perf_counter() - began
-    asyncio.run(provider.delete_branch(name))
-    return elapsed
+def _branch(provider: LocalDatabaseProvider, name: str, *, spare: bool) -> float:
+    async def timed() -> float:
+        await provider.ensure_spare()
+        if not spare:
+            provider.drop_spare()
+        began = time.perf_counter()
+        await provider.create_branch(name)
+        with psycopg.connect(provider.cluster(name).uri(DATABASE)) as conn:
+            conn.execute("SELECT 1")
+        elapsed = time.perf_counter() - began
+        await provider.aclose()  # the refill of the spare, untimed
+        await provider.delete_branch(name)
+        return elapsed
+
+    return asyncio.run(timed())
 
 
 def _measure(store: Store, root: Path, size_mb: int, rounds: int) -> Result:
@@ -159,13 +170,14 @@ def _measure(store: Store, root: Path, size_mb: int, rounds: int) -> Result:
             (result.raw_copy, lambda i: _raw_copy(parent, root / f"raw-{size_mb}-{i}")),
             (result.template, lambda i: _template(parent)),
             (result.basebackup, lambda i: _basebackup(parent, root / f"bb-{size_mb}-{i}")),
-            (result.create, lambda i: _branch(provider, f"bench-{size_mb}-{i}")),
+            (result.create, lambda i: _branch(provider, f"bench-{size_mb}-{i}", spare=True)),
+            (result.cold, lambda i: _branch(provider, f"cold-{size_mb}-{i}", spare=False)),
         ]
         for i in range(rounds):
             for into, step in steps:
                 into.append(step(i))
     finally:
-        for home in (state / "branches").glob("*"):
+        for home in [*(state / "branches").glob("*"), *(state / "spares").glob("*-*")]:
             Cluster(home).destroy()
         shutil.rmtree(state, ignore_errors=True)
     return result
@@ -202,6 +214,7 @@ def main() -> int:
         ratio = create / raw
         rows = [
             ("branch create", r.create),
+            ("branch create, cold copy", r.cold),
             ("raw copy + sync", r.raw_copy),
             ("CREATE DATABASE TEMPLATE", r.template),
             ("pg_basebackup alone", r.basebackup),
@@ -224,6 +237,8 @@ def main() -> int:
             f"template_s_{n}={template:.3f}",
             f"basebackup_s_{n}={statistics.median(r.basebackup):.3f}",
             f"ratio_{n}={ratio:.2f}",
+            f"cold_create_s_{n}={statistics.median(r.cold):.3f}",
+            f"cold_ratio_{n}={statistics.median(r.cold) / raw:.2f}",
         ]
     print(
         f"summary: {' '.join(summary)} target_ratio={TARGET_RATIO} "

@@ -45,7 +45,7 @@ def state_dir(cluster_root: Path, tmp_path: Path) -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="state-", dir=cluster_root))
     path.chmod(0o755)
     yield path
-    for home in [path / "postgres", *(path / "branches").glob("*")]:
+    for home in [path / "postgres", *(path / "branches").glob("*"), *(path / "spares").glob("*-*")]:
         Cluster(home).destroy()
     shutil.rmtree(path, ignore_errors=True)
 

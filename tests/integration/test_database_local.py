@@ -9,9 +9,10 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, TypeVar
 
 import psycopg
 import pytest
@@ -24,6 +25,7 @@ from branchline.store import Store, locate_state, resources
 from branchline.store import branches as branch_rows
 
 pytestmark = pytest.mark.integration
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +47,10 @@ def _provider(store: Store, root_dir: Path) -> Iterator[LocalDatabaseProvider]:
         project=f"p{os.urandom(4).hex()}", state_dir=state, store=store, database="app"
     )
     try:
-        asyncio.run(provider.init_root())
+        run(provider, provider.init_root())
         yield provider
     finally:
-        for home in (state / "branches").glob("*"):
+        for home in [*(state / "branches").glob("*"), *(state / "spares").glob("*-*")]:
             Cluster(home).destroy()
         shutil.rmtree(state, ignore_errors=True)
 
@@ -63,8 +65,20 @@ def fresh_db(shared_store: Store, cluster_root: Path) -> Iterator[LocalDatabaseP
     yield from _provider(shared_store, cluster_root)
 
 
+def run(db: LocalDatabaseProvider, work: Coroutine[Any, Any, T]) -> T:
+    """Run provider work as a command would: background work finishes before the end."""
+
+    async def main() -> T:
+        try:
+            return await work
+        finally:
+            await db.aclose()
+
+    return asyncio.run(main())
+
+
 def uri(db: LocalDatabaseProvider, name: str) -> str:
-    return asyncio.run(db.connection_uri(name))
+    return run(db, db.connection_uri(name))
 
 
 def execute(url: str, query: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
@@ -78,8 +92,8 @@ def test_provider_satisfies_the_interface(db: LocalDatabaseProvider) -> None:
 
 
 def test_init_root_is_idempotent(db: LocalDatabaseProvider) -> None:
-    first = asyncio.run(db.get_branch("production"))
-    again = asyncio.run(db.init_root())
+    first = run(db, db.get_branch("production"))
+    again = run(db, db.init_root())
     assert first is not None and again.port == first.port
     assert again.status is BranchStatus.READY and again.parent is None
     assert len(db.backups()) >= 1
@@ -89,7 +103,7 @@ def test_writes_do_not_cross_between_branch_and_parent(db: LocalDatabaseProvider
     prod = uri(db, "production")
     execute(prod, "CREATE TABLE iso (v text)")
     execute(prod, "INSERT INTO iso VALUES ('before')")
-    branch = asyncio.run(db.create_branch("iso-1"))
+    branch = run(db, db.create_branch("iso-1"))
     assert branch.parent == "production" and branch.status is BranchStatus.READY
     child = uri(db, "iso-1")
     assert child != prod
@@ -124,7 +138,7 @@ def test_branch_of_a_busy_parent_holds_a_consistent_prefix(db: LocalDatabaseProv
     try:
         while len(committed) < 200:
             time.sleep(0.01)
-        asyncio.run(db.create_branch("busy-1"))
+        run(db, db.create_branch("busy-1"))
     finally:
         stop.set()
         thread.join()
@@ -147,7 +161,7 @@ def test_five_concurrent_branches_are_independent(db: LocalDatabaseProvider) -> 
     async def create_all() -> list[object]:
         return list(await asyncio.gather(*(db.create_branch(n) for n in names)))
 
-    branches = asyncio.run(create_all())
+    branches = run(db, create_all())
     ports = {b.port for b in branches}  # type: ignore[attr-defined]
     assert len(ports) == 5
     for i, name in enumerate(names):
@@ -158,23 +172,23 @@ def test_five_concurrent_branches_are_independent(db: LocalDatabaseProvider) -> 
 
 
 def test_create_and_delete_are_idempotent(db: LocalDatabaseProvider) -> None:
-    first = asyncio.run(db.create_branch("idem-1"))
-    again = asyncio.run(db.create_branch("idem-1"))
+    first = run(db, db.create_branch("idem-1"))
+    again = run(db, db.create_branch("idem-1"))
     assert (again.port, again.created_at) == (first.port, first.created_at)
-    assert asyncio.run(db.delete_branch("idem-1")) is True
-    assert asyncio.run(db.delete_branch("idem-1")) is False
-    assert asyncio.run(db.get_branch("idem-1")) is None
+    assert run(db, db.delete_branch("idem-1")) is True
+    assert run(db, db.delete_branch("idem-1")) is False
+    assert run(db, db.get_branch("idem-1")) is None
     assert not db.cluster("idem-1").home.exists()
 
 
 def test_reset_discards_the_branch_changes_and_keeps_the_uri(db: LocalDatabaseProvider) -> None:
     prod = uri(db, "production")
     execute(prod, "CREATE TABLE resettable (v text)")
-    asyncio.run(db.create_branch("reset-1"))
+    run(db, db.create_branch("reset-1"))
     before = uri(db, "reset-1")
     execute(before, "INSERT INTO resettable VALUES ('branch change')")
     execute(prod, "INSERT INTO resettable VALUES ('parent change')")
-    asyncio.run(db.reset_branch("reset-1"))
+    run(db, db.reset_branch("reset-1"))
     after = uri(db, "reset-1")
     assert after == before
     assert execute(after, "SELECT v FROM resettable") == [("parent change",)]
@@ -182,7 +196,7 @@ def test_reset_discards_the_branch_changes_and_keeps_the_uri(db: LocalDatabasePr
 
 def test_delete_refuses_the_root_without_force(db: LocalDatabaseProvider) -> None:
     with pytest.raises(UsageError, match="root branch"):
-        asyncio.run(db.delete_branch("production"))
+        run(db, db.delete_branch("production"))
 
 
 @pytest.mark.parametrize(
@@ -192,15 +206,15 @@ def test_delete_refuses_the_root_without_force(db: LocalDatabaseProvider) -> Non
 def test_hostile_names_are_refused_with_a_hint(db: LocalDatabaseProvider, name: str) -> None:
     before = sorted(p.name for p in (db.state_dir / "branches").iterdir())
     with pytest.raises(UsageError) as info:
-        asyncio.run(db.create_branch(name))
+        run(db, db.create_branch(name))
     assert info.value.hint
     assert sorted(p.name for p in (db.state_dir / "branches").iterdir()) == before
 
 
 def test_missing_parent_is_explained(db: LocalDatabaseProvider) -> None:
     with pytest.raises(UsageError, match="does not exist"):
-        asyncio.run(db.create_branch("orphan-1", parent="no-such-branch"))
-    assert asyncio.run(db.get_branch("orphan-1")) is None
+        run(db, db.create_branch("orphan-1", parent="no-such-branch"))
+    assert run(db, db.get_branch("orphan-1")) is None
 
 
 def test_point_in_time_restore_brings_dropped_rows_back(fresh_db: LocalDatabaseProvider) -> None:
@@ -213,7 +227,7 @@ def test_point_in_time_restore_brings_dropped_rows_back(fresh_db: LocalDatabaseP
     time.sleep(0.2)
     execute(prod, "DROP TABLE precious")
     assert isinstance(noted, datetime)
-    restored = asyncio.run(db.restore("emergency-restore-1", noted))
+    restored = run(db, db.restore("emergency-restore-1", noted))
     assert restored.parent == "production"
     assert restored.detail["restored_to"] == noted.isoformat()
     rows = execute(uri(db, "emergency-restore-1"), "SELECT count(*), sum(v) FROM precious")
@@ -228,15 +242,15 @@ def test_restore_before_the_first_backup_says_the_earliest_point(
     db: LocalDatabaseProvider,
 ) -> None:
     with pytest.raises(UsageError) as info:
-        asyncio.run(db.restore("too-early", datetime.now(UTC) - timedelta(days=3)))
+        run(db, db.restore("too-early", datetime.now(UTC) - timedelta(days=3)))
     assert "earliest" in info.value.hint
 
 
 def test_gc_removes_expired_interrupted_and_stray_things(fresh_db: LocalDatabaseProvider) -> None:
     db = fresh_db
     past = datetime.now(UTC) - timedelta(minutes=1)
-    asyncio.run(db.create_branch("expired-1", expires=past))
-    asyncio.run(db.create_branch("kept-1", expires=datetime.now(UTC) + timedelta(hours=1)))
+    run(db, db.create_branch("expired-1", expires=past))
+    run(db, db.create_branch("kept-1", expires=datetime.now(UTC) + timedelta(hours=1)))
 
     # A create that crashed half-way: intent recorded, a half-made cluster directory.
     async def crashed_create() -> None:
@@ -258,17 +272,44 @@ def test_gc_removes_expired_interrupted_and_stray_things(fresh_db: LocalDatabase
     stray.init(durable=False)
     stray.start()
     # A row whose cluster vanished.
-    asyncio.run(db.create_branch("vanished-1"))
+    run(db, db.create_branch("vanished-1"))
     db.cluster("vanished-1").destroy()
 
-    report = asyncio.run(db.gc())
+    report = run(db, db.gc())
     assert report.expired_deleted == ["expired-1"]
     assert report.interrupted_cleaned == ["crashed-1 (creating)"]
     assert report.orphan_clusters_removed == ["stray-1"]
     assert report.stale_rows_removed == ["vanished-1"]
-    names = {b.name for b in asyncio.run(db.list_branches())}
+    names = {b.name for b in run(db, db.list_branches())}
     assert names == {"production", "kept-1"}
     assert not stray.home.exists() and stray.postmaster_pid() is None
     assert not db.cluster("crashed-1").home.exists()
-    again = asyncio.run(db.gc())
+    again = run(db, db.gc())
     assert again.as_dict()["expired_deleted"] == [] and not again.interrupted_cleaned
+
+
+def test_a_ready_spare_becomes_the_next_branch_and_is_refilled(
+    fresh_db: LocalDatabaseProvider,
+) -> None:
+    db = fresh_db
+    spare = db.spare
+    assert spare is not None and spare.state().value == "running"  # init_root made one
+    prod = uri(db, "production")
+    execute(prod, "CREATE TABLE latest (v int)")
+    execute(prod, "INSERT INTO latest VALUES (1)")  # just before the branch is asked for
+
+    run(db, db.create_branch("from-spare"))
+    home = db.cluster("from-spare").home
+    assert home.is_symlink() and home.resolve() == spare.home.resolve()
+    refill = db.spare
+    assert refill is not None and refill.home != spare.home
+    assert refill.state().value == "running"
+    branch = uri(db, "from-spare")
+    assert execute(branch, "SELECT v FROM latest") == [(1,)]
+    assert execute(branch, "SELECT pg_is_in_recovery()") == [(False,)]
+    execute(branch, "INSERT INTO latest VALUES (2)")  # writable, and independent
+    assert execute(prod, "SELECT v FROM latest") == [(1,)]
+    assert "primary_conninfo" not in db.cluster("from-spare").meta().settings
+    # Deleting the branch removes the spare directory it was made from.
+    run(db, db.delete_branch("from-spare"))
+    assert not home.exists() and not spare.home.exists()

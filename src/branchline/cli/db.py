@@ -32,15 +32,26 @@ T = TypeVar("T")
 
 
 def _with_provider(
-    ctx: typer.Context, work: Callable[[Config, DatabaseProvider], Awaitable[T]]
+    ctx: typer.Context,
+    work: Callable[[Config, DatabaseProvider], Awaitable[T]],
+    show: Callable[[T], None] | None = None,
 ) -> T:
+    """Run `work`, print its result with `show` as soon as it is there, then let the
+    provider finish its background work (such as preparing the next branch)."""
     app_ctx = app_context(ctx)
     config = app_ctx.config()
     store = app_ctx.store()
 
     async def main() -> T:
         await store.start()
-        return await work(config, database_provider(config, store))
+        db = database_provider(config, store)
+        try:
+            result = await work(config, db)
+            if show is not None:
+                show(result)
+            return result
+        finally:
+            await db.aclose()
 
     return asyncio.run(main())
 
@@ -277,8 +288,11 @@ def restore(
     moment = parse_moment(to)
     branch_name = name or "emergency-restore-" + moment.strftime("%Y%m%d%H%M%S")
     _progress(ctx, f"restoring production as of {moment.isoformat()} into {branch_name}")
-    branch = _with_provider(ctx, lambda _c, db: db.restore(branch_name, moment))
-    _show_branch(ctx, branch, f"restored to {moment.isoformat()}:")
+    _with_provider(
+        ctx,
+        lambda _c, db: db.restore(branch_name, moment),
+        lambda branch: _show_branch(ctx, branch, f"restored to {moment.isoformat()}:"),
+    )
 
 
 @app.command("backup")

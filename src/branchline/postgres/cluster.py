@@ -33,6 +33,7 @@ from branchline.postgres.runas import RunAs, current_run_as
 
 SUPERUSER = "branchline"
 MANAGED_CONF = "branchline.conf"
+SOCKET_FILE = "socket-dir"
 START_ATTEMPTS = 5  # a free port can be taken between choosing and binding it
 
 # Throw-away clusters (tests, previews) trade crash safety for speed.
@@ -69,6 +70,8 @@ def free_port() -> int:
 
 def port_is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As Postgres binds: a port whose old connections linger in TIME_WAIT is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -119,9 +122,14 @@ class Cluster:
 
     @property
     def socket_dir(self) -> Path:
-        # Unix socket paths are limited to ~107 bytes, so not under `home`.
-        digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:16]
-        return Path(tempfile.gettempdir()) / f"branchline-pg-{digest}"
+        # Unix socket paths are limited to ~107 bytes, so not under `home`. The
+        # choice is remembered in `home`, so a home renamed while its server runs
+        # (a spare adopted as a branch) still knows where its socket is.
+        try:
+            return Path((self.home / SOCKET_FILE).read_text().strip())
+        except OSError:
+            digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:16]
+            return Path(tempfile.gettempdir()) / f"branchline-pg-{digest}"
 
     @property
     def binaries(self) -> PgBinaries:
@@ -302,10 +310,17 @@ class Cluster:
         raise PostgresError(f"postmaster {pid} of {self.home} did not stop")
 
     def destroy(self) -> None:
-        """Stop and remove everything the cluster owns. No-op when already gone."""
+        """Stop and remove everything the cluster owns. No-op when already gone.
+        A home that is a link (an adopted spare) goes with the directory it names."""
         self.stop()
-        shutil.rmtree(self.home, ignore_errors=True)
-        shutil.rmtree(self.socket_dir, ignore_errors=True)
+        socket_dir = self.socket_dir
+        if self.home.is_symlink():
+            target = self.home.resolve()
+            self.home.unlink()
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            shutil.rmtree(self.home, ignore_errors=True)
+        shutil.rmtree(socket_dir, ignore_errors=True)
 
     # -- connections ------------------------------------------------------
 
@@ -320,9 +335,14 @@ class Cluster:
 
     def _prepare_socket_dir(self) -> None:
         path = self.socket_dir
+        (self.home / SOCKET_FILE).write_text(str(path))
         path.mkdir(mode=0o700, exist_ok=True)
         path.chmod(0o700)
         self.run_as.own(path)
+
+    def rewrite_managed_conf(self) -> None:
+        """Bring the settings file in line with the metadata (read at the next start)."""
+        self._write_managed_conf(self.meta())
 
     def _write_managed_conf(self, meta: ClusterMeta) -> None:
         lines = [

@@ -18,12 +18,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 from branchline.errors import PostgresError
 from branchline.postgres.cluster import Cluster, ClusterMeta, free_port
 
 
-def _basebackup_args(parent: Cluster, target: Path, *, durable: bool) -> list[str]:
+def basebackup_args(parent: Cluster, target: Path, *, durable: bool) -> list[str]:
     meta = parent.meta()
     return [
         parent.binaries.path("pg_basebackup"),
@@ -43,7 +44,7 @@ def _basebackup_args(parent: Cluster, target: Path, *, durable: bool) -> list[st
     ]
 
 
-def _password_env(cluster: Cluster) -> dict[str, str]:
+def password_env(cluster: Cluster) -> dict[str, str]:
     return {"PGPASSWORD": cluster.meta().password, "PGAPPNAME": "branchline"}
 
 
@@ -61,15 +62,74 @@ def clone(
     child.home.mkdir(parents=True, exist_ok=True)
     child.run_as.own(child.home)
     child.run_tool(
-        _basebackup_args(parent, child.data_dir, durable=durable),
+        basebackup_args(parent, child.data_dir, durable=durable),
         what="pg_basebackup",
-        env=_password_env(parent),
+        env=password_env(parent),
     )
     source = parent.meta()
     # Roles, and so the password, are copied with the data (as on Neon).
     meta = ClusterMeta(source.superuser, source.password, port or free_port(), dict(settings))
     child.write_meta(meta)
     return meta
+
+
+def make_standby(parent: Cluster, child: Cluster, *, settings: Mapping[str, str]) -> None:
+    """Make `child` a streaming standby of `parent`: a spare copy that stays current
+    and becomes a branch in a fraction of a second when promoted."""
+    clone(parent, child, settings=settings)
+    source = parent.meta()
+    conninfo = make_conninfo(
+        host="127.0.0.1",
+        port=source.port,
+        user=source.superuser,
+        password=source.password,  # the same password the copy itself holds
+        application_name="branchline-spare",
+    )
+    child.write_meta(child.meta().with_settings({**settings, "primary_conninfo": conninfo}))
+    marker = child.data_dir / "standby.signal"
+    marker.touch()
+    child.run_as.own(marker)
+    child.start()
+
+
+def promote_standby(
+    parent: Cluster, child: Cluster, *, settings: Mapping[str, str], timeout: float = 10.0
+) -> None:
+    """Let the standby `child` catch up with everything `parent` has written so far,
+    then promote it to a writable cluster of its own."""
+    with psycopg.connect(parent.uri(), autocommit=True, connect_timeout=5) as conn:
+        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    assert row is not None
+    target = str(row[0])
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(child.uri(), autocommit=True, connect_timeout=5) as conn:
+        while True:
+            caught_up = conn.execute(
+                "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,)
+            ).fetchone()
+            if caught_up is not None and caught_up[0]:
+                break
+            if time.monotonic() > deadline:
+                raise PostgresError(f"the spare copy in {child.home} fell behind its parent")
+            time.sleep(0.005)
+        promoted = conn.execute("SELECT pg_promote(true, %s)", (int(timeout),)).fetchone()
+    if promoted is None or promoted[0] is not True:
+        raise PostgresError(f"the spare copy in {child.home} did not promote")
+    # No longer a standby: forget the parent's connection for future starts.
+    child.write_meta(child.meta().with_settings(settings))
+    child.rewrite_managed_conf()
+
+
+def standby_is_streaming(child: Cluster) -> bool:
+    try:
+        with psycopg.connect(child.uri(), autocommit=True, connect_timeout=3) as conn:
+            row = conn.execute(
+                "SELECT pg_is_in_recovery() AND EXISTS "
+                "(SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming')"
+            ).fetchone()
+    except psycopg.Error:
+        return False
+    return row is not None and row[0] is True
 
 
 @dataclass(frozen=True)
@@ -116,9 +176,9 @@ def take_base_backup(cluster: Cluster, dest: Path) -> BaseBackup:
     dest.mkdir(parents=True)
     cluster.run_as.own(dest)
     cluster.run_tool(
-        _basebackup_args(cluster, dest / "data", durable=True),
+        basebackup_args(cluster, dest / "data", durable=True),
         what="pg_basebackup",
-        env=_password_env(cluster),
+        env=password_env(cluster),
     )
     end_time = _server_now(cluster)
     label = (dest / "data" / "backup_label").read_text()

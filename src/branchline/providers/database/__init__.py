@@ -80,6 +80,10 @@ class DatabaseProvider(Protocol):
         """The branch's schema as `pg_dump --schema-only` text."""
         ...
 
+    async def aclose(self) -> None:
+        """Finish background work (such as preparing the next branch) before exiting."""
+        ...
+
     async def annotate(self, name: str, detail: Mapping[str, Any]) -> None:
         """Merge facts (migrations applied, schema fingerprint) into the branch's record."""
         ...

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -35,7 +36,10 @@ from branchline.postgres.copy import (
     archive_settings,
     clone,
     directory_size,
+    make_standby,
+    promote_standby,
     restore_to_time,
+    standby_is_streaming,
     take_base_backup,
 )
 from branchline.providers.database import Branch, BranchStatus
@@ -45,6 +49,7 @@ from branchline.store.queries import Conn
 
 PROVIDER = "local"
 RESOURCE_KIND = "database_branch"
+SPARE_LOCK = "spare"  # not a valid branch name, so no branch lock can clash with it
 
 # A dozen idle branches must fit on a small machine: small buffers, few
 # connections, but enough WAL senders for several concurrent copies of one parent.
@@ -81,6 +86,7 @@ class LocalDatabaseProvider:
     ) -> None:
         self.project = project
         self.binaries = binaries
+        self._background: list[asyncio.Task[object]] = []
         self.state_dir = state_dir
         self.store = store
         self.root = root
@@ -90,6 +96,25 @@ class LocalDatabaseProvider:
 
     def cluster(self, name: str) -> Cluster:
         return Cluster(self.state_dir / "branches" / name, binaries=self.binaries)
+
+    @property
+    def spares_dir(self) -> Path:
+        return self.state_dir / "spares"
+
+    @property
+    def _spare_pointer(self) -> Path:
+        return self.spares_dir / f"{self.root}.next"
+
+    @property
+    def spare(self) -> Cluster | None:
+        """The standby of the root kept streaming, promoted when a branch is asked for.
+        Each spare has a directory of its own: a promoted one keeps running where it
+        is (Postgres holds absolute paths) and the branch's home links to it."""
+        try:
+            name = self._spare_pointer.read_text().strip()
+        except OSError:
+            return None
+        return Cluster(self.spares_dir / name, binaries=self.binaries)
 
     @property
     def archive_dir(self) -> Path:
@@ -108,14 +133,17 @@ class LocalDatabaseProvider:
             row = await branch_rows.get(conn, self.project, name)
             if row is not None and row.status == BranchStatus.READY.value:
                 await asyncio.to_thread(self.cluster(name).start)
-                return await self._branch(conn, name)
-            await self._intend(conn, name, parent=None, expires=None)
-            try:
-                await asyncio.to_thread(self._create_root_cluster)
-            except BaseException:
-                await self._undo_create(conn, name)
-                raise
-            return await self._mark_ready(conn, name, detail={"root": True})
+                branch = await self._branch(conn, name)
+            else:
+                await self._intend(conn, name, parent=None, expires=None)
+                try:
+                    await asyncio.to_thread(self._create_root_cluster)
+                except BaseException:
+                    await self._undo_create(conn, name)
+                    raise
+                branch = await self._mark_ready(conn, name, detail={"root": True})
+        await self.ensure_spare()
+        return branch
 
     def _create_root_cluster(self) -> None:
         cluster = self.cluster(self.root)
@@ -162,10 +190,10 @@ class LocalDatabaseProvider:
                 )
             await self._intend(conn, name, parent=parent, expires=expires)
             try:
-                if at is None:
-                    await asyncio.to_thread(self._clone_sync, parent, name)
-                else:
+                if at is not None:
                     await self._restore(name, at)
+                elif not (parent == self.root and await self._adopt_spare(name)):
+                    await asyncio.to_thread(self._clone_sync, parent, name)
             except BaseException:
                 await self._undo_create(conn, name)
                 raise
@@ -227,6 +255,8 @@ class LocalDatabaseProvider:
         if row is not None:
             await branch_rows.update(conn, self.project, name, status=BranchStatus.DELETING.value)
         await asyncio.to_thread(cluster.destroy)
+        if name == self.root:
+            await asyncio.to_thread(self.drop_spare)
         await branch_rows.delete(conn, self.project, name)
         await resources.record(conn, self.project, RESOURCE_KIND, name, "deleted")
         return True
@@ -310,6 +340,96 @@ class LocalDatabaseProvider:
         except OSError:
             return ""
 
+    # -- the spare ------------------------------------------------------------
+
+    async def ensure_spare(self) -> bool:
+        """Make sure a streaming standby of the root is ready; True if one was (re)built.
+        Copying a cluster costs about a millisecond per file on slow disks (over a
+        second for an empty cluster); promoting a ready standby takes ~0.1 s."""
+        if self.cluster(self.root).state() is ClusterState.MISSING:
+            return False
+        async with self._try_locked(SPARE_LOCK) as conn:
+            if conn is None:
+                return False  # another process is building or adopting it
+            spare = self.spare
+            if (
+                spare is not None
+                and spare.state() is ClusterState.RUNNING
+                and await asyncio.to_thread(standby_is_streaming, spare)
+            ):
+                await asyncio.to_thread(self._remove_unused_spares)
+                return False
+            await asyncio.to_thread(self._rebuild_spare)
+            return True
+
+    def _rebuild_spare(self) -> None:
+        self.drop_spare()
+        root = self.cluster(self.root)
+        root.start()
+        fresh = Cluster(
+            self.spares_dir / f"{self.root}-{os.urandom(4).hex()}", binaries=self.binaries
+        )
+        make_standby(root, fresh, settings=self._branch_settings())
+        tmp = self._spare_pointer.with_suffix(".tmp")
+        tmp.write_text(fresh.home.name)
+        tmp.replace(self._spare_pointer)  # a crash leaves the old pointer or the new one
+
+    def drop_spare(self) -> None:
+        """Remove the ready spare (the next create copies, and ensure_spare rebuilds)."""
+        spare = self.spare
+        self._spare_pointer.unlink(missing_ok=True)
+        if spare is not None:
+            spare.destroy()
+        self._remove_unused_spares()
+
+    def _remove_unused_spares(self) -> None:
+        """Spare directories neither pointed at nor adopted by a branch: crash leftovers."""
+        current = self.spare
+        used = {current.home.name} if current is not None else set()
+        for link in (self.state_dir / "branches").glob("*"):
+            if link.is_symlink():
+                used.add(link.resolve().name)
+        for path in self.spares_dir.glob(f"{self.root}-*"):
+            if path.is_dir() and path.name not in used:
+                Cluster(path, binaries=self.binaries).destroy()
+
+    async def _adopt_spare(self, name: str) -> bool:
+        """Promote the spare and link it into place as branch `name`; False (and the
+        caller copies instead) when no spare is ready or another create holds it."""
+        async with self._try_locked(SPARE_LOCK) as conn:
+            if conn is None:
+                return False
+            adopted = await asyncio.to_thread(self._adopt_spare_sync, name)
+        if adopted:
+            self._background.append(asyncio.create_task(self.ensure_spare()))
+        return adopted
+
+    def _adopt_spare_sync(self, name: str) -> bool:
+        spare = self.spare
+        if spare is None or spare.state() is not ClusterState.RUNNING:
+            return False
+        if not standby_is_streaming(spare):
+            return False
+        target = self.cluster(name)
+        target.destroy()  # remains of an interrupted attempt, if any
+        self._spare_pointer.unlink()  # from here on it belongs to the branch
+        try:
+            promote_standby(self.cluster(self.root), spare, settings=self._branch_settings())
+        except BranchlineError:
+            spare.destroy()
+            return False
+        target.home.parent.mkdir(parents=True, exist_ok=True)
+        target.home.symlink_to(spare.home)
+        return True
+
+    async def aclose(self) -> None:
+        """Wait for background work (refilling the spare) before the process ends."""
+        pending, self._background = self._background, []
+        for task in pending:
+            # A failed refill only means the next create copies; gc retries it.
+            with contextlib.suppress(BranchlineError, OSError, psycopg.Error):
+                await task
+
     # -- backups ----------------------------------------------------------
 
     def backups(self) -> list[BaseBackup]:
@@ -388,6 +508,7 @@ class LocalDatabaseProvider:
                 report.interrupted_cleaned.append(f"{resource.name} ({current.state})")
         await self._remove_strays(report)
         await self._maintain_backups(report, now, backup_interval, backup_retention)
+        report.spare_rebuilt = await self.ensure_spare()
         return report
 
     async def _remove_strays(self, report: GcReport) -> None:
@@ -523,6 +644,7 @@ class GcReport:
     stale_rows_removed: list[str] = field(default_factory=list)
     backup_taken: bool = False
     backups_pruned: list[str] = field(default_factory=list)
+    spare_rebuilt: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -532,6 +654,7 @@ class GcReport:
             "stale_rows_removed": self.stale_rows_removed,
             "backup_taken": self.backup_taken,
             "backups_pruned": self.backups_pruned,
+            "spare_rebuilt": self.spare_rebuilt,
         }
 
 
