@@ -82,4 +82,17 @@ async def apply_migrations(
                 (migration.version, migration.name, migration.checksum),
             )
             applied_now.append(migration)
+        await _apply_queue_schema(conn)
     return applied_now
+
+
+async def _apply_queue_schema(conn: psycopg.AsyncConnection[object]) -> None:
+    """procrastinate's own tables (the job queue), once, under the same lock. Looked up
+    through the search_path, as procrastinate's own unqualified queries will."""
+    cur = await conn.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL")
+    exists = await cur.fetchone()
+    if exists == (True,):
+        return
+    from procrastinate.schema import SchemaManager
+
+    await conn.execute(SchemaManager.get_schema().encode())

@@ -1,0 +1,549 @@
+"""The engine: submits runs, enqueues their jobs as procrastinate tasks, runs a
+job's steps on a worker, and moves each run along when a job finishes.
+
+Every state change is written to the store first; a job becomes a procrastinate
+task only after its row says `queued` (a queueing lock per job makes a repeated
+enqueue harmless), so a crash between the two is repaired by `recover`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import procrastinate
+from procrastinate.jobs import Status
+
+from branchline.engine import runner
+from branchline.engine.checkout import worktree
+from branchline.engine.decide import JobState, decide
+from branchline.engine.masking import mask
+from branchline.engine.model import Command, Job, RunIf, Workflow
+from branchline.engine.paths import changed_files
+from branchline.errors import BranchlineError, UsageError
+from branchline.store import Store
+from branchline.store import artifacts as artifact_rows
+from branchline.store import runs as rows
+from branchline.store.queries import Conn
+
+QUEUE = "branchline"
+TASK = "branchline.run_job"
+SecretSource = Callable[[rows.RunRow], Awaitable[Mapping[str, str]]]
+
+
+async def no_secrets(_run: rows.RunRow) -> Mapping[str, str]:
+    return {}
+
+
+class ArtifactMissingError(BranchlineError):
+    """A workflow needs an artifact that an earlier run did not leave (or that expired)."""
+
+    default_hint = "Run the workflow that publishes it first (for a preview: the testing run)."
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    grace: float = 5.0  # seconds between SIGTERM and SIGKILL
+    heartbeat: float = 2.0  # worker heartbeat interval
+    stalled_after: float = 10.0  # a worker silent this long is dead
+    recover_every: float = 2.0  # how often a worker looks for dead workers' jobs
+    cancel_poll: float = 0.2  # how often a running step checks for a cancel
+    workdir: Path | None = None  # where job checkouts go (default: the system's temp dir)
+
+
+class Engine:
+    """Construction does no I/O: the procrastinate app opens in `open()`."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        project: str,
+        actions: Mapping[str, runner.Action] | None = None,
+        secrets: SecretSource = no_secrets,
+        options: EngineOptions | None = None,
+    ) -> None:
+        self.store = store
+        self.project = project
+        self.actions = dict(actions or {})
+        self.secrets = secrets
+        self.options = options or EngineOptions()
+        self.host = socket.gethostname()
+        self.app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=store.url))
+        self.app.task(name=TASK, queue=QUEUE, pass_context=True)(self._task)
+
+    @contextlib.asynccontextmanager
+    async def open(self) -> Any:
+        async with self.app.open_async():
+            yield self
+
+    # -- submitting -------------------------------------------------------
+
+    async def submit(
+        self,
+        workflow: Workflow,
+        *,
+        triggered_by: str,
+        repo: Path | None = None,
+        sha: str | None = None,
+        base_sha: str | None = None,
+        ref: str | None = None,
+        pr: int | None = None,
+        secret_scope: str | None = None,
+        rerun_of: int | None = None,
+    ) -> int:
+        """Record a run and start it, or queue it behind its concurrency group."""
+        changed = (
+            await asyncio.to_thread(changed_files, repo, base_sha, sha) if (repo and sha) else None
+        )
+        definition = {"workflow": workflow.to_dict(), "changed": changed}
+        jobs = [
+            (job.name, list(job.needs), job.run_if.value, [s.name for s in job.steps])
+            for job in workflow.jobs
+        ]
+        async with self.store.connect() as conn, conn.transaction():
+            run_id = await rows.insert_run(
+                conn,
+                project=self.project,
+                workflow=workflow.name,
+                definition=definition,
+                jobs=jobs,
+                triggered_by=triggered_by,
+                ref=ref,
+                sha=sha,
+                base_sha=base_sha,
+                pr=pr,
+                repo=str(repo) if repo else None,
+                concurrency_group=workflow.concurrency_group,
+                cancel_in_progress=workflow.cancel_in_progress,
+                secret_scope=secret_scope,
+                rerun_of=rerun_of,
+            )
+            if workflow.concurrency_group and await self._must_wait(conn, run_id, workflow):
+                await rows.set_run(conn, run_id, status="waiting")
+        await self.advance(run_id)
+        return run_id
+
+    async def _must_wait(self, conn: Conn, run_id: int, workflow: Workflow) -> bool:
+        group = workflow.concurrency_group
+        assert group is not None
+        # One submitter of a group at a time decides who waits for whom.
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+            (f"branchline:group:{self.project}:{group}",),
+        )
+        older = await rows.active_in_group(conn, self.project, group, run_id)
+        if workflow.cancel_in_progress:
+            for run in older:
+                await rows.set_run(conn, run.id, cancel_requested=True)
+        return bool(older)
+
+    async def rerun(self, run_id: int) -> int:
+        async with self.store.connect() as conn:
+            run = await rows.get_run(conn, run_id)
+        if run is None:
+            raise UsageError(f"there is no run {run_id}", hint="See `branchline runs list`.")
+        return await self.submit(
+            Workflow.from_dict(run.definition["workflow"]),
+            triggered_by=f"rerun of {run_id}",
+            repo=Path(run.repo) if run.repo else None,
+            sha=run.sha,
+            base_sha=run.base_sha,
+            ref=run.ref,
+            pr=run.pr,
+            secret_scope=run.secret_scope,
+            rerun_of=run_id,
+        )
+
+    async def cancel(self, run_id: int) -> bool:
+        """Ask a run to stop: running steps are stopped, `always` jobs still run."""
+        async with self.store.connect() as conn:
+            run = await rows.get_run(conn, run_id)
+            if run is None:
+                raise UsageError(f"there is no run {run_id}", hint="See `branchline runs list`.")
+            if run.status not in rows.ACTIVE:
+                return False
+            await rows.set_run(conn, run_id, cancel_requested=True)
+        await self.advance(run_id)
+        return True
+
+    # -- moving a run along -------------------------------------------------
+
+    async def advance(self, run_id: int) -> None:
+        """Bring the run up to date: enqueue ready jobs, skip the rest, finish the run,
+        then start the next waiting run of its group."""
+        to_enqueue: list[int] = []
+        next_run: int | None = None
+        async with self.store.connect() as conn, conn.transaction():
+            run = await rows.get_run(conn, run_id, lock=True)
+            if run is None or run.status in ("success", "failure", "cancelled"):
+                return
+            if run.status == "waiting" and not run.cancel_requested:
+                return
+            workflow = Workflow.from_dict(run.definition["workflow"])
+            jobs = {job.name: job for job in await rows.jobs_of(conn, run_id)}
+            states = {
+                name: JobState(job.status, job.status == "skipped" and _by_paths(job.error))
+                for name, job in jobs.items()
+            }
+            decision = decide(
+                workflow,
+                states,
+                cancelled=run.cancel_requested,
+                changed=run.definition.get("changed"),
+            )
+            for name, reason in decision.skip.items():
+                await rows.set_job(
+                    conn, jobs[name].id, status="skipped", error=reason, finished_at=runner.now()
+                )
+            for name in decision.enqueue:
+                await rows.set_job(conn, jobs[name].id, status="queued", enqueued_at=runner.now())
+                to_enqueue.append(jobs[name].id)
+            if decision.run_status is not None:
+                await rows.set_run(
+                    conn, run_id, status=decision.run_status, finished_at=runner.now()
+                )
+                if run.concurrency_group:
+                    next_run = await rows.next_waiting(conn, self.project, run.concurrency_group)
+                    if next_run is not None:
+                        await rows.set_run(conn, next_run, status="queued")
+            elif run.status in ("queued", "waiting"):
+                await rows.set_run(conn, run_id, status="running", started_at=runner.now())
+        for job_id in to_enqueue:
+            await self._enqueue(job_id)
+        if next_run is not None:
+            await self.advance(next_run)
+
+    async def _enqueue(self, job_id: int) -> None:
+        with contextlib.suppress(procrastinate.exceptions.AlreadyEnqueued):
+            await self.app.configure_task(
+                TASK, queue=QUEUE, queueing_lock=f"job-{job_id}"
+            ).defer_async(job_id=job_id)
+
+    # -- running a job (on a worker) ------------------------------------------
+
+    async def _task(self, context: procrastinate.JobContext, job_id: int) -> None:
+        await self.run_job(job_id)
+
+    async def run_job(self, job_id: int) -> None:
+        async with self.store.connect() as conn:
+            job = await rows.get_job(conn, job_id)
+            run = await rows.get_run(conn, job.run_id) if job else None
+            if job is None or run is None or job.status not in ("queued", "pending"):
+                return  # already handled (a duplicate delivery, or recovery got there)
+            workflow = Workflow.from_dict(run.definition["workflow"])
+            spec = workflow.job(job.name)
+            if run.cancel_requested and spec.run_if is not RunIf.ALWAYS:
+                await rows.set_job(
+                    conn, job_id, status="cancelled", error="the run was cancelled",
+                    finished_at=runner.now(),
+                )  # fmt: skip
+            else:
+                await rows.set_job(
+                    conn, job_id, status="running", started_at=runner.now(),
+                    attempt=job.attempt + 1, worker=f"{self.host}:{os.getpid()}", error=None,
+                )  # fmt: skip
+                status, error = await self._run_steps(conn, run, job, spec)
+                await rows.set_job(
+                    conn, job_id, status=status, error=error, finished_at=runner.now()
+                )
+        await self.advance(job.run_id)
+
+    async def _run_steps(
+        self, conn: Conn, run: rows.RunRow, job: rows.JobRow, spec: Job
+    ) -> tuple[str, str | None]:
+        steps = await rows.steps_of(conn, job.id)
+        secrets = dict(await self.secrets(run))
+        logs = _LogWriter(self.store, run.id, job.id)
+        needs_checkout = spec.checkout and any(isinstance(s.run, Command) for s in spec.steps)
+        try:
+            async with logs:
+                checkout: contextlib.AbstractContextManager[Path | None]
+                if needs_checkout and run.repo and run.sha:
+                    checkout = worktree(Path(run.repo), run.sha, parent=self.options.workdir)
+                else:
+                    checkout = contextlib.nullcontext(None)
+                with checkout as cwd:
+                    return await self._steps_in(conn, run, spec, steps, secrets, logs, cwd)
+        except BranchlineError as exc:
+            return "failure", exc.message
+
+    async def _steps_in(
+        self,
+        conn: Conn,
+        run: rows.RunRow,
+        spec: Job,
+        steps: list[rows.StepRow],
+        secrets: dict[str, str],
+        logs: _LogWriter,
+        cwd: Path | None,
+    ) -> tuple[str, str | None]:
+        result: tuple[str, str | None] = ("success", None)
+        # A cancel stops a run's work, never its cleanup: `always` jobs run to the end.
+        cleanup = spec.run_if is RunIf.ALWAYS
+        for row, step in zip(steps, spec.steps, strict=True):
+            cancellable = step.cancellable and not cleanup
+            if result[0] != "success":
+                await rows.set_step(conn, row.id, status="skipped")
+                continue
+            if cancellable and await self._cancel_requested(run.id):
+                await rows.set_step(conn, row.id, status="cancelled")
+                result = ("cancelled", "the run was cancelled")
+                continue
+            await rows.set_step(conn, row.id, status="running", started_at=runner.now())
+            logs.step_id = row.id
+            outcome = await self._run_step(conn, run, row, step.run, cancellable,
+                                           secrets, logs, cwd)  # fmt: skip
+            await logs.flush()
+            await rows.set_step(
+                conn, row.id, status=outcome.status, exit_code=outcome.exit_code,
+                finished_at=runner.now(), pgid=None,
+            )  # fmt: skip
+            if outcome.status != "success":
+                result = (outcome.status, f"step {step.name!r}: {outcome.error}")
+        return result
+
+    async def _run_step(
+        self,
+        conn: Conn,
+        run: rows.RunRow,
+        row: rows.StepRow,
+        what: Any,
+        cancellable: bool,
+        secrets: dict[str, str],
+        logs: _LogWriter,
+        cwd: Path | None,
+    ) -> runner.StepOutcome:
+        if isinstance(what, Command):
+            if cwd is None:
+                return runner.StepOutcome("failure", None, "command step without a checkout")
+
+            async def started(pgid: int) -> None:
+                await rows.set_step(conn, row.id, pgid=pgid, host=self.host)
+
+            watch = runner.ProcessWatch(
+                should_cancel=lambda: self._cancel_requested(run.id),
+                on_started=started,
+                grace=self.options.grace,
+                poll=self.options.cancel_poll,
+                cancellable=cancellable,
+            )
+            env = _step_env(run, what, secrets)
+            return await runner.run_command(
+                what, cwd=cwd, env=env, secrets=secrets, sink=logs.write, watch=watch
+            )
+        context = _Context(self, run, secrets, logs)
+        return await runner.run_call(what, self.actions, context, logs.write)
+
+    async def _cancel_requested(self, run_id: int) -> bool:
+        async with self.store.connect() as conn:
+            cur = await conn.execute(
+                "SELECT cancel_requested FROM branchline.runs WHERE id = %s", (run_id,)
+            )
+            row = await cur.fetchone()
+        return bool(row and row[0])
+
+    # -- workers and recovery ---------------------------------------------------
+
+    async def run_worker(
+        self, *, concurrency: int = 2, install_signal_handlers: bool = True
+    ) -> None:
+        """Work the queue until stopped (SIGINT/SIGTERM), recovering dead workers' jobs."""
+        recovery = asyncio.create_task(self._recover_forever())
+        try:
+            await self.app.run_worker_async(
+                queues=[QUEUE],
+                concurrency=concurrency,
+                install_signal_handlers=install_signal_handlers,
+                update_heartbeat_interval=self.options.heartbeat,
+                stalled_worker_timeout=self.options.stalled_after,
+                fetch_job_polling_interval=5.0,  # LISTEN/NOTIFY wakes it sooner
+                delete_jobs="successful",
+            )
+        finally:
+            recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await recovery
+
+    async def _recover_forever(self) -> None:
+        while True:
+            with contextlib.suppress(BranchlineError, OSError):
+                await self.recover()
+                async with self.store.connect() as conn:
+                    await artifact_rows.prune(conn)
+            await asyncio.sleep(self.options.recover_every)
+
+    async def recover(self) -> list[int]:
+        """Jobs of workers that stopped sending heartbeats: kill what is left of their
+        steps, fail (or retry) the job, and move its run along. Returns the job ids."""
+        stalled = await self.app.job_manager.get_stalled_jobs(
+            task_name=TASK, seconds_since_heartbeat=self.options.stalled_after
+        )
+        recovered = []
+        for task in stalled:
+            job_id = int(str(task.task_kwargs["job_id"]))
+            await self._recover_job(job_id)
+            await self.app.job_manager.finish_job(task, status=Status.FAILED, delete_job=False)
+            recovered.append(job_id)
+        return recovered
+
+    async def _recover_job(self, job_id: int) -> None:
+        async with self.store.connect() as conn:
+            job = await rows.get_job(conn, job_id)
+            if job is None or job.status not in ("running", "queued"):
+                return
+            run = await rows.get_run(conn, job.run_id)
+            assert run is not None
+            spec = Workflow.from_dict(run.definition["workflow"]).job(job.name)
+            for step in await rows.steps_of(conn, job_id):
+                if step.status != "running":
+                    continue
+                if step.pgid and step.host == self.host:
+                    await runner.kill_group(step.pgid, self.options.grace)
+                await rows.set_step(conn, step.id, status="failure", finished_at=runner.now())
+            if job.attempt <= spec.retries and not run.cancel_requested:
+                await rows.set_job(conn, job_id, status="queued", error="retried after a crash")
+                retry = True
+            else:
+                await rows.set_job(
+                    conn, job_id, status="failure", finished_at=runner.now(),
+                    error=f"its worker {job.worker or ''} stopped during the job",
+                )  # fmt: skip
+                retry = False
+        if retry:
+            await self._enqueue(job_id)
+        await self.advance(job.run_id)
+
+    # -- artifacts --------------------------------------------------------------
+
+    async def artifact(
+        self,
+        name: str,
+        *,
+        sha: str | None = None,
+        workflow: str | None = None,
+        run_id: int | None = None,
+    ) -> str:
+        """The newest live artifact; a clear error when it is missing or expired."""
+        async with self.store.connect() as conn:
+            live, expired = await artifact_rows.find(
+                conn, self.project, name, sha=sha, workflow=workflow, run_id=run_id
+            )
+        if live is not None and live.value is not None:
+            return live.value
+        scope = " ".join(
+            f"{k} {v}" for k, v in (("workflow", workflow), ("commit", sha), ("run", run_id)) if v
+        )
+        if expired is not None:
+            raise ArtifactMissingError(
+                f"artifact {name!r} ({scope or 'any run'}) expired at {expired.expires_at:%c}"
+            )
+        raise ArtifactMissingError(f"no artifact {name!r} ({scope or 'any run'})")
+
+
+def _by_paths(error: str | None) -> bool:
+    return bool(error and error.startswith("no changes under"))
+
+
+def _step_env(run: rows.RunRow, command: Command, secrets: Mapping[str, str]) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("BRANCHLINE_", "PG", "DATABASE"))
+    }
+    env.update(
+        CI="true",
+        BRANCHLINE_RUN_ID=str(run.id),
+        BRANCHLINE_WORKFLOW=run.workflow,
+        BRANCHLINE_SHA=run.sha or "",
+        BRANCHLINE_REF=run.ref or "",
+    )
+    env.update(command.env)
+    for name in command.secrets:
+        if name not in secrets:
+            raise BranchlineError(
+                f"secret {name!r} is not set for this run",
+                hint=f"Set it with `branchline secret set {name} --env ...`.",
+            )
+        env[name] = secrets[name]
+    return env
+
+
+class _LogWriter:
+    """Collects a job's masked log lines and stores them in small batches."""
+
+    def __init__(self, store: Store, run_id: int, job_id: int) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.job_id = job_id
+        self.step_id: int | None = None
+        self._pending: list[tuple[int, int | None, int | None, str, str, Any]] = []
+        self._conn: Any = None
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> _LogWriter:
+        self._cm = self.store.connect()
+        self._conn = await self._cm.__aenter__()
+        self._flusher = asyncio.create_task(self._flush_forever())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await self.flush()
+        await self._cm.__aexit__(None, None, None)
+
+    async def write(self, stream: str, line: str) -> None:
+        self._pending.append((self.run_id, self.job_id, self.step_id, stream, line, runner.now()))
+
+    async def flush(self) -> None:
+        batch, self._pending = self._pending, []
+        if batch and self._conn is not None:
+            await rows.insert_logs(self._conn, batch)
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(runner.FLUSH_SECONDS)
+            await self.flush()
+
+
+class _Context:
+    """The StepContext handed to actions."""
+
+    def __init__(
+        self, engine: Engine, run: rows.RunRow, secrets: Mapping[str, str], logs: _LogWriter
+    ) -> None:
+        self.engine = engine
+        self.run_id = run.id
+        self.project = run.project
+        self.workflow = run.workflow
+        self.sha = run.sha
+        self.ref = run.ref
+        self.pr = run.pr
+        self.secrets = secrets
+        self._logs = logs
+
+    async def log(self, line: str) -> None:
+        await self._logs.write("stdout", mask(line, self.secrets.values()))
+
+    async def publish(
+        self, name: str, value: str, *, sensitive: bool = False, days: float = 7
+    ) -> None:
+        async with self.engine.store.connect() as conn:
+            await artifact_rows.publish(
+                conn, run_id=self.run_id, project=self.project, workflow=self.workflow,
+                sha=self.sha, name=name, value=value, sensitive=sensitive,
+                retention=timedelta(days=days),
+            )  # fmt: skip
+
+    async def artifact(
+        self, name: str, *, workflow: str | None = None, sha: str | None = None
+    ) -> str:
+        return await self.engine.artifact(name, workflow=workflow, sha=sha)

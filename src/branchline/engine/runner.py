@@ -1,0 +1,209 @@
+"""Running one step: a command in its own process group with masked, streamed
+logs, or a call of a named action. Cancellation and timeouts stop the whole
+process group: SIGTERM, then SIGKILL after a grace period."""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from branchline.engine.masking import LineMasker, mask
+from branchline.engine.model import Call, Command
+from branchline.errors import BranchlineError
+
+LogSink = Callable[[str, str], Awaitable[None]]  # (stream, masked line)
+FLUSH_SECONDS = 0.05  # how long a log line may wait before it is stored
+
+
+@dataclass
+class StepOutcome:
+    status: str  # success, failure, cancelled
+    exit_code: int | None = None
+    error: str | None = None
+
+
+class StepContext(Protocol):
+    """What an action receives: facts about the run, and ways to report."""
+
+    run_id: int
+    project: str
+    workflow: str
+    sha: str | None
+    ref: str | None
+    pr: int | None
+    secrets: Mapping[str, str]
+
+    async def log(self, line: str) -> None: ...
+
+    async def publish(
+        self, name: str, value: str, *, sensitive: bool = False, days: float = 7
+    ) -> None: ...
+
+    async def artifact(
+        self, name: str, *, workflow: str | None = None, sha: str | None = None
+    ) -> str: ...
+
+
+Action = Callable[..., Awaitable[Any]]
+
+
+@dataclass
+class ProcessWatch:
+    """How a running command learns it must stop."""
+
+    should_cancel: Callable[[], Awaitable[bool]]
+    on_started: Callable[[int], Awaitable[None]]  # receives the process group id
+    grace: float = 5.0
+    poll: float = 0.2
+    cancellable: bool = True
+    reasons: list[str] = field(default_factory=list)
+
+
+async def run_command(
+    command: Command,
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    secrets: Mapping[str, str],
+    sink: LogSink,
+    watch: ProcessWatch,
+) -> StepOutcome:
+    """Run an argument list (never a shell string) and stream its masked output."""
+    workdir = cwd / command.cwd if command.cwd else cwd
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *command.args,
+            cwd=workdir,
+            env=dict(env),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # its own process group, so grandchildren die with it
+        )
+    except OSError as exc:
+        message = f"cannot start {command.args[0]!r}: {exc.strerror}"
+        await sink("system", mask(message, secrets.values()))
+        return StepOutcome("failure", None, message)
+    await watch.on_started(process.pid)
+    assert process.stdout is not None and process.stderr is not None
+    readers = [
+        asyncio.create_task(_pump(process.stdout, "stdout", secrets, sink)),
+        asyncio.create_task(_pump(process.stderr, "stderr", secrets, sink)),
+    ]
+    stopped = await _supervise(process, command.timeout, watch)
+    await asyncio.gather(*readers)
+    code = await process.wait()
+    if stopped is not None:
+        await sink("system", stopped)
+        status = "cancelled" if stopped.startswith("cancelled") else "failure"
+        return StepOutcome(status, code, stopped)
+    if code != 0:
+        return StepOutcome("failure", code, f"exited with code {code}")
+    return StepOutcome("success", 0)
+
+
+async def _supervise(
+    process: asyncio.subprocess.Process, timeout: float | None, watch: ProcessWatch
+) -> str | None:
+    """Wait for the process; stop its group on cancel or timeout. Returns why it was
+    stopped, or None when it ended by itself."""
+    deadline = time.monotonic() + timeout if timeout else None
+    waiter = asyncio.create_task(process.wait())
+    while True:
+        done, _ = await asyncio.wait({waiter}, timeout=watch.poll)
+        if done:
+            return None
+        if deadline is not None and time.monotonic() > deadline:
+            reason = f"timed out after {timeout:g} s"
+        elif watch.cancellable and await watch.should_cancel():
+            reason = "cancelled"
+        else:
+            continue
+        await kill_group(process.pid, watch.grace, waiter)
+        return reason
+
+
+async def kill_group(pgid: int, grace: float, waiter: asyncio.Future[Any] | None = None) -> None:
+    """SIGTERM to the whole group, SIGKILL to what is left after `grace` seconds."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if waiter is not None and waiter.done() and not group_alive(pgid):
+            return
+        if waiter is None and not group_alive(pgid):
+            return
+        await asyncio.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the group still runs. Zombies do not count: an orphan
+    whose parent died may wait a long time for init to reap it."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":  # fields: state, ppid, pgrp, ...
+            return True
+    return False
+
+
+async def _pump(
+    stream: asyncio.StreamReader, name: str, secrets: Mapping[str, str], sink: LogSink
+) -> None:
+    masker = LineMasker(secrets.values())
+    # Incremental: a character split across two reads is decoded whole.
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    while True:
+        chunk = await stream.read(65536)
+        if not chunk:
+            break
+        for line in masker.feed(decoder.decode(chunk)):
+            await sink(name, line)
+    masker.feed(decoder.decode(b"", final=True))
+    for line in masker.flush():
+        await sink(name, line)
+
+
+async def run_call(
+    call: Call, actions: Mapping[str, Action], context: StepContext, sink: LogSink
+) -> StepOutcome:
+    """Run a registered action; its errors become a failed step with a clear line."""
+    action = actions.get(call.action)
+    if action is None:
+        message = f"unknown action {call.action!r}; known: {', '.join(sorted(actions)) or 'none'}"
+        await sink("system", message)
+        return StepOutcome("failure", None, message)
+    try:
+        await action(context, **call.params)
+    except BranchlineError as exc:
+        message = mask(f"{exc.message} (hint: {exc.hint})", context.secrets.values())
+        await sink("system", message)
+        return StepOutcome("failure", None, mask(exc.message, context.secrets.values()))
+    except Exception as exc:  # an action's bug must fail its step, not the worker
+        message = mask(f"{type(exc).__name__}: {exc}", context.secrets.values())
+        await sink("system", message)
+        return StepOutcome("failure", None, message)
+    return StepOutcome("success")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
