@@ -15,6 +15,7 @@ from branchline import __version__
 from branchline.cli import config as config_cmd
 from branchline.cli import db as db_cmd
 from branchline.cli import init as init_cmd
+from branchline.cli import runs as runs_cmd
 from branchline.cli import state as state_cmd
 from branchline.cli import status as status_cmd
 from branchline.cli.context import AppContext
@@ -71,6 +72,8 @@ app.command("status")(status_cmd.status)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(state_cmd.app, name="state")
 app.add_typer(db_cmd.app, name="db")
+app.add_typer(runs_cmd.app, name="runs")
+app.command("worker")(runs_cmd.worker)
 
 
 GLOBAL_FLAGS = ("--json", "--debug")
