@@ -81,7 +81,7 @@ class Engine:
 
     @contextlib.asynccontextmanager
     async def open(self) -> Any:
-        async with self.app.open_async():
+        async with self.store.pooled(), self.app.open_async():
             yield self
 
     # -- submitting -------------------------------------------------------

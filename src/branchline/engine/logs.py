@@ -15,7 +15,7 @@ async def read(
 ) -> AsyncIterator[rows.LogRow]:
     """Every stored line of the run (or one job), then, with `follow`, new lines as
     workers store them, until the run is over."""
-    async with store.connect() as conn, store.connect() as listener:
+    async with store.connect() as conn, store.connect(dedicated=True) as listener:
         if follow:
             await listener.execute("LISTEN branchline_logs")
         last = 0

@@ -17,9 +17,11 @@ import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from branchline.errors import StoreError
 from branchline.postgres import Cluster, ClusterState
@@ -91,6 +93,7 @@ class Store:
     def __init__(self, location: StateLocation) -> None:
         self.location = location
         self._url: str | None = location.external_url
+        self._pool: tuple[asyncio.AbstractEventLoop, AsyncConnectionPool[Any]] | None = None
 
     @property
     def url(self) -> str:
@@ -112,7 +115,8 @@ class Store:
         with state_lock(self.location.state_dir):
             was = cluster.state()
             if was is ClusterState.MISSING:
-                cluster.init(durable=True)
+                # Workers, the server and the CLI all connect to it.
+                cluster.init(durable=True, settings={"max_connections": "300"})
             if was is not ClusterState.RUNNING:
                 cluster.start()
             if was is ClusterState.MISSING:
@@ -125,8 +129,17 @@ class Store:
             return await apply_migrations(conn)
 
     @contextlib.asynccontextmanager
-    async def connect(self) -> AsyncIterator[psycopg.AsyncConnection[tuple[object, ...]]]:
-        """An autocommit connection; callers open transactions where they need them."""
+    async def connect(
+        self, *, dedicated: bool = False
+    ) -> AsyncIterator[psycopg.AsyncConnection[tuple[object, ...]]]:
+        """An autocommit connection; callers open transactions where they need them.
+        Inside `pooled()` it comes from the pool, unless `dedicated` (LISTEN needs
+        a connection of its own)."""
+        pool = self._pool
+        if pool is not None and not dedicated and pool[0] is asyncio.get_running_loop():
+            async with pool[1].connection() as conn:
+                yield conn
+            return
         try:
             conn = await psycopg.AsyncConnection.connect(
                 self.url, autocommit=True, application_name="branchline", connect_timeout=10
@@ -137,6 +150,35 @@ class Store:
             ) from exc
         async with conn:
             yield conn
+
+    @contextlib.asynccontextmanager
+    async def pooled(self, max_size: int = 20) -> AsyncIterator[Store]:
+        """Share a pool of connections for the duration (workers, servers, benchmarks);
+        one-shot commands connect directly. Bound to the running event loop."""
+        if self._pool is not None:
+            yield self  # already pooled by an outer block
+            return
+        pool: AsyncConnectionPool[psycopg.AsyncConnection[tuple[object, ...]]] = (
+            AsyncConnectionPool(
+                self.url,
+                min_size=1,
+                max_size=max_size,
+                kwargs={"autocommit": True, "application_name": "branchline"},
+                open=False,
+            )
+        )
+        try:
+            await pool.open(wait=True, timeout=30)
+        except PoolTimeout as exc:
+            raise StoreError(
+                f"cannot connect to the state database at {mask_url(self.url)}"
+            ) from exc
+        self._pool = (asyncio.get_running_loop(), pool)
+        try:
+            yield self
+        finally:
+            self._pool = None
+            await pool.close()
 
     def stop(self) -> bool:
         """Stop the embedded cluster; False when there was nothing to stop."""
