@@ -441,3 +441,42 @@ def test_killed_worker_is_recovered_and_always_job_runs(
                 victim.wait()
 
     run_async(test)
+
+
+def test_a_job_lost_between_store_and_queue_is_enqueued_again(
+    state_url: str, repo: tuple[Path, str, str]
+) -> None:
+    path, _, sha = repo
+    workflow = Workflow("lost", (Job("only", (Step("s", cmd("print('found again')")),)),))
+
+    async def test() -> None:
+        store = Store(locate_state(Path("/"), {"BRANCHLINE_DATABASE_URL": state_url}))
+        await store.start()
+        engine = Engine(store, project=f"p{os.urandom(3).hex()}", options=FAST)
+        async with engine.open():
+            run_id = await engine.submit(workflow, triggered_by="t", repo=path, sha=sha)
+            # As after a crash between the store's commit and the enqueue: the store
+            # says "queued" but the queue holds no task for the job.
+            async with store.connect() as conn:
+                await conn.execute(
+                    "DELETE FROM procrastinate_jobs WHERE queueing_lock = ANY("
+                    "SELECT 'job-' || id FROM branchline.jobs WHERE run_id = %s)",
+                    (run_id,),
+                )
+                await conn.execute(
+                    "UPDATE branchline.jobs SET enqueued_at = now() - interval '1 minute' "
+                    "WHERE run_id = %s",
+                    (run_id,),
+                )
+            worker = asyncio.create_task(
+                engine.run_worker(concurrency=1, install_signal_handlers=False)
+            )
+            try:
+                run = await wait_run(engine, run_id, timeout=20)
+            finally:
+                worker.cancel()
+                await asyncio.gather(worker, return_exceptions=True)
+            assert run.status == "success"
+            assert "found again" in await log_text(engine, run_id)
+
+    run_async(test)

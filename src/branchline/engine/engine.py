@@ -392,7 +392,26 @@ class Engine:
             await self._recover_job(job_id)
             await self.app.job_manager.finish_job(task, status=Status.FAILED, delete_job=False)
             recovered.append(job_id)
+        for job_id in await self._lost_jobs():
+            await self._enqueue(job_id)
+            recovered.append(job_id)
         return recovered
+
+    async def _lost_jobs(self, older_than: float = 5.0) -> list[int]:
+        """Jobs marked queued whose task never reached the queue: a crash between the
+        store's commit and the enqueue. Enqueueing them again is safe (queueing lock)."""
+        async with self.store.connect() as conn:
+            cur = await conn.execute(
+                """SELECT j.id FROM branchline.jobs j JOIN branchline.runs r ON r.id = j.run_id
+                   WHERE r.project = %s AND j.status = 'queued'
+                     AND j.enqueued_at < now() - make_interval(secs => %s)
+                     AND NOT EXISTS (
+                         SELECT 1 FROM procrastinate_jobs p
+                         WHERE p.queueing_lock = 'job-' || j.id
+                           AND p.status IN ('todo', 'doing'))""",
+                (self.project, older_than),
+            )
+            return [int(row[0]) for row in await cur.fetchall()]  # type: ignore[call-overload]
 
     async def _recover_job(self, job_id: int) -> None:
         async with self.store.connect() as conn:
