@@ -9,7 +9,7 @@ from pathlib import Path
 from branchline.engine.engine import Engine, EngineOptions
 from branchline.store import Store, locate_state
 
-FAST = EngineOptions(grace=1.0, heartbeat=0.5, stalled_after=2.0, recover_every=0.5)
+FAST = EngineOptions(grace=1.0, heartbeat=0.5, stalled_after=2.0, recover_every=0.5, poll=0.5)
 
 
 async def main(url: str, project: str) -> None:

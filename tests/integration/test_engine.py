@@ -27,7 +27,7 @@ from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
 PY = sys.executable
-FAST = EngineOptions(grace=1.0, heartbeat=0.5, stalled_after=2.0, recover_every=0.5)
+FAST = EngineOptions(grace=1.0, heartbeat=0.5, stalled_after=2.0, recover_every=0.5, poll=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +141,8 @@ def test_independent_jobs_overlap_and_dependants_wait(
     workflow = Workflow(
         "parallel",
         (
-            Job("a", (Step("sleep", cmd("import time; time.sleep(1)")),)),
-            Job("b", (Step("sleep", cmd("import time; time.sleep(1)")),)),
+            Job("a", (Step("sleep", cmd("import time; time.sleep(2)")),)),
+            Job("b", (Step("sleep", cmd("import time; time.sleep(2)")),)),
             Job("after", (Step("done", cmd("print('done')")),), needs=("a", "b")),
         ),
     )

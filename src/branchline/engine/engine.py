@@ -55,6 +55,7 @@ class EngineOptions:
     stalled_after: float = 10.0  # a worker silent this long is dead
     recover_every: float = 2.0  # how often a worker looks for dead workers' jobs
     cancel_poll: float = 0.2  # how often a running step checks for a cancel
+    poll: float = 5.0  # a worker looks for jobs this often even without a notification
     workdir: Path | None = None  # where job checkouts go (default: the system's temp dir)
 
 
@@ -364,7 +365,7 @@ class Engine:
                 install_signal_handlers=install_signal_handlers,
                 update_heartbeat_interval=self.options.heartbeat,
                 stalled_worker_timeout=self.options.stalled_after,
-                fetch_job_polling_interval=5.0,  # LISTEN/NOTIFY wakes it sooner
+                fetch_job_polling_interval=self.options.poll,  # NOTIFY wakes it sooner
                 delete_jobs="successful",
             )
         finally:
