@@ -1,0 +1,513 @@
+"""Local compute: services run as supervised processes from immutable releases,
+behind branchline's edge, deployed blue-green.
+
+Layout under the state directory:
+
+    releases/<service>/<commit12>.<n>/       the service's files at that commit, built
+    deployments/<environment>/<service>/     one log file per deployment
+
+A deploy starts the new release on a free port, waits until it is healthy (and
+answers with the commit being deployed), switches the edge route in one row
+update, then drains and stops the old process. An unhealthy release is never
+routed to; the old one keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from branchline import naming
+from branchline.config import Config, ServiceConfig
+from branchline.errors import BranchlineError, UsageError
+from branchline.health import HealthPolicy, HealthResult, check_health
+from branchline.postgres.cluster import free_port
+from branchline.providers.compute import Deployment, Release, envtemplate, processes, releases
+from branchline.store import Store, resources, routes
+from branchline.store import compute as rows
+from branchline.store.queries import Conn
+
+SecretSource = Callable[[str], Awaitable[Mapping[str, str]]]  # environment -> values
+LIVE = ("live",)
+RUNNING = ("starting", "live", "draining")
+LOG_TAIL = 2000
+
+
+async def _no_secrets(_environment: str) -> Mapping[str, str]:
+    return {}
+
+
+class LocalComputeProvider:
+    """Construction does no I/O."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        store: Store,
+        state_dir: Path,
+        repo: Path | None = None,
+        edge_port: int | None = None,
+        drain: float = 1.0,
+        keep_releases: int = 5,
+        secrets: SecretSource = _no_secrets,
+    ) -> None:
+        self.config = config
+        self.project = config.project.name
+        self.store = store
+        self.state_dir = state_dir
+        self.repo = repo or config.root
+        self.edge_port = edge_port
+        self.drain = drain
+        self.keep_releases = keep_releases
+        self.secrets = secrets
+        self._background: list[asyncio.Task[None]] = []
+
+    # -- releases -----------------------------------------------------------
+
+    def _service(self, name: str) -> ServiceConfig:
+        service = self.config.services.get(name)
+        if service is None:
+            raise UsageError(
+                f"there is no service {name!r}",
+                hint=f"Services in branchline.toml: {', '.join(self.config.services)}.",
+            )
+        return service
+
+    async def build(self, service: str, commit: str) -> Release:
+        """Build `service` at `commit` once; later calls return the same release."""
+        spec = self._service(service)
+        commit = await asyncio.to_thread(self._resolve, commit)
+        async with self._locked(f"build:{service}:{commit}") as conn:
+            existing = await rows.release_for(conn, self.project, service, commit)
+            if existing is not None and existing.status == "ready":
+                return _release(existing)
+            number = (existing.build_number + 1) if existing else 1
+            location = self.state_dir / "releases" / service / f"{commit[:12]}.{number}"
+            release_id = await rows.insert_release(
+                conn, self.project, service, commit, number, str(location)
+            )
+            try:
+                await asyncio.to_thread(self._build_files, spec, commit, location)
+            except BaseException:
+                await asyncio.to_thread(releases.remove, location)
+                await rows.set_release_status(conn, release_id, "failed")
+                raise
+            await rows.set_release_status(conn, release_id, "ready")
+            built = await rows.get_release(conn, release_id)
+        assert built is not None
+        await self._prune_releases(service)
+        return _release(built)
+
+    def _resolve(self, commit: str) -> str:
+        ref = f"{commit}^{{commit}}"
+        result = subprocess.run(
+            ["git", "-C", str(self.repo), "rev-parse", "--verify", "--quiet", ref],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise UsageError(
+                f"{commit!r} is not a commit of {self.repo}",
+                hint="Pass a commit id or a branch name that exists (git log).",
+            )
+        return result.stdout.strip()
+
+    def _build_files(self, spec: ServiceConfig, commit: str, location: Path) -> None:
+        if location.exists():
+            releases.remove(location)  # the remains of an interrupted build
+        location.mkdir(parents=True)
+        service_dir = releases.export_tree(self.repo, commit, spec.path, location / "tree")
+        if spec.build:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("BRANCHLINE_")}
+            releases.run_build(spec.build, service_dir, location / "build.log", env)
+
+    async def _prune_releases(self, service: str) -> None:
+        """Keep the newest releases (and any release a deployment still runs)."""
+        async with self.store.connect() as conn:
+            all_releases = await rows.releases_of(conn, self.project, service)
+            running = {
+                d.release_id
+                for d in await rows.deployments(
+                    conn, self.project, service=service, statuses=RUNNING
+                )
+            }
+            ready = [r for r in all_releases if r.status == "ready"]
+            for old in ready[self.keep_releases :]:
+                if old.id in running:
+                    continue
+                await asyncio.to_thread(releases.remove, Path(old.location or ""))
+                await rows.set_release_status(conn, old.id, "pruned")
+
+    async def releases(self, service: str) -> list[Release]:
+        self._service(service)
+        async with self.store.connect() as conn:
+            found = await rows.releases_of(conn, self.project, service)
+        return [_release(r) for r in found if r.status == "ready"]
+
+    # -- deployments ----------------------------------------------------------
+
+    async def deploy(
+        self,
+        service: str,
+        environment: str,
+        release: Release,
+        vars: Mapping[str, str],
+        secrets: Mapping[str, str],
+        *,
+        position: int = 0,
+        retire_as: str = "stopped",
+    ) -> Deployment:
+        spec = self._service(service)
+        environment = naming.validate_environment(environment)
+        host = naming.host_name(spec.subdomain, environment, self.config.project.zone)
+        async with self._locked(f"deploy:{service}:{environment}") as conn:
+            previous = await rows.deployments(
+                conn, self.project, environment=environment, service=service, statuses=LIVE
+            )
+            await resources.record(
+                conn, self.project, "deployment", f"{service}:{environment}", "creating",
+                environment=environment,
+            )  # fmt: skip
+            deployment_id = await rows.insert_deployment(
+                conn, self.project, service, environment, release.id,
+                {"vars": dict(vars), "secret_names": sorted(secrets), "host": host},
+            )  # fmt: skip
+            try:
+                port, _pid, result = await self._start_healthy(
+                    spec, environment, release, vars, secrets, deployment_id, position
+                )
+            except BaseException:
+                await rows.update_deployment(conn, deployment_id, status="failed")
+                await resources.record(
+                    conn, self.project, "deployment", f"{service}:{environment}",
+                    "ready" if previous else "failed",
+                )  # fmt: skip
+                raise
+            # The switch: one row update, picked up by the edge through NOTIFY.
+            await routes.set_route(
+                conn, host=host, project=self.project, environment=environment,
+                service=service, port=port, deployment_id=deployment_id,
+            )  # fmt: skip
+            await rows.update_deployment(
+                conn, deployment_id, status="live",
+                detail={"health": result.as_dict(), "live_at": _now()},
+            )  # fmt: skip
+            for old in previous:
+                await rows.update_deployment(conn, old.id, status="draining")
+            await resources.record(
+                conn, self.project, "deployment", f"{service}:{environment}", "ready"
+            )
+        if previous:
+            self._background.append(asyncio.create_task(self._retire(previous, retire_as)))
+        return await self._deployment(deployment_id)
+
+    async def _start_healthy(
+        self,
+        spec: ServiceConfig,
+        environment: str,
+        release: Release,
+        vars: Mapping[str, str],
+        secrets: Mapping[str, str],
+        deployment_id: int,
+        position: int,
+    ) -> tuple[int, processes.ProcessId, HealthResult]:
+        port = free_port()
+        env = self._env(spec, environment, release, port, vars, secrets)
+        log = self.log_path(environment, spec.name, deployment_id)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        service_dir = Path(release.location) / "tree" / spec.path
+        pid = await asyncio.to_thread(processes.start, spec.run, cwd=service_dir, env=env, log=log)
+        async with self.store.connect() as conn:
+            await rows.update_deployment(
+                conn, deployment_id,
+                detail={"pid": pid.pid, "start_time": pid.start_time, "port": port,
+                        "log": str(log)},
+            )  # fmt: skip
+        result = await self._health(spec, port, release, pid, position)
+        if not result.healthy:
+            await asyncio.to_thread(processes.stop, pid, grace=2.0)
+            raise BranchlineError(
+                f"{spec.name} ({release.name}) in {environment} did not become healthy: "
+                f"{result.verdict}",
+                hint=f"The old release keeps serving. Its log ends: {_tail(log)}",
+            )
+        return port, pid, result
+
+    async def _health(
+        self,
+        spec: ServiceConfig,
+        port: int,
+        release: Release,
+        pid: processes.ProcessId,
+        position: int,
+    ) -> HealthResult:
+        """The health check, cut short when the process exits (no point waiting)."""
+        check = asyncio.create_task(
+            check_health(
+                f"http://127.0.0.1:{port}{spec.health_path}",
+                policy=HealthPolicy.from_config(self.config.health),
+                position=position,
+                expect_commit=release.commit,
+            )
+        )
+        while not check.done():
+            await asyncio.wait({check}, timeout=0.05)
+            if not check.done() and not pid.alive():
+                check.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await check
+                return HealthResult(
+                    url=f"http://127.0.0.1:{port}{spec.health_path}",
+                    healthy=False,
+                    attempts=(),
+                    verdict="unhealthy: the process exited during start-up",
+                )
+        return check.result()
+
+    def _env(
+        self,
+        spec: ServiceConfig,
+        environment: str,
+        release: Release,
+        port: int,
+        vars: Mapping[str, str],
+        secrets: Mapping[str, str],
+    ) -> dict[str, str]:
+        host = naming.host_name(spec.subdomain, environment, self.config.project.zone)
+        url = f"http://{host}:{self.edge_port}/" if self.edge_port else f"http://{host}/"
+        db = envtemplate.database_facts(vars.get("DATABASE_URL"))
+        facts = {
+            **db, "port": str(port), "release": release.name, "commit": release.commit,
+            "environment": environment, "service": spec.name, "url": url,
+        }  # fmt: skip
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("BRANCHLINE_", "PG")) and k != "DATABASE_URL"
+        }
+        env.update(envtemplate.render(spec.env, facts, service=spec.name))
+        env.update(vars)
+        env.update(secrets)
+        if db:
+            env.update(
+                DATABASE_URL=db["db.uri"], PGHOST=db["db.host"], PGPORT=db["db.port"],
+                PGUSER=db["db.user"], PGPASSWORD=db["db.password"], PGDATABASE=db["db.name"],
+            )  # fmt: skip
+        env.update(
+            PORT=str(port), BRANCHLINE_RELEASE=release.name, BRANCHLINE_COMMIT=release.commit,
+            BRANCHLINE_ENVIRONMENT=environment, BRANCHLINE_SERVICE=spec.name,
+        )  # fmt: skip
+        return env
+
+    async def _retire(self, old: list[rows.DeploymentRow], status: str = "stopped") -> None:
+        """Let in-flight requests finish on the old process, then stop it."""
+        await asyncio.sleep(self.drain)
+        for deployment in old:
+            pid = _process(deployment.detail)
+            if pid is not None:
+                await asyncio.to_thread(processes.stop, pid)
+            async with self.store.connect() as conn:
+                await rows.update_deployment(
+                    conn, deployment.id, status=status, detail={"stopped_at": _now()}
+                )
+
+    async def rollback(self, service: str, environment: str, to: int | None = None) -> Deployment:
+        """Back to the release before the live one (or release id `to`), blue-green."""
+        self._service(service)
+        async with self.store.connect() as conn:
+            history = await rows.deployments(
+                conn, self.project, environment=environment, service=service
+            )
+            live = next((d for d in history if d.status == "live"), None)
+            if live is None:
+                raise UsageError(
+                    f"{service} has no live deployment in {environment}",
+                    hint="See `branchline deployments list`.",
+                )
+            target = await self._rollback_target(conn, history, live, service, to)
+        secrets = await self.secrets(environment)
+        deployment = await self.deploy(
+            service, environment, target, live.detail.get("vars", {}), secrets,
+            retire_as="rolled_back",
+        )  # fmt: skip
+        async with self.store.connect() as conn:
+            await rows.update_deployment(conn, live.id, detail={"rolled_back_to": deployment.id})
+        return deployment
+
+    async def _rollback_target(
+        self,
+        conn: Conn,
+        history: list[rows.DeploymentRow],
+        live: rows.DeploymentRow,
+        service: str,
+        to: int | None,
+    ) -> Release:
+        if to is not None:
+            chosen = await rows.get_release(conn, to)
+            if chosen is None or chosen.service != service or chosen.status != "ready":
+                raise UsageError(
+                    f"release {to} is not an available release of {service}",
+                    hint=f"See `branchline releases list {service}`.",
+                )
+            return _release(chosen)
+        for earlier in history:
+            if (
+                earlier.id < live.id
+                and earlier.release_id != live.release_id
+                and (earlier.status in ("stopped", "rolled_back", "draining"))
+            ):
+                found = await rows.get_release(conn, earlier.release_id)
+                if found is not None and found.status == "ready":
+                    return _release(found)
+        raise UsageError(
+            f"{service} has no earlier release in this environment to roll back to",
+            hint=f"Deploy a release explicitly: `branchline deploy {service} --commit SHA`.",
+        )
+
+    async def delete(self, service: str, environment: str) -> bool:
+        """Stop and remove every deployment of the service in the environment."""
+        async with self._locked(f"deploy:{service}:{environment}") as conn:
+            running = await rows.deployments(
+                conn, self.project, environment=environment, service=service, statuses=RUNNING
+            )
+            await resources.record(
+                conn, self.project, "deployment", f"{service}:{environment}", "deleting"
+            )
+            await routes.delete_routes(
+                conn, project=self.project, environment=environment, service=service
+            )
+            for deployment in running:
+                pid = _process(deployment.detail)
+                if pid is not None:
+                    await asyncio.to_thread(processes.stop, pid, grace=2.0)
+                await rows.update_deployment(conn, deployment.id, status="stopped")
+            await resources.record(
+                conn, self.project, "deployment", f"{service}:{environment}", "deleted"
+            )
+        return bool(running)
+
+    async def list_deployments(self, environment: str | None = None) -> list[Deployment]:
+        async with self.store.connect() as conn:
+            found = await rows.deployments(conn, self.project, environment=environment)
+        return [await self._deployment(d.id, d) for d in found]
+
+    def log_path(self, environment: str, service: str, deployment_id: int) -> Path:
+        return self.state_dir / "deployments" / environment / service / f"{deployment_id}.log"
+
+    # -- supervision ------------------------------------------------------------
+
+    async def supervise(self) -> list[str]:
+        """Restart live services whose process is gone (with backoff), record the crash.
+        Live processes that still run are adopted as they are, never duplicated."""
+        restarted = []
+        async with self.store.connect() as conn:
+            live = await rows.deployments(conn, self.project, statuses=LIVE)
+        for deployment in live:
+            pid = _process(deployment.detail)
+            if pid is not None and pid.alive():
+                continue
+            if not self._due(deployment.detail):
+                continue
+            await self._restart(deployment)
+            restarted.append(f"{deployment.service}:{deployment.environment}")
+        return restarted
+
+    def _due(self, detail: Mapping[str, Any]) -> bool:
+        crashes = int(detail.get("crashes", 0))
+        last = float(detail.get("last_crash_at", 0.0))
+        return time.time() >= last + min(2.0**crashes * 0.5, 60.0)
+
+    async def _restart(self, deployment: rows.DeploymentRow) -> None:
+        spec = self._service(deployment.service)
+        async with self.store.connect() as conn:
+            found = await rows.get_release(conn, deployment.release_id)
+        assert found is not None
+        release = _release(found)
+        port = int(deployment.detail["port"])
+        secrets = await self.secrets(deployment.environment)
+        env = self._env(spec, deployment.environment, release, port,
+                        deployment.detail.get("vars", {}), secrets)  # fmt: skip
+        log = Path(deployment.detail["log"])
+        with log.open("a") as fh:
+            fh.write(f"\n[branchline] process exited; restarting at {_now()}\n")
+        service_dir = Path(release.location) / "tree" / spec.path
+        pid = await asyncio.to_thread(processes.start, spec.run, cwd=service_dir, env=env, log=log)
+        async with self.store.connect() as conn:
+            await rows.update_deployment(
+                conn, deployment.id,
+                detail={"pid": pid.pid, "start_time": pid.start_time,
+                        "crashes": int(deployment.detail.get("crashes", 0)) + 1,
+                        "last_crash_at": time.time()},
+            )  # fmt: skip
+
+    async def aclose(self) -> None:
+        """Finish draining old processes before the command exits."""
+        pending, self._background = self._background, []
+        for task in pending:
+            with contextlib.suppress(BranchlineError, OSError):
+                await task
+
+    # -- internals ------------------------------------------------------------
+
+    async def _deployment(
+        self, deployment_id: int, row: rows.DeploymentRow | None = None
+    ) -> Deployment:
+        async with self.store.connect() as conn:
+            if row is None:
+                found = await rows.deployments(conn, self.project)
+                row = next(d for d in found if d.id == deployment_id)
+            release = await rows.get_release(conn, row.release_id)
+        assert release is not None
+        host = row.detail.get("host")
+        url = None
+        if host:
+            url = f"http://{host}:{self.edge_port}/" if self.edge_port else f"http://{host}/"
+        return Deployment(
+            id=row.id, service=row.service, environment=row.environment,
+            release=_release(release), status=row.status, url=url, created_at=row.created_at,
+            detail={k: v for k, v in row.detail.items() if k not in ("vars", "secret_names")},
+        )  # fmt: skip
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, what: str) -> AsyncIterator[Conn]:
+        async with self.store.connect() as conn:
+            key = f"branchline:compute:{self.project}:{what}"
+            await conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
+            try:
+                yield conn
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+
+
+def _release(row: rows.ReleaseRow) -> Release:
+    return Release(
+        id=row.id, service=row.service, commit=row.commit_sha, build_number=row.build_number,
+        location=row.location or "", created_at=row.created_at,
+    )  # fmt: skip
+
+
+def _process(detail: Mapping[str, Any]) -> processes.ProcessId | None:
+    if "pid" not in detail:
+        return None
+    return processes.ProcessId(int(detail["pid"]), int(detail.get("start_time", -1)))
+
+
+def _tail(log: Path) -> str:
+    try:
+        text = log.read_bytes()[-LOG_TAIL:].decode(errors="replace").strip()
+    except OSError:
+        return "(no log)"
+    return " | ".join(text.splitlines()[-5:]) or "(empty)"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()

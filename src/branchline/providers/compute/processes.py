@@ -1,0 +1,65 @@
+"""Service processes: started in their own process group, identified by pid plus
+start time (a pid alone can be reused), stopped gracefully."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ProcessId:
+    pid: int
+    start_time: int  # clock ticks since boot, from /proc/<pid>/stat
+
+    def alive(self) -> bool:
+        return start_time_of(self.pid) == self.start_time
+
+
+def start_time_of(pid: int) -> int | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if fields[0] == "Z":
+        return None  # exited; waiting to be reaped
+    return int(fields[19])  # field 22 of stat; fields here start at field 3
+
+
+def start(command: Sequence[str], *, cwd: Path, env: Mapping[str, str], log: Path) -> ProcessId:
+    """Start a service that outlives the command that started it."""
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            list(command), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    started = start_time_of(process.pid)
+    return ProcessId(process.pid, started if started is not None else -1)
+
+
+def stop(pid: ProcessId, *, grace: float = 5.0) -> None:
+    """SIGTERM to its process group, SIGKILL after `grace`. No-op when it is gone."""
+    if not pid.alive():
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        _reap(pid.pid)
+        if not pid.alive():
+            return
+        time.sleep(0.02)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid.pid, signal.SIGKILL)
+    _reap(pid.pid)
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)

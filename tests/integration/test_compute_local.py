@@ -1,0 +1,273 @@
+"""Local compute on real processes: releases from git, blue-green deploys, rollback,
+unhealthy releases never routed, crash restarts and adoption."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from branchline.config import load_config
+from branchline.errors import BranchlineError, UsageError
+from branchline.providers.compute import ComputeProvider
+from branchline.providers.compute.local import LocalComputeProvider
+from branchline.providers.compute.processes import ProcessId
+from branchline.store import Store, locate_state, routes
+
+pytestmark = pytest.mark.integration
+T = TypeVar("T")
+
+APP = """\
+import json, os, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+HEALTHY = {healthy}
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({{
+            "status": "ok", "commit": os.environ["BRANCHLINE_COMMIT"],
+            "release": os.environ["BRANCHLINE_RELEASE"], "greeting": "{greeting}",
+            "db_name": os.environ.get("APP_DB_NAME", ""),
+        }}).encode()
+        self.send_response(200 if HEALTHY or self.path != "/health" else 500)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+"""
+
+CONFIG = """\
+[project]
+name = "shop"
+zone = "shop.localhost"
+
+[database]
+migrate = "true"
+
+[services.api]
+path = "services/api"
+build = ["{python}", "-c", "open('built.txt', 'w').write('ok')"]
+run = ["{python}", "app.py"]
+
+[services.api.env]
+APP_DB_NAME = "{{{{ db.name }}}}"
+"""
+
+
+DB = {"DATABASE_URL": "postgresql://u:pw@127.0.0.1:5999/shopdb"}
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+
+
+def commit_app(repo: Path, greeting: str, *, healthy: bool = True) -> str:
+    app = repo / "services" / "api" / "app.py"
+    app.parent.mkdir(parents=True, exist_ok=True)
+    app.write_text(APP.format(greeting=greeting, healthy=healthy))
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", greeting)
+    return git(repo, "rev-parse", "HEAD")
+
+
+@pytest.fixture
+def compute(
+    pg_cluster: Any, tmp_path: Path, cluster_root: Path
+) -> Iterator[tuple[LocalComputeProvider, Path]]:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "branchline.toml").write_text(CONFIG.format(python=sys.executable))
+    commit_app(repo, "hello v1")
+    config = load_config(repo / "branchline.toml", env={})
+    store = Store(locate_state(Path("/"), {"BRANCHLINE_DATABASE_URL": pg_cluster.uri("bl_state")}))
+    _create_db(pg_cluster)
+    asyncio.run(store.start())
+    state = Path(tempfile.mkdtemp(prefix="compute-", dir=cluster_root))
+    config = config.model_copy(update={"project": config.project.model_copy(
+        update={"name": f"shop{os.urandom(3).hex()}"})})  # fmt: skip
+    provider = LocalComputeProvider(config=config, store=store, state_dir=state, repo=repo,
+                                    drain=0.2)  # fmt: skip
+    try:
+        yield provider, repo
+    finally:
+        run(provider, provider.delete("api", "production"))
+        run(provider, provider.delete("api", "preview-8"))
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def _create_db(pg_cluster: Any) -> None:
+    import psycopg
+
+    with psycopg.connect(pg_cluster.uri(), autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'bl_state'").fetchone():
+            conn.execute("CREATE DATABASE bl_state")
+
+
+def run(provider: LocalComputeProvider, work: Coroutine[Any, Any, T]) -> T:
+    async def main() -> T:
+        try:
+            return await work
+        finally:
+            await provider.aclose()
+
+    return asyncio.run(main())
+
+
+def get(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as answer:
+        data: dict[str, Any] = json.loads(answer.read())
+    return data
+
+
+async def route_port(provider: LocalComputeProvider, host: str) -> int | None:
+    async with provider.store.connect() as conn:
+        route = await routes.get_route(conn, host)
+    return route.upstream_port if route else None
+
+
+def test_the_provider_satisfies_the_interface(compute: tuple[LocalComputeProvider, Path]) -> None:
+    assert isinstance(compute[0], ComputeProvider)
+
+
+def test_deploy_new_release_rollback(compute: tuple[LocalComputeProvider, Path]) -> None:
+    provider, repo = compute
+    host = "api.shop.localhost"
+    v1 = run(provider, provider.build("api", "HEAD"))
+    assert run(provider, provider.build("api", "HEAD")).id == v1.id  # immutable, built once
+    assert (Path(v1.location) / "tree/services/api/built.txt").read_text() == "ok"
+    vars = DB
+    first = run(provider, provider.deploy("api", "production", v1, vars, {}))
+    assert first.status == "live"
+    port1 = asyncio.run(route_port(provider, host))
+    assert port1 is not None
+    answer = get(port1)
+    assert answer["commit"] == v1.commit and answer["db_name"] == "shopdb"
+
+    commit_app(repo, "hello v2")
+    v2 = run(provider, provider.build("api", "HEAD"))
+    second = run(provider, provider.deploy("api", "production", v2, vars, {}))
+    port2 = asyncio.run(route_port(provider, host))
+    assert port2 != port1 and get(port2)["greeting"] == "hello v2"
+    old = ProcessId(int(first.detail["pid"]), int(first.detail["start_time"]))
+    assert not old.alive(), "the old release was not stopped after draining"
+
+    back = run(provider, provider.rollback("api", "production"))
+    assert back.release.id == v1.id
+    port3 = asyncio.run(route_port(provider, host))
+    assert get(port3)["commit"] == v1.commit
+    statuses = {d.id: d.status for d in run(provider, provider.list_deployments("production"))}
+    assert statuses[second.id] == "rolled_back" and statuses[back.id] == "live"
+
+
+def test_an_unhealthy_release_is_never_routed(compute: tuple[LocalComputeProvider, Path]) -> None:
+    provider, repo = compute
+    good = run(provider, provider.build("api", "HEAD"))
+    run(provider, provider.deploy("api", "preview-8", good, DB, {}))
+    host = "api-preview-8.shop.localhost"
+    before = asyncio.run(route_port(provider, host))
+    commit_app(repo, "broken", healthy=False)
+    bad = run(provider, provider.build("api", "HEAD"))
+    fast = provider.config.health.model_copy(update={"retries": 1})
+    provider.config = provider.config.model_copy(update={"health": fast})
+    with pytest.raises(BranchlineError, match="did not become healthy") as info:
+        run(provider, provider.deploy("api", "preview-8", bad, DB, {}))
+    assert "old release keeps serving" in info.value.hint
+    assert asyncio.run(route_port(provider, host)) == before
+    assert get(before or 0)["commit"] == good.commit
+
+
+def test_a_killed_service_is_restarted_and_adopted_not_duplicated(
+    compute: tuple[LocalComputeProvider, Path],
+) -> None:
+    provider, _ = compute
+    release = run(provider, provider.build("api", "HEAD"))
+    deployed = run(provider, provider.deploy("api", "production", release, DB, {}))
+    pid = int(deployed.detail["pid"])
+    assert run(provider, provider.supervise()) == []  # alive: adopted as it is
+    os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while (
+        ProcessId(pid, int(deployed.detail["start_time"])).alive() and time.monotonic() < deadline
+    ):
+        time.sleep(0.02)
+    assert run(provider, provider.supervise()) == ["api:production"]
+    port = int(deployed.detail["port"])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            assert get(port)["commit"] == release.commit
+            break
+        except OSError:
+            time.sleep(0.05)
+    else:
+        raise AssertionError("the restarted service never answered")
+    # A new branchline process (a fresh provider) adopts it rather than starting another.
+    fresh = LocalComputeProvider(config=provider.config, store=provider.store,
+                                 state_dir=provider.state_dir, repo=provider.repo)  # fmt: skip
+    assert run(fresh, fresh.supervise()) == []
+    (now,) = run(fresh, fresh.list_deployments("production"))
+    assert now.detail["crashes"] == 1
+
+
+def test_failed_build_leaves_nothing(compute: tuple[LocalComputeProvider, Path]) -> None:
+    provider, _ = compute
+    spec = provider.config.services["api"].model_copy(
+        update={"build": (sys.executable, "-c", "import sys; print('no compiler'); sys.exit(4)")}
+    )
+    provider.config = provider.config.model_copy(update={"services": {"api": spec}})
+    with pytest.raises(BranchlineError, match="build failed") as info:
+        run(provider, provider.build("api", "HEAD"))
+    assert "no compiler" in info.value.hint
+    assert not any((provider.state_dir / "releases" / "api").glob("*"))
+
+
+@pytest.mark.parametrize("environment", ["prod'uction", "$(id)", "../../etc", "preview-0"])
+def test_hostile_environments_are_refused(
+    compute: tuple[LocalComputeProvider, Path], environment: str
+) -> None:
+    provider, _ = compute
+    release = run(provider, provider.build("api", "HEAD"))
+    with pytest.raises(UsageError):
+        run(provider, provider.deploy("api", environment, release, DB, {}))
+    assert not (provider.state_dir / "deployments").exists()
+
+
+def test_a_database_placeholder_without_a_database_is_explained(
+    compute: tuple[LocalComputeProvider, Path],
+) -> None:
+    provider, _ = compute
+    release = run(provider, provider.build("api", "HEAD"))
+    with pytest.raises(UsageError, match="has no database"):
+        run(provider, provider.deploy("api", "production", release, {}, {}))
+
+
+def test_unknown_service_and_commit_are_explained(
+    compute: tuple[LocalComputeProvider, Path],
+) -> None:
+    provider, _ = compute
+    with pytest.raises(UsageError, match="no service 'nope'"):
+        run(provider, provider.build("nope", "HEAD"))
+    with pytest.raises(UsageError, match="not a commit"):
+        run(provider, provider.build("api", "deadbeef" * 5))
