@@ -1,0 +1,108 @@
+"""The HTML pages the edge answers itself: the index of live environments (for an
+unknown host and for the edge's own address) and the error pages. Everything that
+came from a request or the store is escaped."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable
+from itertools import groupby
+
+from branchline.store.routes import RouteRow
+
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    431: "Request Header Fields Too Large",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+    505: "HTTP Version Not Supported",
+}
+
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:46rem;padding:0 1rem;"
+    "color:#222}h1{font-size:1.4rem}h2{font-size:1.1rem;margin-bottom:.2rem}"
+    "h3{font-size:.95rem;margin:.6rem 0 .2rem;color:#555}ul{margin:.2rem 0}"
+    "code{background:#f2f2f2;padding:0 .2rem}.muted{color:#777}"
+)
+
+
+def _page(title: str, body: str) -> bytes:
+    return (
+        "<!doctype html>\n<html lang=en><head><meta charset=utf-8>"
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
+        f"<body>{body}</body></html>\n"
+    ).encode()
+
+
+def route_url(host: str, port: int) -> str:
+    return f"http://{host}/" if port == 80 else f"http://{host}:{port}/"
+
+
+def index(routes: Iterable[RouteRow], *, port: int, unknown_host: str | None = None) -> bytes:
+    """Every live route, grouped by project and environment, as links through the
+    edge on `port`; with `unknown_host`, the 404 page that names it."""
+    parts: list[str] = []
+    if unknown_host is not None:
+        shown = unknown_host if len(unknown_host) <= 200 else unknown_host[:200] + "..."
+        parts.append(
+            f"<h1>No environment answers for <code>{html.escape(shown)}</code></h1>"
+            "<p>branchline's edge has no route for this host name. The live environments "
+            "are:</p>"
+        )
+    else:
+        parts.append("<h1>branchline edge</h1><p>The live environments:</p>")
+    routes = list(routes)
+    if not routes:
+        parts.append("<p class=muted>None: nothing is deployed yet.</p>")
+    for project, in_project in groupby(routes, key=lambda r: r.project):
+        parts.append(f"<h2>{html.escape(project)}</h2>")
+        for environment, in_env in groupby(in_project, key=lambda r: r.environment):
+            parts.append(f"<h3>{html.escape(environment)}</h3><ul>")
+            for route in in_env:
+                url = html.escape(route_url(route.host, port), quote=True)
+                parts.append(
+                    f'<li><a href="{url}">{html.escape(route.host)}</a> '
+                    f"<span class=muted>{html.escape(route.service)}</span></li>"
+                )
+            parts.append("</ul>")
+    title = "No such environment" if unknown_host is not None else "branchline edge"
+    return _page(title, "".join(parts))
+
+
+def error(status: int, message: str, detail: str = "") -> bytes:
+    reason = REASONS.get(status, "Error")
+    body = f"<h1>{status} {html.escape(reason)}</h1><p>{html.escape(message)}</p>"
+    if detail:
+        body += f"<p class=muted>{html.escape(detail)}</p>"
+    return _page(f"{status} {reason}", body)
+
+
+def no_process(route: RouteRow) -> bytes:
+    return error(
+        502,
+        f"No process answers for service {route.service} of environment "
+        f"{route.environment} (project {route.project}).",
+        f"Nothing accepted a connection on {route.upstream_host}:{route.upstream_port}. "
+        "The service may be starting, stopped or crashed: see `branchline status`.",
+    )
+
+
+def bad_upstream(route: RouteRow, what: str) -> bytes:
+    return error(
+        502,
+        f"Service {route.service} of environment {route.environment} "
+        f"(project {route.project}) gave no valid answer.",
+        what,
+    )
+
+
+def timeout(route: RouteRow, seconds: float) -> bytes:
+    return error(
+        504,
+        f"Service {route.service} of environment {route.environment} "
+        f"(project {route.project}) did not answer within {seconds:g} s.",
+    )
