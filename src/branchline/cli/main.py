@@ -14,6 +14,8 @@ import typer
 from branchline import __version__
 from branchline.cli import config as config_cmd
 from branchline.cli import db as db_cmd
+from branchline.cli import deploy as deploy_cmd
+from branchline.cli import dns as dns_cmd
 from branchline.cli import init as init_cmd
 from branchline.cli import runs as runs_cmd
 from branchline.cli import state as state_cmd
@@ -74,6 +76,15 @@ app.add_typer(state_cmd.app, name="state")
 app.add_typer(db_cmd.app, name="db")
 app.add_typer(runs_cmd.app, name="runs")
 app.command("worker")(runs_cmd.worker)
+app.command("deploy")(deploy_cmd.deploy)
+app.command("rollback")(deploy_cmd.rollback)
+app.command("logs")(deploy_cmd.logs)
+app.command("edge")(deploy_cmd.edge)
+app.command("stop")(deploy_cmd.stop)
+app.command("health")(deploy_cmd.health)
+app.add_typer(deploy_cmd.deployments_app, name="deployments")
+app.add_typer(deploy_cmd.releases_app, name="releases")
+app.add_typer(dns_cmd.app, name="dns")
 
 
 GLOBAL_FLAGS = ("--json", "--debug")

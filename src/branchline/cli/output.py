@@ -58,6 +58,10 @@ class Output:
         if not self.json:
             self.err.print(f"[dim]{message}[/dim]")
 
+    def notice(self, message: str) -> None:
+        """Something the user must know even with --json (it goes to stderr)."""
+        self.err.print(message, markup=False, highlight=False)
+
     def error(self, exc: BranchlineError) -> None:
         if self.json:
             sys.stderr.write(to_json(exc.as_dict()) + "\n")

@@ -6,8 +6,10 @@ from __future__ import annotations
 from branchline.config import Config
 from branchline.errors import UsageError
 from branchline.postgres import find_binaries
+from branchline.providers.compute.local import LocalComputeProvider
 from branchline.providers.database import DatabaseProvider
 from branchline.providers.database.local import LocalDatabaseProvider
+from branchline.providers.dns.local import LocalDnsProvider
 from branchline.store import Store
 
 
@@ -26,4 +28,30 @@ def database_provider(config: Config, store: Store) -> DatabaseProvider:
     raise UsageError(
         f"the {provider!r} database provider is not available in this version of branchline",
         hint='Set `provider = "local"` under [database] in branchline.toml.',
+    )
+
+
+def compute_provider(
+    config: Config, store: Store, *, edge_port: int | None = None
+) -> LocalComputeProvider:
+    if config.compute.provider == "local":
+        return LocalComputeProvider(
+            config=config, store=store, state_dir=store.location.state_dir, edge_port=edge_port
+        )
+    raise UsageError(
+        f"the {config.compute.provider!r} compute provider is not available in this version",
+        hint='Set `provider = "local"` under [compute] in branchline.toml.',
+    )
+
+
+def dns_provider(
+    config: Config, store: Store, *, server_address: tuple[str, int] | None = None
+) -> LocalDnsProvider:
+    if config.dns.provider == "local":
+        return LocalDnsProvider(
+            config.project.name, config.project.zone, store, server_address=server_address
+        )
+    raise UsageError(
+        f"the {config.dns.provider!r} DNS provider is not available in this version",
+        hint='Set `provider = "local"` under [dns] in branchline.toml.',
     )

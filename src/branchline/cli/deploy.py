@@ -1,0 +1,290 @@
+"""`branchline deploy | rollback | deployments | releases | logs | edge | stop | health`:
+services running locally behind the edge."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from branchline import naming
+from branchline.cli.context import AppContext, app_context
+from branchline.config import Config
+from branchline.edge import daemon
+from branchline.errors import UsageError
+from branchline.health import HealthPolicy, check_health
+from branchline.providers.compute import Deployment
+from branchline.providers.compute.local import LocalComputeProvider
+from branchline.providers.registry import compute_provider, database_provider
+from branchline.timespec import parse_moment
+
+T = TypeVar("T")
+deployments_app = typer.Typer(help="Deployments of services.", no_args_is_help=True)
+releases_app = typer.Typer(help="Immutable builds of services.", no_args_is_help=True)
+
+
+def _with_compute(
+    ctx: typer.Context,
+    work: Callable[[Config, LocalComputeProvider, AppContext], Awaitable[T]],
+    *,
+    need_edge: bool = False,
+) -> T:
+    app_ctx = app_context(ctx)
+    config = app_ctx.config()
+    store = app_ctx.store()
+
+    async def main() -> T:
+        await store.start()
+        edge_port = None
+        if need_edge:
+            info, started = await asyncio.to_thread(
+                daemon.ensure_running, store.location.state_dir, config.path
+            )
+            edge_port = info.edge_port
+            if started:
+                app_ctx.output.notice(
+                    f"started the edge in the background on port {info.edge_port} "
+                    f"(DNS on {info.dns_port}); `branchline stop` stops it"
+                )
+        else:
+            running = daemon.read_info(store.location.state_dir)
+            edge_port = running.edge_port if running else None
+        provider = compute_provider(config, store, edge_port=edge_port)
+        try:
+            return await work(config, provider, app_ctx)
+        finally:
+            await provider.aclose()
+
+    return asyncio.run(main())
+
+
+def _branch_for(environment: str) -> str | None:
+    if environment == naming.PRODUCTION:
+        return naming.PRODUCTION
+    if environment.startswith("preview-"):
+        return naming.branch_for_pr(int(environment.removeprefix("preview-")))
+    return None
+
+
+async def _database_vars(
+    config: Config, provider: LocalComputeProvider, env: str
+) -> dict[str, str]:
+    """DATABASE_URL of the environment's database branch, when it has one."""
+    branch = _branch_for(env)
+    if branch is None:
+        return {}
+    db = database_provider(config, provider.store)
+    if await db.get_branch(branch) is None:
+        return {}
+    return {"DATABASE_URL": await db.connection_uri(branch)}
+
+
+def _deployment_table(found: list[Deployment]) -> Table:
+    table = Table("id", "service", "environment", "release", "status", "url", "since")
+    for d in found:
+        table.add_row(
+            str(d.id), d.service, d.environment, d.release.name, d.status,
+            d.url or "-", d.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+        )  # fmt: skip
+    return table
+
+
+def deploy(
+    ctx: typer.Context,
+    service: str,
+    env: Annotated[str, typer.Option("--env", help="production, preview-<pr> or local.")],
+    commit: Annotated[str, typer.Option(help="Commit or branch to deploy.")] = "HEAD",
+) -> None:
+    """Build SERVICE at a commit and deploy it blue-green behind the edge."""
+    naming.validate_environment(env)
+
+    async def work(config: Config, provider: LocalComputeProvider, app: AppContext) -> Deployment:
+        app.output.progress(f"building {service} at {commit}")
+        began = time.monotonic()
+        release = await provider.build(service, commit)
+        app.output.progress(f"built {release.name}; starting it and checking its health")
+        vars = await _database_vars(config, provider, env)
+        deployment = await provider.deploy(service, env, release, vars, {})
+        app.output.progress(f"live in {time.monotonic() - began:.1f} s")
+        return deployment
+
+    result = _with_compute(ctx, work, need_edge=True)
+    app_context(ctx).output.emit(
+        result.as_dict(),
+        lambda c: c.print(f"{result.service} {result.release.name} is live at {result.url}"),
+    )
+
+
+def rollback(
+    ctx: typer.Context,
+    service: str,
+    env: Annotated[str, typer.Option("--env", help="production, preview-<pr> or local.")],
+    to: Annotated[int | None, typer.Option(help="Release id (see `releases list`).")] = None,
+) -> None:
+    """Point SERVICE back at its previous release (or --to a release), blue-green."""
+    naming.validate_environment(env)
+    result = _with_compute(
+        ctx, lambda _c, provider, _a: provider.rollback(service, env, to), need_edge=True
+    )
+    app_context(ctx).output.emit(
+        result.as_dict(),
+        lambda c: c.print(f"{result.service} rolled back to {result.release.name} ({result.url})"),
+    )
+
+
+@deployments_app.command("list")
+def deployments_list(
+    ctx: typer.Context,
+    env: Annotated[str | None, typer.Option("--env", help="Only this environment.")] = None,
+) -> None:
+    """Every deployment, newest first, with its release and status."""
+    found = _with_compute(ctx, lambda _c, provider, _a: provider.list_deployments(env))
+    app_context(ctx).output.emit(
+        [d.as_dict() for d in found],
+        lambda c: c.print(_deployment_table(found) if found else "no deployments yet"),
+    )
+
+
+@releases_app.command("list")
+def releases_list(ctx: typer.Context, service: str) -> None:
+    """The releases of SERVICE kept for rollback, newest first."""
+    found = _with_compute(ctx, lambda _c, provider, _a: provider.releases(service))
+
+    def human(console: Console) -> None:
+        table = Table("id", "release", "commit", "built")
+        for r in found:
+            table.add_row(str(r.id), r.name, r.commit[:12], r.created_at.strftime("%Y-%m-%d %H:%M"))
+        console.print(table if found else f"no releases of {service} yet")
+
+    app_context(ctx).output.emit([r.as_dict() for r in found], human)
+
+
+def logs(
+    ctx: typer.Context,
+    service: str,
+    env: Annotated[str, typer.Option("--env", help="production, preview-<pr> or local.")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new output.")
+    ] = False,
+    since: Annotated[
+        str | None, typer.Option(help='Include deployments started since, e.g. "1h ago".')
+    ] = None,
+) -> None:
+    """A service's output in an environment (the reference's `wrangler tail`)."""
+    naming.validate_environment(env)
+    cutoff = parse_moment(since if since.endswith("ago") else f"{since} ago") if since else None
+
+    async def work(_c: Config, provider: LocalComputeProvider, _a: AppContext) -> list[Path]:
+        found = [
+            d
+            for d in await provider.list_deployments(env)
+            if d.service == service and (cutoff is None or d.created_at >= cutoff)
+        ]
+        if not found:
+            raise UsageError(
+                f"{service} has no deployment in {env}", hint="See `branchline deployments list`."
+            )
+        if cutoff is None:
+            found = found[:1]
+        return [Path(str(d.detail["log"])) for d in reversed(found) if "log" in d.detail]
+
+    files = _with_compute(ctx, work)
+    out = app_context(ctx).output
+    for path in files:
+        with path.open("rb") as fh:
+            out.out.print(fh.read().decode(errors="replace"), end="", markup=False)
+    if follow and files:
+        _tail(files[-1], out.out)
+
+
+def _tail(path: Path, console: Console) -> None:
+    """Print what the file gains until interrupted (a file has nothing to LISTEN on)."""
+    with path.open("rb") as fh:
+        fh.seek(0, 2)
+        try:
+            while True:
+                chunk = fh.read()
+                if chunk:
+                    console.print(chunk.decode(errors="replace"), end="", markup=False)
+                else:
+                    time.sleep(0.2)
+        except KeyboardInterrupt:
+            return
+
+
+def edge(
+    ctx: typer.Context,
+    port: Annotated[
+        int, typer.Option(help="Edge port (a free one if taken).")
+    ] = daemon.DEFAULT_EDGE_PORT,
+    dns_port: Annotated[
+        int, typer.Option(help="DNS port (UDP and TCP).")
+    ] = daemon.DEFAULT_DNS_PORT,
+) -> None:
+    """Run the edge proxy, the zone's DNS server and the service supervisor here."""
+    app = app_context(ctx)
+    config = app.config()
+    store = app.store()
+
+    def ready(edge_port: int, dns: int) -> None:
+        app.output.emit(
+            {"edge_port": edge_port, "dns_port": dns},
+            lambda c: c.print(
+                f"edge on http://127.0.0.1:{edge_port}/ (try http://{escape(config.project.zone)}:"
+                f"{edge_port}/), DNS on 127.0.0.1:{dns}; Ctrl-C stops"
+            ),
+        )
+
+    async def main() -> None:
+        await store.start()
+        provider = compute_provider(config, store)
+        await daemon.run_foreground(
+            store, project=config.project.name, zone=config.project.zone,
+            state_dir=store.location.state_dir, supervise=provider.supervise,
+            edge_port=port, dns_port=dns_port, on_ready=ready,
+        )  # fmt: skip
+
+    asyncio.run(main())
+
+
+def stop(ctx: typer.Context) -> None:
+    """Stop the background edge and DNS server (services keep running)."""
+    app = app_context(ctx)
+    stopped = daemon.stop(app.store().location.state_dir)
+    app.output.emit(
+        {"stopped": stopped},
+        lambda c: c.print("edge stopped" if stopped else "the edge was not running"),
+    )
+
+
+def health(
+    ctx: typer.Context,
+    url: str,
+    expect_commit: Annotated[str | None, typer.Option(help="Pass only for this commit.")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Host header to send (to check via the edge).")
+    ] = None,
+    retries: Annotated[int, typer.Option(help="Retries after the first attempt.")] = 3,
+) -> None:
+    """Check a URL the way deploys do: retries with backoff, HTTP 000 on no answer."""
+    out = app_context(ctx).output
+    policy = HealthPolicy(retries=retries, deadline=60.0)
+
+    def show(attempt: Any) -> None:
+        out.progress(attempt.describe())
+
+    result = asyncio.run(
+        check_health(
+            url, policy=policy, expect_commit=expect_commit, host_header=host, on_attempt=show
+        )
+    )
+    out.emit(result.as_dict(), lambda c: c.print(result.verdict))
+    if not result.healthy:
+        raise typer.Exit(1)

@@ -1,0 +1,106 @@
+"""`branchline dns`: the zone's records, served by the local DNS server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from branchline.cli.context import app_context
+from branchline.edge import daemon
+from branchline.providers.dns.local import LocalDnsProvider
+from branchline.providers.registry import dns_provider
+
+app = typer.Typer(help="DNS records of the project's zone.", no_args_is_help=True)
+T = TypeVar("T")
+
+
+def _with_dns(ctx: typer.Context, work: Callable[[LocalDnsProvider], Awaitable[T]]) -> T:
+    app_ctx = app_context(ctx)
+    config = app_ctx.config()
+    store = app_ctx.store()
+
+    async def main() -> T:
+        await store.start()
+        info = daemon.read_info(store.location.state_dir)
+        address = ("127.0.0.1", info.dns_port) if info else None
+        return await work(dns_provider(config, store, server_address=address))
+
+    return asyncio.run(main())
+
+
+@app.command("list")
+def list_records(
+    ctx: typer.Context,
+    env: Annotated[str | None, typer.Option("--env", help="Only this environment's.")] = None,
+) -> None:
+    """The zone's records."""
+    found = _with_dns(ctx, lambda dns: dns.list_records(env))
+
+    def human(console: Console) -> None:
+        table = Table("name", "type", "content", "proxied", "environment")
+        for r in found:
+            table.add_row(r.name, r.type, r.content, "yes" if r.proxied else "no",
+                          r.environment or "-")  # fmt: skip
+        console.print(table if found else "no records yet")
+
+    app_context(ctx).output.emit([r.as_dict() for r in found], human)
+
+
+@app.command("ensure")
+def ensure(
+    ctx: typer.Context,
+    name: str,
+    type: Annotated[str, typer.Option("--type", help="A, AAAA, CNAME or TXT.")] = "CNAME",
+    content: Annotated[str, typer.Option(help='Target; "@" is the zone apex.')] = "@",
+    proxied: Annotated[bool, typer.Option(help="Mark it proxied (as on Cloudflare).")] = False,
+    env: Annotated[str | None, typer.Option("--env", help="Environment it belongs to.")] = None,
+) -> None:
+    """Create or update a record (idempotent)."""
+    record = _with_dns(
+        ctx, lambda dns: dns.ensure_record(name, type, content, proxied=proxied, environment=env)
+    )
+    app_context(ctx).output.emit(
+        record.as_dict(), lambda c: c.print(f"{record.name} {record.type} {record.content}")
+    )
+
+
+@app.command("delete")
+def delete(
+    ctx: typer.Context,
+    name: str,
+    type: Annotated[str | None, typer.Option("--type", help="Only this type.")] = None,
+) -> None:
+    """Delete a record (succeeds when it is already gone)."""
+    deleted = _with_dns(ctx, lambda dns: dns.delete_record(name, type))
+    app_context(ctx).output.emit(
+        {"name": name, "deleted": deleted},
+        lambda c: c.print(f"deleted {name}" if deleted else f"{name} had no such record"),
+    )
+
+
+@app.command("verify")
+def verify(
+    ctx: typer.Context,
+    name: str,
+    type: Annotated[str, typer.Option("--type")] = "CNAME",
+    expect: Annotated[str | None, typer.Option(help="The answer to wait for.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to keep asking.")] = 10.0,
+) -> None:
+    """Ask the zone's DNS server until it answers as expected (or the timeout)."""
+    result = _with_dns(ctx, lambda dns: dns.verify(name, type=type, expect=expect, timeout=timeout))
+    data: dict[str, Any] = result.as_dict()
+    app_context(ctx).output.emit(
+        data,
+        lambda c: c.print(
+            f"{'ok' if result.ok else 'not yet'}: {name} {type} -> "
+            f"{', '.join(result.answer) or '-'} after {result.attempts} attempts "
+            f"in {result.elapsed:.2f} s"
+        ),
+    )
+    if not result.ok:
+        raise typer.Exit(1)

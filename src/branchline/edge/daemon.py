@@ -1,0 +1,157 @@
+"""The long-running local parts: the edge proxy, the zone's DNS server and the
+service supervisor, in one process.
+
+`run_foreground` is `branchline edge`. Commands that need them (a deploy) call
+`ensure_running`, which starts `branchline edge` in the background when it is not
+running and says so; `stop` ends it. Its address is kept in `edge.json` in the
+state directory, next to the process id and start time that identify it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from branchline.edge.proxy import EdgeProxy
+from branchline.errors import BranchlineError
+from branchline.postgres.cluster import port_is_free
+from branchline.providers.compute.processes import ProcessId, start_time_of
+from branchline.providers.compute.processes import stop as stop_process
+from branchline.providers.dns.server import ZoneServer
+from branchline.store import Store
+
+DEFAULT_EDGE_PORT = 8080
+DEFAULT_DNS_PORT = 8053
+STATE_FILE = "edge.json"
+
+
+@dataclass(frozen=True)
+class EdgeInfo:
+    pid: int
+    start_time: int
+    edge_port: int
+    dns_port: int
+
+    @property
+    def alive(self) -> bool:
+        return ProcessId(self.pid, self.start_time).alive()
+
+
+def read_info(state_dir: Path) -> EdgeInfo | None:
+    """The running edge's facts, or None when it is not running."""
+    try:
+        raw = json.loads((state_dir / STATE_FILE).read_text())
+        info = EdgeInfo(int(raw["pid"]), int(raw["start_time"]), int(raw["edge_port"]),
+                        int(raw["dns_port"]))  # fmt: skip
+    except (OSError, ValueError, KeyError):
+        return None
+    return info if info.alive else None
+
+
+def _write_info(state_dir: Path, edge_port: int, dns_port: int) -> None:
+    pid = os.getpid()
+    info = {"pid": pid, "start_time": start_time_of(pid), "edge_port": edge_port,
+            "dns_port": dns_port}  # fmt: skip
+    tmp = state_dir / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(info))
+    tmp.replace(state_dir / STATE_FILE)
+
+
+def _port(wanted: int) -> int:
+    """The wanted port if free, else 0 (any free port)."""
+    return wanted if wanted and port_is_free(wanted) else 0
+
+
+async def run_foreground(
+    store: Store,
+    *,
+    project: str,
+    zone: str,
+    state_dir: Path,
+    supervise: Callable[[], Awaitable[list[str]]],
+    edge_port: int = DEFAULT_EDGE_PORT,
+    dns_port: int = DEFAULT_DNS_PORT,
+    on_ready: Callable[[int, int], None] | None = None,
+) -> None:
+    """Serve until SIGINT or SIGTERM."""
+    if read_info(state_dir) is not None:
+        raise BranchlineError(
+            "the edge is already running for this project",
+            hint="Stop it with `branchline stop`, or use the one that runs.",
+        )
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    async with store.pooled():
+        edge = EdgeProxy(store, port=_port(edge_port))
+        dns = ZoneServer(project, zone, store, port=_port(dns_port))
+        await edge.start()
+        await asyncio.to_thread(dns.start)
+        try:
+            _write_info(state_dir, edge.port, dns.port)
+            if on_ready is not None:
+                on_ready(edge.port, dns.port)
+            while not stopping.is_set():
+                with contextlib.suppress(BranchlineError, OSError):
+                    await supervise()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), timeout=1.0)
+        finally:
+            (state_dir / STATE_FILE).unlink(missing_ok=True)
+            await asyncio.to_thread(dns.stop)
+            await edge.stop()
+
+
+def ensure_running(
+    state_dir: Path, config_path: Path, *, timeout: float = 20.0
+) -> tuple[EdgeInfo, bool]:
+    """The running edge, starting it in the background first when needed.
+    Returns (info, started_now)."""
+    info = read_info(state_dir)
+    if info is not None:
+        return info, False
+    log = (state_dir / "edge.log").open("ab")
+    env = {**os.environ, "BRANCHLINE_STATE_DIR": str(state_dir)}
+    subprocess.Popen(
+        [sys.executable, "-m", "branchline", "--config", str(config_path), "edge"],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+        start_new_session=True,  # outlives this command
+    )  # fmt: skip
+    log.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = read_info(state_dir)
+        if info is not None:
+            return info, True
+        time.sleep(0.05)
+    raise BranchlineError(
+        "the edge did not start in the background",
+        hint=f"See {state_dir / 'edge.log'}, or run `branchline edge` in a terminal.",
+    )
+
+
+def stop(state_dir: Path) -> bool:
+    """Stop the background edge; False when it was not running."""
+    info = read_info(state_dir)
+    if info is None:
+        return False
+    process = ProcessId(info.pid, info.start_time)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(info.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while process.alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if process.alive():
+        stop_process(process, grace=1.0)
+    (state_dir / STATE_FILE).unlink(missing_ok=True)
+    return True
