@@ -39,6 +39,7 @@ import psycopg
 
 from branchline.edge import pages
 from branchline.edge.http import (
+    HOP_BY_HOP,
     LAST_CHUNK,
     MAX_HEAD,
     PIECE,
@@ -715,24 +716,7 @@ class EdgeProxy:
 
 
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
-_DROP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"content-length",
-        b"host",
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
-    }
-)
+_DROP = HOP_BY_HOP | {b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
 """Request headers not passed upstream as received (the edge writes its own)."""
 
 

@@ -19,7 +19,7 @@ import contextlib
 import os
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from branchline.errors import BranchlineError, UsageError
 from branchline.health import HealthPolicy, HealthResult, check_health
 from branchline.postgres.cluster import free_port
 from branchline.providers.compute import Deployment, Release, envtemplate, processes, releases
-from branchline.store import Store, resources, routes
+from branchline.store import Store, locks, resources, routes
 from branchline.store import compute as rows
 from branchline.store.queries import Conn
 
@@ -477,15 +477,8 @@ class LocalComputeProvider:
             detail={k: v for k, v in row.detail.items() if k not in ("vars", "secret_names")},
         )  # fmt: skip
 
-    @contextlib.asynccontextmanager
-    async def _locked(self, what: str) -> AsyncIterator[Conn]:
-        async with self.store.connect() as conn:
-            key = f"branchline:compute:{self.project}:{what}"
-            await conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
-            try:
-                yield conn
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+    def _locked(self, what: str) -> contextlib.AbstractAsyncContextManager[Conn]:
+        return locks.held(self.store, f"branchline:compute:{self.project}:{what}")
 
 
 def _release(row: rows.ReleaseRow) -> Release:

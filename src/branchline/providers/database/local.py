@@ -19,7 +19,7 @@ import contextlib
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,7 +43,7 @@ from branchline.postgres.copy import (
     take_base_backup,
 )
 from branchline.providers.database import Branch, BranchStatus
-from branchline.store import Store, resources
+from branchline.store import Store, locks, resources
 from branchline.store import branches as branch_rows
 from branchline.store.queries import Conn
 
@@ -558,35 +558,14 @@ class LocalDatabaseProvider:
 
     # -- internals ----------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def _locked(self, name: str) -> AsyncIterator[Conn]:
-        """Hold the branch's advisory lock: one create/delete/reset of a name at a time,
-        across processes; released by Postgres if this process dies."""
-        async with self.store.connect() as conn:
-            key = f"branchline:branch:{self.project}:{name}"
-            await conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
-            try:
-                yield conn
-            finally:
-                with contextlib.suppress(psycopg.Error):
-                    await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+    def _locked(self, name: str) -> contextlib.AbstractAsyncContextManager[Conn]:
+        """The branch's lock: one create/delete/reset of a name at a time."""
+        return locks.held(self.store, f"branchline:branch:{self.project}:{name}")
 
-    @contextlib.asynccontextmanager
-    async def _try_locked(self, name: str) -> AsyncIterator[Conn | None]:
-        """The branch's lock if nobody holds it (None otherwise): how gc tells work a
-        crash interrupted from work still going on."""
-        async with self.store.connect() as conn:
-            key = f"branchline:branch:{self.project}:{name}"
-            cur = await conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,))
-            row = await cur.fetchone()
-            if row is None or row[0] is not True:
-                yield None
-                return
-            try:
-                yield conn
-            finally:
-                with contextlib.suppress(psycopg.Error):
-                    await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+    def _try_locked(self, name: str) -> contextlib.AbstractAsyncContextManager[Conn | None]:
+        """The branch's lock if free: how gc tells work a crash interrupted from work
+        still going on."""
+        return locks.if_free(self.store, f"branchline:branch:{self.project}:{name}")
 
     async def _intend(
         self, conn: Conn, name: str, *, parent: str | None, expires: datetime | None

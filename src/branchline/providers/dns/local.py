@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import ipaddress
 import time
-from collections.abc import AsyncIterator
 
 import dns.asyncquery
 import dns.exception
@@ -35,7 +34,7 @@ from branchline.providers.dns import (
     record_type,
     same_content,
 )
-from branchline.store import Store, resources
+from branchline.store import Store, locks, resources
 from branchline.store import dns as dns_rows
 from branchline.store.queries import Conn
 
@@ -274,17 +273,9 @@ class LocalDnsProvider:
             ):
                 await resources.record(conn, self.project, RESOURCE_KIND, entry.name, "deleted")
 
-    @contextlib.asynccontextmanager
-    async def _locked(self, fqdn: str) -> AsyncIterator[Conn]:
+    def _locked(self, fqdn: str) -> contextlib.AbstractAsyncContextManager[Conn]:
         """One change at a time per name, across processes (released if we die)."""
-        async with self.store.connect() as conn:
-            key = f"branchline:dns:{self.project}:{fqdn}"
-            await conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
-            try:
-                yield conn
-            finally:
-                with contextlib.suppress(psycopg.Error):
-                    await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+        return locks.held(self.store, f"branchline:dns:{self.project}:{fqdn}")
 
 
 def _check_cname_exclusive(fqdn: str, kind: str, present: list[dns_rows.DnsRow]) -> None:
