@@ -132,7 +132,7 @@ class HealthPolicy:
     first_wait: float = 0.0
     later_wait: float = 0.0
     retries: int = 10
-    backoff_base: float = 0.5
+    backoff_base: float = 0.1
     timeout_per_attempt: float = 5.0
     deadline: float = 300.0
     jitter: float = 0.1

@@ -430,7 +430,7 @@ def test_health_defaults_locally(tmp_path: Path) -> None:
     health = load(tmp_path, BASE).health
     assert (health.first_wait, health.later_wait) == (timedelta(0), timedelta(0))
     assert health.retries == 10
-    assert health.backoff_base == timedelta(milliseconds=500)
+    assert health.backoff_base == timedelta(milliseconds=100)
     assert health.service_timeout == timedelta(minutes=5)
 
 

@@ -92,7 +92,7 @@ def test_policy_from_reference_values() -> None:
 def test_policy_from_local_values() -> None:
     policy = local()
     assert policy.wait_before(0) == policy.wait_before(1) == 0
-    assert policy.schedule()[:4] == (0.5, 1, 2, 4)
+    assert policy.schedule()[:4] == (0.1, 0.2, 0.4, 0.8)
     assert policy.deadline == 300
 
 
@@ -121,10 +121,10 @@ def test_local_schedule_with_few_retries() -> None:
     clock = ManualClock()
     handler, seen = answers(httpx.Response(503))
     result = check(handler, local(retries=3), clock)
-    assert clock.sleeps == [0.5, 1, 2]  # no initial wait locally
+    assert clock.sleeps == [0.1, 0.2, 0.4]  # no initial wait locally
     assert len(seen) == len(result.attempts) == 4
     assert [a.display for a in result.attempts] == ["HTTP 503"] * 4
-    assert result.verdict == "unhealthy: 4 attempts failed in 3.5 s; last: HTTP 503"
+    assert result.verdict == "unhealthy: 4 attempts failed in 0.7 s; last: HTTP 503"
 
 
 def test_no_retries_means_one_attempt() -> None:
@@ -261,7 +261,7 @@ def test_recovers_after_failures() -> None:
     assert result.healthy
     assert [a.status for a in result.attempts] == [503, 502, 200]
     assert [a.ok for a in result.attempts] == [False, False, True]
-    assert result.verdict == "healthy after 3 attempts in 1.5 s"
+    assert result.verdict == "healthy after 3 attempts in 0.3 s"
 
 
 def test_redirect_is_not_healthy() -> None:
@@ -291,7 +291,7 @@ def test_old_commit_forever_is_unhealthy() -> None:
     assert len(result.attempts) == 3
     assert result.verdict == (
         f"unhealthy: answered commit {OLD[:7]} but {NEW[:7]} is being deployed "
-        "(3 attempts in 1.5 s)"
+        "(3 attempts in 0.3 s)"
     )
 
 

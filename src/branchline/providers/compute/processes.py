@@ -46,6 +46,7 @@ def start(command: Sequence[str], *, cwd: Path, env: Mapping[str, str], log: Pat
 def stop(pid: ProcessId, *, grace: float = 5.0) -> None:
     """SIGTERM to its process group, SIGKILL after `grace`. No-op when it is gone."""
     if not pid.alive():
+        _reap(pid.pid)  # it may be our exited child, not yet collected
         return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid.pid, signal.SIGTERM)
