@@ -17,6 +17,7 @@ from branchline.cli import db as db_cmd
 from branchline.cli import deploy as deploy_cmd
 from branchline.cli import dns as dns_cmd
 from branchline.cli import init as init_cmd
+from branchline.cli import pr as pr_cmd
 from branchline.cli import runs as runs_cmd
 from branchline.cli import state as state_cmd
 from branchline.cli import status as status_cmd
@@ -85,6 +86,8 @@ app.command("health")(deploy_cmd.health)
 app.add_typer(deploy_cmd.deployments_app, name="deployments")
 app.add_typer(deploy_cmd.releases_app, name="releases")
 app.add_typer(dns_cmd.app, name="dns")
+app.command("push")(pr_cmd.push)
+app.add_typer(pr_cmd.app, name="pr")
 
 
 GLOBAL_FLAGS = ("--json", "--debug")

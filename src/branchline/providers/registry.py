@@ -10,6 +10,7 @@ from branchline.providers.compute.local import LocalComputeProvider
 from branchline.providers.database import DatabaseProvider
 from branchline.providers.database.local import LocalDatabaseProvider
 from branchline.providers.dns.local import LocalDnsProvider
+from branchline.providers.forge.local import LocalForge
 from branchline.store import Store
 
 
@@ -54,4 +55,18 @@ def dns_provider(
     raise UsageError(
         f"the {config.dns.provider!r} DNS provider is not available in this version",
         hint='Set `provider = "local"` under [dns] in branchline.toml.',
+    )
+
+
+def forge_provider(config: Config, store: Store) -> LocalForge:
+    if config.forge.provider == "local":
+        return LocalForge(
+            project=config.project.name,
+            store=store,
+            repo=config.root,
+            production_branch=config.project.production_branch,
+        )
+    raise UsageError(
+        f"the {config.forge.provider!r} code host is not available in this version",
+        hint='Set `provider = "local"` under [forge] in branchline.toml.',
     )

@@ -1,0 +1,167 @@
+"""`branchline push` and `branchline pr`: the local code host."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from branchline.cli.context import app_context
+from branchline.errors import UsageError
+from branchline.providers.forge.local import LocalForge, Recorded
+from branchline.providers.registry import forge_provider
+from branchline.store import forge as rows
+
+app = typer.Typer(help="Local pull requests.", no_args_is_help=True)
+T = TypeVar("T")
+
+
+def _with_forge(ctx: typer.Context, work: Callable[[LocalForge], Awaitable[T]]) -> T:
+    app_ctx = app_context(ctx)
+    config = app_ctx.config()
+    store = app_ctx.store()
+
+    async def main() -> T:
+        await store.start()
+        return await work(forge_provider(config, store))
+
+    return asyncio.run(main())
+
+
+def _pr_dict(pr: rows.PullRequestRow) -> dict[str, Any]:
+    return {
+        "number": pr.number, "title": pr.title, "head": pr.head_branch, "base": pr.base_branch,
+        "sha": pr.head_sha, "state": pr.state, "created_at": pr.created_at,
+        "updated_at": pr.updated_at, "closed_at": pr.closed_at,
+    }  # fmt: skip
+
+
+def _event_dict(recorded: Recorded) -> dict[str, Any]:
+    event = recorded.event
+    return {
+        "pr": _pr_dict(recorded.pr) if recorded.pr else None,
+        "event": None
+        if event is None
+        else {"delivery_id": event.delivery_id, "kind": event.kind, "action": event.action},
+    }
+
+
+def push(
+    ctx: typer.Context,
+    branch: Annotated[str | None, typer.Argument(help="Branch (default: the current one).")] = None,
+    hook: Annotated[bool, typer.Option("--hook", hidden=True)] = False,
+) -> None:
+    """Record a push of BRANCH's head commit (testing runs on it)."""
+    done = _with_forge(ctx, lambda forge: forge.push(branch, source="hook" if hook else "cli"))
+    data = _event_dict(done)
+    app_context(ctx).output.emit(
+        data,
+        lambda c: c.print(
+            "push recorded" if done.event else "this push was recorded before (nothing to do)"
+        ),
+    )
+
+
+@app.command("open")
+def open_pr(
+    ctx: typer.Context,
+    branch: str,
+    title: Annotated[str | None, typer.Option(help="Title (default: the branch name).")] = None,
+) -> None:
+    """Open a pull request from BRANCH into the production branch."""
+    done = _with_forge(ctx, lambda forge: forge.open_pr(branch, title))
+    assert done.pr is not None
+    number = done.pr.number
+    app_context(ctx).output.emit(
+        _event_dict(done), lambda c: c.print(f"opened pull request #{number} ({escape(branch)})")
+    )
+
+
+@app.command("sync")
+def sync(ctx: typer.Context, number: int) -> None:
+    """Take a pull request's new commits (after you commit to its branch)."""
+    done = _with_forge(ctx, lambda forge: forge.sync_pr(number))
+    app_context(ctx).output.emit(
+        _event_dict(done),
+        lambda c: c.print(
+            f"pull request #{number} now at {done.pr.head_sha[:12]}"
+            if done.event and done.pr
+            else f"pull request #{number} has no new commits"
+        ),
+    )
+
+
+@app.command("close")
+def close(
+    ctx: typer.Context,
+    number: int,
+    merge: Annotated[bool, typer.Option(help="Merge it into the production branch.")] = False,
+) -> None:
+    """Close a pull request, or merge it (a real merge commit, then a push to main)."""
+    done = _with_forge(ctx, lambda forge: forge.close_pr(number, merge=merge))
+    app_context(ctx).output.emit(
+        [_event_dict(d) for d in done],
+        lambda c: c.print(f"{'merged' if merge else 'closed'} pull request #{number}"),
+    )
+
+
+@app.command("list")
+def list_prs(
+    ctx: typer.Context,
+    state: Annotated[str | None, typer.Option(help="open, closed or merged.")] = None,
+) -> None:
+    """Pull requests, newest first."""
+
+    async def work(forge: LocalForge) -> list[rows.PullRequestRow]:
+        async with forge.store.connect() as conn:
+            return await rows.list_prs(conn, forge.project, state)
+
+    found = _with_forge(ctx, work)
+
+    def human(console: Console) -> None:
+        table = Table("#", "title", "branch", "commit", "state")
+        for pr in found:
+            table.add_row(str(pr.number), escape(pr.title), escape(pr.head_branch),
+                          pr.head_sha[:12], pr.state)  # fmt: skip
+        console.print(table if found else "no pull requests yet")
+
+    app_context(ctx).output.emit([_pr_dict(pr) for pr in found], human)
+
+
+@app.command("show")
+def show(ctx: typer.Context, number: int) -> None:
+    """A pull request with the comments and commit statuses pipelines posted."""
+
+    async def work(forge: LocalForge) -> dict[str, Any]:
+        async with forge.store.connect() as conn:
+            pr = await rows.get_pr(conn, forge.project, number)
+            if pr is None:
+                raise UsageError(
+                    f"there is no pull request #{number}", hint="See `branchline pr list`."
+                )
+            comments = await rows.comments(conn, forge.project, number)
+            statuses = await rows.statuses(conn, forge.project, pr.head_sha)
+        return {
+            **_pr_dict(pr),
+            "comments": [{"key": c.key, "body": c.body, "updated_at": c.updated_at}
+                         for c in comments],
+            "statuses": [{"context": s.context, "state": s.state, "url": s.url,
+                          "description": s.description} for s in statuses],
+        }  # fmt: skip
+
+    data = _with_forge(ctx, work)
+
+    def human(console: Console) -> None:
+        where = f"{escape(data['head'])} -> {escape(data['base'])}, {data['state']}"
+        console.print(f"[bold]#{data['number']} {escape(data['title'])}[/bold] ({where})")
+        for status in data["statuses"]:
+            console.print(f"  {status['context']}: {status['state']} {status['url'] or ''}")
+        for comment in data["comments"]:
+            console.print(f"\n[dim]{comment['key']}[/dim]\n{escape(comment['body'])}")
+
+    app_context(ctx).output.emit(data, human)

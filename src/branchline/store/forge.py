@@ -1,0 +1,232 @@
+"""The local code host's records: events, pull requests, comments, issues, statuses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
+
+from branchline.store.queries import Conn
+
+
+@dataclass(frozen=True)
+class EventRow:
+    id: int
+    delivery_id: str
+    kind: str
+    action: str | None
+    source: str
+    payload: dict[str, Any]
+    received_at: datetime
+    processed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class PullRequestRow:
+    number: int
+    title: str
+    head_branch: str
+    base_branch: str
+    head_sha: str
+    state: str
+    created_at: datetime
+    updated_at: datetime
+    closed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class CommentRow:
+    id: int
+    pr: int
+    key: str
+    body: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class StatusRow:
+    sha: str
+    context: str
+    state: str
+    url: str | None
+    description: str | None
+    updated_at: datetime
+
+
+async def record_event(
+    conn: Conn,
+    project: str,
+    *,
+    delivery_id: str,
+    kind: str,
+    action: str | None,
+    source: str,
+    payload: dict[str, Any],
+) -> EventRow | None:
+    """The new event, or None when this delivery was recorded before (a replay)."""
+    async with conn.cursor(row_factory=class_row(EventRow)) as cur:
+        await cur.execute(
+            """INSERT INTO branchline.events (project, delivery_id, kind, action, source, payload)
+               VALUES (%s, %s, %s, %s, %s, %s)
+               ON CONFLICT (delivery_id) DO NOTHING
+               RETURNING id, delivery_id, kind, action, source, payload, received_at,
+                         processed_at""",
+            (project, delivery_id, kind, action, source, Jsonb(payload)),
+        )
+        return await cur.fetchone()
+
+
+_PR = "number, title, head_branch, base_branch, head_sha, state, created_at, updated_at, closed_at"
+
+
+async def open_pr(
+    conn: Conn, project: str, *, title: str, head: str, base: str, sha: str
+) -> PullRequestRow:
+    async with conn.transaction():
+        # Numbers are per project, like GitHub's; the lock makes them gap-free.
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"branchline:pr:{project}",)
+        )
+        async with conn.cursor(row_factory=class_row(PullRequestRow)) as cur:
+            await cur.execute(
+                f"""INSERT INTO branchline.pull_requests
+                        (project, number, title, head_branch, base_branch, head_sha)
+                    SELECT %s, coalesce(max(number), 0) + 1, %s, %s, %s, %s
+                    FROM branchline.pull_requests WHERE project = %s
+                    RETURNING {_PR}""",  # noqa: S608 - fixed column list
+                (project, title, head, base, sha, project),
+            )
+            row = await cur.fetchone()
+    assert row is not None
+    return row
+
+
+async def get_pr(conn: Conn, project: str, number: int) -> PullRequestRow | None:
+    async with conn.cursor(row_factory=class_row(PullRequestRow)) as cur:
+        await cur.execute(
+            f"SELECT {_PR} FROM branchline.pull_requests WHERE project = %s AND number = %s",  # noqa: S608
+            (project, number),
+        )
+        return await cur.fetchone()
+
+
+async def open_pr_for(conn: Conn, project: str, head: str) -> PullRequestRow | None:
+    async with conn.cursor(row_factory=class_row(PullRequestRow)) as cur:
+        await cur.execute(
+            f"SELECT {_PR} FROM branchline.pull_requests "  # noqa: S608
+            "WHERE project = %s AND head_branch = %s AND state = 'open'",
+            (project, head),
+        )
+        return await cur.fetchone()
+
+
+async def list_prs(conn: Conn, project: str, state: str | None = None) -> list[PullRequestRow]:
+    async with conn.cursor(row_factory=class_row(PullRequestRow)) as cur:
+        await cur.execute(
+            f"SELECT {_PR} FROM branchline.pull_requests "  # noqa: S608
+            "WHERE project = %s AND (%s::text IS NULL OR state = %s) ORDER BY number DESC",
+            (project, state, state),
+        )
+        return await cur.fetchall()
+
+
+async def update_pr(
+    conn: Conn, project: str, number: int, *, sha: str | None = None, state: str | None = None
+) -> None:
+    await conn.execute(
+        """UPDATE branchline.pull_requests
+           SET head_sha = coalesce(%s, head_sha), state = coalesce(%s, state),
+               closed_at = CASE WHEN %s::text IN ('closed', 'merged') THEN now() ELSE closed_at END,
+               updated_at = now()
+           WHERE project = %s AND number = %s""",
+        (sha, state, state, project, number),
+    )
+
+
+async def upsert_comment(conn: Conn, project: str, pr: int, key: str, body: str) -> CommentRow:
+    async with conn.cursor(row_factory=class_row(CommentRow)) as cur:
+        await cur.execute(
+            """INSERT INTO branchline.comments (project, pr, key, body) VALUES (%s, %s, %s, %s)
+               ON CONFLICT (project, pr, key) DO UPDATE
+               SET body = excluded.body, updated_at = now()
+               RETURNING id, pr, key, body, created_at, updated_at""",
+            (project, pr, key, body),
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    return row
+
+
+async def comments(conn: Conn, project: str, pr: int) -> list[CommentRow]:
+    async with conn.cursor(row_factory=class_row(CommentRow)) as cur:
+        await cur.execute(
+            """SELECT id, pr, key, body, created_at, updated_at FROM branchline.comments
+               WHERE project = %s AND pr = %s ORDER BY created_at""",
+            (project, pr),
+        )
+        return await cur.fetchall()
+
+
+async def create_issue(conn: Conn, project: str, title: str, body: str, labels: list[str]) -> int:
+    async with conn.transaction():
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+            (f"branchline:issue:{project}",),
+        )
+        cur = await conn.execute(
+            """INSERT INTO branchline.issues (project, number, title, body, labels)
+               SELECT %s, coalesce(max(number), 0) + 1, %s, %s, %s
+               FROM branchline.issues WHERE project = %s RETURNING number""",
+            (project, title, body, labels, project),
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    number: int = row[0]  # type: ignore[assignment]
+    return number
+
+
+async def set_status(
+    conn: Conn,
+    project: str,
+    sha: str,
+    context: str,
+    state: str,
+    url: str | None,
+    description: str | None,
+) -> None:
+    await conn.execute(
+        """INSERT INTO branchline.statuses (project, sha, context, state, url, description)
+           VALUES (%s, %s, %s, %s, %s, %s)
+           ON CONFLICT (project, sha, context) DO UPDATE
+           SET state = excluded.state, url = excluded.url, description = excluded.description,
+               updated_at = now()""",
+        (project, sha, context, state, url, description),
+    )
+
+
+async def statuses(conn: Conn, project: str, sha: str) -> list[StatusRow]:
+    async with conn.cursor(row_factory=class_row(StatusRow)) as cur:
+        await cur.execute(
+            """SELECT sha, context, state, url, description, updated_at
+               FROM branchline.statuses WHERE project = %s AND sha = %s ORDER BY context""",
+            (project, sha),
+        )
+        return await cur.fetchall()
+
+
+async def events(conn: Conn, project: str, limit: int = 100) -> list[EventRow]:
+    """The latest events of a project, oldest first."""
+    async with conn.cursor(row_factory=class_row(EventRow)) as cur:
+        await cur.execute(
+            """SELECT * FROM (
+                   SELECT id, delivery_id, kind, action, source, payload, received_at,
+                          processed_at
+                   FROM branchline.events WHERE project = %s ORDER BY id DESC LIMIT %s
+               ) latest ORDER BY id""",
+            (project, limit),
+        )
+        return await cur.fetchall()

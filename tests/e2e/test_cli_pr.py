@@ -1,0 +1,151 @@
+"""The local code host through the CLI: pushes, pull requests, a real merge, and
+events recorded exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from branchline.config import load_config
+from branchline.providers.registry import forge_provider
+from branchline.store import Store, locate_state
+from branchline.store import forge as rows
+from tests.conftest import run_cli
+from tests.integration.test_compute_local import git
+
+CONFIG = """\
+[project]
+name = "shop"
+zone = "shop.localhost"
+
+[database]
+migrate = "true"
+
+[services.api]
+path = "api"
+run = "python -m api"
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path, state_dir: Path) -> tuple[Path, dict[str, str]]:
+    git(tmp_path, "init", "-q", "-b", "main")
+    (tmp_path / "api").mkdir()
+    (tmp_path / "api" / "app.py").write_text("v1\n")
+    (tmp_path / "branchline.toml").write_text(CONFIG)
+    git(tmp_path, "add", ".")
+    git(tmp_path, "commit", "-qm", "first")
+    git(tmp_path, "switch", "-q", "-c", "feature/login")
+    (tmp_path / "api" / "login.py").write_text("login\n")
+    git(tmp_path, "add", ".")
+    git(tmp_path, "commit", "-qm", "login")
+    git(tmp_path, "switch", "-q", "main")
+    return tmp_path, {"BRANCHLINE_STATE_DIR": str(state_dir)}
+
+
+def cli(project: tuple[Path, dict[str, str]], *args: str) -> subprocess.CompletedProcess[str]:
+    root, env = project
+    return run_cli(*args, cwd=root, env=env)
+
+
+def events(project: tuple[Path, dict[str, str]]) -> list[rows.EventRow]:
+    root, env = project
+
+    async def go() -> list[rows.EventRow]:
+        store = Store(locate_state(root, env))
+        await store.start()
+        async with store.connect() as conn:
+            return await rows.events(conn, "shop")
+
+    return asyncio.run(go())
+
+
+def test_pull_request_lifecycle_with_a_real_merge(project: tuple[Path, dict[str, str]]) -> None:
+    root, _ = project
+    opened = cli(project, "--json", "pr", "open", "feature/login", "--title", "Log in")
+    assert opened.returncode == 0, opened.stderr
+    pr = json.loads(opened.stdout)["pr"]
+    assert pr["number"] == 1 and pr["head"] == "feature/login" and pr["base"] == "main"
+    again = cli(project, "pr", "open", "feature/login")
+    assert again.returncode == 2 and "pr sync 1" in again.stderr
+
+    nothing = cli(project, "--json", "pr", "sync", "1")
+    assert json.loads(nothing.stdout)["event"] is None
+    git(root, "switch", "-q", "feature/login")
+    (root / "api" / "login.py").write_text("login v2\n")
+    git(root, "commit", "-qam", "login v2")
+    git(root, "switch", "-q", "main")
+    synced = json.loads(cli(project, "--json", "pr", "sync", "1").stdout)
+    assert synced["event"]["action"] == "synchronize"
+    assert synced["pr"]["sha"] == git(root, "rev-parse", "feature/login")
+
+    before = git(root, "rev-parse", "main")
+    closed = cli(project, "--json", "pr", "close", "1", "--merge")
+    assert closed.returncode == 0, closed.stderr
+    kinds = [(e["event"]["kind"], e["event"]["action"]) for e in json.loads(closed.stdout)]
+    assert kinds == [("pull_request", "closed"), ("push", None)]
+    after = git(root, "rev-parse", "main")
+    assert after != before
+    assert git(root, "rev-parse", f"{after}^2") == git(root, "rev-parse", "feature/login")
+    assert (root / "api" / "login.py").read_text() == "login v2\n"  # the checkout followed
+    shown = json.loads(cli(project, "--json", "pr", "show", "1").stdout)
+    assert shown["state"] == "merged"
+    assert cli(project, "pr", "close", "1").returncode == 2  # already merged
+
+    recorded = events(project)
+    assert [(e.kind, e.action) for e in recorded] == [
+        ("pull_request", "opened"), ("pull_request", "synchronize"),
+        ("pull_request", "closed"), ("push", None),
+    ]  # fmt: skip
+    merged = recorded[2].payload["pull_request"]
+    assert merged["merged"] is True and recorded[3].payload["after"] == after
+    assert len({e.delivery_id for e in recorded}) == len(recorded)
+
+
+def test_a_hook_push_is_recorded_once_per_commit(project: tuple[Path, dict[str, str]]) -> None:
+    first = json.loads(cli(project, "--json", "push", "--hook").stdout)
+    assert first["event"]["kind"] == "push"
+    replay = cli(project, "push", "--hook")
+    assert replay.returncode == 0 and "recorded before" in replay.stdout
+    plain = json.loads(cli(project, "--json", "push", "feature/login").stdout)
+    assert plain["event"] is not None
+    assert len(events(project)) == 2
+    missing = cli(project, "push", "no-such-branch")
+    assert missing.returncode == 2 and "no branch" in missing.stderr
+
+
+def test_merge_refuses_a_dirty_checkout(project: tuple[Path, dict[str, str]]) -> None:
+    root, _ = project
+    assert cli(project, "pr", "open", "feature/login").returncode == 0
+    (root / "api" / "app.py").write_text("uncommitted\n")
+    refused = cli(project, "pr", "close", "1", "--merge")
+    assert refused.returncode == 2 and "uncommitted changes" in refused.stderr
+    assert (root / "api" / "app.py").read_text() == "uncommitted\n"  # nothing lost
+    shown = json.loads(cli(project, "--json", "pr", "show", "1").stdout)
+    assert shown["state"] == "open"
+
+
+def test_comments_are_sticky_and_statuses_shown(project: tuple[Path, dict[str, str]]) -> None:
+    root, env = project
+    assert cli(project, "pr", "open", "feature/login").returncode == 0
+
+    async def post() -> int:
+        store = Store(locate_state(root, env))
+        await store.start()
+        forge = forge_provider(load_config(root / "branchline.toml", env={}), store)
+        sha = git(root, "rev-parse", "feature/login")
+        await forge.upsert_comment(1, "preview", "Preview: building")
+        await forge.upsert_comment(1, "preview", "Preview: ready at http://api-preview-1")
+        await forge.set_status(sha, "branchline/testing", "success", "http://runs/1")
+        return await forge.create_issue("Deploy failed", "rolled back", ["incident"])
+
+    assert asyncio.run(post()) == 1
+    shown = json.loads(cli(project, "--json", "pr", "show", "1").stdout)
+    assert [c["body"] for c in shown["comments"]] == ["Preview: ready at http://api-preview-1"]
+    assert shown["statuses"][0]["state"] == "success"
+    human = cli(project, "pr", "show", "1")
+    assert "branchline/testing: success" in human.stdout
