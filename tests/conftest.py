@@ -45,7 +45,9 @@ def state_dir(cluster_root: Path, tmp_path: Path) -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="state-", dir=cluster_root))
     path.chmod(0o755)
     yield path
-    for home in [path / "postgres", *(path / "branches").glob("*"), *(path / "spares").glob("*-*")]:
+    projects = path / "projects"
+    homes = [*projects.glob("*/branches/*"), *projects.glob("*/spares/*-*")]
+    for home in [*homes, path / "postgres"]:
         Cluster(home).destroy()
     shutil.rmtree(path, ignore_errors=True)
 

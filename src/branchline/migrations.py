@@ -9,6 +9,7 @@ recipe as one call: copy production, migrate the copy, report, delete the copy.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import os
 import re
@@ -22,6 +23,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from branchline.config import Config
+from branchline.engine.masking import LineMasker
 from branchline.errors import BranchlineError, UsageError
 from branchline.providers.database import DatabaseProvider
 from branchline.schemadiff import describe_schema, diff_schemas, fingerprint, normalize_dump
@@ -69,21 +71,20 @@ def database_env(uri: str) -> dict[str, str]:
     return env
 
 
-def _masker(uri: str) -> Callable[[str], str]:
-    password = str(conninfo_to_dict(uri).get("password") or "")
-    if not password:
-        return lambda line: line
-    return lambda line: line.replace(password, "***")
-
-
 async def migrate(
     config: Config, provider: DatabaseProvider, branch: str, *, on_line: OnLine | None = None
 ) -> MigrateResult:
     """Run the project's migrate command against `branch`, streaming masked output."""
     uri = await provider.connection_uri(branch)
-    mask = _masker(uri)
+    password = str(conninfo_to_dict(uri).get("password") or "")
     began = time.monotonic()
-    env = {**os.environ, **database_env(uri)}
+    # Project code gets the branch, never branchline's own state database.
+    inherited = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("BRANCHLINE_", "PG")) and k != "DATABASE_URL"
+    }
+    env = {**inherited, **database_env(uri)}
     command = list(config.database.migrate)
     try:
         process = await asyncio.create_subprocess_exec(
@@ -101,8 +102,15 @@ async def migrate(
         ) from exc
     tail: list[str] = []
     assert process.stdout is not None
-    async for raw in process.stdout:
-        line = mask(raw.decode(errors="replace").rstrip("\n"))
+    # Chunked reads: a line longer than the stream's limit must not end the command.
+    masker = LineMasker([password] if password else [])
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    while chunk := await process.stdout.read(65536):
+        for line in masker.feed(decoder.decode(chunk)):
+            tail = [*tail[-199:], line]
+            if on_line is not None:
+                on_line(line)
+    for line in masker.flush():
         tail = [*tail[-199:], line]
         if on_line is not None:
             on_line(line)

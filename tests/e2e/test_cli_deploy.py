@@ -62,7 +62,9 @@ def _delete_services(root: Path, state_dir: Path) -> None:
         store = Store(locate_state(root, {"BRANCHLINE_STATE_DIR": str(state_dir)}))
         await store.start()
         config = load_config(root / "branchline.toml", env={})
-        provider = LocalComputeProvider(config=config, store=store, state_dir=state_dir)
+        provider = LocalComputeProvider(
+            config=config, store=store, state_dir=store.location.project_dir("shop")
+        )
         for environment in ("production", "preview-8"):
             await provider.delete("api", environment)
 

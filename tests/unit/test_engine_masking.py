@@ -256,3 +256,11 @@ def test_chunk_size_does_not_change_the_lines(chunk: int) -> None:
     masker = LineMasker(["hunter2hunter2"])
     chunks = [text[i : i + chunk] for i in range(0, len(text), chunk)]
     assert stream(masker, chunks) == ["user=admin pass=***", "line two ***!", "", "last"]
+
+
+def test_a_multi_line_secret_is_masked_line_by_line() -> None:
+    secret = "-----BEGIN KEY-----\nMIIEvQIBADANBgkqhkiG9w0B\n-----END KEY-----"
+    masker = LineMasker([secret])
+    lines = masker.feed("key:\n" + secret + "\ndone\n")
+    assert not any(part in line for line in lines for part in secret.split("\n"))
+    assert lines[0] == "key:" and lines[-1] == "done"

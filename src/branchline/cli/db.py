@@ -148,8 +148,12 @@ def branches_create(
     naming.validate_branch_id(name)
     expires_at = parse_expiry(expires) if expires else None
     _progress(ctx, f"copying {parent or 'production'} into {name}")
-    branch = _with_provider(ctx, lambda _c, db: db.create_branch(name, parent, expires=expires_at))
-    _show_branch(ctx, branch, "ready:")
+    # Shown as soon as it is ready; preparing the next spare happens after.
+    _with_provider(
+        ctx,
+        lambda _c, db: db.create_branch(name, parent, expires=expires_at),
+        lambda branch: _show_branch(ctx, branch, "ready:"),
+    )
 
 
 @branches_app.command("delete")

@@ -8,6 +8,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from branchline.cli.context import app_context
@@ -44,8 +45,8 @@ def list_records(
     def human(console: Console) -> None:
         table = Table("name", "type", "content", "proxied", "environment")
         for r in found:
-            table.add_row(r.name, r.type, r.content, "yes" if r.proxied else "no",
-                          r.environment or "-")  # fmt: skip
+            table.add_row(escape(r.name), r.type, escape(r.content),
+                          "yes" if r.proxied else "no", escape(r.environment or "-"))  # fmt: skip
         console.print(table if found else "no records yet")
 
     app_context(ctx).output.emit([r.as_dict() for r in found], human)
@@ -65,7 +66,8 @@ def ensure(
         ctx, lambda dns: dns.ensure_record(name, type, content, proxied=proxied, environment=env)
     )
     app_context(ctx).output.emit(
-        record.as_dict(), lambda c: c.print(f"{record.name} {record.type} {record.content}")
+        record.as_dict(),
+        lambda c: c.print(f"{record.name} {record.type} {record.content}", markup=False),
     )
 
 

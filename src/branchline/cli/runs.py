@@ -16,7 +16,7 @@ from rich.tree import Tree
 
 from branchline.cli.context import app_context
 from branchline.engine import logs as run_logs
-from branchline.engine.engine import Engine
+from branchline.engine.engine import Engine, EngineOptions
 from branchline.errors import UsageError
 from branchline.store import artifacts as artifact_rows
 from branchline.store import runs as rows
@@ -29,14 +29,18 @@ STATUS_STYLE = {
 }  # fmt: skip
 
 
-def _with_engine(ctx: typer.Context, work: Callable[[Engine], Awaitable[T]]) -> T:
+def _with_engine(
+    ctx: typer.Context,
+    work: Callable[[Engine], Awaitable[T]],
+    options: EngineOptions | None = None,
+) -> T:
     app_ctx = app_context(ctx)
     config = app_ctx.config()
     store = app_ctx.store()
 
     async def main() -> T:
         await store.start()
-        engine = Engine(store, project=config.project.name)
+        engine = Engine(store, project=config.project.name, options=options)
         async with engine.open():
             return await work(engine)
 
@@ -233,4 +237,5 @@ def worker(
         raise UsageError("--concurrency must be at least 1")
     app_ctx = app_context(ctx)
     app_ctx.output.progress(f"worker started (concurrency {concurrency}); Ctrl-C stops it")
-    _with_engine(ctx, lambda engine: engine.run_worker(concurrency=concurrency))
+    options = EngineOptions(pool_size=3 * concurrency + 4)
+    _with_engine(ctx, lambda engine: engine.run_worker(concurrency=concurrency), options)

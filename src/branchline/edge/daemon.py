@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -25,9 +27,10 @@ from branchline.edge.proxy import EdgeProxy
 from branchline.errors import BranchlineError
 from branchline.postgres.cluster import port_is_free
 from branchline.providers.compute.processes import ProcessId, start_time_of
-from branchline.providers.compute.processes import stop as stop_process
 from branchline.providers.dns.server import ZoneServer
-from branchline.store import Store
+from branchline.store import Store, mask_url
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_EDGE_PORT = 8080
 DEFAULT_DNS_PORT = 8053
@@ -82,12 +85,33 @@ async def run_foreground(
     dns_port: int = DEFAULT_DNS_PORT,
     on_ready: Callable[[int, int], None] | None = None,
 ) -> None:
-    """Serve until SIGINT or SIGTERM."""
-    if read_info(state_dir) is not None:
+    """Serve until SIGINT or SIGTERM. One edge per state directory: a lock held for
+    the process's lifetime (released by the kernel if it dies) says so."""
+    lock = (state_dir / "edge.lock").open("a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
         raise BranchlineError(
-            "the edge is already running for this project",
+            "the edge is already running for this state directory",
             hint="Stop it with `branchline stop`, or use the one that runs.",
-        )
+        ) from None
+    try:
+        await _serve(store, project, zone, state_dir, supervise, edge_port, dns_port, on_ready)
+    finally:
+        lock.close()
+
+
+async def _serve(
+    store: Store,
+    project: str,
+    zone: str,
+    state_dir: Path,
+    supervise: Callable[[], Awaitable[list[str]]],
+    edge_port: int,
+    dns_port: int,
+    on_ready: Callable[[int, int], None] | None,
+) -> None:
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -102,8 +126,10 @@ async def run_foreground(
             if on_ready is not None:
                 on_ready(edge.port, dns.port)
             while not stopping.is_set():
-                with contextlib.suppress(BranchlineError, OSError):
+                try:
                     await supervise()
+                except Exception as exc:  # the store may be restarting; keep serving
+                    logger.warning("supervision pass failed: %s", mask_url(str(exc)))
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stopping.wait(), timeout=1.0)
         finally:
@@ -117,9 +143,17 @@ def ensure_running(
 ) -> tuple[EdgeInfo, bool]:
     """The running edge, starting it in the background first when needed.
     Returns (info, started_now)."""
-    info = read_info(state_dir)
-    if info is not None:
-        return info, False
+    state_dir.mkdir(parents=True, exist_ok=True)
+    # One command at a time decides whether to start it: parallel deploys share one edge.
+    with (state_dir / "edge.spawn.lock").open("a") as spawn_lock:
+        fcntl.flock(spawn_lock, fcntl.LOCK_EX)
+        info = read_info(state_dir)
+        if info is not None:
+            return info, False
+        return _spawn(state_dir, config_path, timeout), True
+
+
+def _spawn(state_dir: Path, config_path: Path, timeout: float) -> EdgeInfo:
     log = (state_dir / "edge.log").open("ab")
     env = {**os.environ, "BRANCHLINE_STATE_DIR": str(state_dir)}
     subprocess.Popen(
@@ -132,7 +166,7 @@ def ensure_running(
     while time.monotonic() < deadline:
         info = read_info(state_dir)
         if info is not None:
-            return info, True
+            return info
         time.sleep(0.05)
     raise BranchlineError(
         "the edge did not start in the background",
@@ -152,6 +186,7 @@ def stop(state_dir: Path) -> bool:
     while process.alive() and time.monotonic() < deadline:
         time.sleep(0.05)
     if process.alive():
-        stop_process(process, grace=1.0)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(info.pid, signal.SIGKILL)
     (state_dir / STATE_FILE).unlink(missing_ok=True)
     return True

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
+import re
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -28,11 +30,13 @@ from branchline.engine.masking import mask
 from branchline.engine.model import Command, Job, RunIf, Workflow
 from branchline.engine.paths import changed_files
 from branchline.errors import BranchlineError, UsageError
-from branchline.store import Store
+from branchline.store import Store, mask_url
 from branchline.store import artifacts as artifact_rows
 from branchline.store import runs as rows
 from branchline.store.queries import Conn
 
+logger = logging.getLogger(__name__)
+_COMMIT = re.compile(r"[0-9a-f]{7,64}")
 QUEUE = "branchline"
 TASK = "branchline.run_job"
 SecretSource = Callable[[rows.RunRow], Awaitable[Mapping[str, str]]]
@@ -56,6 +60,8 @@ class EngineOptions:
     recover_every: float = 2.0  # how often a worker looks for dead workers' jobs
     cancel_poll: float = 0.2  # how often a running step checks for a cancel
     poll: float = 5.0  # a worker looks for jobs this often even without a notification
+    # A running job holds two connections and briefly a third: size for the concurrency.
+    pool_size: int = 20
     workdir: Path | None = None  # where job checkouts go (default: the system's temp dir)
 
 
@@ -82,7 +88,7 @@ class Engine:
 
     @contextlib.asynccontextmanager
     async def open(self) -> Any:
-        async with self.store.pooled(), self.app.open_async():
+        async with self.store.pooled(max_size=self.options.pool_size), self.app.open_async():
             yield self
 
     # -- submitting -------------------------------------------------------
@@ -101,6 +107,12 @@ class Engine:
         rerun_of: int | None = None,
     ) -> int:
         """Record a run and start it, or queue it behind its concurrency group."""
+        for commit in (sha, base_sha):
+            # Commits reach git as arguments: only ids, never anything option-like.
+            if commit is not None and not _COMMIT.fullmatch(commit):
+                raise UsageError(
+                    f"{commit[:80]!r} is not a commit id", hint="Pass a full or short hex id."
+                )
         changed = (
             await asyncio.to_thread(changed_files, repo, base_sha, sha) if (repo and sha) else None
         )
@@ -237,25 +249,31 @@ class Engine:
         async with self.store.connect() as conn:
             job = await rows.get_job(conn, job_id)
             run = await rows.get_run(conn, job.run_id) if job else None
-            if job is None or run is None or job.status not in ("queued", "pending"):
-                return  # already handled (a duplicate delivery, or recovery got there)
-            workflow = Workflow.from_dict(run.definition["workflow"])
-            spec = workflow.job(job.name)
+            if job is None or run is None:
+                return
+            spec = Workflow.from_dict(run.definition["workflow"]).job(job.name)
             if run.cancel_requested and spec.run_if is not RunIf.ALWAYS:
-                await rows.set_job(
-                    conn, job_id, status="cancelled", error="the run was cancelled",
-                    finished_at=runner.now(),
-                )  # fmt: skip
-            else:
-                await rows.set_job(
-                    conn, job_id, status="running", started_at=runner.now(),
-                    attempt=job.attempt + 1, worker=f"{self.host}:{os.getpid()}", error=None,
-                )  # fmt: skip
-                status, error = await self._run_steps(conn, run, job, spec)
+                if await rows.claim_job(conn, job_id, status="cancelled",
+                                        error="the run was cancelled"):  # fmt: skip
+                    await rows.set_job(conn, job_id, finished_at=runner.now())
+            elif await rows.claim_job(
+                conn, job_id, status="running", worker=f"{self.host}:{os.getpid()}"
+            ):
+                try:
+                    status, error = await self._run_steps(conn, run, job, spec)
+                except Exception as exc:  # a job must end, or its run never reaches cleanup
+                    status, error = "failure", f"{type(exc).__name__}: {exc}"
+                    secrets = await self._secret_values(run)
+                    error = mask(error, secrets)
                 await rows.set_job(
                     conn, job_id, status=status, error=error, finished_at=runner.now()
                 )
         await self.advance(job.run_id)
+
+    async def _secret_values(self, run: rows.RunRow) -> list[str]:
+        with contextlib.suppress(Exception):
+            return list((await self.secrets(run)).values())
+        return []
 
     async def _run_steps(
         self, conn: Conn, run: rows.RunRow, job: rows.JobRow, spec: Job
@@ -336,7 +354,11 @@ class Engine:
                 poll=self.options.cancel_poll,
                 cancellable=cancellable,
             )
-            env = _step_env(run, what, secrets)
+            try:
+                env = _step_env(run, what, secrets)
+            except BranchlineError as exc:
+                await logs.write("system", exc.message)
+                return runner.StepOutcome("failure", None, exc.message)
             return await runner.run_command(
                 what, cwd=cwd, env=env, secrets=secrets, sink=logs.write, watch=watch
             )
@@ -375,10 +397,12 @@ class Engine:
 
     async def _recover_forever(self) -> None:
         while True:
-            with contextlib.suppress(BranchlineError, OSError):
+            try:
                 await self.recover()
                 async with self.store.connect() as conn:
                     await artifact_rows.prune(conn)
+            except Exception as exc:  # the state database may be restarting: try again
+                logger.warning("recovery pass failed: %s", mask_url(str(exc)))
             await asyncio.sleep(self.options.recover_every)
 
     async def recover(self) -> list[int]:
@@ -521,6 +545,8 @@ class _LogWriter:
         await self._cm.__aexit__(None, None, None)
 
     async def write(self, stream: str, line: str) -> None:
+        # Postgres text cannot hold NUL (binary output, find -print0).
+        line = line.replace("\x00", "\ufffd")
         self._pending.append((self.run_id, self.job_id, self.step_id, stream, line, runner.now()))
 
     async def flush(self) -> None:

@@ -23,6 +23,17 @@ def mask(text: str, secrets: Iterable[str]) -> str:
             return text
 
 
+def by_line(secrets: Iterable[str]) -> list[str]:
+    """Each secret, plus each line of a multi-line one (a PEM key, say): output is
+    masked line by line, so a secret spanning lines is masked one line at a time."""
+    out = []
+    for secret in secrets:
+        out.append(secret)
+        if "\n" in secret:
+            out.extend(line.rstrip("\r") for line in secret.split("\n"))
+    return out
+
+
 class LineMasker:
     """Turns a stream of chunks into masked lines.
 
@@ -32,7 +43,7 @@ class LineMasker:
     """
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        self.secrets = [s for s in set(secrets) if len(s) >= MIN_SECRET_LENGTH]
+        self.secrets = [s for s in set(by_line(secrets)) if len(s) >= MIN_SECRET_LENGTH]
         self._hold = max((len(s) for s in self.secrets), default=1) - 1
         self._buffer = ""
 

@@ -93,14 +93,23 @@ async def run_command(
         message = f"cannot start {command.args[0]!r}: {exc.strerror}"
         await sink("system", mask(message, secrets.values()))
         return StepOutcome("failure", None, message)
-    await watch.on_started(process.pid)
-    assert process.stdout is not None and process.stderr is not None
-    readers = [
-        asyncio.create_task(_pump(process.stdout, "stdout", secrets, sink)),
-        asyncio.create_task(_pump(process.stderr, "stderr", secrets, sink)),
-    ]
-    stopped = await _supervise(process, command.timeout, watch)
-    await asyncio.gather(*readers)
+    readers: list[asyncio.Task[None]] = []
+    try:
+        await watch.on_started(process.pid)
+        assert process.stdout is not None and process.stderr is not None
+        readers = [
+            asyncio.create_task(_pump(process.stdout, "stdout", secrets, sink)),
+            asyncio.create_task(_pump(process.stderr, "stderr", secrets, sink)),
+        ]
+        stopped = await _supervise(process, command.timeout, watch)
+        await asyncio.gather(*readers)
+    except BaseException:
+        # Whatever went wrong here (the store, a cancel of this task), the step's
+        # processes must not outlive it.
+        for reader in readers:
+            reader.cancel()
+        await asyncio.shield(kill_group(process.pid, watch.grace))
+        raise
     code = await process.wait()
     if stopped is not None:
         await sink("system", stopped)

@@ -18,6 +18,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -146,7 +147,12 @@ class Cluster:
     # -- state ------------------------------------------------------------
 
     def exists(self) -> bool:
-        return (self.data_dir / "PG_VERSION").exists()
+        # PG_VERSION appears early in initdb: a crash during it leaves the marker too.
+        return (self.data_dir / "PG_VERSION").exists() and not self._initializing.exists()
+
+    @property
+    def _initializing(self) -> Path:
+        return self.home / ".initializing"
 
     def meta(self) -> ClusterMeta:
         try:
@@ -183,7 +189,9 @@ class Cluster:
             pid = int(lines[0])
         except (OSError, ValueError, IndexError):
             return None
-        return pid if _alive(pid) else None
+        # After a reboot the stale file's pid may belong to another process: only a
+        # postgres started with this data directory counts.
+        return pid if _alive(pid) and _is_our_postmaster(pid, self.data_dir) else None
 
     def _ready(self) -> bool:
         try:
@@ -221,6 +229,7 @@ class Cluster:
         if not durable:
             extra = {**FAST_SETTINGS, **extra}
         meta = ClusterMeta(SUPERUSER, secrets.token_urlsafe(24), free_port(), extra)
+        self._initializing.touch()
         pwfile = self.home / ".initdb-password"
         fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
@@ -249,12 +258,15 @@ class Cluster:
         with (self.data_dir / "postgresql.conf").open("a") as conf:
             conf.write(f"\n# Written by branchline.\ninclude_if_exists = '{MANAGED_CONF}'\n")
         self.write_meta(meta)
+        self._initializing.unlink()  # complete: data, settings and metadata all written
 
     def start(self, *, timeout: float = 30.0) -> ClusterMeta:
         """Start the cluster if it is not running; return its connection facts."""
         if not self.exists():
             raise PostgresError(
-                f"no cluster in {self.home}", hint="Initialise it first (`branchline status`)."
+                f"no cluster in {self.home}",
+                hint="Create it first (`branchline db init` or `db branches create`), "
+                "or clean up what is left of it with `branchline db gc`.",
             )
         if self.state() is ClusterState.RUNNING:
             return self.meta()
@@ -334,11 +346,20 @@ class Cluster:
     # -- internals --------------------------------------------------------
 
     def _prepare_socket_dir(self) -> None:
+        """A private directory for the socket. One that is not ours (another user made
+        it first, or a symlink planted there) is never used: a fresh one is made."""
         path = self.socket_dir
-        (self.home / SOCKET_FILE).write_text(str(path))
-        path.mkdir(mode=0o700, exist_ok=True)
+        owner = self.run_as.uid if self.run_as.uid is not None else os.getuid()
+        try:
+            st = os.lstat(path)
+            ours = stat.S_ISDIR(st.st_mode) and st.st_uid in (owner, os.getuid())
+        except FileNotFoundError:
+            ours = False
+        if not ours:
+            path = Path(tempfile.mkdtemp(prefix="branchline-pg-"))
         path.chmod(0o700)
         self.run_as.own(path)
+        (self.home / SOCKET_FILE).write_text(str(path))
 
     def rewrite_managed_conf(self) -> None:
         """Bring the settings file in line with the metadata (read at the next start)."""
@@ -348,6 +369,7 @@ class Cluster:
         lines = [
             "# Managed by branchline; rewritten at every start.",
             "listen_addresses = '127.0.0.1'",
+            "log_timezone = 'UTC'",  # backup_label times are parsed as UTC
             f"port = {meta.port}",
             f"unix_socket_directories = {_conf_value(str(self.socket_dir))}",
             *(_conf_line(key, value) for key, value in meta.settings.items()),
@@ -447,6 +469,16 @@ def _alive(pid: int) -> bool:
         return stat.rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def _is_our_postmaster(pid: int, data_dir: Path) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(part.endswith(b"postgres") for part in cmdline[:1]) and (
+        str(data_dir).encode() in cmdline or str(data_dir.resolve()).encode() in cmdline
+    )
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:

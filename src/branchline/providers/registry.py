@@ -20,7 +20,7 @@ def database_provider(config: Config, store: Store) -> DatabaseProvider:
         pg_bin = config.database.local.pg_bin
         return LocalDatabaseProvider(
             project=config.project.name,
-            state_dir=store.location.state_dir,
+            state_dir=store.location.project_dir(config.project.name),
             store=store,
             root=config.database.parent,
             database=config.database.local.database,
@@ -37,7 +37,10 @@ def compute_provider(
 ) -> LocalComputeProvider:
     if config.compute.provider == "local":
         return LocalComputeProvider(
-            config=config, store=store, state_dir=store.location.state_dir, edge_port=edge_port
+            config=config,
+            store=store,
+            state_dir=store.location.project_dir(config.project.name),
+            edge_port=edge_port,
         )
     raise UsageError(
         f"the {config.compute.provider!r} compute provider is not available in this version",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from psycopg import sql
@@ -194,6 +194,20 @@ async def get_job(conn: Conn, job_id: int) -> JobRow | None:
             (job_id,),
         )
         return await cur.fetchone()
+
+
+async def claim_job(conn: Conn, job_id: int, *, status: str, **changes: Any) -> bool:
+    """Move a queued job to `status` unless someone else already did: a job runs once
+    even when it is delivered twice."""
+    started = datetime.now(UTC)
+    cur = await conn.execute(
+        """UPDATE branchline.jobs
+           SET status = %s, started_at = %s, attempt = attempt + 1, error = NULL,
+               worker = coalesce(%s, worker)
+           WHERE id = %s AND status IN ('queued', 'pending') RETURNING id""",
+        (status, started, changes.get("worker"), job_id),
+    )
+    return await cur.fetchone() is not None
 
 
 async def set_job(conn: Conn, job_id: int, **changes: Any) -> None:

@@ -33,8 +33,11 @@ STATE_DATABASE = "branchline"
 
 
 def mask_url(url: str) -> str:
-    """A connection URL fit for output: the password replaced by ***."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    """Text fit for output: any connection password in it replaced by ***. Handles
+    URLs (`postgresql://u:pw@h/db`, `?password=`) and key=value strings."""
+    masked = re.sub(r"(://[^:/@\s]*:)[^/\s]*@", r"\1***@", url)
+    masked = re.sub(r"([?&]password=)[^&\s]*", r"\1***", masked)
+    return re.sub(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", masked)
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,11 @@ class StateLocation:
     @property
     def cluster(self) -> Cluster:
         return Cluster(cluster_home(self.state_dir))
+
+    def project_dir(self, project: str) -> Path:
+        """Where one project's clusters, releases and logs live: several projects may
+        share a state directory (BRANCHLINE_STATE_DIR) without touching each other."""
+        return self.state_dir / "projects" / project
 
 
 # Where root keeps cluster data when the state directory sits somewhere the
@@ -119,7 +127,8 @@ class Store:
                 cluster.init(durable=True, settings={"max_connections": "300"})
             if was is not ClusterState.RUNNING:
                 cluster.start()
-            if was is ClusterState.MISSING:
+            if was is not ClusterState.RUNNING:
+                # Idempotent: also repairs a first start that died before this point.
                 _create_database(cluster.uri("postgres"), STATE_DATABASE)
         self._url = cluster.uri(STATE_DATABASE)
         return was.value
@@ -137,7 +146,14 @@ class Store:
         a connection of its own)."""
         pool = self._pool
         if pool is not None and not dedicated and pool[0] is asyncio.get_running_loop():
-            async with pool[1].connection() as conn:
+            async with contextlib.AsyncExitStack() as stack:
+                try:
+                    conn = await stack.enter_async_context(pool[1].connection())
+                except (PoolTimeout, psycopg.OperationalError) as exc:
+                    raise StoreError(
+                        f"cannot get a connection to the state database at "
+                        f"{mask_url(self.url)}: {_first_line(exc)}"
+                    ) from exc
                 yield conn
             return
         try:

@@ -26,17 +26,20 @@ from typing import Any
 
 from branchline import naming
 from branchline.config import Config, ServiceConfig
+from branchline.engine.masking import mask
 from branchline.errors import BranchlineError, UsageError
 from branchline.health import HealthPolicy, HealthResult, check_health
 from branchline.postgres.cluster import free_port
 from branchline.providers.compute import Deployment, Release, envtemplate, processes, releases
-from branchline.store import Store, locks, resources, routes
+from branchline.store import Store, locks, mask_url, resources, routes
 from branchline.store import compute as rows
 from branchline.store.queries import Conn
 
 SecretSource = Callable[[str], Awaitable[Mapping[str, str]]]  # environment -> values
 LIVE = ("live",)
 RUNNING = ("starting", "live", "draining")
+# What delete stops: also failed deploys, whose process an interruption may have left.
+STOPPABLE = (*RUNNING, "failed")
 LOG_TAIL = 2000
 
 
@@ -226,19 +229,26 @@ class LocalComputeProvider:
         log.parent.mkdir(parents=True, exist_ok=True)
         service_dir = Path(release.location) / "tree" / spec.path
         pid = await asyncio.to_thread(processes.start, spec.run, cwd=service_dir, env=env, log=log)
-        async with self.store.connect() as conn:
-            await rows.update_deployment(
-                conn, deployment_id,
-                detail={"pid": pid.pid, "start_time": pid.start_time, "port": port,
-                        "log": str(log)},
-            )  # fmt: skip
-        result = await self._health(spec, port, release, pid, position)
+        try:
+            async with self.store.connect() as conn:
+                await rows.update_deployment(
+                    conn, deployment_id,
+                    detail={"pid": pid.pid, "start_time": pid.start_time, "port": port,
+                            "log": str(log)},
+                )  # fmt: skip
+            result = await self._health(spec, port, release, pid, position)
+        except BaseException:
+            # Interrupted (Ctrl-C, a store error): the new process must not linger.
+            await asyncio.shield(asyncio.to_thread(processes.stop, pid, grace=2.0))
+            raise
         if not result.healthy:
             await asyncio.to_thread(processes.stop, pid, grace=2.0)
+            # The log may print the connection URL or a secret: mask before showing.
+            shown = mask(mask_url(_tail(log)), secrets.values())
             raise BranchlineError(
                 f"{spec.name} ({release.name}) in {environment} did not become healthy: "
                 f"{result.verdict}",
-                hint=f"The old release keeps serving. Its log ends: {_tail(log)}",
+                hint=f"The old release keeps serving. Its log ends: {shown}",
             )
         return port, pid, result
 
@@ -377,7 +387,7 @@ class LocalComputeProvider:
         """Stop and remove every deployment of the service in the environment."""
         async with self._locked(f"deploy:{service}:{environment}") as conn:
             running = await rows.deployments(
-                conn, self.project, environment=environment, service=service, statuses=RUNNING
+                conn, self.project, environment=environment, service=service, statuses=STOPPABLE
             )
             await resources.record(
                 conn, self.project, "deployment", f"{service}:{environment}", "deleting"

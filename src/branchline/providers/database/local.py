@@ -31,6 +31,7 @@ from psycopg import sql
 from branchline import naming
 from branchline.errors import BranchlineError, PostgresError, UsageError
 from branchline.postgres import Cluster, ClusterState, PgBinaries
+from branchline.postgres.cluster import FAST_SETTINGS
 from branchline.postgres.copy import (
     BaseBackup,
     archive_settings,
@@ -66,7 +67,7 @@ LIGHT_SETTINGS = {
     "log_line_prefix": "%m [%p] ",
 }
 # Branches are disposable copies: trade crash safety for speed.
-EPHEMERAL_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+EPHEMERAL_SETTINGS = FAST_SETTINGS
 
 
 class LocalDatabaseProvider:
@@ -149,6 +150,10 @@ class LocalDatabaseProvider:
         cluster = self.cluster(self.root)
         if cluster.home.exists():
             cluster.destroy()  # the remains of a crash during an earlier init
+        # A WAL archive or base backups of an earlier production would clash with the
+        # new cluster's segment names and offer restores of a database that is gone.
+        shutil.rmtree(self.archive_dir, ignore_errors=True)
+        shutil.rmtree(self.backups_dir, ignore_errors=True)
         self.archive_dir.mkdir(parents=True, exist_ok=True)
         cluster.run_as.own(self.archive_dir)
         cluster.init(
@@ -179,6 +184,11 @@ class LocalDatabaseProvider:
         async with self._locked(name) as conn:
             row = await branch_rows.get(conn, self.project, name)
             if row is not None and row.status == BranchStatus.READY.value:
+                if at is not None and row.detail.get("restored_to") != at.isoformat():
+                    raise UsageError(
+                        f"branch {name!r} already exists; it is not a restore to {at.isoformat()}",
+                        hint="Choose another --name for the restored branch.",
+                    )
                 await asyncio.to_thread(self.cluster(name).start)
                 return await self._branch(conn, name)  # idempotent: it is already there
             source = await branch_rows.get(conn, self.project, parent)
@@ -415,8 +425,8 @@ class LocalDatabaseProvider:
         self._spare_pointer.unlink()  # from here on it belongs to the branch
         try:
             promote_standby(self.cluster(self.root), spare, settings=self._branch_settings())
-        except BranchlineError:
-            spare.destroy()
+        except (BranchlineError, psycopg.Error, AssertionError):
+            spare.destroy()  # the caller copies instead
             return False
         target.home.parent.mkdir(parents=True, exist_ok=True)
         target.home.symlink_to(spare.home)

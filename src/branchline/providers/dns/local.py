@@ -206,7 +206,7 @@ class LocalDnsProvider:
         if self.server_address is None:
             raise UsageError(
                 f"Cannot verify {fqdn!r}: no local DNS server address is known.",
-                hint="Start the DNS server (`branchline serve`) and give its address.",
+                hint="Start the DNS server (`branchline edge`) and give its address.",
             )
         host, port = self.server_address
         query = dns.message.make_query(dns.name.from_text(fqdn + "."), kind)
@@ -285,8 +285,8 @@ def _check_cname_exclusive(fqdn: str, kind: str, present: list[dns_rows.DnsRow])
         raise UsageError(
             f"{fqdn!r} already has a {' and '.join(others)} record; a CNAME cannot share "
             "its name with other records.",
-            hint=f"Delete the existing record first (`delete_record({fqdn!r}, "
-            f"{others[0]!r})`), or use the same record type.",
+            hint=f"Delete the existing record first (`branchline dns delete {fqdn} "
+            f"--type {others[0]}`), or use the same record type.",
         )
 
 
