@@ -19,6 +19,7 @@ from branchline.cli import dns as dns_cmd
 from branchline.cli import init as init_cmd
 from branchline.cli import pr as pr_cmd
 from branchline.cli import runs as runs_cmd
+from branchline.cli import secret as secret_cmd
 from branchline.cli import state as state_cmd
 from branchline.cli import status as status_cmd
 from branchline.cli.context import AppContext
@@ -86,6 +87,7 @@ app.command("health")(deploy_cmd.health)
 app.add_typer(deploy_cmd.deployments_app, name="deployments")
 app.add_typer(deploy_cmd.releases_app, name="releases")
 app.add_typer(dns_cmd.app, name="dns")
+app.add_typer(secret_cmd.app, name="secret")
 app.command("push")(pr_cmd.push)
 app.add_typer(pr_cmd.app, name="pr")
 
