@@ -74,7 +74,7 @@ def test_example_loads_without_any_environment() -> None:
     assert config.root == EXAMPLE.parent
     assert [s.name for s in config.services_in_deploy_order()] == ["api", "auth", "web"]
     assert {s.subdomain for s in config.services.values()} == {"api", "auth", "web"}
-    assert config.database.migrate == ("python", "-m", "codex.migrate")
+    assert config.database.migrate == ("python", "migrate.py")
     assert config.services["api"].env["LOG_LEVEL"] == "info"
     e2e = config.tests["e2e"]
     assert e2e.database and e2e.own_branch and e2e.paths == ("services/web/**",)
