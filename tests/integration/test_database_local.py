@@ -21,23 +21,11 @@ from branchline.errors import UsageError
 from branchline.postgres import Cluster
 from branchline.providers.database import BranchStatus, DatabaseProvider
 from branchline.providers.database.local import LocalDatabaseProvider
-from branchline.store import Store, locate_state, resources
+from branchline.store import Store, resources
 from branchline.store import branches as branch_rows
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
-
-
-@pytest.fixture(scope="module")
-def shared_store(pg_cluster: Cluster) -> Store:
-    """One state database for the module (each provider uses its own project name)."""
-    with psycopg.connect(pg_cluster.uri(), autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = 'bl_state'").fetchone()
-        if not exists:
-            conn.execute("CREATE DATABASE bl_state")
-    store = Store(locate_state(Path("/"), {"BRANCHLINE_DATABASE_URL": pg_cluster.uri("bl_state")}))
-    asyncio.run(store.start())
-    return store
 
 
 def _provider(store: Store, root_dir: Path) -> Iterator[LocalDatabaseProvider]:
