@@ -278,23 +278,36 @@ class Cluster:
     def _start_locked(self, timeout: float) -> ClusterMeta:
         if self.state() is ClusterState.RUNNING:
             return self.meta()
+        self._reap_dead_postmaster()
         if self.postmaster_pid() is not None:
             # Starting up or shutting down: wait for it to settle.
             self._wait_ready(timeout, process=None)
             return self.meta()
         self._prepare_socket_dir()
         meta = self.meta()
-        for attempt in range(START_ATTEMPTS):
+        attempt = 0
+        settle_until = time.monotonic() + timeout
+        while attempt < START_ATTEMPTS:
             if attempt > 0 or not port_is_free(meta.port):
                 meta = meta.with_port(free_port())
                 self.write_meta(meta)
             self._write_managed_conf(meta)
+            offset = self._log_size()
             process = self._spawn_postmaster()
             try:
-                self._wait_ready(timeout, process=process)
+                self._wait_ready(timeout, process=process, log_offset=offset)
                 return meta
             except _PortTakenError:
-                continue
+                attempt += 1
+            except _OldProcessesError:
+                # A killed postmaster's children still hold its shared memory for a
+                # moment after it died; they exit on their own.
+                if time.monotonic() > settle_until:
+                    raise PostgresError(
+                        f"old server processes of {self.home} still hold its shared memory",
+                        hint="Stop them (they belong to the cluster's user), then retry.",
+                    ) from None
+                time.sleep(0.2)
         raise PostgresError(
             f"the cluster in {self.home} found no free port after {START_ATTEMPTS} tries",
             hint=f"See {self.log_file}.",
@@ -395,16 +408,38 @@ class Cluster:
         finally:
             log.close()
 
-    def _wait_ready(self, timeout: float, process: subprocess.Popen[bytes] | None) -> None:
+    def _reap_dead_postmaster(self) -> None:
+        """A postmaster that died as our child stays a zombie until reaped, and Postgres
+        takes a zombie's pid in postmaster.pid for a running server."""
+        try:
+            pid = int((self.data_dir / "postmaster.pid").read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+    def _log_size(self) -> int:
+        try:
+            return self.log_file.stat().st_size
+        except OSError:
+            return 0
+
+    def _wait_ready(
+        self, timeout: float, process: subprocess.Popen[bytes] | None, log_offset: int = 0
+    ) -> None:
         deadline = time.monotonic() + timeout
         delay = 0.005
         while time.monotonic() < deadline:
             if self._ready() and self.postmaster_pid() is not None:
                 return
             if process is not None and process.poll() is not None:
-                tail = self._log_tail()
+                tail = self._log_tail(since=log_offset)  # only this start's lines
                 if "could not bind" in tail or "Address already in use" in tail:
                     raise _PortTakenError()
+                if "pre-existing shared memory block" in tail or (
+                    'lock file "postmaster.pid" already exists' in tail
+                ):
+                    raise _OldProcessesError()
                 raise PostgresError(
                     f"Postgres in {self.home} exited during start-up (code {process.returncode})",
                     hint=f"Its log ends with: {tail[-500:].strip() or '(empty)'}",
@@ -416,11 +451,11 @@ class Cluster:
             hint=f"See {self.log_file}.",
         )
 
-    def _log_tail(self, size: int = 4000) -> str:
+    def _log_tail(self, size: int = 4000, since: int = 0) -> str:
         try:
             with self.log_file.open("rb") as fh:
                 fh.seek(0, os.SEEK_END)
-                fh.seek(max(0, fh.tell() - size))
+                fh.seek(max(since, fh.tell() - size))
                 return fh.read().decode(errors="replace")
         except OSError:
             return ""
@@ -446,6 +481,10 @@ class Cluster:
 
 
 class _PortTakenError(Exception):
+    pass
+
+
+class _OldProcessesError(Exception):
     pass
 
 
