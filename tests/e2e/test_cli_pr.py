@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -149,3 +150,28 @@ def test_comments_are_sticky_and_statuses_shown(project: tuple[Path, dict[str, s
     assert shown["statuses"][0]["state"] == "success"
     human = cli(project, "pr", "show", "1")
     assert "branchline/testing: success" in human.stdout
+
+
+def test_init_hooks_record_a_push_on_every_commit(project: tuple[Path, dict[str, str]]) -> None:
+    root, env = project
+    installed = json.loads(cli(project, "--json", "init", "--hooks", str(root)).stdout)
+    assert [Path(p).name for p in installed["hooks"]] == ["post-commit", "post-merge"]
+    hook_env = {**os.environ, **env}
+    for i in range(2):
+        (root / "api" / f"n{i}.py").write_text(f"{i}\n")
+        subprocess.run(["git", "-C", str(root), "add", "."], check=True)
+        subprocess.run(
+            ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t",
+             "commit", "-qm", f"change {i}"],
+            check=True, env=hook_env,
+        )  # fmt: skip
+    recorded = events(project)
+    assert [e.kind for e in recorded] == ["push", "push"]
+    assert [e.payload["after"] for e in recorded][-1] == git(root, "rev-parse", "HEAD")
+    assert all(e.source == "hook" for e in recorded)
+    # A hook of someone else's is never overwritten.
+    foreign = root / ".git" / "hooks" / "post-commit"
+    foreign.write_text("#!/bin/sh\necho mine\n")
+    refused = cli(project, "init", "--hooks", str(root))
+    assert refused.returncode == 2 and "not written by branchline" in refused.stderr
+    assert foreign.read_text() == "#!/bin/sh\necho mine\n"

@@ -10,6 +10,7 @@ from rich.console import Console
 
 from branchline.cli.context import app_context
 from branchline.errors import UsageError
+from branchline.providers.forge.hooks import install as install_hooks
 from branchline.scaffold import detect_services, render_starter_config
 
 
@@ -21,6 +22,10 @@ def init(
     force: Annotated[
         bool, typer.Option("--force", help="Overwrite an existing branchline.toml.")
     ] = False,
+    hooks: Annotated[
+        bool,
+        typer.Option("--hooks", help="Install git hooks that record a push on every commit."),
+    ] = False,
 ) -> None:
     """Write a starter branchline.toml, detecting services from common files."""
     app = app_context(ctx)
@@ -30,6 +35,14 @@ def init(
             f"{directory} is not a directory", hint="Pass the root of your project's repository."
         )
     target = root / "branchline.toml"
+    if hooks and target.exists() and not force:
+        # The config is there already: only the hooks are wanted.
+        written = install_hooks(root, target)
+        app.output.emit(
+            {"path": str(target), "hooks": [str(p) for p in written]},
+            lambda c: c.print("installed git hooks: " + ", ".join(p.name for p in written)),
+        )
+        return
     if target.exists() and not force:
         raise UsageError(
             f"{target} already exists",
@@ -39,8 +52,10 @@ def init(
     tmp = target.with_suffix(".toml.tmp")
     tmp.write_text(render_starter_config(root, services))
     tmp.replace(target)  # never leave half a file behind
+    written = install_hooks(root, target) if hooks else []
     data = {
         "path": str(target),
+        "hooks": [str(p) for p in written],
         "services": [{"name": s.name, "path": s.path, "marker": s.marker} for s in services],
     }
 
