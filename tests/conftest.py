@@ -8,14 +8,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from branchline.postgres import Cluster
 
 REPO = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="session")
@@ -68,3 +71,17 @@ def run_cli(
         timeout=120,
         check=False,
     )
+
+
+def eventually(check: Callable[[], T | None], timeout: float = 5.0) -> T:
+    """Poll `check` (short backoff, no fixed sleep) until it returns a value."""
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while True:
+        value = check()
+        if value is not None:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met within the deadline")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)

@@ -10,7 +10,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,6 +28,7 @@ from branchline.providers.dns import DnsProvider, DnsRecord
 from branchline.providers.dns.local import LocalDnsProvider
 from branchline.providers.dns.server import ZoneServer
 from branchline.store import Store, locate_state, resources
+from tests.conftest import eventually
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -87,20 +88,6 @@ def env(shared_store: Store) -> Iterator[Env]:
 
 def run(work: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(work)
-
-
-def eventually(check: Callable[[], T | None], timeout: float = 5.0) -> T:
-    """Poll `check` (short backoff, no fixed sleep) until it returns a value."""
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while True:
-        value = check()
-        if value is not None:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met within the deadline")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
 
 
 def rrsets(response: dns.message.Message) -> list[tuple[str, str, list[str]]]:

@@ -31,6 +31,7 @@ from branchline.errors import UsageError
 from branchline.postgres import Cluster
 from branchline.store import Store, locate_state
 from branchline.store import routes as route_rows
+from tests.conftest import eventually
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -54,20 +55,6 @@ def shared_store(pg_cluster: Cluster) -> Store:
 
 def run(work: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(work)
-
-
-def eventually(check: Callable[[], T | None], timeout: float = 5.0) -> T:
-    """Poll `check` (short backoff, no fixed sleep) until it returns a value."""
-    deadline = time.monotonic() + timeout
-    delay = 0.002
-    while True:
-        value = check()
-        if value is not None:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met within the deadline")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
 
 
 def sql(store: Store, query: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
