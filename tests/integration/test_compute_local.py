@@ -24,7 +24,8 @@ from branchline.errors import BranchlineError, UsageError
 from branchline.providers.compute import ComputeProvider
 from branchline.providers.compute.local import LocalComputeProvider
 from branchline.providers.compute.processes import ProcessId
-from branchline.store import Store, locate_state, routes
+from branchline.store import routes
+from tests.integration.conftest import store_in
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -101,9 +102,7 @@ def compute(
     (repo / "branchline.toml").write_text(CONFIG.format(python=sys.executable))
     commit_app(repo, "hello v1")
     config = load_config(repo / "branchline.toml", env={})
-    store = Store(locate_state(Path("/"), {"BRANCHLINE_DATABASE_URL": pg_cluster.uri("bl_state")}))
-    _create_db(pg_cluster)
-    asyncio.run(store.start())
+    store = store_in(pg_cluster, "bl_state")
     state = Path(tempfile.mkdtemp(prefix="compute-", dir=cluster_root))
     config = config.model_copy(update={"project": config.project.model_copy(
         update={"name": f"shop{os.urandom(3).hex()}"})})  # fmt: skip
@@ -115,14 +114,6 @@ def compute(
         run(provider, provider.delete("api", "production"))
         run(provider, provider.delete("api", "preview-8"))
         shutil.rmtree(state, ignore_errors=True)
-
-
-def _create_db(pg_cluster: Any) -> None:
-    import psycopg
-
-    with psycopg.connect(pg_cluster.uri(), autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'bl_state'").fetchone():
-            conn.execute("CREATE DATABASE bl_state")
 
 
 def run(provider: LocalComputeProvider, work: Coroutine[Any, Any, T]) -> T:

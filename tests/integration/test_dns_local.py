@@ -29,6 +29,7 @@ from branchline.providers.dns.local import LocalDnsProvider
 from branchline.providers.dns.server import ZoneServer
 from branchline.store import Store, locate_state, resources
 from tests.conftest import eventually
+from tests.integration.conftest import store_in
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -39,13 +40,7 @@ PREVIEW = ["api-preview-8", "auth-preview-8", "codex-preview-8"]
 @pytest.fixture(scope="module")
 def shared_store(pg_cluster: Cluster) -> Store:
     """One state database for the module (each test uses its own project name)."""
-    with psycopg.connect(pg_cluster.uri(), autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = 'bl_dns'").fetchone()
-        if not exists:
-            conn.execute("CREATE DATABASE bl_dns")
-    store = Store(locate_state(Path("/"), {"BRANCHLINE_DATABASE_URL": pg_cluster.uri("bl_dns")}))
-    asyncio.run(store.start())
-    return store
+    return store_in(pg_cluster, "bl_dns")
 
 
 class Env:

@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -29,9 +28,10 @@ import pytest
 from branchline.edge import EdgeProxy
 from branchline.errors import UsageError
 from branchline.postgres import Cluster
-from branchline.store import Store, locate_state
+from branchline.store import Store
 from branchline.store import routes as route_rows
 from tests.conftest import eventually
+from tests.integration.conftest import store_in
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -44,13 +44,7 @@ WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 @pytest.fixture(scope="module")
 def shared_store(pg_cluster: Cluster) -> Store:
     """One state database for the module (each test routes its own project's hosts)."""
-    with psycopg.connect(pg_cluster.uri(), autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = 'bl_edge'").fetchone()
-        if not exists:
-            conn.execute("CREATE DATABASE bl_edge")
-    store = Store(locate_state(Path("/"), {"BRANCHLINE_DATABASE_URL": pg_cluster.uri("bl_edge")}))
-    asyncio.run(store.start())
-    return store
+    return store_in(pg_cluster, "bl_edge")
 
 
 def run(work: Coroutine[Any, Any, T]) -> T:
