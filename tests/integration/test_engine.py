@@ -386,6 +386,49 @@ def test_artifacts_between_workflows_and_clear_misses(
     run_async(test)
 
 
+def test_env_from_hands_a_published_value_to_a_later_command_masked(
+    state_url: str, repo: tuple[Path, str, str]
+) -> None:
+    path, _, sha = repo
+    uri = "postgresql://app:s3cret-pass-word@127.0.0.1:5999/app"
+
+    async def publish(ctx: Any) -> None:
+        await ctx.publish("database_url", uri, sensitive=True)
+
+    use = cmd(
+        "import os; u = os.environ['DATABASE_URL']",
+        "print('len', len(u)); print(u); print(u.split(':')[2].split('@')[0])",
+        env_from={"DATABASE_URL": "database_url"},
+    )
+    workflow = Workflow("w", (
+        Job("branch", (Step("p", Call("publish")),), checkout=False),
+        Job("test", (Step("use", use),), needs=("branch",)),
+        Job("orphan", (Step("use", cmd("pass", env_from={"X": "never_published"})),)),
+    ))  # fmt: skip
+
+    async def test() -> None:
+        async with engine_with_workers(state_url, actions={"publish": publish}) as engine:
+            run_id = await engine.submit(workflow, triggered_by="t", repo=path, sha=sha)
+            run = await wait_run(engine, run_id)
+            assert run.status == "failure"
+            found = await jobs(engine, run_id)
+            assert found["test"].status == "success"
+            assert found["orphan"].status == "failure"
+            text = await log_text(engine, run_id)
+            assert f"len {len(uri)}" in text
+            assert "s3cret-pass-word" not in text
+            assert "no earlier job of" in text
+            async with engine.store.connect() as conn:
+                cur = await conn.execute(
+                    "SELECT kind, action, payload->>'conclusion', payload->>'workflow' "
+                    "FROM branchline.events WHERE delivery_id = %s",
+                    (f"run-{run_id}-completed",),
+                )
+                assert await cur.fetchall() == [("workflow_run", "completed", "failure", "w")]
+
+    run_async(test)
+
+
 def test_killed_worker_is_recovered_and_always_job_runs(
     state_url: str, repo: tuple[Path, str, str], tmp_path: Path
 ) -> None:

@@ -184,6 +184,7 @@ def test_to_dict_shape() -> None:
         "cwd": "db",
         "timeout": None,
         "secrets": [],
+        "env_from": {},
     }
     assert cleanup["run_if"] == "always"
     assert cleanup["needs"] == ["lint", "unit", "integration", "e2e"]
@@ -251,6 +252,7 @@ commands = st.builds(
     cwd=st.none() | st.text(min_size=1, max_size=10),
     timeout=st.none() | st.floats(min_value=0, max_value=1e6, allow_nan=False),
     secrets=st.lists(st.text(min_size=1, max_size=8), max_size=3).map(tuple),
+    env_from=st.dictionaries(st.text(min_size=1, max_size=8), names, max_size=2),
 )
 calls = st.builds(
     Call,

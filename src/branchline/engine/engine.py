@@ -22,6 +22,7 @@ from typing import Any
 
 import procrastinate
 from procrastinate.jobs import Status
+from psycopg.conninfo import conninfo_to_dict
 
 from branchline.engine import runner
 from branchline.engine.checkout import worktree
@@ -32,6 +33,7 @@ from branchline.engine.paths import changed_files
 from branchline.errors import BranchlineError, UsageError
 from branchline.store import Store, mask_url
 from branchline.store import artifacts as artifact_rows
+from branchline.store import forge as forge_rows
 from branchline.store import runs as rows
 from branchline.store.queries import Conn
 
@@ -105,6 +107,7 @@ class Engine:
         pr: int | None = None,
         secret_scope: str | None = None,
         rerun_of: int | None = None,
+        event_id: int | None = None,
     ) -> int:
         """Record a run and start it, or queue it behind its concurrency group."""
         for commit in (sha, base_sha):
@@ -138,6 +141,7 @@ class Engine:
                 cancel_in_progress=workflow.cancel_in_progress,
                 secret_scope=secret_scope,
                 rerun_of=rerun_of,
+                event_id=event_id,
             )
             if workflow.concurrency_group and await self._must_wait(conn, run_id, workflow):
                 await rows.set_run(conn, run_id, status="waiting")
@@ -223,6 +227,16 @@ class Engine:
                 await rows.set_run(
                     conn, run_id, status=decision.run_status, finished_at=runner.now()
                 )
+                # In the same transaction: what follows a run (a preview after testing)
+                # is an event like any other, processed exactly once.
+                await forge_rows.record_event(
+                    conn, self.project, delivery_id=f"run-{run_id}-completed",
+                    kind="workflow_run", action="completed", source="pipeline",
+                    payload={
+                        "run_id": run_id, "workflow": run.workflow, "pr": run.pr,
+                        "sha": run.sha, "ref": run.ref, "conclusion": decision.run_status,
+                    },
+                )  # fmt: skip
                 if run.concurrency_group:
                     next_run = await rows.next_waiting(conn, self.project, run.concurrency_group)
                     if next_run is not None:
@@ -356,14 +370,40 @@ class Engine:
             )
             try:
                 env = _step_env(run, what, secrets)
+                outputs, hidden = await self._outputs(run, what)
             except BranchlineError as exc:
                 await logs.write("system", exc.message)
                 return runner.StepOutcome("failure", None, exc.message)
+            env.update(outputs)
+            masked = {**secrets, **hidden}
             return await runner.run_command(
-                what, cwd=cwd, env=env, secrets=secrets, sink=logs.write, watch=watch
+                what, cwd=cwd, env=env, secrets=masked, sink=logs.write, watch=watch
             )
         context = _Context(self, run, secrets, logs)
         return await runner.run_call(what, self.actions, context, logs.write)
+
+    async def _outputs(
+        self, run: rows.RunRow, command: Command
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """The step's `env_from` values, and those of them to mask (sensitive ones)."""
+        env: dict[str, str] = {}
+        hidden: dict[str, str] = {}
+        async with self.store.connect() as conn:
+            for var, name in command.env_from.items():
+                live, _expired = await artifact_rows.find(conn, self.project, name, run_id=run.id)
+                if live is None or live.value is None:
+                    raise BranchlineError(
+                        f"this step needs the artifact {name!r}, which no earlier job of "
+                        f"run {run.id} published",
+                        hint="A job that reads an artifact must `need` the job publishing it.",
+                    )
+                env[var] = live.value
+                if live.sensitive:
+                    hidden[f"artifact:{name}"] = live.value
+                    password = _password_in(live.value)
+                    if password:
+                        hidden[f"artifact:{name}:password"] = password
+        return env, hidden
 
     async def _cancel_requested(self, run_id: int) -> bool:
         async with self.store.connect() as conn:
@@ -492,6 +532,16 @@ class Engine:
         raise ArtifactMissingError(f"no artifact {name!r} ({scope or 'any run'})")
 
 
+def _password_in(value: str) -> str | None:
+    """The password of a connection URI, masked on its own too (a test may print it)."""
+    if "://" not in value:
+        return None
+    with contextlib.suppress(Exception):
+        password = conninfo_to_dict(value).get("password")
+        return str(password) if password else None
+    return None
+
+
 def _by_paths(error: str | None) -> bool:
     return bool(error and error.startswith("no changes under"))
 
@@ -573,6 +623,7 @@ class _Context:
         self.sha = run.sha
         self.ref = run.ref
         self.pr = run.pr
+        self.repo = Path(run.repo) if run.repo else None
         self.secrets = secrets
         self._logs = logs
 

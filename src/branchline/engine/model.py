@@ -29,6 +29,9 @@ class Command:
     cwd: str | None = None  # relative to the job's checkout
     timeout: float | None = None  # seconds
     secrets: tuple[str, ...] = ()  # secret names exposed to it as environment variables
+    # Environment variables taken from artifacts an earlier job of the same run
+    # published (variable -> artifact name), like `${{ needs.x.outputs.y }}`.
+    env_from: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,7 @@ def _step_to_dict(step: Step) -> dict[str, Any]:
             "cwd": step.run.cwd,
             "timeout": step.run.timeout,
             "secrets": list(step.run.secrets),
+            "env_from": dict(step.run.env_from),
         }
     else:
         run = {"kind": "call", "action": step.run.action, "params": dict(step.run.params)}
@@ -147,6 +151,7 @@ def _step_from_dict(data: Mapping[str, Any]) -> Step:
             cwd=run.get("cwd"),
             timeout=run.get("timeout"),
             secrets=tuple(run.get("secrets") or ()),
+            env_from=dict(run.get("env_from") or {}),
         )
     else:
         kind = Call(action=run["action"], params=dict(run.get("params") or {}))

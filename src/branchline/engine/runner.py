@@ -40,6 +40,7 @@ class StepContext(Protocol):
     sha: str | None
     ref: str | None
     pr: int | None
+    repo: Path | None  # the run's git repository (actions check out `sha` from it)
     secrets: Mapping[str, str]
 
     async def log(self, line: str) -> None: ...
