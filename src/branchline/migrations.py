@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -72,9 +73,15 @@ def database_env(uri: str) -> dict[str, str]:
 
 
 async def migrate(
-    config: Config, provider: DatabaseProvider, branch: str, *, on_line: OnLine | None = None
+    config: Config,
+    provider: DatabaseProvider,
+    branch: str,
+    *,
+    on_line: OnLine | None = None,
+    cwd: Path | None = None,
 ) -> MigrateResult:
-    """Run the project's migrate command against `branch`, streaming masked output."""
+    """Run the project's migrate command against `branch`, streaming masked output.
+    It runs at the project root, or in `cwd` (a checkout of the commit being tested)."""
     uri = await provider.connection_uri(branch)
     password = str(conninfo_to_dict(uri).get("password") or "")
     began = time.monotonic()
@@ -89,7 +96,7 @@ async def migrate(
     try:
         process = await asyncio.create_subprocess_exec(
             *command,
-            cwd=config.root,
+            cwd=cwd or config.root,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,

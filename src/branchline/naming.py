@@ -297,6 +297,17 @@ def e2e_branch_for_pr(pr: int) -> str:
     return f"{branch_for_pr(pr)}-e2e"
 
 
+def branch_for_pr_commit(pr: int, sha: str) -> str:
+    """The ephemeral test branch of one commit of a pull request: ``pr-8-1a2b3c4d``."""
+    return f"{branch_for_pr(pr)}-{_short_sha(sha)}"
+
+
+def e2e_branch_for(branch: str) -> str:
+    """The end-to-end tests' own branch beside an ephemeral one, at most 63 characters:
+    ``pr-8`` -> ``pr-8-e2e``; a long ``push-...`` name is cut to make room."""
+    return f"{branch[: MAX_LABEL - 4].rstrip('-')}-e2e"
+
+
 def git_ref_to_branch(ref: str) -> str:
     """The branch name of a git ref: ``refs/heads/feature/x`` or ``feature/x`` -> ``feature/x``.
 

@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from branchline.cli.context import app_context
+from branchline.cli.follow import WAIT_HELP, exit_on_failure, run_pipelines, show_outcome
 from branchline.errors import UsageError
 from branchline.providers.forge.local import LocalForge, Recorded
 from branchline.providers.registry import forge_provider
@@ -31,6 +32,42 @@ def _with_forge(ctx: typer.Context, work: Callable[[LocalForge], Awaitable[T]]) 
         return await work(forge_provider(config, store))
 
     return asyncio.run(main())
+
+
+def _record_and_run(
+    ctx: typer.Context, work: Callable[[LocalForge], Awaitable[T]], wait: bool
+) -> tuple[T, dict[str, Any] | None]:
+    """Record the event(s), then (unless told not to wait) run the pipelines they start."""
+    app_ctx = app_context(ctx)
+    config = app_ctx.config()
+    store = app_ctx.store()
+
+    async def main() -> tuple[T, dict[str, Any] | None]:
+        await store.start()
+        done = await work(forge_provider(config, store))
+        if not wait:
+            return done, None
+        return done, await run_pipelines(app_ctx, config, store)
+
+    return asyncio.run(main())
+
+
+def _emit(
+    ctx: typer.Context, data: Any, said: str, outcome: dict[str, Any] | None, pr: int | None
+) -> None:
+    app = app_context(ctx)
+
+    def human(console: Console) -> None:
+        console.print(said, markup=False)
+        if outcome is not None:
+            show_outcome(console, outcome, pr)
+
+    app.output.emit(data if outcome is None else {"recorded": data, **outcome}, human)
+    if outcome is not None:
+        exit_on_failure(app, outcome)
+
+
+NoWait = Annotated[bool, typer.Option("--no-wait", help=WAIT_HELP)]
 
 
 def _pr_dict(pr: rows.PullRequestRow) -> dict[str, Any]:
@@ -55,16 +92,15 @@ def push(
     ctx: typer.Context,
     branch: Annotated[str | None, typer.Argument(help="Branch (default: the current one).")] = None,
     hook: Annotated[bool, typer.Option("--hook", hidden=True)] = False,
+    no_wait: NoWait = False,
 ) -> None:
-    """Record a push of BRANCH's head commit (testing runs on it)."""
-    done = _with_forge(ctx, lambda forge: forge.push(branch, source="hook" if hook else "cli"))
-    data = _event_dict(done)
-    app_context(ctx).output.emit(
-        data,
-        lambda c: c.print(
-            "push recorded" if done.event else "this push was recorded before (nothing to do)"
-        ),
-    )
+    """Record a push of BRANCH's head commit and run testing on it."""
+    done, outcome = _record_and_run(
+        ctx, lambda forge: forge.push(branch, source="hook" if hook else "cli"),
+        wait=not (no_wait or hook),
+    )  # fmt: skip
+    said = "push recorded" if done.event else "this push was recorded before (nothing to do)"
+    _emit(ctx, _event_dict(done), said, outcome, None)
 
 
 @app.command("open")
@@ -72,28 +108,27 @@ def open_pr(
     ctx: typer.Context,
     branch: str,
     title: Annotated[str | None, typer.Option(help="Title (default: the branch name).")] = None,
+    no_wait: NoWait = False,
 ) -> None:
-    """Open a pull request from BRANCH into the production branch."""
-    done = _with_forge(ctx, lambda forge: forge.open_pr(branch, title))
+    """Open a pull request from BRANCH into the production branch: testing, then its
+    preview environment."""
+    done, outcome = _record_and_run(ctx, lambda forge: forge.open_pr(branch, title), not no_wait)
     assert done.pr is not None
     number = done.pr.number
-    app_context(ctx).output.emit(
-        _event_dict(done), lambda c: c.print(f"opened pull request #{number} ({escape(branch)})")
-    )
+    _emit(ctx, _event_dict(done), f"opened pull request #{number} ({branch})", outcome, number)
 
 
 @app.command("sync")
-def sync(ctx: typer.Context, number: int) -> None:
-    """Take a pull request's new commits (after you commit to its branch)."""
-    done = _with_forge(ctx, lambda forge: forge.sync_pr(number))
-    app_context(ctx).output.emit(
-        _event_dict(done),
-        lambda c: c.print(
-            f"pull request #{number} now at {done.pr.head_sha[:12]}"
-            if done.event and done.pr
-            else f"pull request #{number} has no new commits"
-        ),
+def sync(ctx: typer.Context, number: int, no_wait: NoWait = False) -> None:
+    """Take a pull request's new commits (after you commit to its branch): testing
+    again, then its preview updated."""
+    done, outcome = _record_and_run(ctx, lambda forge: forge.sync_pr(number), not no_wait)
+    said = (
+        f"pull request #{number} now at {done.pr.head_sha[:12]}"
+        if done.event and done.pr
+        else f"pull request #{number} has no new commits"
     )
+    _emit(ctx, _event_dict(done), said, outcome, number)
 
 
 @app.command("close")
@@ -101,13 +136,15 @@ def close(
     ctx: typer.Context,
     number: int,
     merge: Annotated[bool, typer.Option(help="Merge it into the production branch.")] = False,
+    no_wait: NoWait = False,
 ) -> None:
-    """Close a pull request, or merge it (a real merge commit, then a push to main)."""
-    done = _with_forge(ctx, lambda forge: forge.close_pr(number, merge=merge))
-    app_context(ctx).output.emit(
-        [_event_dict(d) for d in done],
-        lambda c: c.print(f"{'merged' if merge else 'closed'} pull request #{number}"),
+    """Close a pull request, or merge it (a real merge commit, then a push to main);
+    its preview is removed."""
+    done, outcome = _record_and_run(
+        ctx, lambda forge: forge.close_pr(number, merge=merge), not no_wait
     )
+    said = f"{'merged' if merge else 'closed'} pull request #{number}"
+    _emit(ctx, [_event_dict(d) for d in done], said, outcome, number)
 
 
 @app.command("list")

@@ -230,3 +230,33 @@ async def events(conn: Conn, project: str, limit: int = 100) -> list[EventRow]:
             (project, limit),
         )
         return await cur.fetchall()
+
+
+async def claim_pending(conn: Conn, project: str) -> EventRow | None:
+    """The oldest unprocessed event, locked for this transaction; None when there is
+    none (or every pending one is being handled by another dispatcher). The lock lets
+    runs referencing the event be inserted from other connections meanwhile."""
+    async with conn.cursor(row_factory=class_row(EventRow)) as cur:
+        await cur.execute(
+            """SELECT id, delivery_id, kind, action, source, payload, received_at, processed_at
+               FROM branchline.events WHERE project = %s AND processed_at IS NULL
+               ORDER BY id LIMIT 1 FOR NO KEY UPDATE SKIP LOCKED""",
+            (project,),
+        )
+        return await cur.fetchone()
+
+
+async def mark_processed(conn: Conn, event_id: int, error: str | None = None) -> None:
+    await conn.execute(
+        "UPDATE branchline.events SET processed_at = now(), error = %s WHERE id = %s",
+        (error, event_id),
+    )
+
+
+async def pending_count(conn: Conn, project: str) -> int:
+    cur = await conn.execute(
+        "SELECT count(*) FROM branchline.events WHERE project = %s AND processed_at IS NULL",
+        (project,),
+    )
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0  # type: ignore[call-overload]

@@ -276,3 +276,30 @@ async def logs_after(
             (run_id, after_id, job_id, job_id, limit),
         )
         return await cur.fetchall()
+
+
+async def run_for_event(conn: Conn, event_id: int, workflow: str) -> int | None:
+    """The run an event already started for `workflow` (dispatch is exactly once)."""
+    cur = await conn.execute(
+        "SELECT id FROM branchline.runs WHERE event_id = %s AND workflow = %s LIMIT 1",
+        (event_id, workflow),
+    )
+    row = await cur.fetchone()
+    return int(row[0]) if row else None  # type: ignore[call-overload]
+
+
+async def active_runs(
+    conn: Conn, project: str, *, pr: int | None = None, workflows: tuple[str, ...] = ()
+) -> list[RunRow]:
+    """Runs not finished yet, oldest first; only pull request `pr`'s and only of
+    `workflows` when given."""
+    async with conn.cursor(row_factory=class_row(RunRow)) as cur:
+        await cur.execute(
+            f"""SELECT {_RUN} FROM branchline.runs
+                WHERE project = %s AND status = ANY(%s)
+                  AND (%s::integer IS NULL OR pr = %s)
+                  AND (%s::text[] IS NULL OR workflow = ANY(%s))
+                ORDER BY id""",  # noqa: S608
+            (project, list(ACTIVE), pr, pr, list(workflows) or None, list(workflows) or None),
+        )
+        return await cur.fetchall()

@@ -75,9 +75,9 @@ class LocalForge:
             pr = await rows.open_pr(
                 conn, self.project, title=title or branch, head=branch, base=self.base, sha=sha
             )
-        event = await self._record(
-            str(uuid.uuid4()), "pull_request", "opened", "cli", self._pr_payload("opened", pr)
-        )
+        base_sha = await asyncio.to_thread(git.head_of, self.repo, self.base)
+        payload = self._pr_payload("opened", pr, base_sha=base_sha)
+        event = await self._record(str(uuid.uuid4()), "pull_request", "opened", "cli", payload)
         return Recorded(pr, event)
 
     async def sync_pr(self, number: int) -> Recorded:
@@ -89,7 +89,8 @@ class LocalForge:
             await rows.update_pr(conn, self.project, number, sha=sha)
             updated = await rows.get_pr(conn, self.project, number)
         assert updated is not None
-        payload = self._pr_payload("synchronize", updated, before=pr.head_sha)
+        base_sha = await asyncio.to_thread(git.head_of, self.repo, self.base)
+        payload = self._pr_payload("synchronize", updated, before=pr.head_sha, base_sha=base_sha)
         event = await self._record(str(uuid.uuid4()), "pull_request", "synchronize", "cli", payload)
         return Recorded(updated, event)
 
@@ -170,6 +171,7 @@ class LocalForge:
         *,
         before: str | None = None,
         merged: bool = False,
+        base_sha: str | None = None,
     ) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "action": action,
@@ -180,7 +182,7 @@ class LocalForge:
                 "state": "closed" if pr.state != "open" else "open",
                 "merged": merged,
                 "head": {"ref": pr.head_branch, "sha": pr.head_sha},
-                "base": {"ref": pr.base_branch},
+                "base": {"ref": pr.base_branch, "sha": base_sha},
             },
             "repository": {"full_name": self.project},
         }

@@ -1,0 +1,105 @@
+"""Running what an event started, in the foreground: the commands that record
+events (push, pr open/sync/close) wait here until every run they caused, follow-ups
+included, is over, and say how each went."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from branchline.cli.context import AppContext
+from branchline.config import Config
+from branchline.edge import daemon
+from branchline.engine.engine import EngineOptions
+from branchline.pipelines.dispatch import Started
+from branchline.pipelines.worker import open_pipelines
+from branchline.store import Store
+from branchline.store import previews as preview_rows
+from branchline.store import runs as run_rows
+
+WAIT_HELP = "Only record the event; a running `branchline worker` runs the pipelines."
+FINISHED = ("success", "failure", "cancelled")
+
+
+async def run_pipelines(app: AppContext, config: Config, store: Store) -> dict[str, Any]:
+    """Run everything pending for the project here; returns the runs and previews."""
+    info, started = await asyncio.to_thread(
+        daemon.ensure_running, store.location.state_dir, config.path
+    )
+    if started:
+        app.output.notice(
+            f"started the edge in the background on port {info.edge_port} (DNS on "
+            f"{info.dns_port}); `branchline stop` stops it"
+        )
+    seen: dict[int, str] = {}
+    began: dict[int, float] = {}
+
+    async def on_started(run: Started) -> None:
+        seen.setdefault(run.run_id, "queued")
+        began[run.run_id] = time.monotonic()
+        app.output.progress(f"run {run.run_id} {run.workflow} started")
+
+    async def on_tick() -> None:
+        async with store.connect() as conn:
+            for run_id, last in list(seen.items()):
+                run = await run_rows.get_run(conn, run_id)
+                if run is None or run.status == last:
+                    continue
+                seen[run_id] = run.status
+                if run.status in FINISHED:
+                    took = time.monotonic() - began.get(run_id, time.monotonic())
+                    app.output.progress(
+                        f"run {run_id} {run.workflow}: {run.status} in {took:.1f} s"
+                    )
+
+    options = EngineOptions(pool_size=20, poll=0.5)
+    async with open_pipelines(
+        config, store, edge_port=info.edge_port, dns_port=info.dns_port, options=options
+    ) as pipelines:
+        await pipelines.run_until_settled(on_started=on_started, on_tick=on_tick)
+    async with store.connect() as conn:
+        runs = [await run_rows.get_run(conn, run_id) for run_id in sorted(seen)]
+        previews = await preview_rows.list_previews(conn, config.project.name)
+    return {
+        "runs": [
+            {"id": r.id, "workflow": r.workflow, "status": r.status, "pr": r.pr, "sha": r.sha}
+            for r in runs
+            if r is not None
+        ],
+        "previews": [_preview_dict(p) for p in previews if p.status != "deleted"],
+    }
+
+
+def _preview_dict(row: preview_rows.PreviewRow) -> dict[str, Any]:
+    return {
+        "pr": row.pr,
+        "status": row.status,
+        "sha": row.sha,
+        "urls": row.detail.get("urls", {}),
+        "expires_at": row.expires_at,
+    }
+
+
+def show_outcome(console: Console, outcome: dict[str, Any], pr: int | None = None) -> None:
+    for run in outcome["runs"]:
+        style = {"success": "green", "failure": "red"}.get(run["status"], "yellow")
+        console.print(f"run {run['id']} {run['workflow']}: [{style}]{run['status']}[/]")
+    for preview in outcome["previews"]:
+        if pr is not None and preview["pr"] != pr:
+            continue
+        console.print(f"preview of #{preview['pr']} ({preview['status']}):")
+        for service, url in sorted(preview["urls"].items()):
+            console.print(f"  {service}: {escape(url)}")
+
+
+def exit_on_failure(app: AppContext, outcome: dict[str, Any]) -> None:
+    failed = [r for r in outcome["runs"] if r["status"] == "failure"]
+    if failed:
+        ids = ", ".join(str(r["id"]) for r in failed)
+        app.output.notice(f"failed: run {ids}; see `branchline runs show {failed[0]['id']}`")
+        raise typer.Exit(1)

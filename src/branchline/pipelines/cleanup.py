@@ -1,0 +1,75 @@
+"""cleanup: a pull request closed (merged or not), or its preview expired.
+
+    cleanup    stop every service of preview-<n>, delete its DNS records, its
+               database branches (pr-<n>, pr-<n>-e2e) and its generated secrets,
+               then say so in the PR's comment
+
+Idempotent: running it twice, or on a preview that never finished, is fine.
+It shares the preview's concurrency group and cancels a preview still being made.
+"""
+
+from __future__ import annotations
+
+from branchline import naming
+from branchline.engine.model import Call, Job, Step, Workflow
+from branchline.engine.runner import StepContext
+from branchline.pipelines.actions import KitAction
+from branchline.pipelines.kit import Kit
+from branchline.store import previews as preview_rows
+
+NAME = "cleanup"
+COMMENT_KEY = "preview"
+
+
+def group(pr: int) -> str:
+    return f"preview-{pr}"
+
+
+def workflow(pr: int, *, reason: str = "closed") -> Workflow:
+    return Workflow(
+        NAME,
+        (Job("cleanup", (Step("remove preview", Call("cleanup.run", {"reason": reason})),),
+             checkout=False),),
+        concurrency_group=group(pr),
+        cancel_in_progress=True,
+    )  # fmt: skip
+
+
+async def teardown(kit: Kit, pr: int, log: StepContext) -> dict[str, list[str]]:
+    """Remove everything preview `pr` may have: what it removed, by kind."""
+    environment = naming.environment_for_pr(pr)
+    async with kit.store.connect() as conn:
+        await preview_rows.set_status(conn, kit.project, pr, "deleting")
+    removed: dict[str, list[str]] = {"services": [], "dns": [], "branches": [], "secrets": []}
+    for service in reversed(kit.config.services_in_deploy_order()):
+        if await kit.compute.delete(service.name, environment):
+            removed["services"].append(service.name)
+    for record in await kit.dns.list_records(environment):
+        if await kit.dns.delete_record(record.name, record.type):
+            removed["dns"].append(record.name)
+    for branch in (naming.branch_for_pr(pr), naming.e2e_branch_for_pr(pr)):
+        if await kit.database.delete_branch(branch):
+            removed["branches"].append(branch)
+    removed["secrets"] = await kit.secrets.drop_preview(pr)
+    async with kit.store.connect() as conn:
+        await preview_rows.set_status(conn, kit.project, pr, "deleted", {"removed": removed})
+    for kind, names in removed.items():
+        await log.log(f"removed {kind}: {', '.join(names) or 'none'}")
+    return removed
+
+
+async def run(kit: Kit, ctx: StepContext, *, reason: str) -> None:
+    assert ctx.pr is not None, "cleanup runs for a pull request"
+    async with kit.store.connect() as conn:
+        had_preview = await preview_rows.get(conn, kit.project, ctx.pr) is not None
+    removed = await teardown(kit, ctx.pr, ctx)
+    if not had_preview and not any(removed.values()):
+        return  # the pull request never had a preview: nothing to tell
+    what = ", ".join(f"{len(v)} {k}" for k, v in removed.items() if v) or "nothing was left"
+    await kit.forge.upsert_comment(
+        ctx.pr, COMMENT_KEY,
+        f"### Preview removed\n\nThe preview of #{ctx.pr} was removed ({reason}): {what}.\n",
+    )  # fmt: skip
+
+
+ACTIONS: dict[str, KitAction] = {"cleanup.run": run}

@@ -1,0 +1,292 @@
+"""preview: after testing succeeds for a pull request, its live environment.
+
+    require tests   fail fast when the testing run's report is missing
+    still open      the PR may have closed meanwhile: then create nothing
+    reserve         at most [preview] max_live previews (refused with a comment)
+    secrets         preview-<n>'s generated secrets (AUTH_SECRET), made once
+    branch          pr-<n>, copied from production on the first preview
+    migrate         pr-<n>, from the PR's commit, on every update
+    dns             a record per service (api-preview-<n>.<zone>), verified
+    deploy          build and deploy each service in order, health-checked
+    finish          the PR still open? comment with the URLs; closed: undo all
+
+One run per pull request at a time; a newer commit (or the PR closing) cancels it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from branchline import naming
+from branchline.engine.model import Call, Job, RunIf, Step, Workflow
+from branchline.engine.runner import StepContext
+from branchline.errors import BranchlineError
+from branchline.pipelines import cleanup
+from branchline.pipelines.actions import KitAction
+from branchline.pipelines.kit import Kit
+from branchline.pipelines.testing import NAME as TESTING
+from branchline.pipelines.testing import REPORT
+from branchline.schemadiff import normalize_dump, unified_diff
+from branchline.store import forge as forge_rows
+from branchline.store import previews as preview_rows
+
+NAME = "preview"
+COMMENT_KEY = cleanup.COMMENT_KEY
+MAX_DIFF_LINES = 120
+
+
+class PreviewClosedError(BranchlineError):
+    default_hint = "Nothing is left of this preview; reopen the pull request to get one."
+
+
+def workflow(pr: int) -> Workflow:
+    branch = naming.branch_for_pr(pr)
+
+    def call(step: str, action: str, **params: Any) -> Step:
+        return Step(step, Call(action, params))
+
+    steps = (
+        call("require tests", "preview.require_tested"),
+        call("still open", "preview.check_open"),
+        call("reserve", "preview.reserve"),
+        call("secrets", "preview.secrets"),
+        call("branch", "preview.branch"),
+        call("migrate", "branch.migrate", name=branch),
+        call("dns", "preview.dns"),
+        call("deploy", "preview.deploy"),
+        call("finish", "preview.finish"),
+    )
+    failed = Job(
+        "report failure", (call("comment", "preview.failed"),),
+        needs=("preview",), run_if=RunIf.FAILURE, checkout=False,
+    )  # fmt: skip
+    return Workflow(
+        NAME, (Job("preview", steps, checkout=False), failed),
+        concurrency_group=cleanup.group(pr), cancel_in_progress=True,
+    )  # fmt: skip
+
+
+# -- actions ---------------------------------------------------------------------------
+
+
+def _pr(ctx: StepContext) -> int:
+    if ctx.pr is None or ctx.sha is None:
+        raise BranchlineError("a preview runs for a pull request's commit")
+    return ctx.pr
+
+
+async def require_tested(kit: Kit, ctx: StepContext) -> None:
+    report = await ctx.artifact(REPORT, workflow=TESTING, sha=ctx.sha)
+    jobs = json.loads(report).get("jobs", {})
+    await ctx.log(f"tested in run {json.loads(report).get('run_id')}: {_summary(jobs)}")
+
+
+async def _open_pr(kit: Kit, ctx: StepContext) -> forge_rows.PullRequestRow | None:
+    async with kit.store.connect() as conn:
+        found = await forge_rows.get_pr(conn, kit.project, _pr(ctx))
+    return found if found is not None and found.state == "open" else None
+
+
+async def check_open(kit: Kit, ctx: StepContext) -> None:
+    pr = await _open_pr(kit, ctx)
+    if pr is None:
+        raise PreviewClosedError(f"pull request #{ctx.pr} is no longer open; nothing created")
+    if pr.head_sha != ctx.sha:
+        raise PreviewClosedError(
+            f"pull request #{ctx.pr} moved on to {pr.head_sha[:8]}; this preview of "
+            f"{(ctx.sha or '')[:8]} is superseded",
+            hint="The newer commit's testing run makes its preview.",
+        )
+
+
+async def reserve(kit: Kit, ctx: StepContext) -> None:
+    pr = _pr(ctx)
+    limits = kit.config.preview
+    async with kit.store.connect() as conn:
+        reserved, others = await preview_rows.reserve(
+            conn, kit.project, pr, sha=ctx.sha or "", max_live=limits.max_live,
+            ttl_seconds=limits.ttl.total_seconds(),
+        )  # fmt: skip
+    if not reserved:
+        listed = ", ".join(f"#{n}" for n in others)
+        await kit.forge.upsert_comment(
+            pr, COMMENT_KEY,
+            f"### Preview not created\n\nAll {limits.max_live} preview places are taken "
+            f"({listed}). Close one of those pull requests, or raise `max_live` under "
+            "[preview] in branchline.toml, then push again.\n",
+        )  # fmt: skip
+        raise BranchlineError(
+            f"all {limits.max_live} preview places are taken ({listed})",
+            hint="Close a pull request with a preview, or raise [preview] max_live.",
+        )
+    await ctx.log(f"preview-{pr} reserved; it expires {limits.ttl} after its last update")
+
+
+async def ensure_secrets(kit: Kit, ctx: StepContext) -> None:
+    created = await kit.secrets.ensure_generated(_pr(ctx))
+    await ctx.log(f"generated: {', '.join(created)}" if created else "secrets already in place")
+
+
+async def ensure_branch(kit: Kit, ctx: StepContext) -> None:
+    name = naming.branch_for_pr(_pr(ctx))
+    existing = await kit.database.get_branch(name)
+    if existing is not None and existing.status.value == "ready":
+        await ctx.log(f"branch {name} exists (created {existing.created_at:%Y-%m-%d %H:%M})")
+        return
+    branch = await kit.database.create_branch(name, kit.config.database.parent)
+    await ctx.log(f"branch {branch.name} copied from {branch.parent}")
+
+
+async def ensure_dns(kit: Kit, ctx: StepContext) -> None:
+    environment = naming.environment_for_pr(_pr(ctx))
+    for host in kit.hosts(environment).values():
+        await kit.dns.ensure_record(host, "CNAME", "@", proxied=True, environment=environment)
+    for host in kit.hosts(environment).values():
+        result = await kit.dns.verify(host, type="CNAME")
+        if not result.ok:
+            raise BranchlineError(
+                f"the DNS record {host} did not resolve after {result.attempts} attempts",
+                hint="Check that the edge (and its DNS server) runs: `branchline edge`.",
+            )
+        await ctx.log(f"dns {host} resolves ({result.attempts} attempts, {result.elapsed:.2f} s)")
+
+
+def service_vars(kit: Kit, environment: str, database_url: str) -> dict[str, str]:
+    """What every service of `environment` is told: its database, and how to reach the
+    others through the edge (AUTH_URL + AUTH_HOST, API_URL + API_HOST, ...)."""
+    env = {"DATABASE_URL": database_url}
+    base = f"http://127.0.0.1:{kit.edge_port}" if kit.edge_port else ""
+    for name, host in kit.hosts(environment).items():
+        key = naming.sql_identifier(name).upper()
+        env[f"{key}_URL"] = base
+        env[f"{key}_HOST"] = host
+    return env
+
+
+async def deploy(kit: Kit, ctx: StepContext) -> None:
+    pr = _pr(ctx)
+    if not kit.edge_port:
+        raise BranchlineError(
+            "the edge is not running, so a preview could not be reached",
+            hint="Start it with `branchline edge` (the CLI does so when it runs pipelines).",
+        )
+    environment = naming.environment_for_pr(pr)
+    uri = await kit.database.connection_uri(naming.branch_for_pr(pr))
+    vars = service_vars(kit, environment, uri)
+    secrets = await kit.secrets.get_all(environment)
+    for position, service in enumerate(kit.config.services_in_deploy_order()):
+        release = await kit.compute.build(service.name, ctx.sha or "")
+        deployment = await kit.compute.deploy(
+            service.name, environment, release, vars, secrets, position=position
+        )
+        await ctx.log(f"{service.name}: {release.name} live at {deployment.url}")
+
+
+async def finish(kit: Kit, ctx: StepContext) -> None:
+    pr = _pr(ctx)
+    if await _open_pr(kit, ctx) is None:
+        # Closed while the preview was being made: what was just made must go too.
+        await cleanup.teardown(kit, pr, ctx)
+        raise PreviewClosedError(f"pull request #{pr} closed during its preview; removed it")
+    environment = naming.environment_for_pr(pr)
+    deployments = {
+        d.service: d for d in await kit.compute.list_deployments(environment) if d.status == "live"
+    }
+    report = json.loads(await ctx.artifact(REPORT, workflow=TESTING, sha=ctx.sha))
+    diff = unified_diff(
+        normalize_dump(await kit.database.schema_dump(kit.config.database.parent)),
+        normalize_dump(await kit.database.schema_dump(naming.branch_for_pr(pr))),
+        kit.config.database.parent, naming.branch_for_pr(pr),
+    )  # fmt: skip
+    rows = [
+        (name, naming.worker_name(name, environment), kit.url(host),
+         deployments[name].release.name if name in deployments else "-")
+        for name, host in kit.hosts(environment).items()
+    ]  # fmt: skip
+    body = comment_body(
+        pr=pr, sha=ctx.sha or "", services=rows, branch=naming.branch_for_pr(pr),
+        tests=report.get("jobs", {}), diff=diff,
+    )  # fmt: skip
+    await kit.forge.upsert_comment(pr, COMMENT_KEY, body)
+    async with kit.store.connect() as conn:
+        await preview_rows.set_status(
+            conn, kit.project, pr, "live",
+            {"sha": ctx.sha, "urls": {name: url for name, _w, url, _r in rows}},
+        )  # fmt: skip
+    for name, _worker, url, _release in rows:
+        await ctx.log(f"{name}: {url}")
+
+
+async def failed(kit: Kit, ctx: StepContext) -> None:
+    pr = _pr(ctx)
+    if await _open_pr(kit, ctx) is None:
+        return  # closed: cleanup speaks for it
+    async with kit.store.connect() as conn:
+        row = await preview_rows.get(conn, kit.project, pr)
+        if row is not None and row.status == "creating":
+            await preview_rows.set_status(conn, kit.project, pr, "failed")
+    await kit.forge.upsert_comment(
+        pr, COMMENT_KEY,
+        f"### Preview failed\n\nThe preview of {(ctx.sha or '')[:8]} failed; see "
+        f"`branchline runs show {ctx.run_id}`. A new commit tries again.\n",
+    )  # fmt: skip
+
+
+# -- the comment ---------------------------------------------------------------------
+
+
+def _summary(jobs: Mapping[str, str]) -> str:
+    return ", ".join(f"{name} {status}" for name, status in sorted(jobs.items())) or "no jobs"
+
+
+def comment_body(
+    *,
+    pr: int,
+    sha: str,
+    services: list[tuple[str, str, str, str]],  # service, worker name, URL, release
+    branch: str,
+    tests: Mapping[str, str],
+    diff: str,
+) -> str:
+    """The sticky preview comment (markdown), rewritten on every update."""
+    lines = [
+        f"### Preview of #{pr} is live",
+        "",
+        f"Commit `{sha[:12]}` · database branch `{branch}`",
+        "",
+        "| service | URL | worker | release |",
+        "|---|---|---|---|",
+        *(f"| {s} | {url} | `{worker}` | `{release}` |" for s, worker, url, release in services),
+        "",
+        f"Tests: {_summary(tests)}",
+        "",
+    ]
+    if diff:
+        shown = diff.splitlines()
+        cut = len(shown) > MAX_DIFF_LINES
+        lines += [
+            f"Schema changes against production ({len(shown)} lines"
+            + (f", first {MAX_DIFF_LINES} shown" if cut else "") + "):",
+            "",
+            "```diff",
+            *shown[:MAX_DIFF_LINES],
+            "```",
+        ]  # fmt: skip
+    else:
+        lines.append("Schema: the same as production.")
+    return "\n".join(lines) + "\n"
+
+
+ACTIONS: dict[str, KitAction] = {
+    "preview.require_tested": require_tested,
+    "preview.check_open": check_open,
+    "preview.reserve": reserve,
+    "preview.secrets": ensure_secrets,
+    "preview.branch": ensure_branch,
+    "preview.dns": ensure_dns,
+    "preview.deploy": deploy,
+    "preview.finish": finish,
+    "preview.failed": failed,
+}

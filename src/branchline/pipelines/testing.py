@@ -1,0 +1,118 @@
+"""testing: every push and every pull request update.
+
+    database   copy production into an ephemeral branch (pr-8-1a2b3c4d), migrate it
+    <tests>    each [tests.<job>] in parallel, when its paths changed; jobs with
+               `database` get the branch's DATABASE_URL, `own_branch` ones (E2E)
+               a branch of their own (pr-8-e2e)
+    cleanup    always: delete the ephemeral branches, even after a failure
+    report     always: the commit status, and on success the artifact a preview needs
+
+One run per pull request (or branch) at a time: a newer commit cancels the older run.
+"""
+
+from __future__ import annotations
+
+import json
+
+from branchline import naming
+from branchline.config import Config, JobConfig
+from branchline.engine.model import Call, Command, Job, RunIf, Step, Workflow
+from branchline.engine.runner import StepContext
+from branchline.pipelines.actions import DATABASE_URL, KitAction
+from branchline.pipelines.kit import Kit
+from branchline.store import runs as run_rows
+
+NAME = "testing"
+REPORT = "testing-report"  # the artifact the preview pipeline requires
+EPHEMERAL_HOURS = 24.0  # a branch a crash left behind expires (gc deletes it)
+RESERVED = ("database", "cleanup", "report")
+
+
+def workflow(
+    config: Config, *, sha: str, pr: int | None = None, branch: str | None = None,
+    prefix: str = "",
+) -> Workflow:  # fmt: skip
+    """The testing run of `sha`, for pull request `pr` or a push to `branch`."""
+    if pr is not None:
+        ephemeral, e2e = naming.branch_for_pr_commit(pr, sha), naming.e2e_branch_for_pr(pr)
+        group = f"testing-pr-{pr}"
+    else:
+        assert branch is not None, "a testing run is for a pull request or a branch"
+        ephemeral = naming.branch_for_push(branch, sha)
+        e2e, group = naming.e2e_branch_for(ephemeral), f"testing-{naming.slug(branch)}"
+    database = Job(
+        "database",
+        (
+            Step("status", Call("forge.status", {"state": "pending", "description": "testing"})),
+            Step("branch", Call("branch.create", {"name": ephemeral, "hours": EPHEMERAL_HOURS})),
+            Step("migrate", Call("branch.migrate", {"name": ephemeral})),
+        ),
+        checkout=False,
+    )
+    tests = [_test_job(config, spec, e2e, prefix) for spec in config.tests.values()]
+    names = ("database", *(job.name for job in tests))
+    cleanup = Job(
+        "cleanup",
+        (Step("delete branches", Call("branch.delete", {"names": [ephemeral, e2e]})),),
+        needs=names, run_if=RunIf.ALWAYS, checkout=False,
+    )  # fmt: skip
+    report = Job(
+        "report",
+        (Step("report", Call("testing.report", {"tests": list(names)})),),
+        needs=(*names, "cleanup"), run_if=RunIf.ALWAYS, checkout=False,
+    )  # fmt: skip
+    return Workflow(
+        NAME, (database, *tests, cleanup, report),
+        concurrency_group=group, cancel_in_progress=True,
+    )  # fmt: skip
+
+
+def _test_job(config: Config, spec: JobConfig, e2e_branch: str, prefix: str) -> Job:
+    name = spec.name if spec.name not in RESERVED else f"test-{spec.name}"
+    command = Command(
+        args=tuple(spec.command),
+        cwd=prefix.rstrip("/") or None,
+        timeout=spec.timeout.total_seconds(),
+        secrets=tuple(config.secrets.test.names),
+        env_from={"DATABASE_URL": f"{name}:{DATABASE_URL}" if spec.own_branch else DATABASE_URL}
+        if spec.database
+        else {},
+    )
+    steps: list[Step] = []
+    needs: tuple[str, ...] = ()
+    if spec.own_branch:
+        steps += [
+            Step("branch", Call("branch.create", {
+                "name": e2e_branch, "hours": EPHEMERAL_HOURS, "publish": f"{name}:{DATABASE_URL}",
+            })),
+            Step("migrate", Call("branch.migrate", {"name": e2e_branch})),
+        ]  # fmt: skip
+    elif spec.database:
+        needs = ("database",)
+    steps.append(Step(spec.name, command))
+    paths = tuple(f"{prefix}{p}" for p in spec.paths)
+    return Job(name, tuple(steps), needs=needs, paths=paths)
+
+
+async def report(kit: Kit, ctx: StepContext, *, tests: list[str]) -> None:
+    """Set the commit status from the jobs' outcomes; on success publish the report
+    the preview pipeline requires (kept 7 days)."""
+    async with kit.store.connect() as conn:
+        jobs = {job.name: job.status for job in await run_rows.jobs_of(conn, ctx.run_id)}
+    outcome = {name: jobs.get(name, "missing") for name in tests}
+    failed = sorted(n for n, s in outcome.items() if s not in ("success", "skipped"))
+    if failed:
+        state, text = "failure", f"failed: {', '.join(failed)}"
+        if any(outcome[n] == "cancelled" for n in failed):
+            state, text = "error", "cancelled"
+    else:
+        state, text = "success", "all jobs passed"
+    if ctx.sha:
+        await kit.forge.set_status(ctx.sha, "branchline/testing", state, None, text)
+    await ctx.log(f"testing {state}: {text}")
+    if not failed:
+        body = {"run_id": ctx.run_id, "sha": ctx.sha, "pr": ctx.pr, "jobs": outcome}
+        await ctx.publish(REPORT, json.dumps(body, sort_keys=True), days=7)
+
+
+ACTIONS: dict[str, KitAction] = {"testing.report": report}

@@ -1,0 +1,87 @@
+"""Running the pipelines: an engine with every pipeline action, its workers and
+the dispatcher, for `branchline worker` and for CLI commands that wait."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from branchline.config import Config
+from branchline.engine.engine import Engine, EngineOptions
+from branchline.pipelines.actions import registry
+from branchline.pipelines.dispatch import Dispatcher, Started, secrets_for, settle
+from branchline.pipelines.kit import Kit
+from branchline.store import Store, mask_url
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Pipelines:
+    kit: Kit
+    engine: Engine
+    dispatcher: Dispatcher
+
+    async def run_until_settled(
+        self,
+        *,
+        concurrency: int = 4,
+        on_started: Callable[[Started], Awaitable[None]] | None = None,
+        on_tick: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Work the queue here until every event is handled and every run is over."""
+        worker = asyncio.create_task(
+            self.engine.run_worker(concurrency=concurrency, install_signal_handlers=False)
+        )
+        try:
+            await settle(self.dispatcher, on_started=on_started, on_tick=on_tick)
+        finally:
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+
+    async def run_forever(self, *, concurrency: int = 2, every: float = 0.2) -> None:
+        """Work the queue and dispatch events until interrupted."""
+        dispatching = asyncio.create_task(self._dispatch_forever(every))
+        try:
+            await self.engine.run_worker(concurrency=concurrency)
+        finally:
+            dispatching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await dispatching
+
+    async def _dispatch_forever(self, every: float) -> None:
+        ticks = 0
+        while True:
+            try:
+                if ticks % 50 == 0:  # TTLs are hours: checking every few seconds is plenty
+                    await self.dispatcher.expire_previews()
+                await self.dispatcher.dispatch_pending()
+            except Exception as exc:  # the state database may be restarting: try again
+                logger.warning("dispatch failed: %s", mask_url(str(exc)))
+            ticks += 1
+            await asyncio.sleep(every)
+
+
+@contextlib.asynccontextmanager
+async def open_pipelines(
+    config: Config,
+    store: Store,
+    *,
+    edge_port: int | None,
+    dns_port: int | None,
+    options: EngineOptions | None = None,
+) -> AsyncIterator[Pipelines]:
+    kit = Kit.build(config, store, edge_port=edge_port, dns_port=dns_port)
+    engine = Engine(
+        store, project=config.project.name, actions=registry(kit), secrets=secrets_for(kit),
+        options=options,
+    )  # fmt: skip
+    try:
+        async with engine.open():
+            yield Pipelines(kit, engine, Dispatcher(kit, engine))
+    finally:
+        await kit.aclose()
