@@ -194,6 +194,8 @@ async def settle(
     follow-ups (a preview after testing) included. Workers run the jobs meanwhile."""
     kit = dispatcher.kit
     while True:
+        if on_tick is not None:
+            await on_tick()  # first: a run's end is told before what it started
         try:
             for started in await dispatcher.dispatch_pending():
                 if on_started is not None:
@@ -205,8 +207,8 @@ async def settle(
         async with kit.store.connect() as conn:
             pending = await forge_rows.pending_count(conn, kit.project)
             active = await run_rows.active_runs(conn, kit.project)
-        if on_tick is not None:
-            await on_tick()
         if not pending and not active:
+            if on_tick is not None:
+                await on_tick()
             return
         await asyncio.sleep(poll)

@@ -1,0 +1,97 @@
+"""A fresh copy of the example app as a project of its own (its own git repository),
+and a check of what a preview left behind: shared by the pipeline tests."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from branchline import naming
+from branchline.providers.compute.processes import ProcessId
+from branchline.store import routes
+from tests.conftest import REPO
+
+EXAMPLE = REPO / "examples" / "codex"
+QUICK_TESTS = """
+[tests.quick]
+command = ["python", "-c", "print('quick test ok')"]
+"""
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+
+
+def make_project(dest: Path, *, quick_tests: bool = False) -> Path:
+    """Copy the example into `dest` (a new git repository on `main`)."""
+    shutil.copytree(EXAMPLE, dest, ignore=shutil.ignore_patterns("__pycache__", ".branchline"))
+    if quick_tests:
+        # The example's own suites take seconds; tests of the pipelines' plumbing
+        # swap them for one instant job.
+        config = dest / "branchline.toml"
+        kept, in_tests = [], False
+        for line in config.read_text().splitlines():
+            if line.startswith("["):
+                in_tests = line.startswith("[tests.")
+            if not in_tests:
+                kept.append(line)
+        config.write_text("\n".join(kept) + "\n" + QUICK_TESTS)
+    git(dest, "init", "-q", "-b", "main")
+    git(dest, "add", ".")
+    git(dest, "commit", "-qm", "codex")
+    return dest
+
+
+def commit_on(repo: Path, branch: str, files: dict[str, str], message: str) -> str:
+    """Commit `files` (path -> text) on `branch` (made from main if new); back to main."""
+    exists = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "--verify", "-q", branch], capture_output=True
+    ).returncode == 0  # fmt: skip
+    git(repo, "checkout", "-q", branch) if exists else git(repo, "checkout", "-qb", branch)
+    for path, text in files.items():
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text(text)
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", message)
+    sha = git(repo, "rev-parse", "HEAD")
+    git(repo, "checkout", "-q", "main")
+    return sha
+
+
+async def leftovers(kit: Any, pr: int) -> dict[str, list[str]]:
+    """Everything of preview `pr` that still exists: empty lists when it is all gone."""
+    environment = naming.environment_for_pr(pr)
+    branches = [
+        b.name for b in await kit.database.list_branches() if b.name.startswith(f"pr-{pr}")
+    ]
+    processes = []
+    for deployment in await kit.compute.list_deployments(environment):
+        detail = deployment.detail
+        if "pid" in detail and ProcessId(detail["pid"], detail.get("start_time")).alive():
+            processes.append(f"{deployment.service} pid {detail['pid']}")
+    live = [
+        d.service
+        for d in await kit.compute.list_deployments(environment)
+        if d.status in ("live", "starting", "draining")
+    ]
+    async with kit.store.connect() as conn:
+        found_routes = [
+            r.host for r in await routes.list_routes(conn, kit.project)
+            if r.environment == environment
+        ]  # fmt: skip
+    records = [r.name for r in await kit.dns.list_records(environment)]
+    secrets = [s.name for s in await kit.secrets.list(environment)]
+    return {
+        "branches": branches, "processes": processes, "deployments": live,
+        "routes": found_routes, "dns": records, "secrets": secrets,
+    }  # fmt: skip
+
+
+NOTHING = {
+    "branches": [], "processes": [], "deployments": [], "routes": [], "dns": [], "secrets": []
+}  # fmt: skip

@@ -1,0 +1,235 @@
+"""The pipelines on real providers: database clusters, service processes, the
+edge and its DNS server, the local forge. The example app is the project."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from branchline.config import load_config
+from branchline.edge import daemon
+from branchline.engine.engine import Engine, EngineOptions
+from branchline.pipelines.actions import registry
+from branchline.pipelines.dispatch import Dispatcher, secrets_for
+from branchline.pipelines.kit import Kit
+from branchline.pipelines.worker import Pipelines
+from branchline.store import Store, locate_state
+from branchline.store import forge as forge_rows
+from branchline.store import previews as preview_rows
+from branchline.store import runs as run_rows
+from tests.codex_project import NOTHING, commit_on, git, leftovers, make_project
+
+pytestmark = pytest.mark.integration
+FAST = EngineOptions(grace=1.0, heartbeat=0.5, stalled_after=5.0, recover_every=0.5, poll=0.5)
+Wrap = Callable[[Kit, Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]
+
+
+@pytest.fixture
+def project(tmp_path: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    # Services and tests run `python`: it must be one with psycopg.
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("BRANCHLINE_STATE_DIR", str(state_dir))
+    root = make_project(tmp_path / "codex", quick_tests=True)
+    commit_on(root, "feature", {"services/web/VERSION": "feature 1\n"}, "feature")
+    try:
+        yield root
+    finally:
+        daemon.stop(state_dir)
+
+
+@asynccontextmanager
+async def pipelines(root: Path, wrap: dict[str, Wrap] | None = None) -> AsyncIterator[Pipelines]:
+    """The project's pipelines with the edge running; `wrap` replaces actions."""
+    config = load_config(root / "branchline.toml", env={})
+    store = Store(locate_state(root, os.environ))
+    await store.start()
+    info, _ = await asyncio.to_thread(daemon.ensure_running, store.location.state_dir, config.path)
+    kit = Kit.build(config, store, edge_port=info.edge_port, dns_port=info.dns_port)
+    actions = registry(kit)
+    for name, wrapper in (wrap or {}).items():
+        actions[name] = wrapper(kit, actions[name])
+    engine = Engine(store, project=config.project.name, actions=actions,
+                    secrets=secrets_for(kit), options=FAST)  # fmt: skip
+    try:
+        async with engine.open():
+            await kit.database.init_root()  # type: ignore[attr-defined]
+            yield Pipelines(kit, engine, Dispatcher(kit, engine))
+    finally:
+        for environment in ("preview-1",):
+            for service in config.services:
+                await kit.compute.delete(service, environment)
+        await kit.aclose()
+
+
+async def runs_of(kit: Kit) -> dict[str, list[run_rows.RunRow]]:
+    async with kit.store.connect() as conn:
+        found = await run_rows.list_runs(conn, kit.project)
+    by_workflow: dict[str, list[run_rows.RunRow]] = {}
+    for run in sorted(found, key=lambda r: r.id):
+        by_workflow.setdefault(run.workflow, []).append(run)
+    return by_workflow
+
+
+def through_edge(port: int, host: str, path: str = "/health") -> dict[str, Any]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Host": host})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        data: dict[str, Any] = json.loads(answer.read())
+    return data
+
+
+def test_open_sync_close_on_real_providers(project: Path) -> None:
+    async def test() -> None:
+        async with pipelines(project) as p:
+            kit = p.kit
+            opened = await kit.forge.open_pr("feature")
+            assert opened.pr is not None and opened.pr.number == 1
+            await p.run_until_settled()
+            runs = await runs_of(kit)
+            assert [r.status for r in runs["testing"]] == ["success"]
+            assert [r.status for r in runs["preview"]] == ["success"]
+            assert kit.edge_port is not None
+            for service in ("api", "auth", "web"):
+                health = through_edge(kit.edge_port, f"{service}-preview-1.codex.localhost")
+                assert health["commit"] == opened.pr.head_sha
+            # web reaches auth and api through the edge, by their preview host names.
+            assert through_edge(kit.edge_port, "web-preview-1.codex.localhost")["status"] == "ok"
+            async with kit.store.connect() as conn:
+                comment = (await forge_rows.comments(conn, kit.project, 1))[0].body
+                statuses = await forge_rows.statuses(conn, kit.project, opened.pr.head_sha)
+            assert "Preview of #1 is live" in comment and "`pr-1`" in comment
+            assert [(s.context, s.state) for s in statuses] == [("branchline/testing", "success")]
+            # The ephemeral test branch is gone; the preview's branch stays.
+            names = {b.name for b in await kit.database.list_branches()}
+            assert names == {"production", "pr-1"}
+
+            # A new commit with a migration: same URLs, new commit, migrated branch.
+            sha = commit_on(project, "feature", {"migrations/003_note.sql":
+                                                 "ALTER TABLE products ADD COLUMN note text;\n"},
+                            "a note on products")  # fmt: skip
+            await kit.forge.sync_pr(1)
+            await p.run_until_settled()
+            for service in ("api", "auth", "web"):
+                health = through_edge(kit.edge_port, f"{service}-preview-1.codex.localhost")
+                assert health["commit"] == sha
+            branch = await kit.database.get_branch("pr-1")
+            assert branch is not None and branch.detail["migrations"] == ["001", "002", "003"]
+            async with kit.store.connect() as conn:
+                comment = (await forge_rows.comments(conn, kit.project, 1))[0].body
+            assert "note text" in comment  # the schema diff against production
+
+            await kit.forge.close_pr(1)
+            await p.run_until_settled()
+            assert (await runs_of(kit))["cleanup"][-1].status == "success"
+            assert await leftovers(kit, 1) == NOTHING
+            async with kit.store.connect() as conn:
+                row = await preview_rows.get(conn, kit.project, 1)
+                comment = (await forge_rows.comments(conn, kit.project, 1))[0].body
+            assert row is not None and row.status == "deleted"
+            assert "Preview removed" in comment
+
+    asyncio.run(test())
+
+
+def _close_during_deploy(*, with_event: bool) -> Wrap:
+    """A deploy action that closes the pull request right after deploying: with the
+    event (cleanup is queued, the preview cancelled) or only in the store (as if the
+    close arrived late: the preview's own last check must catch it)."""
+
+    def wrap(kit: Kit, deploy: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def deploy_then_close(ctx: Any, **params: Any) -> None:
+            await deploy(ctx, **params)
+            if with_event:
+                await kit.forge.close_pr(ctx.pr)
+            else:
+                async with kit.store.connect() as conn:
+                    await forge_rows.update_pr(conn, kit.project, ctx.pr, state="closed")
+
+        return deploy_then_close
+
+    return wrap
+
+
+@pytest.mark.parametrize("with_event", [True, False], ids=["close-event", "late-close"])
+def test_a_pull_request_closed_during_its_preview_leaves_nothing(
+    project: Path, with_event: bool
+) -> None:
+    async def test() -> None:
+        wrap = {"preview.deploy": _close_during_deploy(with_event=with_event)}
+        async with pipelines(project, wrap) as p:
+            await p.kit.forge.open_pr("feature")
+            await p.run_until_settled()
+            runs = await runs_of(p.kit)
+            preview = runs["preview"][-1]
+            if with_event:
+                assert preview.status == "cancelled"
+                assert [r.status for r in runs["cleanup"]] == ["success"]
+            else:
+                assert preview.status == "failure" and "cleanup" not in runs
+            assert await leftovers(p.kit, 1) == NOTHING
+            # No route answers for the preview's hosts any more.
+            assert p.kit.edge_port is not None
+            with pytest.raises(urllib.error.HTTPError) as gone:
+                through_edge(p.kit.edge_port, "api-preview-1.codex.localhost")
+            assert gone.value.code in (404, 502)
+
+    asyncio.run(test())
+
+
+def test_testing_failure_means_no_preview_and_a_failed_status(project: Path) -> None:
+    config = project / "branchline.toml"
+    config.write_text(config.read_text().replace("print('quick test ok')", "raise SystemExit(3)"))
+    git(project, "commit", "-qam", "a failing test")
+    git(project, "checkout", "-q", "feature")
+    git(project, "merge", "-q", "main")
+    git(project, "checkout", "-q", "main")
+
+    async def test() -> None:
+        async with pipelines(project) as p:
+            opened = await p.kit.forge.open_pr("feature")
+            assert opened.pr is not None
+            await p.run_until_settled()
+            runs = await runs_of(p.kit)
+            assert [r.status for r in runs["testing"]] == ["failure"]
+            assert "preview" not in runs
+            async with p.kit.store.connect() as conn:
+                statuses = await forge_rows.statuses(conn, p.kit.project, opened.pr.head_sha)
+            assert [(s.state, s.description) for s in statuses] == [("failure", "failed: quick")]
+            names = {b.name for b in await p.kit.database.list_branches()}
+            assert names == {"production"}  # deleted even though the tests failed
+
+    asyncio.run(test())
+
+
+def test_events_are_dispatched_once_even_by_racing_dispatchers(project: Path) -> None:
+    async def test() -> None:
+        async with pipelines(project) as p:
+            for _ in range(5):
+                await p.kit.forge.push("main", source="cli")
+            dispatchers = [Dispatcher(p.kit, p.engine) for _ in range(4)]
+            started = await asyncio.gather(*(d.dispatch_pending() for d in dispatchers))
+            assert sum(len(s) for s in started) == 5
+            await p.run_until_settled()
+            async with p.kit.store.connect() as conn:
+                runs = await run_rows.list_runs(conn, p.kit.project)
+                cur = await conn.execute(
+                    "SELECT count(*) FROM branchline.events WHERE processed_at IS NULL"
+                )
+                row = await cur.fetchone()
+            testing = sorted((r for r in runs if r.workflow == "testing"), key=lambda r: r.id)
+            assert len(testing) == 5
+            # One group per branch: each newer run cancelled the older ones.
+            assert testing[-1].status == "success"
+            assert {r.status for r in testing[:-1]} <= {"cancelled", "success"}
+            assert row is not None and row[0] == 0
+
+    asyncio.run(test())
