@@ -66,9 +66,7 @@ def commit_on(repo: Path, branch: str, files: dict[str, str], message: str) -> s
 async def leftovers(kit: Any, pr: int) -> dict[str, list[str]]:
     """Everything of preview `pr` that still exists: empty lists when it is all gone."""
     environment = naming.environment_for_pr(pr)
-    branches = [
-        b.name for b in await kit.database.list_branches() if b.name.startswith(f"pr-{pr}")
-    ]
+    branches = [b.name for b in await kit.database.list_branches() if b.name.startswith(f"pr-{pr}")]
     processes = []
     for deployment in await kit.compute.list_deployments(environment):
         detail = deployment.detail
