@@ -62,6 +62,7 @@ def project(tmp_path: Path, state_dir: Path) -> Iterator[tuple[Path, dict[str, s
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait()
+        run_cli("stop", cwd=tmp_path, env=env)  # the worker started the edge
 
 
 def submit(root: Path, env: dict[str, str], sha: str, workflow: Workflow) -> int:

@@ -233,3 +233,48 @@ def test_events_are_dispatched_once_even_by_racing_dispatchers(project: Path) ->
             assert row is not None and row[0] == 0
 
     asyncio.run(test())
+
+
+def test_max_live_refuses_with_a_comment_and_expiry_cleans_up(project: Path) -> None:
+    config = project / "branchline.toml"
+    config.write_text(config.read_text().replace("max_live = 10", "max_live = 1"))
+    git(project, "commit", "-qam", "one preview at a time")
+    git(project, "branch", "-q", "-f", "second", "main")
+    commit_on(project, "second", {"services/api/NOTE": "second\n"}, "second")
+
+    async def test() -> None:
+        async with pipelines(project) as p:
+            kit = p.kit
+            await kit.forge.open_pr("feature")
+            await p.run_until_settled()
+            await kit.forge.open_pr("second")
+            await p.run_until_settled()
+            refused = (await runs_of(kit))["preview"][-1]
+            assert refused.pr == 2 and refused.status == "failure"
+            async with kit.store.connect() as conn:
+                comment = (await forge_rows.comments(conn, kit.project, 2))[0].body
+            assert "All 1 preview places are taken (#1)" in comment
+            assert await leftovers(kit, 2) == NOTHING
+
+            # Preview 1 outlives its TTL: the dispatcher's expiry pass removes it.
+            async with kit.store.connect() as conn:
+                await conn.execute(
+                    "UPDATE branchline.previews SET expires_at = now() - interval '1 s' "
+                    "WHERE pr = 1"
+                )
+            assert await p.dispatcher.expire_previews() == 1
+            assert await p.dispatcher.expire_previews() == 1  # recorded once all the same
+            await p.run_until_settled()
+            cleanups = (await runs_of(kit))["cleanup"]
+            assert [(r.pr, r.status) for r in cleanups] == [(1, "success")]
+            assert await leftovers(kit, 1) == NOTHING
+            assert await p.dispatcher.expire_previews() == 0
+
+            # The place is free again: the refused preview succeeds when run again.
+            again = await p.engine.rerun(refused.id)
+            await p.run_until_settled()
+            async with kit.store.connect() as conn:
+                rerun = await run_rows.get_run(conn, again)
+            assert rerun is not None and rerun.status == "success"
+
+    asyncio.run(test())

@@ -71,11 +71,11 @@ async def run_pipelines(app: AppContext, config: Config, store: Store) -> dict[s
             for r in runs
             if r is not None
         ],
-        "previews": [_preview_dict(p) for p in previews if p.status != "deleted"],
+        "previews": [preview_dict(p) for p in previews if p.status != "deleted"],
     }
 
 
-def _preview_dict(row: preview_rows.PreviewRow) -> dict[str, Any]:
+def preview_dict(row: preview_rows.PreviewRow) -> dict[str, Any]:
     return {
         "pr": row.pr,
         "status": row.status,

@@ -12,11 +12,18 @@ from rich.markup import escape
 from rich.table import Table
 
 from branchline.cli.context import app_context
-from branchline.cli.follow import WAIT_HELP, exit_on_failure, run_pipelines, show_outcome
+from branchline.cli.follow import (
+    WAIT_HELP,
+    exit_on_failure,
+    preview_dict,
+    run_pipelines,
+    show_outcome,
+)
 from branchline.errors import UsageError
 from branchline.providers.forge.local import LocalForge, Recorded
 from branchline.providers.registry import forge_provider
 from branchline.store import forge as rows
+from branchline.store import previews as preview_rows
 
 app = typer.Typer(help="Local pull requests.", no_args_is_help=True)
 T = TypeVar("T")
@@ -183,8 +190,10 @@ def show(ctx: typer.Context, number: int) -> None:
                 )
             comments = await rows.comments(conn, forge.project, number)
             statuses = await rows.statuses(conn, forge.project, pr.head_sha)
+            preview = await preview_rows.get(conn, forge.project, number)
         return {
             **_pr_dict(pr),
+            "preview": None if preview is None else preview_dict(preview),
             "comments": [{"key": c.key, "body": c.body, "updated_at": c.updated_at}
                          for c in comments],
             "statuses": [{"context": s.context, "state": s.state, "url": s.url,
@@ -197,7 +206,16 @@ def show(ctx: typer.Context, number: int) -> None:
         where = f"{escape(data['head'])} -> {escape(data['base'])}, {data['state']}"
         console.print(f"[bold]#{data['number']} {escape(data['title'])}[/bold] ({where})")
         for status in data["statuses"]:
-            console.print(f"  {status['context']}: {status['state']} {status['url'] or ''}")
+            console.print(
+                f"  {status['context']}: {status['state']} {escape(status['description'] or '')}"
+            )
+        if data["preview"]:
+            preview = data["preview"]
+            expires = preview["expires_at"]
+            until = f", expires {expires:%Y-%m-%d %H:%M}" if expires else ""
+            console.print(f"  preview-{number}: {preview['status']}{until}")
+            for service, url in sorted(preview["urls"].items()):
+                console.print(f"    {service}: {escape(url)}")
         for comment in data["comments"]:
             console.print(f"\n[dim]{comment['key']}[/dim]\n{escape(comment['body'])}")
 

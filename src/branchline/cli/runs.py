@@ -15,9 +15,11 @@ from rich.table import Table
 from rich.tree import Tree
 
 from branchline.cli.context import app_context
+from branchline.edge import daemon
 from branchline.engine import logs as run_logs
 from branchline.engine.engine import Engine, EngineOptions
 from branchline.errors import UsageError
+from branchline.pipelines.worker import open_pipelines
 from branchline.store import artifacts as artifact_rows
 from branchline.store import runs as rows
 
@@ -231,11 +233,27 @@ def worker(
     ctx: typer.Context,
     concurrency: Annotated[int, typer.Option(help="Jobs run at once by this worker.")] = 2,
 ) -> None:
-    """Work the job queue until interrupted. Start more on any machine that reaches the
-    same state database (BRANCHLINE_DATABASE_URL) to scale out."""
+    """Run the pipelines: turn recorded events (pushes, pull requests) into runs and work
+    the job queue until interrupted. Start more on any machine that reaches the same
+    state database (BRANCHLINE_DATABASE_URL) to scale out."""
     if concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
     app_ctx = app_context(ctx)
-    app_ctx.output.progress(f"worker started (concurrency {concurrency}); Ctrl-C stops it")
-    options = EngineOptions(pool_size=3 * concurrency + 4)
-    _with_engine(ctx, lambda engine: engine.run_worker(concurrency=concurrency), options)
+    config = app_ctx.config()
+    store = app_ctx.store()
+
+    async def main() -> None:
+        await store.start()
+        info, started = await asyncio.to_thread(
+            daemon.ensure_running, store.location.state_dir, config.path
+        )
+        if started:
+            app_ctx.output.notice(f"started the edge in the background on port {info.edge_port}")
+        app_ctx.output.progress(f"worker started (concurrency {concurrency}); Ctrl-C stops it")
+        options = EngineOptions(pool_size=3 * concurrency + 6)
+        async with open_pipelines(
+            config, store, edge_port=info.edge_port, dns_port=info.dns_port, options=options
+        ) as pipelines:
+            await pipelines.run_forever(concurrency=concurrency)
+
+    asyncio.run(main())

@@ -31,6 +31,7 @@ from branchline.pipelines.testing import REPORT
 from branchline.schemadiff import normalize_dump, unified_diff
 from branchline.store import forge as forge_rows
 from branchline.store import previews as preview_rows
+from branchline.store import runs as run_rows
 
 NAME = "preview"
 COMMENT_KEY = cleanup.COMMENT_KEY
@@ -224,6 +225,9 @@ async def failed(kit: Kit, ctx: StepContext) -> None:
     if await _open_pr(kit, ctx) is None:
         return  # closed: cleanup speaks for it
     async with kit.store.connect() as conn:
+        jobs = await run_rows.jobs_of(conn, ctx.run_id)
+        if any((job.error or "").startswith("step 'reserve'") for job in jobs):
+            return  # refused for lack of room: its comment says so already
         row = await preview_rows.get(conn, kit.project, pr)
         if row is not None and row.status == "creating":
             await preview_rows.set_status(conn, kit.project, pr, "failed")

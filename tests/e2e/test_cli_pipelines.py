@@ -1,0 +1,123 @@
+"""The pipelines through the CLI alone, on a fresh copy of the example repository:
+a push tested on an ephemeral branch; a pull request's preview reachable through
+the edge, updated by a new commit, and removed entirely when it closes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from branchline.providers.compute.processes import ProcessId
+from tests.codex_project import commit_on, make_project
+from tests.conftest import run_cli
+
+SERVICES = ("api", "auth", "web")
+
+
+@pytest.fixture
+def project(tmp_path: Path, state_dir: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+    root = make_project(tmp_path / "codex")
+    env = {
+        "BRANCHLINE_STATE_DIR": str(state_dir),
+        # The example's services and tests run `python`: one with psycopg.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    try:
+        yield root, env
+    finally:
+        run_cli("stop", cwd=root, env=env)
+        # Whatever a failed test left: the preview's services.
+        for deployment in _json(run_cli("--json", "deployments", "list", cwd=root, env=env)):
+            pid = deployment["detail"].get("pid")
+            if pid and deployment["status"] in ("live", "starting", "draining"):
+                subprocess.run(["kill", str(pid)], check=False)
+
+
+def _json(result: subprocess.CompletedProcess[str]) -> Any:
+    return json.loads(result.stdout) if result.returncode == 0 and result.stdout else []
+
+
+def cli(project: tuple[Path, dict[str, str]], *args: str) -> Any:
+    root, env = project
+    result = run_cli("--json", *args, cwd=root, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)
+
+
+def edge_port(project: tuple[Path, dict[str, str]]) -> int:
+    _root, env = project
+    info = json.loads((Path(env["BRANCHLINE_STATE_DIR"]) / "edge.json").read_text())
+    return int(info["edge_port"])
+
+
+def health(port: int, host: str) -> dict[str, Any]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/health", headers={"Host": host})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        data: dict[str, Any] = json.loads(answer.read())
+    return data
+
+
+def test_push_then_a_pull_request_preview_from_open_to_close(
+    project: tuple[Path, dict[str, str]],
+) -> None:
+    root, _env = project
+    cli(project, "db", "init")
+
+    pushed = cli(project, "push", "main")
+    assert [(r["workflow"], r["status"]) for r in pushed["runs"]] == [("testing", "success")]
+    run = cli(project, "runs", "show", str(pushed["runs"][0]["id"]))
+    jobs = {job["name"]: job["status"] for job in run["jobs"]}
+    assert jobs["integration"] == jobs["e2e"] == jobs["cleanup"] == "success"
+    # The ephemeral branches are gone afterwards.
+    assert [b["name"] for b in cli(project, "db", "branches", "list")] == ["production"]
+
+    first = commit_on(root, "feature", {"services/web/NOTE": "v1\n"}, "a note")
+    opened = cli(project, "pr", "open", "feature", "--title", "A note")
+    assert [(r["workflow"], r["status"]) for r in opened["runs"]] == [
+        ("testing", "success"), ("preview", "success"),
+    ]  # fmt: skip
+    (preview,) = opened["previews"]
+    urls = preview["urls"]
+    assert sorted(urls) == list(SERVICES)
+    port = edge_port(project)
+    for service in SERVICES:
+        host = f"{service}-preview-1.codex.localhost"
+        assert urls[service] == f"http://{host}:{port}/"
+        assert health(port, host)["commit"] == first
+
+    second = commit_on(
+        root, "feature",
+        {"migrations/003_note.sql": "ALTER TABLE products ADD COLUMN note text;\n"},
+        "products get a note",
+    )  # fmt: skip
+    synced = cli(project, "pr", "sync", "1")
+    assert synced["previews"][0]["urls"] == urls
+    for service in SERVICES:
+        assert health(port, f"{service}-preview-1.codex.localhost")["commit"] == second
+    shown = cli(project, "pr", "show", "1")
+    assert "note text" in shown["comments"][0]["body"]  # the migration, in the schema diff
+    assert shown["statuses"][0]["state"] == "success"
+    live = [d for d in cli(project, "deployments", "list") if d["status"] == "live"]
+    pids = [ProcessId(d["detail"]["pid"], d["detail"]["start_time"]) for d in live]
+    assert len(pids) == 3 and all(pid.alive() for pid in pids)
+
+    closed = cli(project, "pr", "close", "1")
+    assert [(r["workflow"], r["status"]) for r in closed["runs"]] == [("cleanup", "success")]
+    assert closed["previews"] == []
+    assert [b["name"] for b in cli(project, "db", "branches", "list")] == ["production"]
+    assert cli(project, "dns", "list") == []
+    assert not any(pid.alive() for pid in pids)
+    for service in SERVICES:
+        with pytest.raises(urllib.error.HTTPError) as gone:
+            health(port, f"{service}-preview-1.codex.localhost")
+        assert gone.value.code == 404
+    assert "Preview removed" in cli(project, "pr", "show", "1")["comments"][0]["body"]
