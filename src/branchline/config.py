@@ -601,6 +601,10 @@ class JobConfig(_Model):
     own_branch: bool = False
     timeout: Duration = timedelta(minutes=15)
     service: str | None = None  # the service this job tests, if any
+    # One job per service (`unit-api`, `unit-auth`, ...), each run only when that
+    # service's `paths` (or the job's own) changed; `{service}` and `{service_path}`
+    # in `command` become the service's name and directory.
+    per_service: bool = False
 
     _name: str = PrivateAttr(default="")
 
@@ -626,6 +630,14 @@ class PreviewConfig(_Model):
 
     ttl: Duration = timedelta(hours=72)
     max_live: int = Field(default=10, ge=1)
+
+
+class ProductionConfig(_Model):
+    """`[production]`: how careful the production rollout is."""
+
+    # A migration the live release cannot run against makes a code-only rollback
+    # impossible; the rollout refuses it unless this says it is intended.
+    allow_breaking_migrations: bool = False
 
 
 # The reference waits for TLS certificates and edge propagation on the cloud.
@@ -730,6 +742,7 @@ class Config(_Model):
     services: dict[str, ServiceConfig] = Field(default_factory=dict)
     tests: dict[str, JobConfig] = Field(default_factory=dict)
     preview: PreviewConfig = Field(default_factory=PreviewConfig)
+    production: ProductionConfig = Field(default_factory=ProductionConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     secrets: SecretsConfig = Field(default_factory=SecretsConfig)
 
@@ -849,6 +862,13 @@ def _check_unique_subdomains(services: Mapping[str, ServiceConfig]) -> None:
 
 def _check_job_services(jobs: Mapping[str, JobConfig], services: Mapping[str, Any]) -> None:
     for name, job in jobs.items():
+        if job.per_service and job.service is not None:
+            raise _invalid(
+                "`per_service = true` and `service` contradict each other",
+                "keep `per_service` to test every service in its own job, or `service` "
+                "for a job about one service",
+                loc=("tests", name, "per_service"),
+            )
         if job.service is not None and job.service not in services:
             raise _invalid(
                 f"unknown service `{job.service}`",

@@ -14,7 +14,7 @@ import contextlib
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -173,6 +173,7 @@ class PreflightResult:
     failing_statement: str | None = None
     error: str | None = None
     schema_changes: dict[str, Any] | None = None
+    check: Any = None  # what the caller's check of the migrated copy returned
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -213,18 +214,26 @@ def failing_statement(server_log: str) -> tuple[str | None, str | None]:
 
 
 async def preflight(
-    config: Config, provider: DatabaseProvider, *, on_line: OnLine | None = None
+    config: Config,
+    provider: DatabaseProvider,
+    *,
+    on_line: OnLine | None = None,
+    cwd: Path | None = None,
+    check: Callable[[str], Awaitable[Any]] | None = None,
+    parent: str | None = None,
 ) -> PreflightResult:
-    """Migrate a throw-away copy of production; report; always delete the copy."""
-    parent = config.database.parent
+    """Migrate a throw-away copy of production; report; always delete the copy.
+    `check(branch)` runs on the migrated copy before it goes (the production pipeline
+    starts the live release against it)."""
+    parent = parent or config.database.parent
     name = "preflight-" + datetime.now(UTC).strftime("%Y%m%d%H%M%S%f")
     # An expiry, so that gc removes the copy even if this process dies.
     expires = datetime.now(UTC) + timedelta(hours=1)
     await provider.create_branch(name, parent, expires=expires)
     try:
-        result = await migrate(config, provider, name, on_line=on_line)
+        result = await migrate(config, provider, name, on_line=on_line, cwd=cwd)
         error = statement = None
-        changes = None
+        changes = checked = None
         if not result.ok:
             log = getattr(provider, "server_log", None)
             if callable(log):
@@ -232,7 +241,9 @@ async def preflight(
             error = error or (result.output_tail[-1] if result.output_tail else None)
         else:
             changes = await _changes(provider, parent, name)
-        return PreflightResult(result.ok, name, result, statement, error, changes)
+            if check is not None:
+                checked = await check(name)
+        return PreflightResult(result.ok, name, result, statement, error, changes, checked)
     finally:
         with contextlib.suppress(BranchlineError):  # else the expiry makes gc remove it
             await provider.delete_branch(name)

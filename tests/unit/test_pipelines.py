@@ -24,7 +24,8 @@ def config() -> Config:
 def test_testing_for_a_pull_request(config: Config) -> None:
     flow = testing.workflow(config, sha=SHA, pr=8)
     assert [job.name for job in flow.jobs] == [
-        "database", "lint", "unit", "integration", "e2e", "cleanup", "report",
+        "database", "lint", "unit-api", "unit-auth", "unit-web", "integration", "e2e",
+        "cleanup", "report",
     ]  # fmt: skip
     assert flow.concurrency_group == "testing-pr-8" and flow.cancel_in_progress
     database = flow.job("database")
@@ -58,8 +59,8 @@ def test_testing_for_a_push_and_a_project_below_the_repository_root(config: Conf
     name = create.params["name"]
     assert naming.validate_branch_id(name) == name and name.startswith("push-feature")
     assert flow.concurrency_group is not None and "$" not in flow.concurrency_group
-    unit = flow.job("unit")
-    assert all(p.startswith("app/") for p in unit.paths)
+    unit = flow.job("unit-auth")
+    assert unit.paths == ("app/services/auth/**", "app/tests/unit/**", "app/tests/conftest.py")
     assert isinstance(unit.steps[-1].run, Command) and unit.steps[-1].run.cwd == "app"
 
 
@@ -112,3 +113,38 @@ def test_naming_of_test_branches() -> None:
     assert naming.e2e_branch_for("pr-8") == "pr-8-e2e"
     long = "push-" + "a" * 58
     assert naming.e2e_branch_for(long) == "push-" + "a" * 54 + "-e2e"
+
+
+def test_per_service_jobs_run_only_for_the_services_that_changed(tmp_path: Path) -> None:
+    for service in ("api", "web"):
+        (tmp_path / "services" / service).mkdir(parents=True)
+    (tmp_path / "branchline.toml").write_text(
+        """
+[project]
+name = "shop"
+zone = "shop.localhost"
+[database]
+migrate = "true"
+[services.api]
+path = "services/api"
+run = "python app.py"
+[services.web]
+path = "services/web"
+run = "python app.py"
+paths = ["services/web/**", "templates/**"]
+[tests.unit]
+command = ["pytest", "tests/unit/test_{service}.py", "{service_path}"]
+paths = ["tests/unit/conftest.py"]
+per_service = true
+"""
+    )
+    config = load_config(tmp_path / "branchline.toml", env={})
+    flow = testing.workflow(config, sha=SHA, pr=3)
+    api, web = flow.job("unit-api"), flow.job("unit-web")
+    assert api.paths == ("services/api/**", "tests/unit/conftest.py")
+    assert web.paths == ("services/web/**", "templates/**", "tests/unit/conftest.py")
+    command = web.steps[-1].run
+    assert isinstance(command, Command)
+    assert command.args == ("pytest", "tests/unit/test_web.py", "services/web")
+    assert command.env == {"BRANCHLINE_SERVICE": "web"}
+    assert set(flow.job("report").needs) >= {"unit-api", "unit-web"}

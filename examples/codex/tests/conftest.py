@@ -22,7 +22,7 @@ def load(service: str) -> ModuleType:
     """services/<service>/app.py as module `codex_<service>`.
 
     Each service imports its own `common`; the three copies are identical
-    (test_unit checks), so whichever is imported first serves them all.
+    (unit/test_common.py checks), so whichever is imported first serves them all.
     """
     name = f"codex_{service}"
     if name in sys.modules:
@@ -38,6 +38,17 @@ def load(service: str) -> ModuleType:
         sys.path.remove(str(path.parent))
     sys.modules[name] = module
     return module
+
+
+def shared() -> ModuleType:
+    """`common`, the services' shared module, as their app.py imports it: the copy
+    load() imported first, or services/auth/common.py when none was loaded yet."""
+    path = SERVICES / "auth"
+    sys.path.insert(0, str(path))
+    try:
+        return importlib.import_module("common")
+    finally:
+        sys.path.remove(str(path))
 
 
 def fetch(

@@ -23,6 +23,7 @@ from branchline.health import HealthPolicy, check_health
 from branchline.providers.compute import Deployment
 from branchline.providers.compute.local import LocalComputeProvider
 from branchline.providers.registry import compute_provider, database_provider
+from branchline.store import rollouts as rollout_rows
 from branchline.timespec import parse_moment
 
 T = TypeVar("T")
@@ -124,19 +125,69 @@ def deploy(
 
 def rollback(
     ctx: typer.Context,
-    service: str,
-    env: Annotated[str, typer.Option("--env", help="production, preview-<pr> or local.")],
+    service: Annotated[str | None, typer.Argument(help="The service (or --all).")] = None,
+    env: Annotated[
+        str, typer.Option("--env", help="production, preview-<pr> or local.")
+    ] = "production",
     to: Annotated[int | None, typer.Option(help="Release id (see `releases list`).")] = None,
+    every: Annotated[
+        bool, typer.Option("--all", help="Every service to its previous release.")
+    ] = False,
 ) -> None:
-    """Point SERVICE back at its previous release (or --to a release), blue-green."""
+    """Point SERVICE back at its previous release (or --to a release), blue-green;
+    with --all, every service of the environment, in reverse deploy order."""
     naming.validate_environment(env)
-    result = _with_compute(
-        ctx, lambda _c, provider, _a: provider.rollback(service, env, to), need_edge=True
-    )
-    app_context(ctx).output.emit(
-        result.as_dict(),
-        lambda c: c.print(f"{result.service} rolled back to {result.release.name} ({result.url})"),
-    )
+    if every == (service is not None):
+        raise UsageError(
+            "name one service or pass --all", hint="e.g. `branchline rollback api --env production`"
+        )
+    if every and to is not None:
+        raise UsageError("--to names a release of one service; it cannot go with --all")
+
+    async def work(config: Config, provider: LocalComputeProvider, _a: AppContext) -> list[Any]:
+        if service is not None:
+            return [await provider.rollback(service, env, to)]
+        live = {d.service for d in await provider.list_deployments(env) if d.status == "live"}
+        names = [s.name for s in reversed(config.services_in_deploy_order()) if s.name in live]
+        if not names:
+            raise UsageError(f"nothing is deployed in {env}", hint="See `deployments list`.")
+        return [await provider.rollback(name, env) for name in names]
+
+    done = _with_compute(ctx, work, need_edge=True)
+
+    def human(console: Console) -> None:
+        for d in done:
+            console.print(f"{d.service} rolled back to {d.release.name} ({d.url})")
+
+    app_context(ctx).output.emit([d.as_dict() for d in done] if every else done[0].as_dict(), human)
+
+
+@deployments_app.command("history")
+def deployments_history(
+    ctx: typer.Context,
+    env: Annotated[str | None, typer.Option("--env", help="Only this environment.")] = None,
+) -> None:
+    """Production rollouts, newest first: trigger, commit, releases, duration, outcome."""
+
+    async def work(config: Config, provider: LocalComputeProvider, _a: AppContext) -> list[Any]:
+        async with provider.store.connect() as conn:
+            return await rollout_rows.history(conn, config.project.name, env)
+
+    found = _with_compute(ctx, work)
+
+    def human(console: Console) -> None:
+        table = Table("id", "run", "commit", "triggered by", "outcome", "seconds", "releases",
+                      "started")  # fmt: skip
+        for r in found:
+            data = r.as_dict()
+            releases = ", ".join((r.detail.get("releases") or {}).values())
+            seconds = f"{data['seconds']:.1f}" if data["seconds"] is not None else "running"
+            table.add_row(str(r.id), str(r.run_id or "-"), (r.sha or "-")[:8],
+                          escape(r.triggered_by), r.status, seconds, escape(releases),
+                          r.started_at.strftime("%Y-%m-%d %H:%M:%S"))  # fmt: skip
+        console.print(table if found else "no rollouts yet")
+
+    app_context(ctx).output.emit([r.as_dict() for r in found], human)
 
 
 @deployments_app.command("list")

@@ -17,6 +17,7 @@ from branchline.cli import db as db_cmd
 from branchline.cli import deploy as deploy_cmd
 from branchline.cli import dns as dns_cmd
 from branchline.cli import init as init_cmd
+from branchline.cli import issues as issues_cmd
 from branchline.cli import pr as pr_cmd
 from branchline.cli import runs as runs_cmd
 from branchline.cli import secret as secret_cmd
@@ -90,6 +91,7 @@ app.add_typer(dns_cmd.app, name="dns")
 app.add_typer(secret_cmd.app, name="secret")
 app.command("push")(pr_cmd.push)
 app.add_typer(pr_cmd.app, name="pr")
+app.add_typer(issues_cmd.app, name="issues")
 
 
 GLOBAL_FLAGS = ("--json", "--debug")

@@ -82,9 +82,9 @@ SHARED: Mapping[str, KitAction] = {
 
 def registry(kit: Kit) -> dict[str, Action]:
     """Every pipeline's actions, bound to `kit`."""
-    from branchline.pipelines import cleanup, preview, testing  # they import this module
+    from branchline.pipelines import cleanup, preview, production, testing  # they import this
 
     table: dict[str, KitAction] = {
-        **SHARED, **testing.ACTIONS, **preview.ACTIONS, **cleanup.ACTIONS
+        **SHARED, **testing.ACTIONS, **preview.ACTIONS, **cleanup.ACTIONS, **production.ACTIONS,
     }  # fmt: skip
     return {name: functools.partial(action, kit) for name, action in table.items()}

@@ -22,7 +22,7 @@ from branchline import naming
 from branchline.engine.engine import Engine
 from branchline.engine.model import Workflow
 from branchline.errors import BranchlineError, UsageError
-from branchline.pipelines import cleanup, preview, testing
+from branchline.pipelines import cleanup, preview, production, testing
 from branchline.pipelines.kit import Kit
 from branchline.store import forge as forge_rows
 from branchline.store import mask_url
@@ -145,8 +145,18 @@ class Dispatcher:
         if payload.get("workflow") != testing.NAME or payload.get("conclusion") != "success":
             return []
         number, sha = payload.get("pr"), payload.get("sha")
-        if not number or not sha:
-            return []  # a push's testing run: production follows it in a later pipeline
+        if not sha:
+            return []
+        if not number:
+            if payload.get("ref") != self.kit.config.project.production_branch:
+                return []  # a feature branch's push: tested, nothing to deploy
+            run = await self._submit(
+                event, production.workflow(), sha=str(sha), ref=str(payload.get("ref")),
+                secret_scope=production.ENVIRONMENT,
+                triggered_by=f"testing run {payload.get('run_id')} passed on "
+                f"{payload.get('ref')}",
+            )  # fmt: skip
+            return [run]
         async with self.kit.store.connect() as conn:
             pull = await forge_rows.get_pr(conn, self.kit.project, int(number))
         if pull is None or pull.state != "open" or pull.head_sha != sha:

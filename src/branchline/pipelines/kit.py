@@ -22,6 +22,7 @@ from branchline.providers.registry import (
 )
 from branchline.secrets import Secrets
 from branchline.store import Store
+from branchline.store import rollouts as rollout_rows
 
 
 @dataclass
@@ -82,6 +83,15 @@ class Kit:
     def url(self, host: str) -> str:
         port = f":{self.edge_port}" if self.edge_port and self.edge_port != 80 else ""
         return f"http://{host}{port}/"
+
+    async def database_branch(self, environment: str) -> str:
+        """The branch `environment`'s services use: `pr-<n>` for a preview; for
+        production its branch, or the one `branchline restore` pointed it at."""
+        if environment.startswith("preview-"):
+            return naming.branch_for_pr(int(environment.removeprefix("preview-")))
+        async with self.store.connect() as conn:
+            chosen = await rollout_rows.branch_of(conn, self.project, environment)
+        return chosen or self.config.database.parent
 
     async def aclose(self) -> None:
         await asyncio.gather(self.database.aclose(), self.compute.aclose())

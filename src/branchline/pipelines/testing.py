@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 
 from branchline import naming
-from branchline.config import Config, JobConfig
+from branchline.config import Config, JobConfig, ServiceConfig
 from branchline.engine.model import Call, Command, Job, RunIf, Step, Workflow
 from branchline.engine.runner import StepContext
 from branchline.pipelines.actions import DATABASE_URL, KitAction
@@ -49,7 +49,7 @@ def workflow(
         ),
         checkout=False,
     )
-    tests = [_test_job(config, spec, e2e, prefix) for spec in config.tests.values()]
+    tests = [job for spec in config.tests.values() for job in _test_jobs(config, spec, e2e, prefix)]
     names = ("database", *(job.name for job in tests))
     cleanup = Job(
         "cleanup",
@@ -67,10 +67,35 @@ def workflow(
     )  # fmt: skip
 
 
-def _test_job(config: Config, spec: JobConfig, e2e_branch: str, prefix: str) -> Job:
+def _test_jobs(config: Config, spec: JobConfig, e2e_branch: str, prefix: str) -> list[Job]:
+    if not spec.per_service:
+        return [_test_job(config, spec, e2e_branch, prefix)]
+    # The reference runs unit tests only for the services whose files changed.
+    return [
+        _test_job(config, spec, e2e_branch, prefix, service)
+        for service in config.services_in_deploy_order()
+    ]
+
+
+def _test_job(
+    config: Config, spec: JobConfig, e2e_branch: str, prefix: str,
+    service: ServiceConfig | None = None,
+) -> Job:  # fmt: skip
     name = spec.name if spec.name not in RESERVED else f"test-{spec.name}"
+    args = tuple(spec.command)
+    paths = spec.paths
+    env: dict[str, str] = {}
+    if service is not None:
+        name = f"{name}-{service.name}"
+        args = tuple(
+            a.replace("{service_path}", service.path).replace("{service}", service.name)
+            for a in args
+        )
+        paths = (*service.paths, *spec.paths)
+        env["BRANCHLINE_SERVICE"] = service.name
     command = Command(
-        args=tuple(spec.command),
+        args=args,
+        env=env,
         cwd=prefix.rstrip("/") or None,
         timeout=spec.timeout.total_seconds(),
         secrets=tuple(config.secrets.test.names),
@@ -89,9 +114,8 @@ def _test_job(config: Config, spec: JobConfig, e2e_branch: str, prefix: str) -> 
         ]  # fmt: skip
     elif spec.database:
         needs = ("database",)
-    steps.append(Step(spec.name, command))
-    paths = tuple(f"{prefix}{p}" for p in spec.paths)
-    return Job(name, tuple(steps), needs=needs, paths=paths)
+    steps.append(Step(name, command))
+    return Job(name, tuple(steps), needs=needs, paths=tuple(f"{prefix}{p}" for p in paths))
 
 
 async def report(kit: Kit, ctx: StepContext, *, tests: list[str]) -> None:

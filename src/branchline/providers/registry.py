@@ -11,6 +11,7 @@ from branchline.providers.database import DatabaseProvider
 from branchline.providers.database.local import LocalDatabaseProvider
 from branchline.providers.dns.local import LocalDnsProvider
 from branchline.providers.forge.local import LocalForge
+from branchline.secrets import Secrets
 from branchline.store import Store
 
 
@@ -36,11 +37,14 @@ def compute_provider(
     config: Config, store: Store, *, edge_port: int | None = None
 ) -> LocalComputeProvider:
     if config.compute.provider == "local":
+        # Restarts and rollbacks start processes again: with the environment's secrets.
+        secrets = Secrets.for_project(store, config)
         return LocalComputeProvider(
             config=config,
             store=store,
             state_dir=store.location.project_dir(config.project.name),
             edge_port=edge_port,
+            secrets=secrets.get_all,
         )
     raise UsageError(
         f"the {config.compute.provider!r} compute provider is not available in this version",

@@ -260,3 +260,24 @@ async def pending_count(conn: Conn, project: str) -> int:
     )
     row = await cur.fetchone()
     return int(row[0]) if row else 0  # type: ignore[call-overload]
+
+
+@dataclass(frozen=True)
+class IssueRow:
+    number: int
+    title: str
+    body: str
+    labels: list[str]
+    state: str
+    created_at: datetime
+
+
+async def issues(conn: Conn, project: str, number: int | None = None) -> list[IssueRow]:
+    async with conn.cursor(row_factory=class_row(IssueRow)) as cur:
+        await cur.execute(
+            """SELECT number, title, body, labels, state, created_at FROM branchline.issues
+               WHERE project = %s AND (%s::integer IS NULL OR number = %s)
+               ORDER BY number DESC""",
+            (project, number, number),
+        )
+        return await cur.fetchall()

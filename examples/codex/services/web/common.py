@@ -1,7 +1,7 @@
 """What every codex service shares: HTTP plumbing, /health, the database, sessions.
 
 branchline deploys each service from its own directory only, so each service
-keeps an identical copy of this file (tests/test_unit.py checks that they match).
+keeps an identical copy of this file (tests/unit/test_common.py checks that they match).
 """
 
 from __future__ import annotations

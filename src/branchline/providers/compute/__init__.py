@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
+from branchline.errors import BranchlineError
+
 
 @dataclass(frozen=True)
 class Release:
@@ -58,6 +60,18 @@ class Deployment:
             "created_at": self.created_at.isoformat(),
             "detail": {k: v for k, v in self.detail.items() if k != "env"},
         }
+
+
+class UnhealthyError(BranchlineError):
+    """A new release did not become healthy; the old one (if any) keeps serving."""
+
+    default_hint = "The old release keeps serving; see `branchline logs SERVICE --env ENV`."
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, health: Mapping[str, Any] | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.health = dict(health or {})  # HealthResult.as_dict(): the attempts
 
 
 @runtime_checkable

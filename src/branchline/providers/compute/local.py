@@ -30,7 +30,14 @@ from branchline.engine.masking import mask
 from branchline.errors import BranchlineError, UsageError
 from branchline.health import HealthPolicy, HealthResult, check_health
 from branchline.postgres.cluster import free_port
-from branchline.providers.compute import Deployment, Release, envtemplate, processes, releases
+from branchline.providers.compute import (
+    Deployment,
+    Release,
+    UnhealthyError,
+    envtemplate,
+    processes,
+    releases,
+)
 from branchline.store import Store, locks, mask_url, resources, routes
 from branchline.store import compute as rows
 from branchline.store.queries import Conn
@@ -245,10 +252,15 @@ class LocalComputeProvider:
             await asyncio.to_thread(processes.stop, pid, grace=2.0)
             # The log may print the connection URL or a secret: mask before showing.
             shown = mask(mask_url(_tail(log)), secrets.values())
-            raise BranchlineError(
+            async with self.store.connect() as conn:
+                await rows.update_deployment(
+                    conn, deployment_id, detail={"health": result.as_dict()}
+                )
+            raise UnhealthyError(
                 f"{spec.name} ({release.name}) in {environment} did not become healthy: "
                 f"{result.verdict}",
                 hint=f"The old release keeps serving. Its log ends: {shown}",
+                health=result.as_dict(),
             )
         return port, pid, result
 
@@ -329,6 +341,29 @@ class LocalComputeProvider:
                 await rows.update_deployment(
                     conn, deployment.id, status=status, detail={"stopped_at": _now()}
                 )
+
+    async def trial(
+        self,
+        service: str,
+        environment: str,
+        release: Release,
+        vars: Mapping[str, str],
+        secrets: Mapping[str, str],
+    ) -> HealthResult:
+        """Start `release` with `vars` (another database, say) on a free port, check its
+        health, stop it: no route, no deployment. The production pipeline asks this of
+        the live release against a migrated copy, before migrating for real."""
+        spec = self._service(service)
+        port = free_port()
+        env = self._env(spec, environment, release, port, vars, secrets)
+        log = self.state_dir / "trials" / f"{spec.name}-{release.id}-{port}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        service_dir = Path(release.location) / "tree" / spec.path
+        pid = await asyncio.to_thread(processes.start, spec.run, cwd=service_dir, env=env, log=log)
+        try:
+            return await self._health(spec, port, release, pid, 0)
+        finally:
+            await asyncio.shield(asyncio.to_thread(processes.stop, pid, grace=2.0))
 
     async def rollback(self, service: str, environment: str, to: int | None = None) -> Deployment:
         """Back to the release before the live one (or release id `to`), blue-green."""

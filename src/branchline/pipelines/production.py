@@ -1,0 +1,349 @@
+"""production: after testing passes on the production branch, a gated rollout.
+
+    start           record the rollout (the deployment history)
+    dns             ensure and verify the production records (api.<zone>, ...)
+    build           every service first: a failure stops before the database is touched
+    preflight       migrate a throw-away copy of production, start the *live* release
+                    of each service against it: old code that breaks on the new schema
+                    stops the rollout (unless [production] allow_breaking_migrations)
+    restore point   a base backup, and the exact time, just before migrating
+    migrate         production
+    deploy          each service in order, health-checked; on a failure every service
+                    switched in this rollout is rolled back (newest first) and an
+                    issue says what happened and what to do next
+    finish          the rollout succeeded
+
+Runs in a queue, never cancelled: a newer merge waits for the running rollout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from branchline import migrations, naming
+from branchline.engine.checkout import worktree
+from branchline.engine.model import Call, Job, RunIf, Step, Workflow
+from branchline.engine.runner import StepContext
+from branchline.errors import BranchlineError
+from branchline.pipelines.actions import KitAction
+from branchline.pipelines.kit import Kit
+from branchline.pipelines.preview import service_vars
+from branchline.providers.compute import UnhealthyError
+from branchline.store import rollouts as rollout_rows
+from branchline.store import runs as run_rows
+
+NAME = "production"
+ENVIRONMENT = naming.PRODUCTION
+STATUS_CONTEXT = "branchline/production"
+
+
+def workflow() -> Workflow:
+    def step(name: str, action: str) -> Step:
+        # Not cancellable: a rollout never stops between migrating and deploying.
+        return Step(name, Call(action), cancellable=False)
+
+    rollout = Job(
+        "rollout",
+        (
+            step("start", "production.start"),
+            step("dns", "production.dns"),
+            step("build", "production.build"),
+            step("preflight", "production.preflight"),
+            step("restore point", "production.restore_point"),
+            step("migrate", "production.migrate"),
+            step("deploy", "production.deploy"),
+            step("finish", "production.finish"),
+        ),
+        checkout=False,
+    )
+    failed = Job(
+        "report failure", (step("record", "production.failed"),),
+        needs=("rollout",), run_if=RunIf.FAILURE, checkout=False,
+    )  # fmt: skip
+    return Workflow(NAME, (rollout, failed), concurrency_group=NAME, cancel_in_progress=False)
+
+
+def _sha(ctx: StepContext) -> str:
+    if not ctx.sha:
+        raise BranchlineError("a production rollout needs a commit")
+    return ctx.sha
+
+
+async def _note(kit: Kit, ctx: StepContext, **detail: Any) -> None:
+    async with kit.store.connect() as conn:
+        await rollout_rows.note(conn, ctx.run_id, **detail)
+
+
+async def _detail(kit: Kit, ctx: StepContext) -> dict[str, Any]:
+    async with kit.store.connect() as conn:
+        row = await rollout_rows.of_run(conn, ctx.run_id)
+    return dict(row.detail) if row else {}
+
+
+# -- steps --------------------------------------------------------------------------
+
+
+async def start(kit: Kit, ctx: StepContext) -> None:
+    async with kit.store.connect() as conn:
+        run = await run_rows.get_run(conn, ctx.run_id)
+        await rollout_rows.start(
+            conn, kit.project, run_id=ctx.run_id, sha=_sha(ctx),
+            triggered_by=run.triggered_by if run else "unknown",
+        )  # fmt: skip
+    await kit.forge.set_status(_sha(ctx), STATUS_CONTEXT, "pending", None, "rolling out")
+    await ctx.log(f"rollout of {_sha(ctx)[:12]} to production started")
+
+
+async def dns(kit: Kit, ctx: StepContext) -> None:
+    hosts = kit.hosts(ENVIRONMENT)
+    for host in hosts.values():
+        await kit.dns.ensure_record(host, "CNAME", "@", proxied=True, environment=ENVIRONMENT)
+    for host in hosts.values():
+        result = await kit.dns.verify(host, type="CNAME")
+        if not result.ok:
+            raise BranchlineError(
+                f"the production record {host} did not resolve after {result.attempts} "
+                "attempts", hint="Check that the edge's DNS server runs: `branchline edge`.",
+            )  # fmt: skip
+        await ctx.log(f"dns {host} resolves")
+
+
+async def build(kit: Kit, ctx: StepContext) -> None:
+    missing = await kit.secrets.missing(ENVIRONMENT)
+    if missing:
+        raise BranchlineError(
+            f"production secrets are not set: {', '.join(missing)}",
+            hint=f"Set them with `branchline secret set {missing[0]} --env production`.",
+        )
+    releases = {}
+    for service in kit.config.services_in_deploy_order():
+        release = await kit.compute.build(service.name, _sha(ctx))
+        releases[service.name] = release.name
+        await ctx.log(f"built {release.name}")
+    await _note(kit, ctx, releases=releases)
+
+
+async def preflight(kit: Kit, ctx: StepContext) -> None:
+    if ctx.repo is None:
+        raise BranchlineError("a rollout needs the project's repository")
+    secrets = await kit.secrets.get_all(ENVIRONMENT)
+    live = {
+        d.service: d.release
+        for d in await kit.compute.list_deployments(ENVIRONMENT)
+        if d.status == "live"
+    }
+
+    async def old_code_on_new_schema(branch: str) -> dict[str, str]:
+        uri = await kit.database.connection_uri(branch)
+        vars = service_vars(kit, ENVIRONMENT, uri)
+        results = await asyncio.gather(*(
+            kit.compute.trial(service, ENVIRONMENT, release, vars, secrets)
+            for service, release in live.items()
+        ))  # fmt: skip
+        verdicts = {}
+        for (service, release), result in zip(live.items(), results, strict=True):
+            verdicts[service] = "ok" if result.healthy else result.verdict
+            await ctx.log(f"live {release.name} on the migrated copy: {verdicts[service]}")
+        return verdicts
+
+    lines: list[str] = []
+    with worktree(ctx.repo, _sha(ctx)) as checkout:
+        result = await migrations.preflight(
+            kit.config, kit.database, on_line=lines.append, cwd=kit.in_checkout(checkout),
+            check=old_code_on_new_schema, parent=await kit.database_branch(ENVIRONMENT),
+        )  # fmt: skip
+    for line in lines[-40:]:
+        await ctx.log(line)
+    if not result.ok:
+        await _note(kit, ctx, preflight={"ok": False, "error": result.error})
+        raise BranchlineError(
+            f"the migrations fail on a copy of production: {result.error}"
+            + (f" (statement: {result.failing_statement})" if result.failing_statement else ""),
+            hint="Production was not touched. Fix the migration and merge again.",
+        )
+    verdicts: dict[str, str] = result.check or {}
+    compatible = all(v == "ok" for v in verdicts.values())
+    await _note(kit, ctx, preflight={
+        "ok": True, "compatible": compatible, "live_releases": verdicts,
+        "schema_changes": result.schema_changes,
+    })  # fmt: skip
+    await ctx.log(f"schema changes: {json.dumps(result.schema_changes, sort_keys=True)}")
+    if not compatible and not kit.config.production.allow_breaking_migrations:
+        broken = ", ".join(f"{s} ({v})" for s, v in verdicts.items() if v != "ok")
+        raise BranchlineError(
+            f"the live release breaks on the migrated schema: {broken}; a code-only rollback "
+            "would be impossible after this migration",
+            hint="Make the migration backward compatible (expand, then contract), or set "
+            "`allow_breaking_migrations = true` under [production] to roll out anyway.",
+        )
+    await ctx.log("migration is backward compatible" if compatible else
+                  "migration breaks the live release: allowed by the config")  # fmt: skip
+
+
+async def restore_point(kit: Kit, ctx: StepContext) -> None:
+    take = getattr(kit.database, "take_backup", None)
+    if callable(take):
+        backup = await take()
+        await ctx.log(f"base backup taken ({backup.end_time.isoformat()})")
+    moment = datetime.now(UTC).isoformat()
+    await _note(kit, ctx, restore_point=moment)
+    await ctx.log(f"restore point: {moment}")
+
+
+async def migrate(kit: Kit, ctx: StepContext) -> None:
+    from branchline.pipelines.actions import migrate_branch
+
+    await migrate_branch(kit, ctx, name=await kit.database_branch(ENVIRONMENT))
+
+
+async def deploy(kit: Kit, ctx: StepContext) -> None:
+    uri = await kit.database.connection_uri(await kit.database_branch(ENVIRONMENT))
+    vars = service_vars(kit, ENVIRONMENT, uri)
+    secrets = await kit.secrets.get_all(ENVIRONMENT)
+    switched: list[str] = []
+    for position, service in enumerate(kit.config.services_in_deploy_order()):
+        release = await kit.compute.build(service.name, _sha(ctx))
+        try:
+            deployment = await kit.compute.deploy(
+                service.name, ENVIRONMENT, release, vars, secrets, position=position
+            )
+        except BranchlineError as exc:
+            await ctx.log(f"{service.name} {release.name} failed: {exc.message}")
+            health = exc.health if isinstance(exc, UnhealthyError) else {}
+            await _roll_back(kit, ctx, service.name, release.name, exc.message, health, switched)
+            raise BranchlineError(
+                f"{service.name} failed its health check; rolled back "
+                f"{', '.join(switched) or 'nothing (it was the first service)'}",
+                hint="The incident issue says what happened and what to do next: "
+                "`branchline issues list`.",
+            ) from None
+        switched.append(service.name)
+        await _note(kit, ctx, switched=switched)
+        await ctx.log(f"{service.name}: {release.name} live at {deployment.url}")
+
+
+async def _roll_back(
+    kit: Kit, ctx: StepContext, failed: str, release: str, error: str,
+    health: Mapping[str, Any], switched: list[str],
+) -> None:  # fmt: skip
+    rolled_back: list[dict[str, str]] = []
+    for name in reversed(switched):  # newest first
+        try:
+            back = await kit.compute.rollback(name, ENVIRONMENT)
+            rolled_back.append({"service": name, "to": back.release.name, "health": "ok"})
+            await ctx.log(f"rolled back {name} to {back.release.name} (healthy)")
+        except BranchlineError as exc:
+            rolled_back.append({"service": name, "to": "-", "health": exc.message})
+            await ctx.log(f"could not roll back {name}: {exc.message}")
+    detail = await _detail(kit, ctx)
+    issue = await kit.forge.create_issue(
+        f"Production rollout of {_sha(ctx)[:8]} failed: {failed} unhealthy",
+        incident_body(
+            sha=_sha(ctx), run_id=ctx.run_id, failed=failed, release=release, error=error,
+            health=health, rolled_back=rolled_back,
+            compatible=bool(detail.get("preflight", {}).get("compatible", True)),
+            restore_point=str(detail.get("restore_point") or ""),
+        ),
+        ["incident", "production"],
+    )  # fmt: skip
+    async with kit.store.connect() as conn:
+        await rollout_rows.finish(
+            conn, ctx.run_id, "rolled_back", failed_service=failed, error=error,
+            health=dict(health), rolled_back=rolled_back, issue=issue,
+        )  # fmt: skip
+    await ctx.log(f"opened issue #{issue}")
+
+
+async def finish(kit: Kit, ctx: StepContext) -> None:
+    async with kit.store.connect() as conn:
+        await rollout_rows.finish(conn, ctx.run_id, "success")
+    await kit.forge.set_status(_sha(ctx), STATUS_CONTEXT, "success", None, "live in production")
+    await ctx.log("production rollout succeeded")
+
+
+async def failed(kit: Kit, ctx: StepContext) -> None:
+    async with kit.store.connect() as conn:
+        jobs = await run_rows.jobs_of(conn, ctx.run_id)
+        error = next((j.error for j in jobs if j.name == "rollout" and j.error), "failed")
+        await rollout_rows.finish(conn, ctx.run_id, "failed", error=error)
+        row = await rollout_rows.of_run(conn, ctx.run_id)
+    if ctx.sha:
+        state = "rolled back" if row and row.status == "rolled_back" else "stopped"
+        await kit.forge.set_status(ctx.sha, STATUS_CONTEXT, "failure", None, f"{state}: {error}")
+
+
+# -- the incident issue ---------------------------------------------------------------
+
+
+def incident_body(
+    *,
+    sha: str,
+    run_id: int,
+    failed: str,
+    release: str,
+    error: str,
+    health: Mapping[str, Any],
+    rolled_back: list[dict[str, str]],
+    compatible: bool,
+    restore_point: str,
+) -> str:
+    """What failed, what was done, and the next step of the reference's decision tree."""
+    lines = [
+        f"The production rollout of `{sha[:12]}` (run {run_id}) stopped: **{failed}** "
+        f"(`{release}`) did not pass its health check. It never received traffic; "
+        "the previous release kept serving.",
+        "",
+        f"Error: {error}",
+        "",
+    ]
+    attempts = health.get("attempts") or []
+    if attempts:
+        lines += ["| attempt | at | answer | why |", "|---|---|---|---|"]
+        for attempt in attempts:
+            lines.append(
+                f"| {attempt.get('number')} | {float(attempt.get('at') or 0):.1f} s "
+                f"| {attempt.get('display')} | {attempt.get('reason') or ''} |"
+            )
+        lines.append(f"\nVerdict: {health.get('verdict', '')}\n")
+    if rolled_back:
+        lines.append("Rolled back automatically, newest first:")
+        lines += [f"- {r['service']} -> `{r['to']}` (health: {r['health']})" for r in rolled_back]
+    else:
+        lines.append(f"Nothing else had been switched: {failed} was the first service.")
+    lines += ["", "## Next step", ""]
+    if compatible:
+        lines += [
+            "The migration is backward compatible (the live release passed its health "
+            "check on a migrated copy before the rollout), so the code-only rollback above "
+            "is complete: production serves the previous releases on the migrated database. "
+            f"Fix {failed} and merge again. To see what serves production:",
+            "",
+            "    branchline deployments list --env production",
+        ]
+    else:
+        lines += [
+            "The migration is NOT backward compatible: the previous release may fail on "
+            "the new schema. Restore the database to the moment before the migration, then "
+            "redeploy:",
+            "",
+            f'    branchline restore --to "{restore_point}"',
+            "    branchline rollback --all --env production",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+ACTIONS: dict[str, KitAction] = {
+    "production.start": start,
+    "production.dns": dns,
+    "production.build": build,
+    "production.preflight": preflight,
+    "production.restore_point": restore_point,
+    "production.migrate": migrate,
+    "production.deploy": deploy,
+    "production.finish": finish,
+    "production.failed": failed,
+}
