@@ -7,6 +7,8 @@ import asyncio
 import json
 import os
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -26,6 +28,7 @@ from branchline.pipelines.worker import Pipelines
 from branchline.store import Store, locate_state
 from branchline.store import forge as forge_rows
 from branchline.store import previews as preview_rows
+from branchline.store import rollouts as rollout_rows
 from branchline.store import runs as run_rows
 from tests.codex_project import NOTHING, commit_on, git, leftovers, make_project
 
@@ -276,5 +279,129 @@ def test_max_live_refuses_with_a_comment_and_expiry_cleans_up(project: Path) -> 
             async with kit.store.connect() as conn:
                 rerun = await run_rows.get_run(conn, again)
             assert rerun is not None and rerun.status == "success"
+
+    asyncio.run(test())
+
+
+BROKEN_WEB = """
+if os.environ.get("BRANCHLINE_ENVIRONMENT") == "production":
+    raise SystemExit("web: refusing to start: SHOP_CURRENCY is not configured")
+"""
+
+
+class SteadyLoad:
+    """GETs through the edge to every production host, round-robin, from a thread,
+    until stopped; counts every answer by (host, status, commit) and every failure."""
+
+    def __init__(self, port: int, hosts: list[str]) -> None:
+        self.port, self.hosts = port, hosts
+        self.answers: dict[tuple[str, int, str], int] = {}
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> SteadyLoad:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            host = self.hosts[n % len(self.hosts)]
+            n += 1
+            try:
+                data = through_edge(self.port, host)
+                key = (host, 200, str(data.get("commit")))
+                self.answers[key] = self.answers.get(key, 0) + 1
+            except Exception as exc:  # any failed request is what this counts
+                self.failures.append(f"{host}: {exc}")
+            time.sleep(0.005)
+
+    @property
+    def total(self) -> int:
+        return sum(self.answers.values()) + len(self.failures)
+
+
+def test_production_rollout_and_automatic_rollback_under_load(project: Path) -> None:
+    async def test() -> None:
+        async with pipelines(project) as p:
+            kit = p.kit
+            for name in ("AUTH_SECRET", "PAYMENT_WEBHOOK_SECRET"):
+                await kit.secrets.set("production", name, f"production-{name}-0123456789")
+            good = git(project, "rev-parse", "HEAD")
+            await kit.forge.push("main")
+            await p.run_until_settled()
+            runs = await runs_of(kit)
+            done = [(r.workflow, r.status) for r in runs["testing"] + runs.get("production", [])]
+            assert done == [("testing", "success"), ("production", "success")]
+            hosts = [f"{s}.codex.localhost" for s in ("api", "auth", "web")]
+            assert kit.edge_port is not None
+            for host in hosts:
+                assert through_edge(kit.edge_port, host)["commit"] == good
+
+            app = project / "services" / "web" / "app.py"
+            text = app.read_text()
+            app.write_text(text.replace("\nfrom common", BROKEN_WEB + "\nfrom common"))
+            git(project, "commit", "-qam", "web needs a currency")
+            bad = git(project, "rev-parse", "HEAD")
+            with SteadyLoad(kit.edge_port, hosts) as load:
+                await kit.forge.push("main")
+                await p.run_until_settled()
+            assert load.failures == [] and load.total > 100
+            # The broken web never answered; api and auth are back on the good release.
+            assert not any(h == "web.codex.localhost" and c == bad for h, _s, c in load.answers)
+            for host in hosts:
+                assert through_edge(kit.edge_port, host)["commit"] == good
+
+            run = (await runs_of(kit))["production"][-1]
+            assert run.status == "failure"
+            async with kit.store.connect() as conn:
+                rollout = await rollout_rows.of_run(conn, run.id)
+                (issue,) = await forge_rows.issues(conn, kit.project)
+                statuses = await forge_rows.statuses(conn, kit.project, bad)
+            assert rollout is not None and rollout.status == "rolled_back"
+            assert [r["service"] for r in rollout.detail["rolled_back"]] == ["auth", "api"]
+            assert rollout.detail["preflight"]["compatible"] is True
+            assert "web unhealthy" in issue.title and "incident" in issue.labels
+            assert "Rolled back automatically, newest first:\n- auth" in issue.body
+            assert "code-only rollback above is complete" in issue.body
+            assert ("branchline/production", "failure") in [(s.context, s.state) for s in statuses]
+
+    asyncio.run(test())
+
+
+def test_a_migration_that_breaks_the_live_release_stops_the_rollout(project: Path) -> None:
+    async def test() -> None:
+        async with pipelines(project) as p:
+            kit = p.kit
+            for name in ("AUTH_SECRET", "PAYMENT_WEBHOOK_SECRET"):
+                await kit.secrets.set("production", name, f"production-{name}-0123456789")
+            await kit.forge.push("main")
+            await p.run_until_settled()
+            good = git(project, "rev-parse", "HEAD")
+            # Dropping a table the live api reads: its health check fails on the copy.
+            migration = project / "migrations" / "003_drop_products.sql"
+            migration.write_text("DROP TABLE purchases; DROP TABLE products;\n")
+            git(project, "add", ".")
+            git(project, "commit", "-qm", "drop products")
+            await kit.forge.push("main")
+            await p.run_until_settled()
+            run = (await runs_of(kit))["production"][-1]
+            assert run.status == "failure"
+            async with kit.store.connect() as conn:
+                rollout = await rollout_rows.of_run(conn, run.id)
+                jobs = await run_rows.jobs_of(conn, run.id)
+            assert rollout is not None and rollout.status == "failed"
+            assert rollout.detail["preflight"]["compatible"] is False
+            assert "code-only rollback" in (jobs[0].error or "")
+            # Production was never migrated and still serves the good release.
+            production = await kit.database.get_branch("production")
+            assert production is not None and production.detail["migrations"] == ["001", "002"]
+            assert kit.edge_port is not None
+            assert through_edge(kit.edge_port, "api.codex.localhost")["commit"] == good
 
     asyncio.run(test())

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 
 MAX_BODY = 1024 * 1024
@@ -79,7 +80,13 @@ def connect() -> psycopg.Connection[dict[str, Any]]:
     return psycopg.connect(url, connect_timeout=5, row_factory=dict_row)
 
 
-def health(service: str) -> tuple[int, dict[str, str]]:
+Schema = Mapping[str, tuple[str, ...]]  # table -> the columns a service reads
+
+
+def health(service: str, schema: Schema | None = None) -> tuple[int, dict[str, str]]:
+    """200 when the database answers and has every table and column this release
+    reads: so that a release checked against a migrated copy tells whether it still
+    works on the new schema (branchline's production pre-flight relies on it)."""
     body = {
         "status": "ok",
         "service": service,
@@ -90,6 +97,12 @@ def health(service: str) -> tuple[int, dict[str, str]]:
     try:
         with connect() as conn:
             conn.execute("SELECT 1")
+            for table, columns in (schema or {}).items():
+                conn.execute(
+                    sql.SQL("SELECT {} FROM {} LIMIT 0").format(
+                        sql.SQL(", ").join(map(sql.Identifier, columns)), sql.Identifier(table)
+                    )
+                )
     except psycopg.Error as error:
         body["status"] = "error"
         body["database"] = (str(error).strip().splitlines() or [type(error).__name__])[0]
@@ -118,10 +131,13 @@ def session_user(conn: psycopg.Connection[dict[str, Any]], token: str | None) ->
 
 
 def make_server(
-    service: str, routes: dict[tuple[str, str], Route], port: int = 0
+    service: str,
+    routes: dict[tuple[str, str], Route],
+    port: int = 0,
+    schema: Schema | None = None,
 ) -> ThreadingHTTPServer:
     """An HTTP server answering `routes` and GET /health, on loopback unless HOST says."""
-    routes = {("GET", "/health"): lambda request: health(service), **routes}
+    routes = {("GET", "/health"): lambda request: health(service, schema), **routes}
     verbose = os.environ.get("LOG_LEVEL", "info").lower() in ("debug", "info")
 
     class Handler(BaseHTTPRequestHandler):
@@ -179,9 +195,9 @@ def make_server(
     return ThreadingHTTPServer((os.environ.get("HOST", "127.0.0.1"), port), Handler)
 
 
-def serve(service: str, routes: dict[tuple[str, str], Route]) -> None:
+def serve(service: str, routes: dict[tuple[str, str], Route], schema: Schema | None = None) -> None:
     """Serve on PORT until SIGTERM or Ctrl-C."""
-    server = make_server(service, routes, int(os.environ.get("PORT", "8000")))
+    server = make_server(service, routes, int(os.environ.get("PORT", "8000")), schema)
     stop = lambda *_: threading.Thread(target=server.shutdown).start()  # noqa: E731
     signal.signal(signal.SIGTERM, stop)
     host, port = server.server_address[:2]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import subprocess
 import time
@@ -271,12 +272,16 @@ class LocalComputeProvider:
         release: Release,
         pid: processes.ProcessId,
         position: int,
+        retries: int | None = None,
     ) -> HealthResult:
         """The health check, cut short when the process exits (no point waiting)."""
+        policy = HealthPolicy.from_config(self.config.health)
+        if retries is not None:
+            policy = dataclasses.replace(policy, retries=min(retries, policy.retries))
         check = asyncio.create_task(
             check_health(
                 f"http://127.0.0.1:{port}{spec.health_path}",
-                policy=HealthPolicy.from_config(self.config.health),
+                policy=policy,
                 position=position,
                 expect_commit=release.commit,
             )
@@ -349,10 +354,13 @@ class LocalComputeProvider:
         release: Release,
         vars: Mapping[str, str],
         secrets: Mapping[str, str],
+        *,
+        retries: int = 4,
     ) -> HealthResult:
         """Start `release` with `vars` (another database, say) on a free port, check its
         health, stop it: no route, no deployment. The production pipeline asks this of
-        the live release against a migrated copy, before migrating for real."""
+        the live release against a migrated copy, before migrating for real. Few
+        retries: that release is known to start, so a failure is not a slow warm-up."""
         spec = self._service(service)
         port = free_port()
         env = self._env(spec, environment, release, port, vars, secrets)
@@ -361,7 +369,7 @@ class LocalComputeProvider:
         service_dir = Path(release.location) / "tree" / spec.path
         pid = await asyncio.to_thread(processes.start, spec.run, cwd=service_dir, env=env, log=log)
         try:
-            return await self._health(spec, port, release, pid, 0)
+            return await self._health(spec, port, release, pid, 0, retries)
         finally:
             await asyncio.shield(asyncio.to_thread(processes.stop, pid, grace=2.0))
 
