@@ -69,11 +69,17 @@ def health(port: int, host: str) -> dict[str, Any]:
 def test_push_then_a_pull_request_preview_from_open_to_close(
     project: tuple[Path, dict[str, str]],
 ) -> None:
-    root, _env = project
+    root, env = project
     cli(project, "db", "init")
+    for name in ("AUTH_SECRET", "PAYMENT_WEBHOOK_SECRET"):
+        done = run_cli("secret", "set", name, "--env", "production", cwd=root, env=env,
+                       input=f"{name.lower()}-production-value\n")  # fmt: skip
+        assert done.returncode == 0, done.stderr
 
     pushed = cli(project, "push", "main")
-    assert [(r["workflow"], r["status"]) for r in pushed["runs"]] == [("testing", "success")]
+    assert [(r["workflow"], r["status"]) for r in pushed["runs"]] == [
+        ("testing", "success"), ("production", "success"),
+    ]  # fmt: skip
     run = cli(project, "runs", "show", str(pushed["runs"][0]["id"]))
     jobs = {job["name"]: job["status"] for job in run["jobs"]}
     assert jobs["integration"] == jobs["e2e"] == jobs["cleanup"] == "success"
@@ -85,6 +91,10 @@ def test_push_then_a_pull_request_preview_from_open_to_close(
     assert [(r["workflow"], r["status"]) for r in opened["runs"]] == [
         ("testing", "success"), ("preview", "success"),
     ]  # fmt: skip
+    tested = cli(project, "runs", "show", str(opened["runs"][0]["id"]))
+    jobs = {job["name"]: job["status"] for job in tested["jobs"]}
+    # Only web changed: only its unit tests ran (and E2E, which is about web).
+    assert (jobs["unit-web"], jobs["unit-api"], jobs["e2e"]) == ("success", "skipped", "success")
     (preview,) = opened["previews"]
     urls = preview["urls"]
     assert sorted(urls) == list(SERVICES)
@@ -106,7 +116,8 @@ def test_push_then_a_pull_request_preview_from_open_to_close(
     shown = cli(project, "pr", "show", "1")
     assert "note text" in shown["comments"][0]["body"]  # the migration, in the schema diff
     assert shown["statuses"][0]["state"] == "success"
-    live = [d for d in cli(project, "deployments", "list") if d["status"] == "live"]
+    live = [d for d in cli(project, "deployments", "list", "--env", "preview-1")
+            if d["status"] == "live"]  # fmt: skip
     pids = [ProcessId(d["detail"]["pid"], d["detail"]["start_time"]) for d in live]
     assert len(pids) == 3 and all(pid.alive() for pid in pids)
 
@@ -114,8 +125,11 @@ def test_push_then_a_pull_request_preview_from_open_to_close(
     assert [(r["workflow"], r["status"]) for r in closed["runs"]] == [("cleanup", "success")]
     assert closed["previews"] == []
     assert [b["name"] for b in cli(project, "db", "branches", "list")] == ["production"]
-    assert cli(project, "dns", "list") == []
+    assert cli(project, "dns", "list", "--env", "preview-1") == []
     assert not any(pid.alive() for pid in pids)
+    production = [d for d in cli(project, "deployments", "list", "--env", "production")
+                  if d["status"] == "live"]  # fmt: skip
+    assert len(production) == 3  # untouched by the preview's cleanup
     for service in SERVICES:
         with pytest.raises(urllib.error.HTTPError) as gone:
             health(port, f"{service}-preview-1.codex.localhost")

@@ -68,9 +68,10 @@ async def pipelines(root: Path, wrap: dict[str, Wrap] | None = None) -> AsyncIte
             await kit.database.init_root()  # type: ignore[attr-defined]
             yield Pipelines(kit, engine, Dispatcher(kit, engine))
     finally:
-        for environment in ("preview-1",):
-            for service in config.services:
-                await kit.compute.delete(service, environment)
+        # Every service process any test started: previews and production alike.
+        deployed = {(d.service, d.environment) for d in await kit.compute.list_deployments()}
+        for service, environment in deployed:
+            await kit.compute.delete(service, environment)
         await kit.aclose()
 
 

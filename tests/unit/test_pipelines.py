@@ -82,6 +82,7 @@ def test_preview_and_cleanup_share_one_group_per_pull_request() -> None:
     assert made.cancel_in_progress and removed.cancel_in_progress
     steps = [step.name for step in made.job("preview").steps]
     assert steps[:2] == ["require tests", "still open"] and steps[-1] == "finish"
+    assert steps.index("prepare") < steps.index("deploy")
     assert made.job("report failure").run_if is RunIf.FAILURE
 
 

@@ -5,9 +5,10 @@
     reserve         at most [preview] max_live previews (refused with a comment)
     secrets         preview-<n>'s generated secrets (AUTH_SECRET), made once
     branch          pr-<n>, copied from production on the first preview
-    migrate         pr-<n>, from the PR's commit, on every update
-    dns             a record per service (api-preview-<n>.<zone>), verified
-    deploy          build and deploy each service in order, health-checked
+    prepare         at once: migrate pr-<n> from the PR's commit (on every update),
+                    build every service, and create and verify a DNS record per
+                    service (api-preview-<n>.<zone>)
+    deploy          start every service, health-checked, then route to it
     finish          the PR still open? comment with the URLs; closed: undo all
 
 One run per pull request at a time; a newer commit (or the PR closing) cancels it.
@@ -15,6 +16,7 @@ One run per pull request at a time; a newer commit (or the PR closing) cancels i
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -24,7 +26,7 @@ from branchline.engine.model import Call, Job, RunIf, Step, Workflow
 from branchline.engine.runner import StepContext
 from branchline.errors import BranchlineError
 from branchline.pipelines import cleanup
-from branchline.pipelines.actions import KitAction
+from branchline.pipelines.actions import KitAction, migrate_branch
 from branchline.pipelines.kit import Kit
 from branchline.pipelines.testing import NAME as TESTING
 from branchline.pipelines.testing import REPORT
@@ -43,7 +45,7 @@ class PreviewClosedError(BranchlineError):
 
 
 def workflow(pr: int) -> Workflow:
-    branch = naming.branch_for_pr(pr)
+    naming.environment_for_pr(pr)  # a valid pull request number, or a clear error
 
     def call(step: str, action: str, **params: Any) -> Step:
         return Step(step, Call(action, params))
@@ -54,8 +56,7 @@ def workflow(pr: int) -> Workflow:
         call("reserve", "preview.reserve"),
         call("secrets", "preview.secrets"),
         call("branch", "preview.branch"),
-        call("migrate", "branch.migrate", name=branch),
-        call("dns", "preview.dns"),
+        call("prepare", "preview.prepare"),
         call("deploy", "preview.deploy"),
         call("finish", "preview.finish"),
     )
@@ -154,6 +155,20 @@ async def ensure_dns(kit: Kit, ctx: StepContext) -> None:
         await ctx.log(f"dns {host} resolves ({result.attempts} attempts, {result.elapsed:.2f} s)")
 
 
+async def prepare(kit: Kit, ctx: StepContext) -> None:
+    """Migrating, building and DNS do not depend on each other: done side by side."""
+
+    branch = naming.branch_for_pr(_pr(ctx))
+
+    async def build_all() -> None:
+        for release in await asyncio.gather(
+            *(kit.compute.build(s, ctx.sha or "") for s in kit.config.services)
+        ):
+            await ctx.log(f"built {release.name}")
+
+    await asyncio.gather(migrate_branch(kit, ctx, name=branch), build_all(), ensure_dns(kit, ctx))
+
+
 def service_vars(kit: Kit, environment: str, database_url: str) -> dict[str, str]:
     """What every service of `environment` is told: its database, and how to reach the
     others through the edge (AUTH_URL + AUTH_HOST, API_URL + API_HOST, ...)."""
@@ -177,12 +192,22 @@ async def deploy(kit: Kit, ctx: StepContext) -> None:
     uri = await kit.database.connection_uri(naming.branch_for_pr(pr))
     vars = service_vars(kit, environment, uri)
     secrets = await kit.secrets.get_all(environment)
-    for position, service in enumerate(kit.config.services_in_deploy_order()):
-        release = await kit.compute.build(service.name, ctx.sha or "")
-        deployment = await kit.compute.deploy(
-            service.name, environment, release, vars, secrets, position=position
-        )
-        await ctx.log(f"{service.name}: {release.name} live at {deployment.url}")
+    services = kit.config.services_in_deploy_order()
+    # A preview has no traffic to protect: every service builds and starts at once
+    # (production deploys one by one, in order).
+    releases = await asyncio.gather(*(kit.compute.build(s.name, ctx.sha or "") for s in services))
+    outcomes = await asyncio.gather(*(
+        kit.compute.deploy(s.name, environment, release, vars, secrets, position=position)
+        for position, (s, release) in enumerate(zip(services, releases, strict=True))
+    ), return_exceptions=True)  # fmt: skip
+    for service, release, outcome in zip(services, releases, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            await ctx.log(f"{service.name}: {release.name} failed: {outcome}")
+        else:
+            await ctx.log(f"{service.name}: {release.name} live at {outcome.url}")
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 async def finish(kit: Kit, ctx: StepContext) -> None:
@@ -290,6 +315,7 @@ ACTIONS: dict[str, KitAction] = {
     "preview.secrets": ensure_secrets,
     "preview.branch": ensure_branch,
     "preview.dns": ensure_dns,
+    "preview.prepare": prepare,
     "preview.deploy": deploy,
     "preview.finish": finish,
     "preview.failed": failed,

@@ -25,6 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from branchline import naming
 from branchline.config import Config, ServiceConfig
 from branchline.engine.masking import mask
@@ -82,6 +84,20 @@ class LocalComputeProvider:
         self.keep_releases = keep_releases
         self.secrets = secrets
         self._background: list[asyncio.Task[None]] = []
+        self._http: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient] | None = None
+
+    def _client(self) -> httpx.AsyncClient:
+        """One HTTP client for every health check (building one costs ~40 ms of CPU on
+        the event loop); per event loop, since a client cannot change loops. No
+        keep-alive: an idle connection would hold a service's handler thread open."""
+        loop = asyncio.get_running_loop()
+        if self._http is None or self._http[0] is not loop:
+            client = httpx.AsyncClient(
+                follow_redirects=False, trust_env=False,
+                limits=httpx.Limits(max_keepalive_connections=0),
+            )  # fmt: skip
+            self._http = (loop, client)
+        return self._http[1]
 
     # -- releases -----------------------------------------------------------
 
@@ -279,12 +295,7 @@ class LocalComputeProvider:
         if retries is not None:
             policy = dataclasses.replace(policy, retries=min(retries, policy.retries))
         check = asyncio.create_task(
-            check_health(
-                f"http://127.0.0.1:{port}{spec.health_path}",
-                policy=policy,
-                position=position,
-                expect_commit=release.commit,
-            )
+            self._listening_then_healthy(spec, port, release, policy, position)
         )
         while not check.done():
             await asyncio.wait({check}, timeout=0.05)
@@ -299,6 +310,32 @@ class LocalComputeProvider:
                     verdict="unhealthy: the process exited during start-up",
                 )
         return check.result()
+
+    async def _listening_then_healthy(
+        self, spec: ServiceConfig, port: int, release: Release, policy: HealthPolicy,
+        position: int,
+    ) -> HealthResult:  # fmt: skip
+        """Wait (cheaply, every 10 ms) until the new process accepts connections, then
+        run the health check: its exponential backoff is for a service that answers
+        but is not ready, and would make a service listening at 0.34 s wait to 0.77 s."""
+        deadline = time.monotonic() + policy.deadline
+        while time.monotonic() < deadline:
+            try:
+                _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.01)
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            break
+        return await check_health(
+            f"http://127.0.0.1:{port}{spec.health_path}",
+            policy=policy,
+            position=position,
+            expect_commit=release.commit,
+            client=self._client(),
+        )
 
     def _env(
         self,
@@ -508,6 +545,9 @@ class LocalComputeProvider:
         for task in pending:
             with contextlib.suppress(BranchlineError, OSError):
                 await task
+        if self._http is not None and self._http[0] is asyncio.get_running_loop():
+            await self._http[1].aclose()
+        self._http = None
 
     # -- internals ------------------------------------------------------------
 
