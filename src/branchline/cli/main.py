@@ -14,6 +14,7 @@ import typer
 from branchline import __version__
 from branchline.cli import config as config_cmd
 from branchline.cli import db as db_cmd
+from branchline.cli import demo as demo_cmd
 from branchline.cli import deploy as deploy_cmd
 from branchline.cli import dns as dns_cmd
 from branchline.cli import init as init_cmd
@@ -72,6 +73,7 @@ def main(
     ctx.obj = AppContext(output=Output(json=json_output, debug=debug), config_path=config)
 
 
+app.command("demo")(demo_cmd.demo)
 app.command("init")(init_cmd.init)
 app.command("status")(status_cmd.status)
 app.add_typer(config_cmd.app, name="config")

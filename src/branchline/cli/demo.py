@@ -1,0 +1,23 @@
+"""`branchline demo`: the whole system, end to end, on a copy of the example app."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from branchline import demo as scenario
+from branchline.cli.context import app_context
+
+
+def demo(
+    ctx: typer.Context,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Leave everything running until Ctrl-C.")
+    ] = False,
+) -> None:
+    """Show the whole system on a temporary copy of examples/codex: a push tested, a
+    pull request's preview, an update, the merge rolled out, a broken release rolled
+    back. Everything it starts is removed at the end."""
+    code = scenario.run(app_context(ctx).output.out, keep=keep)
+    raise typer.Exit(code)

@@ -1,0 +1,340 @@
+"""`branchline demo`: the whole system on a temporary copy of the example app.
+
+A push tested on an ephemeral branch; a pull request with its preview (URLs printed
+and checked through the edge); a new commit updating it; the merge rolled out to
+production; a deliberately broken release rolled back automatically, with its
+incident issue; the preview cleaned up. Everything it starts lives under one
+temporary directory and is removed at the end (unless `keep`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from branchline import naming
+from branchline.config import Config, load_config
+from branchline.edge import daemon
+from branchline.errors import BranchlineError, UsageError
+from branchline.pipelines.worker import Pipelines, open_pipelines
+from branchline.postgres import Cluster
+from branchline.secrets import generate_value
+from branchline.store import Store, locate_state
+from branchline.store import forge as forge_rows
+from branchline.store import runs as run_rows
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "codex"
+BROKEN = """
+# A release that starts everywhere but in production, where a setting it needs is
+# missing: the tests pass, the production health check does not.
+if os.environ.get("BRANCHLINE_ENVIRONMENT") == "production":
+    raise SystemExit("web: refusing to start: SHOP_CURRENCY is not configured")
+"""
+
+
+@dataclass
+class Phase:
+    name: str
+    seconds: float = 0.0
+    outcome: str = ""
+
+
+@dataclass
+class Demo:
+    console: Console
+    keep: bool = False
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="branchline-demo-")))
+    phases: list[Phase] = field(default_factory=list)
+
+    @property
+    def project(self) -> Path:
+        return self.root / "codex"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    def say(self, text: str) -> None:
+        self.console.print(text, highlight=False)
+
+    def git(self, *args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(self.project), "-c", "user.name=branchline demo",
+             "-c", "user.email=demo@branchline.invalid", *args],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+
+    def commit(self, branch: str, change: Callable[[Path], None], message: str) -> str:
+        self.git("checkout", "-q", branch)
+        change(self.project)
+        self.git("add", ".")
+        self.git("commit", "-qm", message)
+        sha = self.git("rev-parse", "HEAD")
+        self.git("checkout", "-q", "main")
+        return sha
+
+
+def run(console: Console, *, keep: bool = False) -> int:
+    if not (EXAMPLE / "branchline.toml").exists():
+        raise UsageError(
+            f"the example app is not at {EXAMPLE}",
+            hint="Run the demo from a checkout of branchline (`./dev branchline demo`).",
+        )
+    demo = Demo(console, keep=keep)
+    demo.root.chmod(0o755)  # when run as root, Postgres runs as another user: it must enter
+    # Every process the demo starts (tests, migrations, services) runs `python`:
+    # this interpreter, which has psycopg. State lives in the demo's own directory.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    os.environ["BRANCHLINE_STATE_DIR"] = str(demo.state_dir)
+    os.environ.pop("BRANCHLINE_DATABASE_URL", None)
+    try:
+        return asyncio.run(_main(demo))
+    except BranchlineError:
+        if keep:
+            _wait_after_failure(demo)
+        raise
+    finally:
+        _teardown(demo)
+
+
+def _wait_after_failure(demo: Demo) -> None:
+    demo.say(
+        "\n[red]the demo failed[/red]; everything stays up until Ctrl-C. Look around with:\n"
+        f"  export BRANCHLINE_STATE_DIR={demo.state_dir}\n"
+        f"  branchline --config {demo.project / 'branchline.toml'} runs list"
+    )
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
+async def _main(demo: Demo) -> int:
+    began = time.monotonic()
+    shutil.copytree(EXAMPLE, demo.project, ignore=shutil.ignore_patterns("__pycache__"))
+    demo.git("init", "-q", "-b", "main")
+    demo.git("add", ".")
+    demo.git("commit", "-qm", "codex: web, auth and api")
+    config = load_config(demo.project / "branchline.toml", env={})
+    store = Store(locate_state(demo.project, os.environ))
+    await _phase(
+        demo, "setup: state, production database, edge", lambda: _setup(demo, config, store)
+    )
+    info = daemon.read_info(demo.state_dir)
+    assert info is not None
+    async with open_pipelines(
+        config, store, edge_port=info.edge_port, dns_port=info.dns_port
+    ) as pipelines:
+        await _scenario(demo, pipelines)
+    _summary(demo, pipelines, time.monotonic() - began)
+    if demo.keep:
+        demo.say("\n--keep: everything stays up until Ctrl-C")
+        try:
+            while True:
+                await asyncio.sleep(3600)
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            pass
+    return 0
+
+
+async def _phase(demo: Demo, name: str, work: Callable[[], Awaitable[str]]) -> None:
+    demo.say(f"\n[bold]{escape(name)}[/bold]")
+    began = time.monotonic()
+    phase = Phase(name)
+    demo.phases.append(phase)
+    phase.outcome = await work()
+    phase.seconds = time.monotonic() - began
+    demo.say(f"  [green]✓[/green] {escape(phase.outcome)} ({phase.seconds:.1f} s)")
+
+
+async def _setup(demo: Demo, config: Config, store: Store) -> str:
+    await store.start()
+    from branchline.providers.registry import database_provider
+    from branchline.secrets import Secrets
+
+    database = database_provider(config, store)
+    await database.init_root()  # type: ignore[attr-defined]
+    await database.aclose()
+    secrets = Secrets.for_project(store, config)
+    for name in config.secrets.production.names:
+        await secrets.set("production", name, generate_value())
+    info, _ = await asyncio.to_thread(daemon.ensure_running, demo.state_dir, config.path)
+    return f"production branch ready; edge on port {info.edge_port}, DNS on {info.dns_port}"
+
+
+async def _settle(demo: Demo, p: Pipelines) -> list[run_rows.RunRow]:
+    """Run what is pending; the runs it started, each told as it ends."""
+    async with p.kit.store.connect() as conn:
+        before = {r.id for r in await run_rows.list_runs(conn, p.kit.project, 200)}
+    told: set[int] = set()
+
+    async def tick() -> None:
+        async with p.kit.store.connect() as conn:
+            for run in await run_rows.list_runs(conn, p.kit.project, 50):
+                if run.id in before or run.id in told:
+                    continue
+                if run.status in ("success", "failure", "cancelled"):
+                    told.add(run.id)
+                    style = "green" if run.status == "success" else "red"
+                    took = (run.finished_at - run.created_at).total_seconds() if (
+                        run.finished_at) else 0.0  # fmt: skip
+                    demo.say(f"  run {run.id} {run.workflow}: [{style}]{run.status}[/] "
+                             f"in {took:.1f} s")  # fmt: skip
+
+    await p.run_until_settled(on_tick=tick)
+    async with p.kit.store.connect() as conn:
+        runs = await run_rows.list_runs(conn, p.kit.project, 200)
+    return sorted((r for r in runs if r.id not in before), key=lambda r: r.id)
+
+
+def _health(port: int, host: str) -> dict[str, Any]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/health", headers={"Host": host})
+    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - loopback
+        data: dict[str, Any] = json.loads(answer.read())
+    return data
+
+
+def _expect(runs: list[run_rows.RunRow], wanted: dict[str, str]) -> None:
+    got = {r.workflow: r.status for r in runs}
+    for workflow, status in wanted.items():
+        if got.get(workflow) != status:
+            raise BranchlineError(
+                f"the demo expected the {workflow} run to end in {status}, it ended in "
+                f"{got.get(workflow, 'nothing')}",
+                hint="Run `branchline demo --keep`: after a failure it keeps everything "
+                "up, with the commands to look around, until Ctrl-C.",
+            )
+
+
+async def _scenario(demo: Demo, p: Pipelines) -> None:
+    kit = p.kit
+    port = kit.edge_port or 0
+    hosts = {env: kit.hosts(env) for env in ("preview-1", naming.PRODUCTION)}
+
+    def note(path: str, text: str) -> Callable[[Path], None]:
+        def write(root: Path) -> None:
+            (root / path).write_text(text + "\n")
+
+        return write
+
+    first = demo.commit("main", lambda _r: None, "") if False else ""
+    demo.git("checkout", "-qb", "feature")
+    demo.git("checkout", "-q", "main")
+    first = demo.commit("feature", note("services/web/BANNER", "Spring sale"), "web: a banner")
+
+    async def push() -> str:
+        await kit.forge.push("feature")
+        runs = await _settle(demo, p)
+        _expect(runs, {"testing": "success"})
+        branch = naming.branch_for_push("feature", first)
+        left = [b.name for b in await kit.database.list_branches()]
+        gone = "deleted afterwards" if branch not in left else "STILL THERE"
+        return f"tested on the ephemeral branch {branch}, {gone}"
+
+    async def open_pr() -> str:
+        await kit.forge.open_pr("feature", "A spring sale banner")
+        _expect(await _settle(demo, p), {"testing": "success", "preview": "success"})
+        for service, host in hosts["preview-1"].items():
+            commit = _health(port, host)["commit"]
+            demo.say(f"  {service}: {kit.url(host)} answers commit {commit[:8]}")
+        return "preview-1 live: three services on branch pr-1, URLs above"
+
+    async def sync() -> str:
+        second = demo.commit(
+            "feature",
+            note("migrations/003_product_notes.sql", "ALTER TABLE products ADD COLUMN note text;"),
+            "products get a note",
+        )  # fmt: skip
+        await kit.forge.sync_pr(1)
+        _expect(await _settle(demo, p), {"testing": "success", "preview": "success"})
+        answers = {_health(port, h)["commit"] for h in hosts["preview-1"].values()}
+        assert answers == {second}, answers
+        return f"preview-1 now serves {second[:8]} (migration 003 applied to pr-1), same URLs"
+
+    async def merge() -> str:
+        await kit.forge.close_pr(1, merge=True)
+        runs = await _settle(demo, p)
+        _expect(runs, {"cleanup": "success", "testing": "success", "production": "success"})
+        for service, host in hosts[naming.PRODUCTION].items():
+            commit = _health(port, host)["commit"]
+            demo.say(f"  {service}: {kit.url(host)} answers commit {commit[:8]}")
+        left = [b.name for b in await kit.database.list_branches() if b.name.startswith("pr-1")]
+        return f"rolled out to production; preview-1 cleaned up ({len(left)} branches left)"
+
+    async def broken() -> str:
+        good = _health(port, hosts[naming.PRODUCTION]["web"])["commit"]
+        app = demo.project / "services" / "web" / "app.py"
+        app.write_text(app.read_text().replace("\nfrom common", BROKEN + "\nfrom common", 1))
+        demo.git("commit", "-qam", "web: needs a currency setting")
+        await kit.forge.push("main")
+        _expect(await _settle(demo, p), {"testing": "success", "production": "failure"})
+        still = {_health(port, h)["commit"] for h in hosts[naming.PRODUCTION].values()}
+        async with kit.store.connect() as conn:
+            issue = (await forge_rows.issues(conn, kit.project))[0]
+        demo.say(f"  [yellow]incident issue #{issue.number}: {escape(issue.title)}[/yellow]")
+        for line in issue.body.splitlines():
+            demo.say(f"  │ {escape(line)}")
+        serving = "the previous release" if still == {good} else f"{still}"
+        return f"rolled back automatically; production still serves {serving}"
+
+    await _phase(demo, "1. a push, tested on an ephemeral database branch", push)
+    await _phase(demo, "2. a pull request opens: its preview environment", open_pr)
+    await _phase(demo, "3. a new commit with a migration updates the preview", sync)
+    await _phase(demo, "4. the merge: preview cleaned up, gated production rollout", merge)
+    await _phase(demo, "5. a broken release: health check fails, automatic rollback", broken)
+
+
+def _summary(demo: Demo, p: Pipelines, total: float) -> None:
+    table = Table("phase", "seconds", "outcome", title="branchline demo")
+    for phase in demo.phases:
+        table.add_row(phase.name, f"{phase.seconds:.1f}", phase.outcome)
+    table.add_row("total", f"{total:.1f}", "")
+    demo.console.print()
+    demo.console.print(table)
+    demo.say("production URLs (through the edge):")
+    for service, host in p.kit.hosts(naming.PRODUCTION).items():
+        demo.say(f"  {service}: {p.kit.url(host)}")
+
+
+def _teardown(demo: Demo) -> None:
+    """Stop every process and cluster the demo started, then remove its directory."""
+
+    async def stop_services() -> None:
+        config = load_config(demo.project / "branchline.toml", env={})
+        store = Store(locate_state(demo.project, os.environ))
+        await store.start()
+        from branchline.providers.registry import compute_provider
+
+        compute = compute_provider(config, store)
+        for d in await compute.list_deployments():
+            await compute.delete(d.service, d.environment)
+        await compute.aclose()
+
+    if (demo.project / "branchline.toml").exists() and (demo.state_dir / "postgres").exists():
+        daemon.stop(demo.state_dir)  # first: its supervisor would restart services
+        try:
+            asyncio.run(stop_services())
+        except Exception as exc:  # keep tearing down: clusters must go regardless
+            demo.say(f"[yellow]could not stop every service: {escape(str(exc))}[/yellow]")
+    projects = demo.state_dir / "projects"
+    for home in [*projects.glob("*/branches/*"), *projects.glob("*/spares/*-*"),
+                 demo.state_dir / "postgres"]:  # fmt: skip
+        if home.exists():
+            Cluster(home).destroy()
+    shutil.rmtree(demo.root, ignore_errors=True)
