@@ -13,9 +13,11 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from branchline.config import load_config
@@ -24,8 +26,10 @@ from branchline.engine.engine import Engine, EngineOptions
 from branchline.pipelines.actions import registry
 from branchline.pipelines.dispatch import Dispatcher, secrets_for
 from branchline.pipelines.kit import Kit
+from branchline.pipelines.restore import restore_production
 from branchline.pipelines.worker import Pipelines
 from branchline.store import Store, locate_state
+from branchline.store import compute as compute_rows
 from branchline.store import forge as forge_rows
 from branchline.store import previews as preview_rows
 from branchline.store import rollouts as rollout_rows
@@ -404,5 +408,47 @@ def test_a_migration_that_breaks_the_live_release_stops_the_rollout(project: Pat
             assert production is not None and production.detail["migrations"] == ["001", "002"]
             assert kit.edge_port is not None
             assert through_edge(kit.edge_port, "api.codex.localhost")["commit"] == good
+
+    asyncio.run(test())
+
+
+def test_restore_points_production_at_a_past_moment(project: Path) -> None:
+    async def test() -> None:
+        async with pipelines(project) as p:
+            kit = p.kit
+            for name in ("AUTH_SECRET", "PAYMENT_WEBHOOK_SECRET"):
+                await kit.secrets.set("production", name, f"production-{name}-0123456789")
+            await kit.forge.push("main")
+            await p.run_until_settled()
+            uri = await kit.database.connection_uri("production")
+            with psycopg.connect(uri, autocommit=True) as conn:
+                conn.execute("INSERT INTO products (sku, name, price_cents) VALUES ('a', 'A', 1)")
+            await asyncio.sleep(1.1)
+            moment = datetime.now(UTC)
+            await asyncio.sleep(1.1)
+            with psycopg.connect(uri, autocommit=True) as conn:
+                conn.execute("INSERT INTO products (sku, name, price_cents) VALUES ('b', 'B', 1)")
+            before = {d.id for d in await kit.compute.list_deployments("production")}
+
+            done = await restore_production(kit, moment)
+            assert done.branch.startswith("emergency-restore-") and done.previous_branch == (
+                "production"
+            )
+            assert sorted(done.redeployed) == ["api", "auth", "web"]
+            assert await kit.database_branch("production") == done.branch
+            live = [d for d in await kit.compute.list_deployments("production")
+                    if d.status == "live"]  # fmt: skip
+            assert len(live) == 3 and not {d.id for d in live} & before
+            restored = await kit.database.connection_uri(done.branch)
+            async with kit.store.connect() as conn:
+                rows = await compute_rows.deployments(conn, kit.project, environment="production")
+            assert {r.detail["vars"]["DATABASE_URL"] for r in rows if r.status == "live"} == {
+                restored
+            }
+            with psycopg.connect(restored) as conn:
+                skus = [r[0] for r in conn.execute("SELECT sku FROM products ORDER BY sku")]
+            assert "a" in skus and "b" not in skus  # the write after the moment is not in it
+            assert kit.edge_port is not None
+            assert through_edge(kit.edge_port, "api.codex.localhost")["status"] == "ok"
 
     asyncio.run(test())

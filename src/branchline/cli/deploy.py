@@ -20,6 +20,8 @@ from branchline.config import Config
 from branchline.edge import daemon
 from branchline.errors import UsageError
 from branchline.health import HealthPolicy, check_health
+from branchline.pipelines.kit import Kit
+from branchline.pipelines.restore import Restored, restore_production
 from branchline.providers.compute import Deployment
 from branchline.providers.compute.local import LocalComputeProvider
 from branchline.providers.registry import compute_provider, database_provider
@@ -81,6 +83,9 @@ async def _database_vars(
     branch = _branch_for(env)
     if branch is None:
         return {}
+    async with provider.store.connect() as conn:
+        # After `branchline restore`, production runs on the restored branch.
+        branch = await rollout_rows.branch_of(conn, config.project.name, env) or branch
     db = database_provider(config, provider.store)
     if await db.get_branch(branch) is None:
         return {}
@@ -339,3 +344,45 @@ def health(
     out.emit(result.as_dict(), lambda c: c.print(result.verdict))
     if not result.healthy:
         raise typer.Exit(1)
+
+
+def restore(
+    ctx: typer.Context,
+    to: Annotated[str, typer.Option("--to", help='"30 minutes ago" or an ISO time.')],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Production's database as of a past moment: a new branch
+    (emergency-restore-<time>), production's services pointed at it and redeployed.
+    Writes made after that moment are not in it."""
+    moment = parse_moment(to)
+    app = app_context(ctx)
+    warning = (
+        f"Production will run on a copy of its database as of {moment.isoformat()}. "
+        "Writes made after that moment will NOT be in it (the current branch is kept)."
+    )
+    if not yes:
+        if app.output.json:
+            raise UsageError("restoring production needs confirmation", hint="Pass --yes.")
+        typer.confirm(warning + " Continue?", abort=True, err=True)
+    else:
+        app.output.notice(warning)
+
+    async def work(config: Config, provider: LocalComputeProvider, _a: AppContext) -> Restored:
+        info = daemon.read_info(provider.store.location.state_dir)
+        kit = Kit.build(config, provider.store, edge_port=provider.edge_port,
+                        dns_port=info.dns_port if info else None)  # fmt: skip
+        try:
+            return await restore_production(kit, moment, progress=app.output.progress)
+        finally:
+            await kit.aclose()
+
+    done = _with_compute(ctx, work, need_edge=True)
+    app.output.emit(
+        done.as_dict(),
+        lambda c: c.print(
+            f"production now runs on {done.branch} (as of {moment.isoformat()}); "
+            f"redeployed {', '.join(done.redeployed)}. Writes after that moment are not "
+            f"in it; the previous branch {done.previous_branch} is kept.",
+            markup=False,
+        ),
+    )
