@@ -2,43 +2,48 @@
 
 Target (DESIGN.md, performance targets): PR opened -> every preview service
 healthy through the edge, example app: under 5 s, and branchline's own overhead
-under 20% of the raw work (branch copy + process starts + first healthy answer)
-timed separately. One run, on a copy of examples/codex made into a fresh git
-repository with its own state directory:
+under 20% of the raw work (branch copy + migrate + process starts until the first
+healthy answer) timed separately. One run, on a copy of examples/codex made into
+a fresh git repository with its own state directory:
 
 - setup (untimed for the target): the project copy, the state database, `db
   init` (production, its base backup and its spare standby), the edge in the
-  background, a commit on a feature branch;
+  background, a commit on a feature branch (a string in api's app.py; `--change
+  web` edits web's page title instead, which also runs the example's e2e job and
+  adds ~4 s of testing to each round);
 - the testing run `pr open` starts (the example's lint and pytest suites) is
-  timed on its own: it is not part of the preview target;
+  timed on its own: it is not part of the preview target (every preview deploys
+  all three services at the PR's commit, whichever service changed);
 - the preview: from the moment the preview run is submitted (its created_at) to
   the first moment every service answers its /health through the edge (polled
-  with a Host header, `commit` = the PR's head) - the target figure. It is broken
-  down from the run's step timings (branch, migrate, dns, deploy, ...; engine
-  gaps = total minus the steps) and, inside deploy, per service from the store's
-  release and deployment rows: build (release row -> deployment row), start +
-  health check (deployment row -> live), the health check's attempts, and when
-  the edge first answered from it;
+  with a Host header, `commit` = the PR's head) - the target figure. The steps
+  run one after another, so their wall-clock spans and the engine's gaps add up
+  to it; the work inside prepare and deploy runs at once, so its parts are spans
+  from the step's start, never summed: prepare's migrate (until its "migrated
+  in" line, which gives the command's own time), builds (until the "built"
+  lines) and DNS (until the last record verified); deploy's services, each from
+  its deployment row: process started (/proc), accepting connections, health
+  check attempts, live, and the edge's first answer from it;
 - the raw work, by hand, in the same run: copy production with the mechanism the
   preview's branch step used (promoting a ready streaming standby when it adopted
   the spare, else `pg_basebackup` + start; both are timed), run `python
-  migrate.py` against the copy, start the three services' processes from a
-  plain export of the tree with the env compute gives them, and poll each
-  /health directly until it answers; raw total = copy + migrate + starts;
-- overhead = (preview - raw) / raw; when a target is missed, a table of where the
-  difference goes (each part of the preview next to its raw counterpart). The
+  migrate.py` against the copy, start the three services at once from a plain
+  export of the tree with the env compute gives them, and poll each /health
+  directly until it answers; raw total = copy + migrate + starts;
+- overhead = (preview - raw) / raw, and a table of each step's wall clock next to
+  its raw counterpart (branch vs copy, prepare vs migrate, deploy vs starts). The
   spare standby the provider rebuilds in the background after the branch step
-  adopted it is shown too: it competes with migrate and deploy for the machine;
+  adopted it is shown too: it competes with prepare for the machine;
 - a sync: a second commit, `pr sync`, its testing run, then the preview update
   timed the same way (the new commit answered by all three services through the
   edge), against a raw update (migrate with nothing to apply + starts).
 
 Each figure is one measurement (a testing run takes ~10 s, so repeating the
-whole would not fit in a minute): run it a few times on a quiet machine. Exits 1
-when the preview takes 5 s or more, or the overhead is 0.20 or more.
-`--logs` prints the preview runs' log lines with their times.
+whole would not fit in a minute): run it a few times on a quiet machine (the
+summary gives the load average). Exits 1 when the preview takes 5 s or more, or
+the overhead is 0.20 or more. `--logs` prints the preview runs' logs.
 
-    .venv/bin/python bench/preview.py [--poll 0.02] [--no-sync] [--logs]
+    .venv/bin/python bench/preview.py [--poll 0.02] [--change api|web] [--no-sync] [--logs]
 """
 
 from __future__ import annotations
@@ -91,11 +96,24 @@ TARGET_S = 5.0
 TARGET_OVERHEAD = 0.20
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "codex"
 FEATURE = "feature/bench"
+# The string each commit changes (the first line of the service's docstring, the web
+# page's title): (as in the example, as after change n).
+CHANGES = {
+    "api": ("codex api:", "codex api {n}:"),
+    "web": (" · codex</title>", " · codex {n}</title>"),
+}
 BOOKKEEPING = ("require tests", "still open", "reserve", "secrets")
 IGNORED = shutil.ignore_patterns(
     "__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache", ".branchline"
 )
+# The prepare step's part -> its log lines, the last of which ends it (src/branchline/
+# pipelines/actions.py migrate_branch, pipelines/preview.py prepare and ensure_dns).
 MIGRATED = re.compile(r" migrated in ([0-9.]+) s")
+PREPARE_PARTS: dict[str, Callable[[str], bool]] = {
+    "migrate": lambda line: MIGRATED.search(line) is not None,
+    "builds": lambda line: line.startswith("built "),
+    "dns": lambda line: line.startswith("dns "),
+}
 RAW_TIMEOUT = 30.0
 WATCH_TIMEOUT = 120.0
 
@@ -121,12 +139,11 @@ class Span:
 @dataclass
 class ServiceTimes:
     service: str
-    build_s: float | None  # None: the release existed already
-    start_health_s: float  # deployment row -> live (process start, health check, route)
-    health_s: float  # the health check alone, as compute recorded it
-    attempts: list[tuple[float, int, float]]  # (at s, HTTP status, ms) of each attempt
+    row: float  # epoch: the deployment row was inserted (after the deploy lock)
     spawned: float | None  # epoch: the process started (from /proc, 10 ms ticks)
-    live: float  # epoch: compute marked it live
+    health_s: float  # the health check alone, as compute recorded it
+    attempts: list[tuple[float, int]]  # (at s, HTTP status) of each attempt
+    live: float  # epoch: compute marked it live (after the route switch)
     edge: float  # epoch: the edge first answered from it (this bench's poller)
 
 
@@ -142,14 +159,12 @@ class PreviewTimes:
     created: float
     healthy: float  # epoch: every service answered through the edge
     finished: float
-    status: str
     steps: list[Span]
     services: list[ServiceTimes]
-    migrate_command_s: float | None = None  # the migrate command alone (from the step's log)
+    logs: list[tuple[float, str, str]]  # (epoch, step, line)
     edge_cpu_s: float = 0.0  # CPU the edge process spent while the bench polled it
     own_cpu_s: float = 0.0  # CPU this process (engine, worker, poller) spent meanwhile
     polled_s: float = 0.0  # how long the poller polled the edge
-    logs: list[tuple[float, str, str]] = field(default_factory=list)  # (epoch, step, line)
     refill: Span | None = None  # the spare standby rebuilt in the background meanwhile
     copy_mechanism: str = "none"  # spare, cold, or existing (the branch was there)
 
@@ -166,6 +181,14 @@ class PreviewTimes:
         return span.within(self.created, self.healthy) if span else 0.0
 
     @property
+    def bookkeeping(self) -> float:
+        return sum(self.part(name) for name in BOOKKEEPING)
+
+    @property
+    def pickup(self) -> float:
+        return min((s.start for s in self.steps), default=self.created) - self.created
+
+    @property
     def after_deploy(self) -> float:
         """From the end of the deploy step until the edge answered from every service."""
         deploy = self.step("deploy")
@@ -173,8 +196,34 @@ class PreviewTimes:
 
     @property
     def gaps(self) -> float:
+        """The engine's time outside the steps (pickup, between steps) in the window."""
         counted = sum(self.part(s.name) for s in self.steps if s.name != "finish")
         return self.total - counted - self.after_deploy
+
+    def prepared(self, what: str) -> Span | None:
+        """The prepare step's part `what` (migrate, builds, dns): from the step's start
+        to its last log line of that part (the three run at once)."""
+        prepare = self.step("prepare")
+        ends = [
+            at for at, step, line in self.logs if step == "prepare" and PREPARE_PARTS[what](line)
+        ]
+        return Span(what, prepare.start, max(ends)) if prepare and ends else None
+
+    @property
+    def migrate_command_s(self) -> float | None:
+        """The migrate command's own time, from the "<branch> migrated in X s" line."""
+        for _at, step, line in self.logs:
+            found = MIGRATED.search(line)
+            if step == "prepare" and found:
+                return float(found.group(1))
+        return None
+
+    @property
+    def starts(self) -> Span | None:
+        """The deploy step's concurrent work: first deployment row -> last live."""
+        if not self.services:
+            return None
+        return Span("starts", min(s.row for s in self.services), max(s.live for s in self.services))
 
 
 @dataclass
@@ -187,7 +236,6 @@ class RawTimes:
     migrate_noop_s: float = 0.0
     starts_s: float = 0.0  # all three started at once, until each answered
     starts_each: dict[str, float] = field(default_factory=dict)
-    sequential_s: float = 0.0  # one after another, each until healthy
 
     @property
     def copy_s(self) -> float:
@@ -234,19 +282,20 @@ def make_project(repo: Path) -> None:
     git(repo, "commit", "-qm", "codex")
 
 
-def feature_commit(repo: Path, n: int) -> str:
-    """Commit a visible change to web on the feature branch; its sha. The checkout
-    stays on main (the forge reads branch heads, not the working tree)."""
+def feature_commit(repo: Path, service: str, n: int) -> str:
+    """Commit change `n` (1, 2, ...) of a string in `service`'s app.py on the feature
+    branch; its sha. The checkout stays on main (the forge reads branch heads)."""
     if n == 1:
         git(repo, "branch", FEATURE, "main")
     git(repo, "switch", "-q", FEATURE)
     try:
-        app = repo / "services" / "web" / "app.py"
+        app = repo / "services" / service / "app.py"
         text = app.read_text()
-        marker = " · codex</title>" if n == 1 else f" · codex {n - 1}</title>"
-        assert marker in text, "the web page title changed; update the bench"
-        app.write_text(text.replace(marker, f" · codex {n}</title>"))
-        git(repo, "commit", "-qam", f"web: title {n}")
+        base, changed = CHANGES[service]
+        marker = base if n == 1 else changed.format(n=n - 1)
+        assert marker in text, f"{app.name} of {service} changed; update the bench's CHANGES"
+        app.write_text(text.replace(marker, changed.format(n=n), 1))
+        git(repo, "commit", "-qam", f"{service}: change {n}")
         return git(repo, "rev-parse", "HEAD")
     finally:
         git(repo, "switch", "-q", "main")
@@ -467,48 +516,43 @@ async def read_back(
     project = config.project.name
     boot = boot_epoch()
     environment = naming.environment_for_pr(pr)
+    specs = config.services_in_deploy_order()
     async with store.connect() as conn:
         runs = [r for r in await run_rows.list_runs(conn, project, limit=20) if r.id > after]
         testing = next(r for r in runs if r.workflow == "testing" and r.sha == sha)
         run = await run_rows.get_run(conn, watched.run_id)
         assert run is not None
         (job,) = [j for j in await run_rows.jobs_of(conn, run.id) if j.name == "preview"]
+        step_rows = await run_rows.steps_of(conn, job.id)
         steps = [
             Span(s.name, _epoch(s.started_at), _epoch(s.finished_at))
-            for s in await run_rows.steps_of(conn, job.id)
+            for s in step_rows
             if s.started_at is not None and s.finished_at is not None
         ]
-        deploy = next(s for s in steps if s.name == "deploy")
-        names = {s.id: s.name for s in await run_rows.steps_of(conn, job.id)}
+        names = {s.id: s.name for s in step_rows}
         logs = [
             (_epoch(line.at), names.get(line.step_id or 0, "-"), line.content)
             for line in await run_rows.logs_after(conn, run.id, 0, job_id=job.id)
         ]
+        deploy = next(s for s in steps if s.name == "deploy")
         services = []
-        for spec in config.services_in_deploy_order():
+        for spec in specs:
             rows = await compute_rows.deployments(
                 conn, project, environment=environment, service=spec.name
             )
             ours = [d for d in rows if deploy.start <= _epoch(d.created_at) <= deploy.end]
             assert len(ours) == 1, f"{spec.name}: {len(ours)} deployments in the deploy step"
             row = ours[0]
-            release = await compute_rows.get_release(conn, row.release_id)
-            assert release is not None
-            created = _epoch(row.created_at)
-            built = _epoch(release.created_at)
             health = row.detail.get("health", {})
-            attempts = [
-                (float(a["at"]), int(a["status"]), float(a["elapsed_ms"]))
-                for a in health.get("attempts", [])
-            ]
             services.append(
                 ServiceTimes(
                     service=spec.name,
-                    build_s=created - built if built >= deploy.start else None,
-                    start_health_s=_epoch(datetime.fromisoformat(row.detail["live_at"])) - created,
-                    health_s=float(health.get("elapsed", 0.0)),
-                    attempts=attempts,
+                    row=_epoch(row.created_at),
                     spawned=spawned_at(row.detail, boot),
+                    health_s=float(health.get("elapsed", 0.0)),
+                    attempts=[
+                        (float(a["at"]), int(a["status"])) for a in health.get("attempts", [])
+                    ],
                     live=_epoch(datetime.fromisoformat(row.detail["live_at"])),
                     edge=watched.seen[spec.name],
                 )
@@ -517,20 +561,10 @@ async def read_back(
         label=label, sha=sha, pr=pr, opened=opened,
         testing=Span("testing", _epoch(testing.created_at), _epoch(testing.finished_at)),
         testing_status=testing.status, run_id=run.id, created=_epoch(run.created_at),
-        healthy=max(watched.seen.values()), finished=_epoch(run.finished_at),
-        status=run.status, steps=steps, services=services,
-        migrate_command_s=_migrate_seconds(logs), edge_cpu_s=watched.edge_cpu_s,
-        own_cpu_s=watched.own_cpu_s, polled_s=watched.polled_s, logs=logs,
+        healthy=max(watched.seen.values()), finished=_epoch(run.finished_at), steps=steps,
+        services=services, logs=logs, edge_cpu_s=watched.edge_cpu_s,
+        own_cpu_s=watched.own_cpu_s, polled_s=watched.polled_s,
     )  # fmt: skip
-
-
-def _migrate_seconds(logs: list[tuple[float, str, str]]) -> float | None:
-    """The migrate command's own time, from the step's "<branch> migrated in X s" line."""
-    for _at, step, line in logs:
-        found = MIGRATED.search(line)
-        if step == "migrate" and found:
-            return float(found.group(1))
-    return None
 
 
 # -- the raw work, by hand --------------------------------------------------------------------
@@ -716,18 +750,6 @@ def raw_work(
     raw.starts_each = wait_healthy(config, ports, sha, poll, began)
     raw.starts_s = max(raw.starts_each.values())
     stop_services(started)
-
-    # For context: one service after another, each until healthy (the deploy order).
-    began = time.perf_counter()
-    links: dict[str, str] = {}
-    secret_env = {"AUTH_SECRET": secrets.token_urlsafe(32)}
-    for spec in config.services_in_deploy_order():
-        port = free_port()
-        links[f"{naming.sql_identifier(spec.name).upper()}_URL"] = f"http://127.0.0.1:{port}"
-        start_one(config, spec.name, tree, uri, sha, port, dict(links), secret_env, logs, started)
-        wait_healthy(config, {spec.name: port}, sha, poll, began)
-    raw.sequential_s = time.perf_counter() - began
-    stop_services(started)
     database.destroy()
     return raw
 
@@ -765,7 +787,7 @@ async def measure(
     info, _ = await asyncio.to_thread(daemon.ensure_running, state, config.path)
     results.setup.edge_s = time.perf_counter() - began
 
-    sha = feature_commit(repo, 1)
+    sha = feature_commit(repo, args.change, 1)
     opened = await run_preview(
         "PR opened", store, config, info, lambda forge: forge.open_pr(FEATURE), sha, args.poll
     )
@@ -775,7 +797,7 @@ async def measure(
     results.previews.append(opened)
 
     if not args.no_sync:
-        sha2 = feature_commit(repo, 2)
+        sha2 = feature_commit(repo, args.change, 2)
         pr = opened.pr
         synced = await run_preview(
             "PR synced", store, config, info, lambda forge: forge.sync_pr(pr), sha2, args.poll
@@ -840,7 +862,10 @@ def _s(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds:.3f}"
 
 
-def report_preview(p: PreviewTimes, rows: list[tuple[str, str, str]]) -> None:
+Row = tuple[str, str, str]  # what, at s (from the run's creation), took s
+
+
+def report_preview(p: PreviewTimes, rows: list[Row]) -> None:
     def at(epoch: float) -> str:
         return f"{epoch - p.created:+.3f}"
 
@@ -851,49 +876,16 @@ def report_preview(p: PreviewTimes, rows: list[tuple[str, str, str]]) -> None:
         ("  testing finished -> preview run created", "", _s(p.created - p.testing.end)),
         (f"{p.label}: preview run {p.run_id} of {p.sha[:8]} (branch: {p.copy_mechanism})",
          "+0.000", ""),
+        ("  run created -> first step started", "", _s(p.pickup)),
     ]  # fmt: skip
-    first = min((s.start for s in p.steps), default=p.created)
-    rows.append(("  run created -> first step started", "", _s(first - p.created)))
     for span in p.steps:
         rows.append((f"  step {span.name}", at(span.start), _s(span.seconds)))
-        if span.name == "migrate" and p.migrate_command_s is not None:
-            rows += [
-                ("    the migrate command (as the step logged it)", "",
-                 _s(p.migrate_command_s)),
-                ("    the rest (worktree, journal, pg_dump fingerprint)", "",
-                 _s(span.seconds - p.migrate_command_s)),
-            ]  # fmt: skip
-        if span.name != "deploy":
-            continue
-        previous_end = span.start
-        for svc in p.services:
-            name = svc.service
-            row_at = svc.live - svc.start_health_s
-            build_start = row_at - (svc.build_s or 0.0)
-            tries = " ".join(f"{st:03d}@{t:.2f}" for t, st, _ms in svc.attempts)
-            rows += [
-                (f"    {name}: before its build (rev-parse, lock)", "",
-                 _s(build_start - previous_end)),
-                (f"    {name}: build (git archive + compileall)",
-                 at(build_start), _s(svc.build_s) if svc.build_s is not None else "reused"),
-                (f"    {name}: deployment row -> live (start, health, route)",
-                 at(row_at), _s(svc.start_health_s)),
-            ]  # fmt: skip
-            if svc.spawned is not None:
-                rows += [
-                    (f"    {name}:   row -> process started (/proc, +-10 ms)",
-                     at(svc.spawned), _s(svc.spawned - row_at)),
-                    (f"    {name}:   started -> live, outside the check", "",
-                     _s(svc.live - svc.spawned - svc.health_s)),
-                ]  # fmt: skip
-            rows += [
-                (f"    {name}:   health check: {tries}", "", _s(svc.health_s)),
-                (f"    {name}: live -> the edge answered from it", at(svc.edge),
-                 _s(svc.edge - svc.live)),
-            ]  # fmt: skip
-            previous_end = svc.live
+        if span.name == "prepare":
+            rows += prepare_rows(p, span, at)
+        elif span.name == "deploy":
+            rows += deploy_rows(p, span, at)
     rows += [
-        ("  engine gaps (total - steps - after deploy)", "", _s(p.gaps)),
+        ("  engine gaps (pickup, between steps; up to deploy end)", "", _s(p.gaps)),
         ("  deploy step end -> edge answered from all", "", _s(p.after_deploy)),
         ("  PREVIEW: run created -> all healthy via edge", at(p.healthy), _s(p.total)),
         ("  run created -> run finished (finish step done)", at(p.finished),
@@ -908,31 +900,96 @@ def report_preview(p: PreviewTimes, rows: list[tuple[str, str, str]]) -> None:
                      at(p.refill.start), _s(p.refill.seconds)))  # fmt: skip
 
 
-def where_it_goes(p: PreviewTimes, raw: RawTimes, update: bool) -> list[tuple[str, float, float]]:
-    """(part, preview s, raw s) summing to the totals."""
-    build = sum(s.build_s or 0.0 for s in p.services)
-    health = sum(s.health_s for s in p.services)
-    spawn = sum(s.spawned - (s.live - s.start_health_s) for s in p.services if s.spawned)
-    start_rest = sum(s.start_health_s - s.health_s for s in p.services) - spawn
-    deploy_rest = p.part("deploy") - build - health - start_rest - spawn
-    bookkeeping = sum(p.part(name) for name in BOOKKEEPING)
-    raw_migrate = raw.migrate_noop_s if update else raw.migrate_s
-    migrate = p.part("migrate")
-    command = p.migrate_command_s if p.migrate_command_s is not None else migrate
-    return [
-        ("bookkeeping steps (" + ", ".join(BOOKKEEPING) + ")", bookkeeping, 0.0),
-        ("branch step vs raw copy", p.part("branch"), 0.0 if update else raw.copy_s),
-        ("migrate command vs raw migrate", command, raw_migrate),
-        ("migrate step around it (worktree, journal, pg_dump)", migrate - command, 0.0),
-        ("dns step", p.part("dns"), 0.0),
-        ("deploy: builds", build, 0.0),
-        ("deploy: health checks, one after another, vs raw starts", health, raw.starts_s),
-        ("deploy: row -> process started (free port, env, Popen)", spawn, 0.0),
-        ("deploy: started -> live outside the check (client, route)", start_rest, 0.0),
-        ("deploy: the rest (rev-parse, locks, prune, queries)", deploy_rest, 0.0),
-        ("deploy end -> edge answered from all", p.after_deploy, 0.0),
-        ("engine gaps (pickup, between steps)", p.gaps, 0.0),
+def prepare_rows(p: PreviewTimes, step: Span, at: Callable[[float], str]) -> list[Row]:
+    """The three parts, each from the step's start (they run at once)."""
+    rows: list[Row] = []
+    migrate, builds, dns = (p.prepared(what) for what in ("migrate", "builds", "dns"))
+    if migrate is not None:
+        rows.append(("    migrate: until its 'migrated in' line", at(migrate.start),
+                     _s(migrate.seconds)))  # fmt: skip
+        command = p.migrate_command_s
+        if command is not None:
+            rows += [
+                ("      the migrate command (as logged)", "", _s(command)),
+                ("      around it (worktree, journal, pg_dump fingerprint)", "",
+                 _s(migrate.seconds - command)),
+            ]  # fmt: skip
+    if builds is not None:
+        rows.append(("    builds, all at once (archive, compileall): until the 'built' lines",
+                     at(builds.start), _s(builds.seconds)))  # fmt: skip
+    if dns is not None:
+        rows.append(("    dns records, created and verified: until the last one", at(dns.start),
+                     _s(dns.seconds)))  # fmt: skip
+    ends = [part.end for part in (migrate, builds, dns) if part is not None]
+    if ends:
+        rows.append(("    slowest part's end -> step end", at(max(ends)),
+                     _s(step.end - max(ends))))  # fmt: skip
+    return rows
+
+
+def deploy_rows(p: PreviewTimes, step: Span, at: Callable[[float], str]) -> list[Row]:
+    """Every service from its deployment row (they start at once)."""
+    starts = p.starts
+    if starts is None:
+        return []
+    rows: list[Row] = [
+        ("    step start -> first deployment row (uri, secrets, builds found, locks)", "",
+         _s(starts.start - step.start)),
     ]  # fmt: skip
+    for svc in p.services:
+        name = svc.service
+        tries = " ".join(f"{status:03d}@{t:.2f}" for t, status in svc.attempts)
+        rows.append((f"    {name}: deployment row -> live", at(svc.row), _s(svc.live - svc.row)))
+        if svc.spawned is not None:
+            rows += [
+                (f"    {name}:   row -> process started (/proc, +-10 ms)", at(svc.spawned),
+                 _s(svc.spawned - svc.row)),
+                (f"    {name}:   started -> accepting connections (+ route switch)", "",
+                 _s(svc.live - svc.health_s - svc.spawned)),
+            ]  # fmt: skip
+        rows += [
+            (f"    {name}:   health check: {tries}", "", _s(svc.health_s)),
+            (f"    {name}: live -> the edge answered from it", at(svc.edge),
+             _s(svc.edge - svc.live)),
+        ]  # fmt: skip
+    rows += [
+        ("    all services: first row -> last live", at(starts.start), _s(starts.seconds)),
+        ("    last live -> step end", at(starts.end), _s(step.end - starts.end)),
+    ]
+    return rows
+
+
+def print_where_it_goes(p: PreviewTimes, raw: RawTimes, update: bool) -> None:
+    """The preview's wall clock inside the target window, step by step (they run one
+    after another, so the rows add up to the total), each next to its raw counterpart
+    (adding up to the raw total); then, not added, the concurrent work inside a step."""
+    migrate = raw.migrate_noop_s if update else raw.migrate_s
+    table = [
+        ("run pickup + engine gaps between steps", p.gaps, 0.0),
+        ("bookkeeping steps (" + ", ".join(BOOKKEEPING) + ")", p.bookkeeping, 0.0),
+        (f"branch step vs raw copy ({'none' if update else raw.mechanism})",
+         p.part("branch"), 0.0 if update else raw.copy_s),
+        ("prepare step (migrate, builds, dns at once) vs raw migrate",
+         p.part("prepare"), migrate),
+        ("deploy step (3 services at once) vs raw starts (3 at once)",
+         p.part("deploy"), raw.starts_s),
+        ("deploy step end -> edge answered from all", p.after_deploy, 0.0),
+    ]  # fmt: skip
+    inside = [
+        ("  inside prepare: its migrate part", _seconds(p.prepared("migrate")), migrate),
+        ("  inside prepare: the migrate command alone", p.migrate_command_s, migrate),
+        ("  inside deploy: first row -> last live", _seconds(p.starts), raw.starts_s),
+    ]
+    width = max(len(name) for name, _, _ in [*table, *inside]) + 2
+    print(f"  {p.label:<{width}}{'preview':>9}{'raw':>9}{'extra':>9}")
+    total = ("total", sum(t[1] for t in table), sum(t[2] for t in table))
+    for name, ours, theirs in [*table, total, *inside]:
+        if ours is not None:
+            print(f"  {name:<{width}}{ours:>9.3f}{theirs:>9.3f}{ours - theirs:>9.3f}")
+
+
+def _seconds(span: Span | None) -> float | None:
+    return None if span is None else span.seconds
 
 
 def main() -> int:
@@ -940,6 +997,10 @@ def main() -> int:
     parser.add_argument(
         "--poll", type=float, default=0.02, help="seconds between health polls (edge and raw)"
     )
+    parser.add_argument(
+        "--change", choices=sorted(CHANGES), default="api",
+        help="the service whose code the commits change (web also runs the e2e tests)",
+    )  # fmt: skip
     parser.add_argument("--no-sync", action="store_true", help="skip the second commit")
     parser.add_argument("--logs", action="store_true", help="print the preview runs' logs")
     args = parser.parse_args()
@@ -953,6 +1014,7 @@ def main() -> int:
     results = Results()
     clusters: list[Cluster] = []
     started: list[Started] = []
+    load_before = os.getloadavg()[0]
     began = time.perf_counter()
     try:
         asyncio.run(measure(root, store, repo, args, results, clusters, started))
@@ -960,9 +1022,10 @@ def main() -> int:
         cleanup(store, repo, clusters, started)
         shutil.rmtree(root, ignore_errors=True)
     wall = time.perf_counter() - began
+    load_after = os.getloadavg()[0]
 
     setup, raw = results.setup, results.raw
-    rows: list[tuple[str, str, str]] = [
+    rows: list[Row] = [
         ("setup: project copy + git init + commit", "", _s(setup.copy_s)),
         ("setup: state database (initdb, migrations)", "", _s(setup.store_s)),
         ("setup: db init (production, base backup, spare)", "", _s(setup.db_init_s)),
@@ -979,7 +1042,6 @@ def main() -> int:
         ("raw: python migrate.py again (nothing to apply)", "", _s(raw.migrate_noop_s)),
         *((f"raw: start all, {name} healthy", "", _s(s)) for name, s in raw.starts_each.items()),
         ("raw: start all 3 at once -> all healthy", "", _s(raw.starts_s)),
-        ("raw: one after another (context, not in total)", "", _s(raw.sequential_s)),
         ("RAW TOTAL: copy + migrate + starts", "", _s(raw.total)),
         ("raw update: migrate (nothing to apply) + starts", "", _s(raw.update_total)),
     ]
@@ -991,9 +1053,7 @@ def main() -> int:
     first = results.previews[0]
     overhead = (first.total - raw.total) / raw.total
     ok = first.total < TARGET_S and overhead < TARGET_OVERHEAD
-    overhead_cold = (first.total - (raw.total - raw.copy_s + raw.cold_copy_s)) / (
-        raw.total - raw.copy_s + raw.cold_copy_s
-    )
+    raw_cold = raw.total - raw.copy_s + raw.cold_copy_s
     print()
     met = "met" if first.total < TARGET_S else "MISSED"
     print(f"preview (run created -> all healthy via edge): {first.total:.3f} s "
@@ -1006,22 +1066,25 @@ def main() -> int:
         "preview_run_s": f"{first.finished - first.created:.3f}",
         "raw_s": f"{raw.total:.3f}",
         "overhead": f"{overhead:.2f}",
-        "overhead_vs_cold_copy": f"{overhead_cold:.2f}",
+        "overhead_vs_cold_copy": f"{(first.total - raw_cold) / raw_cold:.2f}",
         "copy_mechanism": first.copy_mechanism,
         "testing_s": f"{first.testing.seconds:.3f}",
-        "pickup_s": f"{min(s.start for s in first.steps) - first.created:.3f}",
+        "pickup_s": f"{first.pickup:.3f}",
+        "bookkeeping_s": f"{first.bookkeeping:.3f}",
         "branch_s": f"{first.part('branch'):.3f}",
-        "migrate_s": f"{first.part('migrate'):.3f}",
-        "dns_s": f"{first.part('dns'):.3f}",
+        "prepare_s": f"{first.part('prepare'):.3f}",
+        "prepare_migrate_s": _s(_seconds(first.prepared("migrate"))),
+        "migrate_command_s": _s(first.migrate_command_s),
+        "prepare_builds_s": _s(_seconds(first.prepared("builds"))),
+        "prepare_dns_s": _s(_seconds(first.prepared("dns"))),
         "deploy_s": f"{first.part('deploy'):.3f}",
-        "build_s": f"{sum(s.build_s or 0.0 for s in first.services):.3f}",
-        "health_s": f"{sum(s.health_s for s in first.services):.3f}",
+        "deploy_starts_s": _s(_seconds(first.starts)),
+        "after_deploy_s": f"{first.after_deploy:.3f}",
         "gaps_s": f"{first.gaps:.3f}",
         "raw_copy_s": f"{raw.copy_s:.3f}",
         "raw_cold_copy_s": f"{raw.cold_copy_s:.3f}",
         "raw_migrate_s": f"{raw.migrate_s:.3f}",
         "raw_starts_s": f"{raw.starts_s:.3f}",
-        "raw_sequential_s": f"{raw.sequential_s:.3f}",
     }
     parts = [(first, False)]
     if len(results.previews) > 1:
@@ -1034,31 +1097,27 @@ def main() -> int:
             sync_s=f"{synced.total:.3f}",
             sync_run_s=f"{synced.finished - synced.created:.3f}",
             sync_testing_s=f"{synced.testing.seconds:.3f}",
+            sync_prepare_s=f"{synced.part('prepare'):.3f}",
+            sync_deploy_s=f"{synced.part('deploy'):.3f}",
             sync_raw_s=f"{raw.update_total:.3f}",
             sync_overhead=f"{sync_overhead:.2f}",
         )
         parts.append((synced, True))
+    print()
+    print("where the time goes (wall clock inside the target window; the steps run one")
+    print("after another, so the rows add up to the totals):")
+    for preview, update in parts:
+        print_where_it_goes(preview, raw, update)
     if args.logs:
         for preview in results.previews:
             print(f"\nlog of {preview.label}'s preview run {preview.run_id}:")
             for at, step, line in preview.logs:
                 print(f"  {at - preview.created:+8.3f}  {step:<14} {line}")
-    if not ok:
-        print()
-        print("where the time goes (preview vs raw, seconds inside the target window):")
-        for preview, update in parts:
-            table = where_it_goes(preview, raw, update)
-            pwidth = max(len(name) for name, _, _ in table) + 2
-            print(f"  {preview.label:<{pwidth}}{'preview':>9}{'raw':>9}{'extra':>9}")
-            for name, ours, theirs in sorted(table, key=lambda t: t[2] - t[1]):
-                print(f"  {name:<{pwidth}}{ours:>9.3f}{theirs:>9.3f}{ours - theirs:>9.3f}")
-            total = sum(t[1] for t in table), sum(t[2] for t in table)
-            print(f"  {'total':<{pwidth}}{total[0]:>9.3f}{total[1]:>9.3f}"
-                  f"{total[0] - total[1]:>9.3f}")  # fmt: skip
     print(
         "summary: "
         + " ".join(f"{k}={v}" for k, v in summary.items())
         + f" wall_s={wall:.1f} cpu_count={os.cpu_count()}"
+        + f" load_1m_before={load_before:.2f} load_1m_after={load_after:.2f}"
         + f" target_s={TARGET_S} target_overhead={TARGET_OVERHEAD} ok={str(ok).lower()}"
     )
     return 0 if ok else 1
