@@ -20,6 +20,7 @@ from branchline.cli import dns as dns_cmd
 from branchline.cli import init as init_cmd
 from branchline.cli import issues as issues_cmd
 from branchline.cli import pr as pr_cmd
+from branchline.cli import reconcile as reconcile_cmd
 from branchline.cli import runs as runs_cmd
 from branchline.cli import secret as secret_cmd
 from branchline.cli import state as state_cmd
@@ -84,6 +85,7 @@ app.command("worker")(runs_cmd.worker)
 app.command("deploy")(deploy_cmd.deploy)
 app.command("rollback")(deploy_cmd.rollback)
 app.command("restore")(deploy_cmd.restore)
+app.command("reconcile")(reconcile_cmd.reconcile_command)
 app.command("logs")(deploy_cmd.logs)
 app.command("edge")(deploy_cmd.edge)
 app.command("stop")(deploy_cmd.stop)

@@ -462,6 +462,26 @@ class Engine:
             recovered.append(job_id)
         return recovered
 
+    async def recover_dead_local_workers(self) -> list[int]:
+        """Jobs whose worker ran on this host and is gone (killed, crashed): recovered
+        at once, without waiting for its heartbeat to go stale. Returns the job ids."""
+        async with self.store.connect() as conn:
+            cur = await conn.execute(
+                """SELECT j.id, j.worker FROM branchline.jobs j
+                   JOIN branchline.runs r ON r.id = j.run_id
+                   WHERE r.project = %s AND j.status = 'running' AND j.worker LIKE %s""",
+                (self.project, f"{self.host}:%"),
+            )
+            found = [(int(row[0]), str(row[1])) for row in await cur.fetchall()]  # type: ignore[call-overload]
+        recovered = []
+        for job_id, worker in found:
+            pid = int(worker.rsplit(":", 1)[1])
+            if pid == os.getpid() or _alive(pid):
+                continue
+            await self._recover_job(job_id)
+            recovered.append(job_id)
+        return recovered
+
     async def _lost_jobs(self, older_than: float = 5.0) -> list[int]:
         """Jobs marked queued whose task never reached the queue: a crash between the
         store's commit and the enqueue. Enqueueing them again is safe (queueing lock)."""
@@ -530,6 +550,16 @@ class Engine:
                 f"artifact {name!r} ({scope or 'any run'}) expired at {expired.expires_at:%c}"
             )
         raise ArtifactMissingError(f"no artifact {name!r} ({scope or 'any run'})")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _password_in(value: str) -> str | None:

@@ -10,6 +10,8 @@ It shares the preview's concurrency group and cancels a preview still being made
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from branchline import naming
 from branchline.engine.model import Call, Job, Step, Workflow
 from branchline.engine.runner import StepContext
@@ -35,7 +37,11 @@ def workflow(pr: int, *, reason: str = "closed") -> Workflow:
     )  # fmt: skip
 
 
-async def teardown(kit: Kit, pr: int, log: StepContext) -> dict[str, list[str]]:
+class Log(Protocol):
+    async def log(self, line: str) -> None: ...
+
+
+async def teardown(kit: Kit, pr: int, log: Log) -> dict[str, list[str]]:
     """Remove everything preview `pr` may have: what it removed, by kind."""
     environment = naming.environment_for_pr(pr)
     async with kit.store.connect() as conn:

@@ -38,6 +38,7 @@ from branchline.store import runs as run_rows
 NAME = "preview"
 COMMENT_KEY = cleanup.COMMENT_KEY
 MAX_DIFF_LINES = 120
+INTERRUPTED = "its worker"  # how the engine words a job whose worker died
 
 
 class PreviewClosedError(BranchlineError):
@@ -253,6 +254,8 @@ async def failed(kit: Kit, ctx: StepContext) -> None:
         jobs = await run_rows.jobs_of(conn, ctx.run_id)
         if any((job.error or "").startswith("step 'reserve'") for job in jobs):
             return  # refused for lack of room: its comment says so already
+        if any((job.error or "").startswith(INTERRUPTED) for job in jobs):
+            return  # a crash, not a failure: it stays `creating`; reconcile makes it again
         row = await preview_rows.get(conn, kit.project, pr)
         if row is not None and row.status == "creating":
             await preview_rows.set_status(conn, kit.project, pr, "failed")

@@ -44,7 +44,11 @@ class Pipelines:
                 await worker
 
     async def run_forever(self, *, concurrency: int = 2, every: float = 0.2) -> None:
-        """Work the queue and dispatch events until interrupted."""
+        """Reconcile, then work the queue and dispatch events until interrupted."""
+        from branchline.reconcile import reconcile
+
+        for finding in await reconcile(self.kit, engine=self.engine):
+            logger.warning("reconcile: %s", finding.describe())
         dispatching = asyncio.create_task(self._dispatch_forever(every))
         try:
             await self.engine.run_worker(concurrency=concurrency)

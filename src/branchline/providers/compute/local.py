@@ -369,6 +369,7 @@ class LocalComputeProvider:
         env.update(
             PORT=str(port), BRANCHLINE_RELEASE=release.name, BRANCHLINE_COMMIT=release.commit,
             BRANCHLINE_ENVIRONMENT=environment, BRANCHLINE_SERVICE=spec.name,
+            BRANCHLINE_PROJECT=self.project,
         )  # fmt: skip
         return env
 
@@ -401,6 +402,7 @@ class LocalComputeProvider:
         spec = self._service(service)
         port = free_port()
         env = self._env(spec, environment, release, port, vars, secrets)
+        env["BRANCHLINE_TRIAL"] = "1"  # reconcile leaves a running trial alone
         log = self.state_dir / "trials" / f"{spec.name}-{release.id}-{port}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         service_dir = Path(release.location) / "tree" / spec.path

@@ -1,0 +1,63 @@
+"""`branchline reconcile`: finish or undo what a crash left half done."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from branchline.cli.context import app_context
+from branchline.edge import daemon
+from branchline.pipelines.worker import open_pipelines
+from branchline.reconcile import Finding, reconcile
+
+
+def reconcile_command(
+    ctx: typer.Context,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only say what would be done.")
+    ] = False,
+) -> None:
+    """Compare the store, what actually runs and the open pull requests; finish or
+    undo half-done work, remove what no record explains, then run what it resumed."""
+    app = app_context(ctx)
+    config = app.config()
+    store = app.store()
+
+    async def main() -> list[Finding]:
+        await store.start()
+        info, started = await asyncio.to_thread(
+            daemon.ensure_running, store.location.state_dir, config.path
+        )
+        if started:
+            app.output.notice(f"started the edge in the background on port {info.edge_port}")
+        async with open_pipelines(
+            config, store, edge_port=info.edge_port, dns_port=info.dns_port
+        ) as pipelines:
+            found = await reconcile(pipelines.kit, engine=pipelines.engine, dry_run=dry_run)
+            for _ in range(3):
+                if dry_run:
+                    break
+                # Recovered jobs move their runs on; resumed previews and events nobody
+                # handled yet are run here, to the end. What they leave (a preview whose
+                # run was interrupted) is looked at again.
+                app.output.progress("running what is pending")
+                await pipelines.run_until_settled()
+                again = await reconcile(pipelines.kit, engine=pipelines.engine)
+                found += again
+                if not any(f.action == "make again" for f in again):
+                    break
+        return found
+
+    found = asyncio.run(main())
+
+    def human(console: Console) -> None:
+        if not found:
+            console.print("nothing to do: the store and what runs agree")
+        for finding in found:
+            console.print(escape(finding.describe()))
+
+    app.output.emit([f.as_dict() for f in found], human)
