@@ -784,7 +784,7 @@ async def measure(
     results.setup.db_init_s = time.perf_counter() - began
 
     began = time.perf_counter()
-    info, _ = await asyncio.to_thread(daemon.ensure_running, state, config.path)
+    info, _ = await asyncio.to_thread(daemon.ensure_running, state, config.path, workers=False)
     results.setup.edge_s = time.perf_counter() - began
 
     sha = feature_commit(repo, args.change, 1)

@@ -174,7 +174,9 @@ async def _setup(demo: Demo, config: Config, store: Store) -> str:
     secrets = Secrets.for_project(store, config)
     for name in config.secrets.production.names:
         await secrets.set("production", name, generate_value())
-    info, _ = await asyncio.to_thread(daemon.ensure_running, demo.state_dir, config.path)
+    info, _ = await asyncio.to_thread(
+        daemon.ensure_running, demo.state_dir, config.path, workers=False
+    )  # the demo runs its pipelines here, to tell each step as it happens
     return f"production branch ready; edge on port {info.edge_port}, DNS on {info.dns_port}"
 
 

@@ -107,6 +107,8 @@ async def _previews(kit: Kit, engine: Engine | None, dry_run: bool) -> list[Find
     found = []
     for number in sorted(numbers - busy):
         pr, row = prs.get(number), rows.get(number)
+        if pr is None and row is None:
+            continue  # no record says this environment is a pull request's preview
         reason = None
         if pr is None or pr.state != "open":
             reason = f"pull request #{number} is {pr.state if pr else 'unknown'}"

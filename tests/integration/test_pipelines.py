@@ -60,7 +60,9 @@ async def pipelines(root: Path, wrap: dict[str, Wrap] | None = None) -> AsyncIte
     config = load_config(root / "branchline.toml", env={})
     store = Store(locate_state(root, os.environ))
     await store.start()
-    info, _ = await asyncio.to_thread(daemon.ensure_running, store.location.state_dir, config.path)
+    info, _ = await asyncio.to_thread(
+        daemon.ensure_running, store.location.state_dir, config.path, workers=False
+    )
     kit = Kit.build(config, store, edge_port=info.edge_port, dns_port=info.dns_port)
     actions = registry(kit)
     for name, wrapper in (wrap or {}).items():

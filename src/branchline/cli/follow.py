@@ -5,7 +5,6 @@ included, is over, and say how each went."""
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import typer
@@ -16,7 +15,7 @@ from branchline.cli.context import AppContext
 from branchline.config import Config
 from branchline.edge import daemon
 from branchline.engine.engine import EngineOptions
-from branchline.pipelines.dispatch import Started
+from branchline.pipelines.dispatch import wait_settled
 from branchline.pipelines.worker import open_pipelines
 from branchline.store import Store
 from branchline.store import previews as preview_rows
@@ -27,44 +26,47 @@ FINISHED = ("success", "failure", "cancelled")
 
 
 async def run_pipelines(app: AppContext, config: Config, store: Store) -> dict[str, Any]:
-    """Run everything pending for the project here; returns the runs and previews."""
+    """Hand the work to `branchline serve` (started in the background when nothing
+    runs) and wait for it; with an edge-only daemon, run the pipelines here. Returns
+    the runs started meanwhile and the previews."""
     info, started = await asyncio.to_thread(
         daemon.ensure_running, store.location.state_dir, config.path
     )
     if started:
         app.output.notice(
-            f"started the edge in the background on port {info.edge_port} (DNS on "
-            f"{info.dns_port}); `branchline stop` stops it"
+            f"started branchline serve in the background (edge on port {info.edge_port}, "
+            f"DNS on {info.dns_port}); `branchline stop` stops it"
         )
+    project = config.project.name
+    async with store.connect() as conn:
+        latest = await run_rows.list_runs(conn, project, 1)
+    after = latest[0].id if latest else 0
     seen: dict[int, str] = {}
-    began: dict[int, float] = {}
-
-    async def on_started(run: Started) -> None:
-        seen.setdefault(run.run_id, "queued")
-        began[run.run_id] = time.monotonic()
-        app.output.progress(f"run {run.run_id} {run.workflow} started")
 
     async def on_tick() -> None:
         async with store.connect() as conn:
-            for run_id, last in list(seen.items()):
-                run = await run_rows.get_run(conn, run_id)
-                if run is None or run.status == last:
-                    continue
-                seen[run_id] = run.status
-                if run.status in FINISHED:
-                    took = time.monotonic() - began.get(run_id, time.monotonic())
-                    app.output.progress(
-                        f"run {run_id} {run.workflow}: {run.status} in {took:.1f} s"
-                    )
+            runs = [r for r in await run_rows.list_runs(conn, project, 100) if r.id > after]
+        for run in sorted(runs, key=lambda r: r.id):
+            if seen.get(run.id) == run.status:
+                continue
+            if run.id not in seen:
+                app.output.progress(f"run {run.id} {run.workflow} started ({run.triggered_by})")
+            seen[run.id] = run.status
+            if run.status in FINISHED and run.finished_at is not None:
+                took = (run.finished_at - run.created_at).total_seconds()
+                app.output.progress(f"run {run.id} {run.workflow}: {run.status} in {took:.1f} s")
 
-    options = EngineOptions(pool_size=20, poll=0.5)
-    async with open_pipelines(
-        config, store, edge_port=info.edge_port, dns_port=info.dns_port, options=options
-    ) as pipelines:
-        await pipelines.run_until_settled(on_started=on_started, on_tick=on_tick)
+    if info.workers:
+        await wait_settled(store, project, on_tick=on_tick)
+    else:
+        options = EngineOptions(pool_size=20, poll=0.5)
+        async with open_pipelines(
+            config, store, edge_port=info.edge_port, dns_port=info.dns_port, options=options
+        ) as pipelines:
+            await pipelines.run_until_settled(on_tick=on_tick)
     async with store.connect() as conn:
         runs = [await run_rows.get_run(conn, run_id) for run_id in sorted(seen)]
-        previews = await preview_rows.list_previews(conn, config.project.name)
+        previews = await preview_rows.list_previews(conn, project)
     return {
         "runs": [
             {"id": r.id, "workflow": r.workflow, "status": r.status, "pr": r.pr, "sha": r.sha}

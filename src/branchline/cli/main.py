@@ -23,6 +23,7 @@ from branchline.cli import pr as pr_cmd
 from branchline.cli import reconcile as reconcile_cmd
 from branchline.cli import runs as runs_cmd
 from branchline.cli import secret as secret_cmd
+from branchline.cli import serve as serve_cmd
 from branchline.cli import state as state_cmd
 from branchline.cli import status as status_cmd
 from branchline.cli.context import AppContext
@@ -88,6 +89,7 @@ app.command("restore")(deploy_cmd.restore)
 app.command("reconcile")(reconcile_cmd.reconcile_command)
 app.command("logs")(deploy_cmd.logs)
 app.command("edge")(deploy_cmd.edge)
+app.command("serve")(serve_cmd.serve)
 app.command("stop")(deploy_cmd.stop)
 app.command("health")(deploy_cmd.health)
 app.add_typer(deploy_cmd.deployments_app, name="deployments")

@@ -19,6 +19,7 @@ from branchline.cli.follow import (
     run_pipelines,
     show_outcome,
 )
+from branchline.edge import daemon
 from branchline.errors import UsageError
 from branchline.providers.forge.local import LocalForge, Recorded
 from branchline.providers.registry import forge_provider
@@ -42,8 +43,9 @@ def _with_forge(ctx: typer.Context, work: Callable[[LocalForge], Awaitable[T]]) 
 
 
 def _record_and_run(
-    ctx: typer.Context, work: Callable[[LocalForge], Awaitable[T]], wait: bool
-) -> tuple[T, dict[str, Any] | None]:
+    ctx: typer.Context, work: Callable[[LocalForge], Awaitable[T]], wait: bool,
+    hook: bool = False,
+) -> tuple[T, dict[str, Any] | None]:  # fmt: skip
     """Record the event(s), then (unless told not to wait) run the pipelines they start."""
     app_ctx = app_context(ctx)
     config = app_ctx.config()
@@ -53,6 +55,15 @@ def _record_and_run(
         await store.start()
         done = await work(forge_provider(config, store))
         if not wait:
+            if not hook:  # the work needs a `branchline serve`: make sure one runs
+                info, started = await asyncio.to_thread(
+                    daemon.ensure_running, store.location.state_dir, config.path
+                )
+                if started:
+                    app_ctx.output.notice(
+                        f"started branchline serve in the background (pid {info.pid}); it "
+                        "runs the pipelines. `branchline stop` stops it"
+                    )
             return done, None
         return done, await run_pipelines(app_ctx, config, store)
 
@@ -104,7 +115,7 @@ def push(
     """Record a push of BRANCH's head commit and run testing on it."""
     done, outcome = _record_and_run(
         ctx, lambda forge: forge.push(branch, source="hook" if hook else "cli"),
-        wait=not (no_wait or hook),
+        wait=not (no_wait or hook), hook=hook,
     )  # fmt: skip
     said = "push recorded" if done.event else "this push was recorded before (nothing to do)"
     _emit(ctx, _event_dict(done), said, outcome, None)

@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from branchline.cli.context import app_context
 from branchline.edge import daemon
+from branchline.pipelines.dispatch import wait_settled
 from branchline.pipelines.worker import open_pipelines
 from branchline.reconcile import Finding, reconcile
 
@@ -33,7 +34,9 @@ def reconcile_command(
             daemon.ensure_running, store.location.state_dir, config.path
         )
         if started:
-            app.output.notice(f"started the edge in the background on port {info.edge_port}")
+            app.output.notice(
+                f"started branchline serve in the background (edge on port {info.edge_port})"
+            )
         async with open_pipelines(
             config, store, edge_port=info.edge_port, dns_port=info.dns_port
         ) as pipelines:
@@ -45,7 +48,10 @@ def reconcile_command(
                 # handled yet are run here, to the end. What they leave (a preview whose
                 # run was interrupted) is looked at again.
                 app.output.progress("running what is pending")
-                await pipelines.run_until_settled()
+                if info.workers:  # `branchline serve` does the work: wait for it
+                    await wait_settled(store, config.project.name)
+                else:
+                    await pipelines.run_until_settled()
                 again = await reconcile(pipelines.kit, engine=pipelines.engine)
                 found += again
                 if not any(f.action == "make again" for f in again):

@@ -245,7 +245,7 @@ def worker(
     async def main() -> None:
         await store.start()
         info, started = await asyncio.to_thread(
-            daemon.ensure_running, store.location.state_dir, config.path
+            daemon.ensure_running, store.location.state_dir, config.path, workers=False
         )
         if started:
             app_ctx.output.notice(f"started the edge in the background on port {info.edge_port}")

@@ -1,10 +1,12 @@
 """The long-running local parts: the edge proxy, the zone's DNS server and the
-service supervisor, in one process.
+service supervisor, in one process; with `workers`, the pipelines' workers too
+(`branchline serve`).
 
-`run_foreground` is `branchline edge`. Commands that need them (a deploy) call
-`ensure_running`, which starts `branchline edge` in the background when it is not
-running and says so; `stop` ends it. Its address is kept in `edge.json` in the
-state directory, next to the process id and start time that identify it.
+`run_foreground` is `branchline edge` (or `serve`). Commands that need them call
+`ensure_running`, which starts `branchline serve` in the background when nothing
+runs and says so; `stop` ends it. Its address is kept in `edge.json` in the state
+directory, next to the process id and start time that identify it and whether
+it runs workers.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from branchline.edge.proxy import EdgeProxy
 from branchline.errors import BranchlineError
@@ -31,6 +34,7 @@ from branchline.providers.dns.server import ZoneServer
 from branchline.store import Store, mask_url
 
 logger = logging.getLogger(__name__)
+Background = Callable[[int, int], Coroutine[Any, Any, None]]
 
 DEFAULT_EDGE_PORT = 8080
 DEFAULT_DNS_PORT = 8053
@@ -43,6 +47,7 @@ class EdgeInfo:
     start_time: int
     edge_port: int
     dns_port: int
+    workers: bool = False  # `branchline serve`: it runs the pipelines too
 
     @property
     def alive(self) -> bool:
@@ -54,16 +59,16 @@ def read_info(state_dir: Path) -> EdgeInfo | None:
     try:
         raw = json.loads((state_dir / STATE_FILE).read_text())
         info = EdgeInfo(int(raw["pid"]), int(raw["start_time"]), int(raw["edge_port"]),
-                        int(raw["dns_port"]))  # fmt: skip
+                        int(raw["dns_port"]), bool(raw.get("workers", False)))  # fmt: skip
     except (OSError, ValueError, KeyError):
         return None
     return info if info.alive else None
 
 
-def _write_info(state_dir: Path, edge_port: int, dns_port: int) -> None:
+def _write_info(state_dir: Path, edge_port: int, dns_port: int, workers: bool) -> None:
     pid = os.getpid()
     info = {"pid": pid, "start_time": start_time_of(pid), "edge_port": edge_port,
-            "dns_port": dns_port}  # fmt: skip
+            "dns_port": dns_port, "workers": workers}  # fmt: skip
     tmp = state_dir / (STATE_FILE + ".tmp")
     tmp.write_text(json.dumps(info))
     tmp.replace(state_dir / STATE_FILE)
@@ -84,9 +89,11 @@ async def run_foreground(
     edge_port: int = DEFAULT_EDGE_PORT,
     dns_port: int = DEFAULT_DNS_PORT,
     on_ready: Callable[[int, int], None] | None = None,
+    background: Background | None = None,
 ) -> None:
     """Serve until SIGINT or SIGTERM. One edge per state directory: a lock held for
-    the process's lifetime (released by the kernel if it dies) says so."""
+    the process's lifetime (released by the kernel if it dies) says so. `background`
+    (the pipelines' workers) runs beside, given the edge's and DNS's ports."""
     lock = (state_dir / "edge.lock").open("a")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -97,7 +104,9 @@ async def run_foreground(
             hint="Stop it with `branchline stop`, or use the one that runs.",
         ) from None
     try:
-        await _serve(store, project, zone, state_dir, supervise, edge_port, dns_port, on_ready)
+        await _serve(
+            store, project, zone, state_dir, supervise, edge_port, dns_port, on_ready, background
+        )
     finally:
         lock.close()
 
@@ -111,6 +120,7 @@ async def _serve(
     edge_port: int,
     dns_port: int,
     on_ready: Callable[[int, int], None] | None,
+    background: Background | None = None,
 ) -> None:
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -121,8 +131,12 @@ async def _serve(
         dns = ZoneServer(project, zone, store, port=_port(dns_port))
         await edge.start()
         await asyncio.to_thread(dns.start)
+        extra: asyncio.Task[None] | None = None
+        if background is not None:
+            extra = asyncio.create_task(background(edge.port, dns.port))
+            extra.add_done_callback(lambda _t: stopping.set())  # it ended: so does serve
         try:
-            _write_info(state_dir, edge.port, dns.port)
+            _write_info(state_dir, edge.port, dns.port, background is not None)
             if on_ready is not None:
                 on_ready(edge.port, dns.port)
             while not stopping.is_set():
@@ -134,14 +148,19 @@ async def _serve(
                     await asyncio.wait_for(stopping.wait(), timeout=1.0)
         finally:
             (state_dir / STATE_FILE).unlink(missing_ok=True)
+            if extra is not None:
+                extra.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await extra
             await asyncio.to_thread(dns.stop)
             await edge.stop()
 
 
 def ensure_running(
-    state_dir: Path, config_path: Path, *, timeout: float = 20.0
+    state_dir: Path, config_path: Path, *, timeout: float = 20.0, workers: bool = True
 ) -> tuple[EdgeInfo, bool]:
-    """The running edge, starting it in the background first when needed.
+    """The running edge, starting it in the background first when needed: as
+    `branchline serve` (edge and pipelines' workers) unless `workers` is False.
     Returns (info, started_now)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     # One command at a time decides whether to start it: parallel deploys share one edge.
@@ -150,14 +169,15 @@ def ensure_running(
         info = read_info(state_dir)
         if info is not None:
             return info, False
-        return _spawn(state_dir, config_path, timeout), True
+        return _spawn(state_dir, config_path, timeout, workers), True
 
 
-def _spawn(state_dir: Path, config_path: Path, timeout: float) -> EdgeInfo:
+def _spawn(state_dir: Path, config_path: Path, timeout: float, workers: bool) -> EdgeInfo:
     log = (state_dir / "edge.log").open("ab")
     env = {**os.environ, "BRANCHLINE_STATE_DIR": str(state_dir)}
+    command = "serve" if workers else "edge"
     subprocess.Popen(
-        [sys.executable, "-m", "branchline", "--config", str(config_path), "edge"],
+        [sys.executable, "-m", "branchline", "--config", str(config_path), command],
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
         start_new_session=True,  # outlives this command
     )  # fmt: skip

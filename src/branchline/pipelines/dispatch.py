@@ -24,8 +24,8 @@ from branchline.engine.model import Workflow
 from branchline.errors import BranchlineError, UsageError
 from branchline.pipelines import cleanup, preview, production, testing
 from branchline.pipelines.kit import Kit
+from branchline.store import Store, mask_url
 from branchline.store import forge as forge_rows
-from branchline.store import mask_url
 from branchline.store import previews as preview_rows
 from branchline.store import runs as run_rows
 
@@ -217,6 +217,28 @@ async def settle(
         async with kit.store.connect() as conn:
             pending = await forge_rows.pending_count(conn, kit.project)
             active = await run_rows.active_runs(conn, kit.project)
+        if not pending and not active:
+            if on_tick is not None:
+                await on_tick()
+            return
+        await asyncio.sleep(poll)
+
+
+async def wait_settled(
+    store: Store,
+    project: str,
+    *,
+    on_tick: Callable[[], Awaitable[None]] | None = None,
+    poll: float = 0.1,
+) -> None:
+    """Wait, without working, until another process (`branchline serve`) has handled
+    every pending event and finished every run of the project."""
+    while True:
+        if on_tick is not None:
+            await on_tick()
+        async with store.connect() as conn:
+            pending = await forge_rows.pending_count(conn, project)
+            active = await run_rows.active_runs(conn, project)
         if not pending and not active:
             if on_tick is not None:
                 await on_tick()

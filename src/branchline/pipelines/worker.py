@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -43,27 +44,44 @@ class Pipelines:
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
 
-    async def run_forever(self, *, concurrency: int = 2, every: float = 0.2) -> None:
-        """Reconcile, then work the queue and dispatch events until interrupted."""
-        from branchline.reconcile import reconcile
-
-        for finding in await reconcile(self.kit, engine=self.engine):
-            logger.warning("reconcile: %s", finding.describe())
-        dispatching = asyncio.create_task(self._dispatch_forever(every))
+    async def run_forever(
+        self,
+        *,
+        concurrency: int = 2,
+        every: float = 0.2,
+        reconcile_every: float = 60.0,
+        install_signal_handlers: bool = True,
+    ) -> None:
+        """Reconcile, then work the queue, dispatch events, expire previews and
+        reconcile again now and then, until interrupted."""
+        await self.reconcile()
+        dispatching = asyncio.create_task(self._dispatch_forever(every, reconcile_every))
         try:
-            await self.engine.run_worker(concurrency=concurrency)
+            await self.engine.run_worker(
+                concurrency=concurrency, install_signal_handlers=install_signal_handlers
+            )
         finally:
             dispatching.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await dispatching
 
-    async def _dispatch_forever(self, every: float) -> None:
+    async def reconcile(self) -> None:
+        from branchline.reconcile import reconcile
+
+        for finding in await reconcile(self.kit, engine=self.engine):
+            logger.warning("reconcile: %s", finding.describe())
+
+    async def _dispatch_forever(self, every: float, reconcile_every: float) -> None:
+        last_reconcile = time.monotonic()
         ticks = 0
         while True:
             try:
                 if ticks % 50 == 0:  # TTLs are hours: checking every few seconds is plenty
                     await self.dispatcher.expire_previews()
                 await self.dispatcher.dispatch_pending()
+                if time.monotonic() - last_reconcile > reconcile_every:
+                    last_reconcile = time.monotonic()
+                    await self.reconcile()
             except Exception as exc:  # the state database may be restarting: try again
                 logger.warning("dispatch failed: %s", mask_url(str(exc)))
             ticks += 1

@@ -1,0 +1,82 @@
+"""`branchline serve`: everything long-running in one process."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+
+from branchline.cli.context import app_context
+from branchline.edge import daemon
+from branchline.engine.engine import EngineOptions
+from branchline.errors import UsageError
+from branchline.pipelines.worker import open_pipelines
+from branchline.providers.registry import compute_provider
+
+
+def serve(
+    ctx: typer.Context,
+    detach: Annotated[bool, typer.Option("--detach", help="Run in the background.")] = False,
+    port: Annotated[
+        int, typer.Option(help="Edge port (a free one if taken).")
+    ] = daemon.DEFAULT_EDGE_PORT,
+    dns_port: Annotated[
+        int, typer.Option(help="DNS port (UDP and TCP).")
+    ] = daemon.DEFAULT_DNS_PORT,
+    concurrency: Annotated[int, typer.Option(help="Jobs run at once.")] = 4,
+) -> None:
+    """Run the edge proxy, the DNS server, the service supervisor and the pipelines'
+    workers (events to runs, jobs, preview expiry, reconcile at start and every
+    minute) until SIGTERM, Ctrl-C or `branchline stop`. Services keep running when it
+    stops; the next `serve` adopts them."""
+    if concurrency < 1:
+        raise UsageError("--concurrency must be at least 1")
+    app = app_context(ctx)
+    config = app.config()
+    store = app.store()
+    if detach:
+        asyncio.run(store.start())
+        info, started = daemon.ensure_running(store.location.state_dir, config.path)
+        if not info.workers:
+            raise UsageError(
+                "an edge without workers (`branchline edge`) runs for this state directory",
+                hint="Stop it with `branchline stop`, then run `branchline serve --detach`.",
+            )
+        app.output.emit(
+            {"pid": info.pid, "edge_port": info.edge_port, "dns_port": info.dns_port,
+             "started": started},
+            lambda c: c.print(
+                f"{'started' if started else 'already running'}: branchline serve (pid "
+                f"{info.pid}), edge on port {info.edge_port}, DNS on {info.dns_port}; "
+                "`branchline stop` stops it"
+            ),
+        )  # fmt: skip
+        return
+
+    def ready(edge_port: int, dns: int) -> None:
+        app.output.emit(
+            {"edge_port": edge_port, "dns_port": dns},
+            lambda c: c.print(
+                f"serving: edge on http://127.0.0.1:{edge_port}/, DNS on 127.0.0.1:{dns}, "
+                f"{concurrency} job slots; Ctrl-C stops"
+            ),
+        )
+
+    async def workers(edge_port: int, dns: int) -> None:
+        options = EngineOptions(pool_size=3 * concurrency + 6)
+        async with open_pipelines(
+            config, store, edge_port=edge_port, dns_port=dns, options=options
+        ) as pipelines:
+            await pipelines.run_forever(concurrency=concurrency, install_signal_handlers=False)
+
+    async def main() -> None:
+        await store.start()
+        provider = compute_provider(config, store)
+        await daemon.run_foreground(
+            store, project=config.project.name, zone=config.project.zone,
+            state_dir=store.location.state_dir, supervise=provider.supervise,
+            edge_port=port, dns_port=dns_port, on_ready=ready, background=workers,
+        )  # fmt: skip
+
+    asyncio.run(main())
