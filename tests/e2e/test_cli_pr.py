@@ -49,8 +49,11 @@ def project(tmp_path: Path, state_dir: Path) -> tuple[Path, dict[str, str]]:
 
 
 def cli(project: tuple[Path, dict[str, str]], *args: str) -> subprocess.CompletedProcess[str]:
+    """The command; pushes and pull request changes only record their events here
+    (--no-wait): these tests are about the code host, not the pipelines."""
     root, env = project
-    return run_cli(*args, cwd=root, env=env)
+    records = {"open", "sync", "close", "push"} & set(args) and "--hook" not in args
+    return run_cli(*args, *(["--no-wait"] if records else []), cwd=root, env=env)
 
 
 def events(project: tuple[Path, dict[str, str]]) -> list[rows.EventRow]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -20,6 +21,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from branchline import reconcile as reconcile_module
 from branchline.config import load_config
 from branchline.edge import daemon
 from branchline.engine.engine import Engine, EngineOptions
@@ -358,6 +360,8 @@ def test_production_rollout_and_automatic_rollback_under_load(project: Path) -> 
             with SteadyLoad(kit.edge_port, hosts) as load:
                 await kit.forge.push("main")
                 await p.run_until_settled()
+            print(f"\nfailed rollout under load: {load.total} requests through the edge, "
+                  f"{len(load.failures)} failed")  # fmt: skip
             assert load.failures == [] and load.total > 100
             # The broken web never answered; api and auth are back on the good release.
             assert not any(h == "web.codex.localhost" and c == bad for h, _s, c in load.answers)
@@ -452,5 +456,39 @@ def test_restore_points_production_at_a_past_moment(project: Path) -> None:
             assert "a" in skus and "b" not in skus  # the write after the moment is not in it
             assert kit.edge_port is not None
             assert through_edge(kit.edge_port, "api.codex.localhost")["status"] == "ok"
+
+    asyncio.run(test())
+
+
+def test_reconcile_dry_run_reports_then_removes_what_no_open_pr_explains(project: Path) -> None:
+    async def test() -> None:
+        async with pipelines(project) as p:
+            kit = p.kit
+            await kit.forge.open_pr("feature")
+            await p.run_until_settled()
+            # The close is recorded, but its event was lost (as if the worker died).
+            async with kit.store.connect() as conn:
+                await forge_rows.update_pr(conn, kit.project, 1, state="closed")
+            # And a service process nobody recorded, started like branchline would.
+            stray = subprocess.Popen(
+                [sys.executable, "-c", "import time; time.sleep(60)"],
+                env={**os.environ, "BRANCHLINE_PROJECT": kit.project,
+                     "BRANCHLINE_SERVICE": "api", "BRANCHLINE_ENVIRONMENT": "preview-9"},
+                start_new_session=True,
+            )  # fmt: skip
+            try:
+                await asyncio.sleep(reconcile_module.STRAY_AGE + 0.5)
+                planned = await reconcile_module.reconcile(kit, engine=p.engine, dry_run=True)
+                said = {(f.kind, f.action) for f in planned}
+                assert ("preview", "remove") in said and ("process", "stop") in said
+                assert not any(f.done for f in planned)
+                assert (await leftovers(kit, 1))["deployments"]  # nothing was touched
+                done = await reconcile_module.reconcile(kit, engine=p.engine)
+                assert all(f.done for f in done)
+                assert await leftovers(kit, 1) == NOTHING
+                assert stray.wait(timeout=10) is not None
+                assert await reconcile_module.reconcile(kit, engine=p.engine) == []
+            finally:
+                stray.kill()
 
     asyncio.run(test())

@@ -311,7 +311,7 @@ def edge(
 
 
 def stop(ctx: typer.Context) -> None:
-    """Stop the background edge and DNS server (services keep running)."""
+    """Stop the background `serve` (or edge): workers, edge, DNS. Services keep running."""
     app = app_context(ctx)
     stopped = daemon.stop(app.store().location.state_dir)
     app.output.emit(

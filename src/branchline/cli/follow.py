@@ -21,7 +21,10 @@ from branchline.store import Store
 from branchline.store import previews as preview_rows
 from branchline.store import runs as run_rows
 
-WAIT_HELP = "Only record the event; a running `branchline worker` runs the pipelines."
+WAIT_HELP = (
+    "Only record the event and return; a running `branchline serve` (or worker) runs "
+    "the pipelines."
+)
 FINISHED = ("success", "failure", "cancelled")
 
 

@@ -55,15 +55,12 @@ def _record_and_run(
         await store.start()
         done = await work(forge_provider(config, store))
         if not wait:
-            if not hook:  # the work needs a `branchline serve`: make sure one runs
-                info, started = await asyncio.to_thread(
-                    daemon.ensure_running, store.location.state_dir, config.path
+            info = daemon.read_info(store.location.state_dir)
+            if not hook and (info is None or not info.workers):
+                app_ctx.output.notice(
+                    "recorded; no `branchline serve` runs to act on it: start one with "
+                    "`branchline serve --detach` (or run `branchline worker`)"
                 )
-                if started:
-                    app_ctx.output.notice(
-                        f"started branchline serve in the background (pid {info.pid}); it "
-                        "runs the pipelines. `branchline stop` stops it"
-                    )
             return done, None
         return done, await run_pipelines(app_ctx, config, store)
 
