@@ -22,8 +22,7 @@ from branchline.store import previews as preview_rows
 from branchline.store import runs as run_rows
 
 WAIT_HELP = (
-    "Only record the event and return; a running `branchline serve` (or worker) runs "
-    "the pipelines."
+    "Only record the event and return; a running `branchline serve` (or worker) runs the pipelines."
 )
 FINISHED = ("success", "failure", "cancelled")
 

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import subprocess
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from branchline import naming
@@ -32,7 +35,8 @@ from branchline.store import runs as run_rows
 logger = logging.getLogger(__name__)
 ZERO = "0" * 40
 PR_UPDATES = ("opened", "synchronize", "reopened")
-TEST_SCOPE = "test"  # the secrets testing runs get
+TEST_SCOPE = "test"
+_COMMIT = re.compile(r"[0-9a-f]{7,64}")  # the secrets testing runs get
 
 
 @dataclass(frozen=True)
@@ -171,6 +175,8 @@ class Dispatcher:
     async def _submit(
         self, event: forge_rows.EventRow, workflow: Workflow, **kwargs: Any
     ) -> tuple[int, str]:
+        if kwargs.get("sha"):
+            await asyncio.to_thread(ensure_commit, self.kit.repo, str(kwargs["sha"]))
         async with self.kit.store.connect() as conn:
             existing = await run_rows.run_for_event(conn, event.id, workflow.name)
         if existing is not None:
@@ -180,6 +186,32 @@ class Dispatcher:
             **kwargs,
         )  # fmt: skip
         return run_id, workflow.name
+
+
+def ensure_commit(repo: Path, sha: str) -> None:
+    """The commit in the project's clone, fetched from its `origin` when missing (a
+    webhook may announce a commit this machine has not seen yet)."""
+    if not _COMMIT.fullmatch(sha):
+        raise UsageError(f"{sha[:80]!r} is not a commit id")
+
+    def has() -> bool:
+        return subprocess.run(
+            ["git", "-C", str(repo), "cat-file", "-e", f"{sha}^{{commit}}"],
+            capture_output=True, check=False,
+        ).returncode == 0  # fmt: skip
+
+    if has():
+        return
+    fetched = subprocess.run(
+        ["git", "-C", str(repo), "fetch", "--quiet", "origin", sha],
+        capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    if fetched.returncode != 0 or not has():
+        raise BranchlineError(
+            f"commit {sha[:12]} is not in the project's clone at {repo}, and fetching it "
+            f"from `origin` failed: {fetched.stderr.strip()[:300] or 'not found'}",
+            hint="Check the clone's `origin` remote and its credentials (`git fetch origin`).",
+        )
 
 
 def secrets_for(kit: Kit) -> Callable[[run_rows.RunRow], Awaitable[Mapping[str, str]]]:

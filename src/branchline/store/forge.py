@@ -281,3 +281,22 @@ async def issues(conn: Conn, project: str, number: int | None = None) -> list[Is
             (project, number, number),
         )
         return await cur.fetchall()
+
+
+async def mirror_pr(
+    conn: Conn, project: str, *, number: int, title: str, head: str, base: str, sha: str,
+    state: str,
+) -> None:  # fmt: skip
+    """Keep a GitHub pull request's row as its latest delivery describes it (the
+    pipelines read PRs from the store, whichever code host they live on)."""
+    await conn.execute(
+        """INSERT INTO branchline.pull_requests
+               (project, number, title, head_branch, base_branch, head_sha, state, closed_at)
+           VALUES (%s, %s, %s, %s, %s, %s, %s,
+                   CASE WHEN %s = 'open' THEN NULL ELSE now() END)
+           ON CONFLICT (project, number) DO UPDATE
+           SET title = EXCLUDED.title, head_branch = EXCLUDED.head_branch,
+               base_branch = EXCLUDED.base_branch, head_sha = EXCLUDED.head_sha,
+               state = EXCLUDED.state, closed_at = EXCLUDED.closed_at, updated_at = now()""",
+        (project, number, title, head, base, sha, state, state),
+    )

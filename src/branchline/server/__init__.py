@@ -1,0 +1,1 @@
+"""The HTTP side of `branchline serve`: GitHub-compatible webhooks, health, metrics."""

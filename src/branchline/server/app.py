@@ -1,0 +1,48 @@
+"""The ASGI application `branchline serve` runs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from branchline import __version__
+from branchline.config import Config
+from branchline.server import webhooks
+from branchline.store import Store
+
+
+def webhook_secret(config: Config) -> bytes | None:
+    """`[forge.github] webhook_secret`, else BRANCHLINE_WEBHOOK_SECRET; None: refuse all."""
+    github = config.forge.github
+    if github is not None and github.webhook_secret is not None:
+        return github.webhook_secret.get_secret_value().encode()
+    value = os.environ.get("BRANCHLINE_WEBHOOK_SECRET")
+    return value.encode() if value else None
+
+
+def create_app(config: Config, store: Store, *, secret: bytes | None = None) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        async with store.pooled(max_size=10):  # a burst of deliveries shares ten
+            yield
+
+    app = FastAPI(title="branchline", version=__version__, lifespan=lifespan)
+    settings = webhooks.WebhookSettings(
+        project=config.project.name,
+        secret=secret if secret is not None else webhook_secret(config),
+        repository=config.project.github_repository,
+        store=store,
+    )
+    app.include_router(webhooks.router(settings))
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        async with store.connect() as conn:
+            await conn.execute("SELECT 1")
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    return app
