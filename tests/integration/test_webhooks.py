@@ -197,13 +197,27 @@ def test_a_burst_of_1000_deliveries_is_recorded_exactly_once(
             # Every delivery twice, concurrently: replays must not record twice.
             return await asyncio.gather(*(one(h) for h in deliveries + deliveries))
 
+    async def one_at_a_time() -> list[float]:
+        taken = []
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            for _ in range(200):
+                headers = signed("push", push)
+                began = time.perf_counter()
+                answer = await client.post("/webhooks/github", content=push, headers=headers)
+                taken.append(time.perf_counter() - began)
+                assert answer.status_code == 202
+        return taken
+
+    alone = statistics.quantiles(asyncio.run(one_at_a_time()), n=100)
     codes = asyncio.run(burst())
     assert set(codes) <= {200, 202} and codes.count(202) == 1000
     recorded = events(store, project)
-    assert len(recorded) == 1000
-    assert {e.delivery_id for e in recorded} == {
-        f"github-{h['X-GitHub-Delivery']}" for h in deliveries
+    assert len(recorded) == 1200
+    assert {f"github-{h['X-GitHub-Delivery']}" for h in deliveries} <= {
+        e.delivery_id for e in recorded
     }
     cut = statistics.quantiles(latencies, n=100)
-    print(f"\nwebhook acceptance, 2,000 posts (1,000 deliveries, each replayed), 50 at once: "
-          f"p50 {cut[49] * 1000:.1f} ms, p99 {cut[98] * 1000:.1f} ms")  # fmt: skip
+    alone_ms, burst_ms = (alone[49] * 1000, alone[98] * 1000), (cut[49] * 1000, cut[98] * 1000)
+    print(f"\nwebhook acceptance, one at a time (200): p50 {alone_ms[0]:.1f} ms, p99 "
+          f"{alone_ms[1]:.1f} ms; a burst of 2,000 posts (1,000 deliveries, each replayed), "
+          f"50 at once: p50 {burst_ms[0]:.1f} ms, p99 {burst_ms[1]:.1f} ms")  # fmt: skip

@@ -12,7 +12,9 @@ from branchline.edge import daemon
 from branchline.engine.engine import EngineOptions
 from branchline.errors import UsageError
 from branchline.pipelines.worker import open_pipelines
+from branchline.postgres.cluster import port_is_free
 from branchline.providers.registry import compute_provider
+from branchline.server.app import create_app, run_server
 
 
 def serve(
@@ -25,6 +27,13 @@ def serve(
         int, typer.Option(help="DNS port (UDP and TCP).")
     ] = daemon.DEFAULT_DNS_PORT,
     concurrency: Annotated[int, typer.Option(help="Jobs run at once.")] = 4,
+    api_port: Annotated[
+        int,
+        typer.Option(
+            help="Port of the HTTP server (webhooks, /healthz); 0: none.",
+            envvar="BRANCHLINE_API_PORT",
+        ),
+    ] = 8081,
 ) -> None:
     """Run the edge proxy, the DNS server, the service supervisor and the pipelines'
     workers (events to runs, jobs, preview expiry, reconcile at start and every
@@ -68,7 +77,14 @@ def serve(
         async with open_pipelines(
             config, store, edge_port=edge_port, dns_port=dns, options=options
         ) as pipelines:
-            await pipelines.run_forever(concurrency=concurrency, install_signal_handlers=False)
+            work = [pipelines.run_forever(concurrency=concurrency, install_signal_handlers=False)]
+            if api_port:
+                free = api_port if port_is_free(api_port) else 0
+                if free == 0:
+                    app.output.notice(f"port {api_port} is taken: the HTTP server is off")
+                else:
+                    work.append(run_server(create_app(config, store), port=free))
+            await asyncio.gather(*work)
 
     async def main() -> None:
         await store.start()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
+import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
@@ -46,3 +47,22 @@ def create_app(config: Config, store: Store, *, secret: bytes | None = None) -> 
         return JSONResponse({"status": "ok", "version": __version__})
 
     return app
+
+
+class EmbeddedServer(uvicorn.Server):
+    """uvicorn inside `branchline serve`: the process's own handlers own the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def run_server(app: FastAPI, *, port: int) -> None:
+    """Serve `app` on 127.0.0.1:`port` until cancelled."""
+    server = EmbeddedServer(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    try:
+        await server.serve()
+    finally:
+        server.should_exit = True
