@@ -26,6 +26,7 @@ from branchline.cli import secret as secret_cmd
 from branchline.cli import serve as serve_cmd
 from branchline.cli import state as state_cmd
 from branchline.cli import status as status_cmd
+from branchline.cli import token as token_cmd
 from branchline.cli.context import AppContext
 from branchline.cli.output import Output
 from branchline.errors import BranchlineError
@@ -99,6 +100,7 @@ app.add_typer(secret_cmd.app, name="secret")
 app.command("push")(pr_cmd.push)
 app.add_typer(pr_cmd.app, name="pr")
 app.add_typer(issues_cmd.app, name="issues")
+app.add_typer(token_cmd.app, name="token")
 
 
 GLOBAL_FLAGS = ("--json", "--debug")

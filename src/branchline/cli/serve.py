@@ -14,6 +14,7 @@ from branchline.errors import UsageError
 from branchline.pipelines.worker import open_pipelines
 from branchline.postgres.cluster import port_is_free
 from branchline.providers.registry import compute_provider
+from branchline.server import api
 from branchline.server.app import create_app, run_server
 
 
@@ -83,7 +84,8 @@ def serve(
                 if free == 0:
                     app.output.notice(f"port {api_port} is taken: the HTTP server is off")
                 else:
-                    work.append(run_server(create_app(config, store), port=free))
+                    server = create_app(config, store, actions=api.actions_of(pipelines))
+                    work.append(run_server(server, port=free))
             await asyncio.gather(*work)
 
     async def main() -> None:

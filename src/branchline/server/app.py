@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator, Iterator
 
 import uvicorn
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from branchline import __version__
 from branchline.config import Config
-from branchline.server import webhooks
+from branchline.server import api, metrics, webhooks
 from branchline.store import Store
 
 
@@ -25,7 +25,13 @@ def webhook_secret(config: Config) -> bytes | None:
     return value.encode() if value else None
 
 
-def create_app(config: Config, store: Store, *, secret: bytes | None = None) -> FastAPI:
+def create_app(
+    config: Config,
+    store: Store,
+    *,
+    secret: bytes | None = None,
+    actions: dict[str, api.Action] | None = None,
+) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         async with store.pooled(max_size=10):  # a burst of deliveries shares ten
@@ -39,6 +45,11 @@ def create_app(config: Config, store: Store, *, secret: bytes | None = None) -> 
         store=store,
     )
     app.include_router(webhooks.router(settings))
+    app.include_router(api.router(config, store, actions))
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def prometheus() -> str:
+        return await metrics.render(store, config.project.name)
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:

@@ -1,0 +1,333 @@
+"""The REST API (`/api/...`): what a team reads, and the few actions it takes.
+
+Every request carries `Authorization: Bearer <token>` (`branchline token create`):
+none or an unknown one is 401; a read-only token on an action is 403. Answers never
+hold a secret value, a sensitive artifact or a connection URI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Query
+from pydantic import BaseModel
+
+from branchline import naming
+from branchline.config import Config
+from branchline.errors import BranchlineError
+from branchline.pipelines import cleanup
+from branchline.store import Store
+from branchline.store import branches as branch_rows
+from branchline.store import compute as compute_rows
+from branchline.store import dns as dns_rows
+from branchline.store import forge as forge_rows
+from branchline.store import previews as preview_rows
+from branchline.store import rollouts as rollout_rows
+from branchline.store import runs as run_rows
+from branchline.store import secrets as secret_rows
+from branchline.store import tokens as token_rows
+
+Action = Callable[..., Awaitable[Any]]
+
+
+class Run(BaseModel):
+    id: int
+    workflow: str
+    status: str
+    triggered_by: str
+    ref: str | None
+    sha: str | None
+    pr: int | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class Step(BaseModel):
+    name: str
+    status: str
+    exit_code: int | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class Job(BaseModel):
+    name: str
+    status: str
+    needs: list[str]
+    error: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    steps: list[Step]
+
+
+class RunDetail(Run):
+    jobs: list[Job]
+
+
+class LogLine(BaseModel):
+    id: int
+    job_id: int | None
+    stream: str
+    line: str
+    at: datetime
+
+
+class ServiceState(BaseModel):
+    service: str
+    status: str
+    release: str
+    commit: str
+    url: str | None
+
+
+class Environment(BaseModel):
+    name: str
+    branch: str | None
+    status: str
+    expires_at: datetime | None
+    services: list[ServiceState]
+
+
+class Rollout(BaseModel):
+    id: int
+    run_id: int | None
+    sha: str | None
+    triggered_by: str
+    status: str
+    started_at: datetime
+    finished_at: datetime | None
+    detail: dict[str, Any]
+
+
+class Branch(BaseModel):
+    name: str
+    parent: str | None
+    status: str
+    created_at: datetime
+    expires_at: datetime | None
+
+
+class Record(BaseModel):
+    name: str
+    type: str
+    content: str
+    proxied: bool
+    environment: str | None
+
+
+class SecretName(BaseModel):
+    environment: str
+    name: str
+    updated_at: datetime
+
+
+class PullRequest(BaseModel):
+    number: int
+    title: str
+    head: str
+    base: str
+    sha: str
+    state: str
+
+
+class Accepted(BaseModel):
+    message: str
+    run_id: int | None = None
+
+
+def router(config: Config, store: Store, actions: dict[str, Action] | None = None) -> APIRouter:
+    project = config.project.name
+    act = actions or {}
+
+    async def token(authorization: Annotated[str | None, Header()] = None) -> str:
+        scheme, _, value = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise HTTPException(401, "a bearer token is required (`branchline token create`)",
+                                headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+        async with store.connect() as conn:
+            found = await token_rows.find(conn, project, value.strip())
+        if found is None:
+            raise HTTPException(401, "unknown token", headers={"WWW-Authenticate": "Bearer"})
+        return found.scope
+
+    # A default, not an annotation: `token` is local, which a string annotation cannot name.
+    async def writer(scope: str = Depends(token)) -> str:
+        if scope != "write":
+            raise HTTPException(403, "this token may only read")
+        return scope
+
+    read = [Depends(token)]
+    routes = APIRouter(prefix="/api")
+
+    @routes.get("/runs", dependencies=read)
+    async def runs(limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[Run]:
+        async with store.connect() as conn:
+            found = await run_rows.list_runs(conn, project, limit)
+        return [_run(r) for r in found]
+
+    @routes.get("/runs/{run_id}", dependencies=read)
+    async def run(run_id: int) -> RunDetail:
+        async with store.connect() as conn:
+            found = await run_rows.get_run(conn, run_id)
+            if found is None or found.project != project:
+                raise HTTPException(404, f"there is no run {run_id}")
+            jobs = []
+            for job in await run_rows.jobs_of(conn, run_id):
+                steps = [Step(name=s.name, status=s.status, exit_code=s.exit_code,
+                              started_at=s.started_at, finished_at=s.finished_at)
+                         for s in await run_rows.steps_of(conn, job.id)]  # fmt: skip
+                jobs.append(Job(name=job.name, status=job.status, needs=list(job.needs),
+                                error=job.error, started_at=job.started_at,
+                                finished_at=job.finished_at, steps=steps))  # fmt: skip
+        return RunDetail(**_run(found).model_dump(), jobs=jobs)
+
+    @routes.get("/runs/{run_id}/logs", dependencies=read)
+    async def logs(run_id: int, after: Annotated[int, Query(ge=0)] = 0) -> list[LogLine]:
+        async with store.connect() as conn:
+            found = await run_rows.get_run(conn, run_id)
+            if found is None or found.project != project:
+                raise HTTPException(404, f"there is no run {run_id}")
+            lines = await run_rows.logs_after(conn, run_id, after)
+        # Lines were masked before they were stored.
+        return [LogLine(id=ln.id, job_id=ln.job_id, stream=ln.stream, line=ln.content, at=ln.at)
+                for ln in lines]  # fmt: skip
+
+    @routes.get("/environments", dependencies=read)
+    async def environments() -> list[Environment]:
+        async with store.connect() as conn:
+            live = await compute_rows.deployments(conn, project, statuses=("live",))
+            previews = await preview_rows.list_previews(conn, project)
+            production = await rollout_rows.branch_of(conn, project, naming.PRODUCTION)
+            releases = {d.release_id: await compute_rows.get_release(conn, d.release_id)
+                        for d in live}  # fmt: skip
+
+        def services(environment: str) -> list[ServiceState]:
+            found = []
+            for d in live:
+                release = releases.get(d.release_id)
+                if d.environment != environment or release is None:
+                    continue
+                found.append(ServiceState(
+                    service=d.service, status=d.status, commit=release.commit_sha,
+                    release=f"{d.service}@{release.commit_sha[:12]}.{release.build_number}",
+                    url=str(d.detail.get("host")) if d.detail.get("host") else None,
+                ))  # fmt: skip
+            return found
+
+        found = [Environment(name=naming.PRODUCTION, status="live" if services(
+            naming.PRODUCTION) else "empty", branch=production or config.database.parent,
+            expires_at=None, services=services(naming.PRODUCTION))]  # fmt: skip
+        for p in previews:
+            if p.status == "deleted":
+                continue
+            name = naming.environment_for_pr(p.pr)
+            found.append(Environment(name=name, status=p.status, branch=f"pr-{p.pr}",
+                                     expires_at=p.expires_at, services=services(name)))  # fmt: skip
+        return found
+
+    @routes.get("/deployments/history", dependencies=read)
+    async def history() -> list[Rollout]:
+        async with store.connect() as conn:
+            found = await rollout_rows.history(conn, project)
+        return [Rollout(id=r.id, run_id=r.run_id, sha=r.sha, triggered_by=r.triggered_by,
+                        status=r.status, started_at=r.started_at, finished_at=r.finished_at,
+                        detail=r.detail) for r in found]  # fmt: skip
+
+    @routes.get("/branches", dependencies=read)
+    async def branches() -> list[Branch]:
+        async with store.connect() as conn:
+            found = await branch_rows.list_all(conn, project)
+        return [Branch(name=b.name, parent=b.parent, status=b.status, created_at=b.created_at,
+                       expires_at=b.expires_at) for b in found]  # fmt: skip
+
+    @routes.get("/dns", dependencies=read)
+    async def dns() -> list[Record]:
+        async with store.connect() as conn:
+            found = await dns_rows.list_all(conn, project)
+        return [Record(name=r.name, type=r.type, content=r.content, proxied=r.proxied,
+                       environment=r.environment) for r in found]  # fmt: skip
+
+    @routes.get("/secrets", dependencies=read)
+    async def secrets() -> list[SecretName]:
+        async with store.connect() as conn:
+            found = await secret_rows.list_meta(conn, project, None)
+        return [SecretName(environment=s.environment, name=s.name, updated_at=s.updated_at)
+                for s in found]  # fmt: skip
+
+    @routes.get("/prs", dependencies=read)
+    async def prs() -> list[PullRequest]:
+        async with store.connect() as conn:
+            found = await forge_rows.list_prs(conn, project)
+        return [
+            PullRequest(number=p.number, title=p.title, head=p.head_branch,
+                        base=p.base_branch, sha=p.head_sha, state=p.state)
+            for p in found
+        ]  # fmt: skip
+
+    async def perform(name: str, **params: Any) -> Accepted:
+        action = act.get(name)
+        if action is None:
+            raise HTTPException(503, "no workers run in this process (`branchline serve`)")
+        try:
+            return Accepted(**await action(**params))
+        except BranchlineError as exc:
+            raise HTTPException(409, f"{exc.message} ({exc.hint})") from None
+
+    @routes.post("/runs/{run_id}/cancel", dependencies=[Depends(writer)])
+    async def cancel(run_id: int) -> Accepted:
+        return await perform("cancel", run_id=run_id)
+
+    @routes.post("/runs/{run_id}/rerun", dependencies=[Depends(writer)])
+    async def rerun(run_id: int) -> Accepted:
+        return await perform("rerun", run_id=run_id)
+
+    @routes.post("/services/{service}/rollback", dependencies=[Depends(writer)])
+    async def rollback(service: str, environment: str = naming.PRODUCTION) -> Accepted:
+        return await perform("rollback", service=service, environment=environment)
+
+    @routes.post("/previews/{pr}/close", dependencies=[Depends(writer)])
+    async def close_preview(pr: int) -> Accepted:
+        return await perform("close_preview", pr=pr)
+
+    @routes.post("/pipelines/testing", dependencies=[Depends(writer)])
+    async def trigger(branch: str) -> Accepted:
+        return await perform("push", branch=branch)
+
+    return routes
+
+
+def _run(r: run_rows.RunRow) -> Run:
+    return Run(id=r.id, workflow=r.workflow, status=r.status, triggered_by=r.triggered_by,
+               ref=r.ref, sha=r.sha, pr=r.pr, created_at=r.created_at,
+               started_at=r.started_at, finished_at=r.finished_at)  # fmt: skip
+
+
+def actions_of(pipelines: Any) -> dict[str, Action]:
+    """The actions, done by a running `serve`'s pipelines (a Pipelines)."""
+    kit, engine = pipelines.kit, pipelines.engine
+
+    async def cancel(run_id: int) -> dict[str, Any]:
+        done = await engine.cancel(run_id)
+        return {"message": "cancel requested" if done else "the run was over", "run_id": run_id}
+
+    async def rerun(run_id: int) -> dict[str, Any]:
+        return {"message": "rerun started", "run_id": await engine.rerun(run_id)}
+
+    async def rollback(service: str, environment: str) -> dict[str, Any]:
+        back = await kit.compute.rollback(service, naming.validate_environment(environment))
+        return {"message": f"{service} rolled back to {back.release.name}"}
+
+    async def close_preview(pr: int) -> dict[str, Any]:
+        run_id = await engine.submit(cleanup.workflow(pr, reason="closed from the API"),
+                                     triggered_by="api", pr=pr)  # fmt: skip
+        return {"message": f"preview-{pr} is being removed", "run_id": run_id}
+
+    async def push(branch: str) -> dict[str, Any]:
+        recorded = await kit.forge.push(branch, source="api")
+        return {"message": "push recorded" if recorded.event else "recorded before"}
+
+    return {"cancel": cancel, "rerun": rerun, "rollback": rollback,
+            "close_preview": close_preview, "push": push}  # fmt: skip

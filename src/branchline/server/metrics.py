@@ -1,0 +1,84 @@
+"""`/metrics` in Prometheus' text format, read from the store on each scrape."""
+
+from __future__ import annotations
+
+from branchline.store import Store
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
+
+
+async def render(store: Store, project: str) -> str:
+    lines: list[str] = []
+
+    async def family(
+        name: str, kind: str, help_text: str, query: str, labels: tuple[str, ...]
+    ) -> None:
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} {kind}")
+        async with store.connect() as conn:
+            cur = await conn.execute(query, (project,))
+            for row in await cur.fetchall():
+                *keys, raw = row
+                value = float(str(raw if raw is not None else 0))
+                tags = ",".join(
+                    f'{k}="{_label(str(v))}"' for k, v in zip(labels, keys, strict=True)
+                )
+                lines.append(f"{name}{{{tags}}} {value}" if tags else f"{name} {value}")
+
+    await family(
+        "branchline_runs",
+        "gauge",
+        "Runs by workflow and status.",
+        "SELECT workflow, status, count(*) FROM branchline.runs WHERE project = %s GROUP BY 1, 2",
+        ("workflow", "status"),
+    )
+    await family(
+        "branchline_job_seconds_sum",
+        "gauge",
+        "Total seconds of finished jobs by name.",
+        "SELECT j.name, sum(extract(epoch FROM j.finished_at - j.started_at)) "
+        "FROM branchline.jobs j JOIN branchline.runs r ON r.id = j.run_id "
+        "WHERE r.project = %s AND j.finished_at IS NOT NULL AND j.started_at IS NOT NULL "
+        "GROUP BY 1",
+        ("job",),
+    )
+    await family(
+        "branchline_deployments",
+        "gauge",
+        "Deployments by environment and status.",
+        "SELECT environment, status, count(*) FROM branchline.deployments "
+        "WHERE project = %s GROUP BY 1, 2",
+        ("environment", "status"),
+    )
+    await family(
+        "branchline_rollouts",
+        "gauge",
+        "Production rollouts by outcome (rolled_back counts automatic rollbacks).",
+        "SELECT status, count(*) FROM branchline.rollouts WHERE project = %s GROUP BY 1",
+        ("outcome",),
+    )
+    await family(
+        "branchline_branches",
+        "gauge",
+        "Database branches and their total size.",
+        "SELECT count(*) FROM branchline.branches WHERE project = %s",
+        (),
+    )
+    await family(
+        "branchline_branch_bytes",
+        "gauge",
+        "Total size of the database branches.",
+        "SELECT coalesce(sum(size_bytes), 0) FROM branchline.branches WHERE project = %s",
+        (),
+    )
+    await family(
+        "branchline_webhook_deliveries",
+        "gauge",
+        "Webhook deliveries recorded, by event and outcome.",
+        "SELECT kind, CASE WHEN error IS NULL THEN 'ok' ELSE 'failed' END, count(*) "
+        "FROM branchline.events WHERE project = %s AND source = 'webhook' GROUP BY 1, 2",
+        ("event", "outcome"),
+    )
+    return "\n".join(lines) + "\n"
