@@ -116,3 +116,39 @@ def test_reads_carry_no_secret_and_the_openapi_document_is_served(
         assert path in document["paths"]
     metrics = call(app, "GET", "/metrics")
     assert metrics.status_code == 200 and "# TYPE branchline_runs gauge" in metrics.text
+
+
+def test_run_logs_follow_as_server_sent_events(tmp_path: Path, store: Store) -> None:
+    app, tokens, _ = setup(tmp_path, store)
+
+    async def make_run() -> int:
+        from datetime import UTC, datetime
+
+        from branchline.store import runs as run_rows
+
+        async with store.connect() as conn:
+            prs = await forge_rows.list_prs(conn, _project_of(app))
+            assert prs
+            run_id = await run_rows.insert_run(
+                conn, project=_project_of(app), workflow="testing", definition={}, jobs=[],
+                triggered_by="t", ref=None, sha=None, base_sha=None, pr=None, repo=None,
+                concurrency_group=None, cancel_in_progress=False, secret_scope=None,
+            )  # fmt: skip
+            now = datetime.now(UTC)
+            await run_rows.insert_logs(
+                conn, [(run_id, None, None, "stdout", f"line {i}", now) for i in range(3)]
+            )
+            await run_rows.set_run(conn, run_id, status="success", finished_at=now)
+        return run_id
+
+    run_id = asyncio.run(make_run())
+    answer = call(app, "GET", f"/api/runs/{run_id}/logs?follow=1", tokens["read"])
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/event-stream")
+    events = [block for block in answer.text.split("\n\n") if block]
+    assert [e.splitlines()[1] for e in events] == ["event: line"] * 3 + ["data: {}"]
+    assert '"line":"line 2"' in events[2]
+
+
+def _project_of(app: Any) -> str:
+    return str(app.state.project)

@@ -7,15 +7,17 @@ hold a secret value, a sensitive artifact or a connection URI.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from branchline import naming
 from branchline.config import Config
+from branchline.engine import logs as run_logs
 from branchline.errors import BranchlineError
 from branchline.pipelines import cleanup
 from branchline.store import Store
@@ -184,12 +186,24 @@ def router(config: Config, store: Store, actions: dict[str, Action] | None = Non
                                 finished_at=job.finished_at, steps=steps))  # fmt: skip
         return RunDetail(**_run(found).model_dump(), jobs=jobs)
 
-    @routes.get("/runs/{run_id}/logs", dependencies=read)
-    async def logs(run_id: int, after: Annotated[int, Query(ge=0)] = 0) -> list[LogLine]:
+    @routes.get(
+        "/runs/{run_id}/logs",
+        dependencies=read,
+        response_model=list[LogLine],
+        responses={200: {"content": {"text/event-stream": {}},
+                         "description": "the lines; with follow=1 a stream of events"}},
+    )  # fmt: skip
+    async def logs(
+        run_id: int,
+        after: Annotated[int, Query(ge=0)] = 0,
+        follow: Annotated[int, Query(ge=0, le=1)] = 0,
+    ) -> Any:
         async with store.connect() as conn:
             found = await run_rows.get_run(conn, run_id)
             if found is None or found.project != project:
                 raise HTTPException(404, f"there is no run {run_id}")
+            if follow:
+                return StreamingResponse(_events(store, run_id), media_type="text/event-stream")
             lines = await run_rows.logs_after(conn, run_id, after)
         # Lines were masked before they were stored.
         return [LogLine(id=ln.id, job_id=ln.job_id, stream=ln.stream, line=ln.content, at=ln.at)
@@ -297,6 +311,15 @@ def router(config: Config, store: Store, actions: dict[str, Action] | None = Non
         return await perform("push", branch=branch)
 
     return routes
+
+
+async def _events(store: Store, run_id: int) -> AsyncIterator[str]:
+    """Server-sent events: each stored line as it arrives (LISTEN/NOTIFY), then `end`."""
+    async for line in run_logs.read(store, run_id, follow=True):
+        data = LogLine(id=line.id, job_id=line.job_id, stream=line.stream, line=line.content,
+                       at=line.at)  # fmt: skip
+        yield f"id: {line.id}\nevent: line\ndata: {data.model_dump_json()}\n\n"
+    yield "event: end\ndata: {}\n\n"
 
 
 def _run(r: run_rows.RunRow) -> Run:

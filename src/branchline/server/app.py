@@ -38,6 +38,7 @@ def create_app(
             yield
 
     app = FastAPI(title="branchline", version=__version__, lifespan=lifespan)
+    app.state.project = config.project.name
     settings = webhooks.WebhookSettings(
         project=config.project.name,
         secret=secret if secret is not None else webhook_secret(config),
