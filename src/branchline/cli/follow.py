@@ -59,7 +59,10 @@ async def run_pipelines(app: AppContext, config: Config, store: Store) -> dict[s
                 app.output.progress(f"run {run.id} {run.workflow}: {run.status} in {took:.1f} s")
 
     if info.workers:
-        await wait_settled(store, project, on_tick=on_tick)
+        state_dir = store.location.state_dir
+        await wait_settled(
+            store, project, on_tick=on_tick, alive=lambda: daemon.read_info(state_dir) is not None
+        )
     else:
         options = EngineOptions(pool_size=20, poll=0.5)
         async with open_pipelines(

@@ -28,6 +28,9 @@ def reconcile_command(
     config = app.config()
     store = app.store()
 
+    def serve_alive() -> bool:
+        return daemon.read_info(store.location.state_dir) is not None
+
     async def main() -> list[Finding]:
         await store.start()
         info, started = await asyncio.to_thread(
@@ -49,7 +52,7 @@ def reconcile_command(
                 # run was interrupted) is looked at again.
                 app.output.progress("running what is pending")
                 if info.workers:  # `branchline serve` does the work: wait for it
-                    await wait_settled(store, config.project.name)
+                    await wait_settled(store, config.project.name, alive=serve_alive)
                 else:
                     await pipelines.run_until_settled()
                 again = await reconcile(pipelines.kit, engine=pipelines.engine)

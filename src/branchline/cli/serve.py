@@ -84,7 +84,9 @@ def serve(
                 if free == 0:
                     app.output.notice(f"port {api_port} is taken: the HTTP server is off")
                 else:
-                    server = create_app(config, store, actions=api.actions_of(pipelines))
+                    server = create_app(
+                        config, store, actions=api.actions_of(pipelines), edge_port=edge_port
+                    )
                     work.append(run_server(server, port=free))
             await asyncio.gather(*work)
 

@@ -262,12 +262,20 @@ async def wait_settled(
     *,
     on_tick: Callable[[], Awaitable[None]] | None = None,
     poll: float = 0.1,
+    alive: Callable[[], bool] | None = None,
 ) -> None:
     """Wait, without working, until another process (`branchline serve`) has handled
-    every pending event and finished every run of the project."""
+    every pending event and finished every run of the project. `alive` says whether
+    that process still runs: when it stops, waiting would be forever."""
     while True:
         if on_tick is not None:
             await on_tick()
+        if alive is not None and not alive():
+            raise BranchlineError(
+                "branchline serve stopped while this command waited for it",
+                hint="See edge.log in the state directory; `branchline serve` in a terminal "
+                "shows why. The recorded work is kept: it runs when serve runs again.",
+            )
         async with store.connect() as conn:
             pending = await forge_rows.pending_count(conn, project)
             active = await run_rows.active_runs(conn, project)

@@ -7,12 +7,12 @@ import os
 from collections.abc import AsyncIterator, Iterator
 
 import uvicorn
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 
 from branchline import __version__
 from branchline.config import Config
-from branchline.server import api, metrics, webhooks
+from branchline.server import api, dashboard, metrics, webhooks
 from branchline.store import Store
 
 
@@ -31,6 +31,7 @@ def create_app(
     *,
     secret: bytes | None = None,
     actions: dict[str, api.Action] | None = None,
+    edge_port: int | None = None,
 ) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -47,6 +48,15 @@ def create_app(
     )
     app.include_router(webhooks.router(settings))
     app.include_router(api.router(config, store, actions))
+    app.include_router(dashboard.router(config, store, actions, dashboard.Sessions(), edge_port))
+
+    @app.exception_handler(HTTPException)
+    async def redirects(_request: Request, exc: HTTPException) -> Response:
+        # The dashboard sends a visitor without a session to the log-in page.
+        if exc.status_code == 303 and exc.headers and "Location" in exc.headers:
+            return RedirectResponse(exc.headers["Location"], status_code=303)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code,
+                            headers=exc.headers)  # fmt: skip
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> str:

@@ -1,0 +1,153 @@
+"""The dashboard in a real browser (Debian's Chromium, driven by Playwright) against a
+real `branchline serve`: log in with a token, see a running preview's working links,
+watch a run's log lines arrive live, roll a service back with the button and see its
+release change, log out. A screenshot of each step goes to test-artifacts/."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.codex_project import commit_on, git, make_project
+from tests.conftest import REPO, eventually, run_cli
+
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = REPO / "test-artifacts" / "dashboard"
+SLOW_TEST = """
+[tests.ticks]
+command = ["python", "-c",
+           "import time\\nfor i in range(6):\\n    print('tick', i, flush=True); time.sleep(0.7)"]
+"""
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="needs Debian's chromium (.ci/run installs it)"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@pytest.fixture
+def project(tmp_path: Path, state_dir: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+    root = make_project(tmp_path / "codex", quick_tests=True)
+    config = root / "branchline.toml"
+    config.write_text(config.read_text() + SLOW_TEST)
+    git(root, "commit", "-qam", "a test that takes a few seconds")
+    env = {
+        "BRANCHLINE_STATE_DIR": str(state_dir),
+        "BRANCHLINE_API_PORT": str(free_port()),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    try:
+        yield root, env
+    finally:
+        run_cli("stop", cwd=root, env=env)
+        for deployment in json.loads(
+            run_cli("--json", "deployments", "list", cwd=root, env=env).stdout or "[]"
+        ):
+            pid = deployment["detail"].get("pid")
+            if pid and deployment["status"] in ("live", "starting", "draining"):
+                with_kill(int(pid))
+
+
+def with_kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, 15)
+
+
+def cli(project: tuple[Path, dict[str, str]], *args: str, stdin: str | None = None) -> Any:
+    root, env = project
+    done = run_cli("--json", *args, cwd=root, env=env, input=stdin)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout) if done.stdout.strip() else None
+
+
+def test_dashboard_in_a_real_browser(project: tuple[Path, dict[str, str]]) -> None:
+    from playwright.sync_api import sync_playwright
+
+    root, env = project
+    cli(project, "db", "init")
+    for name in ("AUTH_SECRET", "PAYMENT_WEBHOOK_SECRET"):
+        cli(project, "secret", "set", name, "--env", "production", stdin=f"{name}-browser-test\n")
+    cli(project, "push", "main")  # testing, then production (serve starts here)
+    commit_on(root, "feature", {"services/web/NOTE": "hi\n"}, "a note")
+    cli(project, "pr", "open", "feature")  # testing, then the preview
+    (root / "services" / "api" / "VERSION").write_text("2\n")
+    git(root, "add", ".")
+    git(root, "commit", "-qm", "api v2")
+    cli(project, "push", "main")  # a second production release: something to roll back to
+    token = cli(project, "token", "create", "--name", "browser", "--scope", "write")["token"]
+    base = f"http://127.0.0.1:{env['BRANCHLINE_API_PORT']}/dashboard"
+    SHOTS.mkdir(parents=True, exist_ok=True)
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.on("dialog", lambda dialog: dialog.accept())  # the rollback confirmation
+
+            page.goto(f"{base}/")
+            assert page.url.endswith("/dashboard/login")
+            page.fill("input[name=token]", token)
+            page.click("button[type=submit]")
+            page.wait_for_url(f"{base}/")
+            page.screenshot(path=str(SHOTS / "1-environments.png"), full_page=True)
+            assert page.locator("h2#preview-1").count() == 1
+            link = page.locator("#preview-1 ~ table a", has_text="web-preview-1").first
+            href = link.get_attribute("href")
+            assert href is not None and "web-preview-1.codex.localhost" in href
+            link.click()  # the preview's web page, through the edge
+            page.wait_for_load_state()
+            assert "codex" in page.content()
+            page.screenshot(path=str(SHOTS / "2-preview-web.png"))
+
+            # A run whose log grows while we watch.
+            commit_on(root, "feature", {"services/web/NOTE": "again\n"}, "again")
+            cli(project, "pr", "sync", "1", "--no-wait")
+            newest = eventually(lambda: _active_testing(project), timeout=30)
+            page.goto(f"{base}/runs/{newest}")
+            first = page.locator("#log").inner_text()
+            page.wait_for_function(
+                "document.getElementById('log').textContent.includes('tick 5')", timeout=30000
+            )
+            assert "tick 5" not in first  # it arrived after the page was loaded
+            page.screenshot(path=str(SHOTS / "3-run-live-log.png"), full_page=True)
+
+            page.goto(f"{base}/deployments")
+            row = page.locator("tr", has=page.locator("td", has_text="production")).filter(
+                has=page.locator("td", has_text=re.compile(r"^api$"))
+            )
+            before = row.locator("td.release").inner_text()
+            row.locator("button[name=rollback]").click()
+            page.wait_for_url(re.compile(r".*/dashboard/deployments\?notice=.*"))
+            assert "rolled back to" in page.content()
+            after = row.locator("td.release").inner_text()
+            assert after != before
+            page.screenshot(path=str(SHOTS / "4-rolled-back.png"), full_page=True)
+
+            page.click("nav button[type=submit]")  # log out
+            page.wait_for_url(f"{base}/login")
+            page.goto(f"{base}/")
+            assert page.url.endswith("/dashboard/login")
+            page.screenshot(path=str(SHOTS / "5-logged-out.png"))
+        finally:
+            browser.close()
+
+
+def _active_testing(project: tuple[Path, dict[str, str]]) -> int | None:
+    runs = cli(project, "runs", "list")
+    found = [r for r in runs if r["workflow"] == "testing" and r["status"] == "running"]
+    return int(found[0]["id"]) if found else None
