@@ -152,3 +152,41 @@ def test_run_logs_follow_as_server_sent_events(tmp_path: Path, store: Store) -> 
 
 def _project_of(app: Any) -> str:
     return str(app.state.project)
+
+
+def test_dashboard_refuses_forged_cookies_and_missing_csrf(tmp_path: Path, store: Store) -> None:
+    app, tokens, called = setup(tmp_path, store)
+
+    async def go() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            # No session: every page sends the visitor to the log-in page.
+            for path in ("/dashboard/", "/dashboard/runs", "/dashboard/deployments"):
+                answer = await client.get(path)
+                assert answer.status_code == 303
+                assert answer.headers["location"] == "/dashboard/login"
+            refused = await client.post("/dashboard/login", data={"token": "blt_forged"})
+            assert "unknown token" in refused.text and "branchline_session" not in refused.cookies
+            forged = "7b7d." + "0" * 64  # '{}' signed with the wrong key
+            client.cookies.set("branchline_session", forged, path="/dashboard")
+            assert (await client.get("/dashboard/")).status_code == 303
+            form = {"service": "api", "environment": "production", "csrf": "x"}
+            assert (await client.post("/dashboard/rollback", data=form)).status_code == 303
+            client.cookies.clear()
+            # A real session, read-only: pages yes, the rollback button no.
+            login = await client.post("/dashboard/login", data={"token": tokens["read"]})
+            assert login.status_code == 303
+            assert (await client.get("/dashboard/")).status_code == 200
+            assert (await client.post("/dashboard/rollback", data=form)).status_code == 403
+            client.cookies.clear()
+            await client.post("/dashboard/login", data={"token": tokens["write"]})
+            page = (await client.get("/dashboard/deployments")).text
+            csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+            assert (await client.post("/dashboard/rollback", data=form)).status_code == 403
+            done = await client.post("/dashboard/rollback", data={**form, "csrf": csrf})
+            assert done.status_code == 303 and "rollback%20done" in done.headers["location"]
+            assert called[-1] == ("rollback", {"service": "api", "environment": "production"})
+            cookie = login.headers.get("set-cookie", "")
+            assert "HttpOnly" in cookie and "SameSite=lax" in cookie
+
+    asyncio.run(go())
