@@ -22,7 +22,7 @@ from tests.codex_project import git, make_project
 from tests.conftest import REPO, eventually, run_cli
 
 SECRET = "a webhook secret for this test"
-PUSH = REPO.parent / "shared" / "realworld" / "github-webhooks" / "octokit-examples"
+PUSH = REPO / "tests" / "fixtures" / "github-webhooks" / "octokit-examples"
 
 
 def free_port() -> int:

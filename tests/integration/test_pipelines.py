@@ -92,6 +92,19 @@ async def runs_of(kit: Kit) -> dict[str, list[run_rows.RunRow]]:
     return by_workflow
 
 
+async def story(kit: Kit) -> str:
+    """Events and runs, for a failure message."""
+    async with kit.store.connect() as conn:
+        cur = await conn.execute(
+            "SELECT id, kind, action, delivery_id, processed_at IS NOT NULL, error, payload "
+            "FROM branchline.events ORDER BY id"
+        )
+        events = await cur.fetchall()
+        runs = await run_rows.list_runs(conn, kit.project)
+    told = [f"run {r.id} {r.workflow} {r.status} pr={r.pr} sha={r.sha}" for r in runs]
+    return "\n".join([*(str(e) for e in events), *told])
+
+
 def through_edge(port: int, host: str, path: str = "/health") -> dict[str, Any]:
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Host": host})
     with urllib.request.urlopen(request, timeout=10) as answer:
@@ -108,7 +121,7 @@ def test_open_sync_close_on_real_providers(project: Path) -> None:
             await p.run_until_settled()
             runs = await runs_of(kit)
             assert [r.status for r in runs["testing"]] == ["success"]
-            assert [r.status for r in runs["preview"]] == ["success"]
+            assert [r.status for r in runs.get("preview", [])] == ["success"], await story(kit)
             assert kit.edge_port is not None
             for service in ("api", "auth", "web"):
                 health = through_edge(kit.edge_port, f"{service}-preview-1.codex.localhost")

@@ -30,7 +30,7 @@ from tests.conftest import REPO
 from tests.integration.conftest import store_in
 
 pytestmark = pytest.mark.integration
-REALWORLD = REPO.parent / "shared" / "realworld" / "github-webhooks"
+REALWORLD = REPO / "tests" / "fixtures" / "github-webhooks"
 CAPTURED = REALWORLD / "captured-deliveries"
 OCTOKIT = REALWORLD / "octokit-examples"
 # The secret the captured deliveries were signed with (see shared/realworld/README.md).
