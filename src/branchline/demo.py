@@ -265,8 +265,14 @@ async def _scenario(demo: Demo, p: Pipelines) -> None:
         )  # fmt: skip
         await kit.forge.sync_pr(1)
         _expect(await _settle(demo, p), {"testing": "success", "preview": "success"})
-        answers = {_health(port, h)["commit"] for h in hosts["preview-1"].values()}
-        assert answers == {second}, answers
+        deadline = time.monotonic() + 5  # the edge switches routes on NOTIFY: moments later
+        while True:
+            answers = {_health(port, h)["commit"] for h in hosts["preview-1"].values()}
+            if answers == {second} or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        if answers != {second}:
+            raise BranchlineError(f"the preview answers {sorted(answers)}, not {second[:8]}")
         return f"preview-1 now serves {second[:8]} (migration 003 applied to pr-1), same URLs"
 
     async def merge() -> str:

@@ -18,7 +18,7 @@ import pytest
 
 from branchline.providers.compute.processes import ProcessId
 from tests.codex_project import commit_on, make_project
-from tests.conftest import run_cli
+from tests.conftest import eventually, run_cli
 
 SERVICES = ("api", "auth", "web")
 
@@ -112,7 +112,8 @@ def test_push_then_a_pull_request_preview_from_open_to_close(
     synced = cli(project, "pr", "sync", "1")
     assert synced["previews"][0]["urls"] == urls
     for service in SERVICES:
-        assert health(port, f"{service}-preview-1.codex.localhost")["commit"] == second
+        host = f"{service}-preview-1.codex.localhost"  # the edge switches on NOTIFY: moments
+        eventually(lambda h=host: health(port, h)["commit"] == second or None)
     shown = cli(project, "pr", "show", "1")
     assert "note text" in shown["comments"][0]["body"]  # the migration, in the schema diff
     assert shown["statuses"][0]["state"] == "success"

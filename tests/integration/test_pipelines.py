@@ -37,6 +37,7 @@ from branchline.store import previews as preview_rows
 from branchline.store import rollouts as rollout_rows
 from branchline.store import runs as run_rows
 from tests.codex_project import NOTHING, commit_on, git, leftovers, make_project
+from tests.conftest import eventually
 
 pytestmark = pytest.mark.integration
 FAST = EngineOptions(grace=1.0, heartbeat=0.5, stalled_after=5.0, recover_every=0.5, poll=0.5)
@@ -144,8 +145,10 @@ def test_open_sync_close_on_real_providers(project: Path) -> None:
             await kit.forge.sync_pr(1)
             await p.run_until_settled()
             for service in ("api", "auth", "web"):
-                health = through_edge(kit.edge_port, f"{service}-preview-1.codex.localhost")
-                assert health["commit"] == sha
+                # The edge applies a route switch when its NOTIFY arrives: moments later.
+                host = f"{service}-preview-1.codex.localhost"
+                port = kit.edge_port
+                eventually(lambda h=host, pt=port: through_edge(pt, h)["commit"] == sha or None)
             branch = await kit.database.get_branch("pr-1")
             assert branch is not None and branch.detail["migrations"] == ["001", "002", "003"]
             async with kit.store.connect() as conn:
