@@ -211,7 +211,7 @@ async def _processes(kit: Kit, dry_run: bool) -> list[Finding]:
         )
     known = {int(r.detail["pid"]) for r in rows if "pid" in r.detail}
     found = []
-    for pid, env, age in _service_processes(kit.project):
+    for pid, env, age in _service_processes(kit.project, str(kit.compute.state_dir)):
         if pid in known:
             continue
         trial = env.get("BRANCHLINE_TRIAL") == "1"
@@ -228,8 +228,12 @@ async def _processes(kit: Kit, dry_run: bool) -> list[Finding]:
     return found
 
 
-def _service_processes(project: str) -> list[tuple[int, dict[str, str], float]]:
-    """(pid, environment, age in seconds) of every process started for `project`."""
+def _service_processes(
+    project: str, state: str | None = None
+) -> list[tuple[int, dict[str, str], float]]:
+    """(pid, environment, age in seconds) of every process started for `project`
+    (by the branchline whose state directory is `state`, when given: two demos of one
+    project on one machine must not take each other's services for strays)."""
     ticks = os.sysconf("SC_CLK_TCK")
     uptime = float(Path("/proc/uptime").read_text().split()[0])
     found = []
@@ -246,6 +250,8 @@ def _service_processes(project: str) -> list[tuple[int, dict[str, str], float]]:
             item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item
         )
         if env.get("BRANCHLINE_PROJECT") != project:
+            continue
+        if state is not None and env.get("BRANCHLINE_STATE") != state:
             continue
         started = processes.start_time_of(int(entry.name))
         if started is None:

@@ -489,6 +489,7 @@ def test_reconcile_dry_run_reports_then_removes_what_no_open_pr_explains(project
             stray = subprocess.Popen(
                 [sys.executable, "-c", "import time; time.sleep(60)"],
                 env={**os.environ, "BRANCHLINE_PROJECT": kit.project,
+                     "BRANCHLINE_STATE": str(kit.compute.state_dir),
                      "BRANCHLINE_SERVICE": "api", "BRANCHLINE_ENVIRONMENT": "preview-9"},
                 start_new_session=True,
             )  # fmt: skip

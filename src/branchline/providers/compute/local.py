@@ -393,7 +393,7 @@ class LocalComputeProvider:
         env.update(
             PORT=str(port), BRANCHLINE_RELEASE=release.name, BRANCHLINE_COMMIT=release.commit,
             BRANCHLINE_ENVIRONMENT=environment, BRANCHLINE_SERVICE=spec.name,
-            BRANCHLINE_PROJECT=self.project,
+            BRANCHLINE_PROJECT=self.project, BRANCHLINE_STATE=str(self.state_dir),
         )  # fmt: skip
         return env
 
