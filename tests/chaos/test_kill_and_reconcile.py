@@ -58,7 +58,8 @@ def project(tmp_path: Path, state_dir: Path) -> Iterator[tuple[Path, dict[str, s
         yield root, env
     finally:
         run_cli("stop", cwd=root, env=env)
-        for pid, _env, _age in _service_processes("codex"):
+        ours = str(state_dir / "projects" / "codex")
+        for pid, _env, _age in _service_processes("codex", ours):
             subprocess.run(["kill", "-9", str(pid)], check=False)
 
 
@@ -198,7 +199,8 @@ async def _problems(project: tuple[Path, dict[str, str]]) -> list[str]:
                 problems.append(f"production {d.service} answers {answer} not {release}")
         # Nothing runs, routes or resolves that the store does not know.
         pids = {int(d.detail["pid"]) for d in known if "pid" in d.detail}
-        for pid, penv, _age in _service_processes(kit.project):
+        state = str(kit.compute.state_dir)  # this test's own, not another run's on this machine
+        for pid, penv, _age in _service_processes(kit.project, state):
             if pid not in pids and penv.get("BRANCHLINE_TRIAL") != "1":
                 problems.append(
                     f"an unknown service process {pid} ({penv.get('BRANCHLINE_SERVICE')})"
