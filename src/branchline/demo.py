@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -206,10 +207,19 @@ async def _settle(demo: Demo, p: Pipelines) -> list[run_rows.RunRow]:
 
 
 def _health(port: int, host: str) -> dict[str, Any]:
+    """The service's health through the edge; a new route reaches the edge by NOTIFY
+    moments after a deploy, so a 404 or 502 is asked again for a few seconds."""
     request = urllib.request.Request(f"http://127.0.0.1:{port}/health", headers={"Host": host})
-    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - loopback
-        data: dict[str, Any] = json.loads(answer.read())
-    return data
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - loopback
+                data: dict[str, Any] = json.loads(answer.read())
+            return data
+        except urllib.error.HTTPError as exc:
+            if exc.code not in (404, 502) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)
 
 
 def _expect(runs: list[run_rows.RunRow], wanted: dict[str, str]) -> None:

@@ -102,7 +102,7 @@ def test_push_then_a_pull_request_preview_from_open_to_close(
     for service in SERVICES:
         host = f"{service}-preview-1.codex.localhost"
         assert urls[service] == f"http://{host}:{port}/"
-        assert health(port, host)["commit"] == first
+        eventually(lambda h=host: health(port, h)["commit"] == first or None)
 
     second = commit_on(
         root, "feature",

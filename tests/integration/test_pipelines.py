@@ -106,6 +106,14 @@ async def story(kit: Kit) -> str:
     return "\n".join([*(str(e) for e in events), *told])
 
 
+def _answers(port: int, host: str) -> str | None:
+    """The commit the edge answers with for `host`; None while it has no route yet."""
+    try:
+        return str(through_edge(port, host).get("commit"))
+    except urllib.error.HTTPError:
+        return None
+
+
 def through_edge(port: int, host: str, path: str = "/health") -> dict[str, Any]:
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Host": host})
     with urllib.request.urlopen(request, timeout=10) as answer:
@@ -124,9 +132,10 @@ def test_open_sync_close_on_real_providers(project: Path) -> None:
             assert [r.status for r in runs["testing"]] == ["success"]
             assert [r.status for r in runs.get("preview", [])] == ["success"], await story(kit)
             assert kit.edge_port is not None
+            head = opened.pr.head_sha
             for service in ("api", "auth", "web"):
-                health = through_edge(kit.edge_port, f"{service}-preview-1.codex.localhost")
-                assert health["commit"] == opened.pr.head_sha
+                host, port = f"{service}-preview-1.codex.localhost", kit.edge_port
+                eventually(lambda h=host, pt=port: _answers(pt, h) == head or None)
             # web reaches auth and api through the edge, by their preview host names.
             assert through_edge(kit.edge_port, "web-preview-1.codex.localhost")["status"] == "ok"
             async with kit.store.connect() as conn:
@@ -366,7 +375,8 @@ def test_production_rollout_and_automatic_rollback_under_load(project: Path) -> 
             hosts = [f"{s}.codex.localhost" for s in ("api", "auth", "web")]
             assert kit.edge_port is not None
             for host in hosts:
-                assert through_edge(kit.edge_port, host)["commit"] == good
+                edge = kit.edge_port
+                eventually(lambda h=host, pt=edge: _answers(pt, h) == good or None)
 
             app = project / "services" / "web" / "app.py"
             text = app.read_text()
@@ -382,7 +392,8 @@ def test_production_rollout_and_automatic_rollback_under_load(project: Path) -> 
             # The broken web never answered; api and auth are back on the good release.
             assert not any(h == "web.codex.localhost" and c == bad for h, _s, c in load.answers)
             for host in hosts:
-                assert through_edge(kit.edge_port, host)["commit"] == good
+                edge = kit.edge_port
+                eventually(lambda h=host, pt=edge: _answers(pt, h) == good or None)
 
             run = (await runs_of(kit))["production"][-1]
             assert run.status == "failure"

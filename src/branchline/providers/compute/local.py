@@ -239,27 +239,7 @@ class LocalComputeProvider:
             )
         if previous:
             self._background.append(asyncio.create_task(self._retire(previous, retire_as)))
-        await self._until_the_edge_serves(spec, host, release)
         return await self._deployment(deployment_id)
-
-    async def _until_the_edge_serves(
-        self, spec: ServiceConfig, host: str, release: Release
-    ) -> None:
-        """The edge switches when the route's NOTIFY reaches it, moments after the
-        commit: wait (briefly) until it answers from the new release, so that a
-        deploy that returned is live at the edge too."""
-        if not self.edge_port:
-            return
-        quick = HealthPolicy(
-            first_wait=0, later_wait=0, retries=8, backoff_base=0.01,
-            timeout_per_attempt=2.0, deadline=5.0, jitter=0.0,
-        )  # fmt: skip
-        result = await check_health(
-            f"http://127.0.0.1:{self.edge_port}{spec.health_path}", policy=quick,
-            expect_commit=release.commit, client=self._client(), host_header=host,
-        )  # fmt: skip
-        if not result.healthy:
-            logger.warning("the edge did not answer from %s yet: %s", release.name, result.verdict)
 
     async def _start_healthy(
         self,
