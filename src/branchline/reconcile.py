@@ -198,6 +198,11 @@ async def _deployments(kit: Kit, dry_run: bool) -> list[Finding]:
     return found
 
 
+def _alive(detail: dict[str, Any]) -> bool:
+    pid = _pid(detail)
+    return pid is not None and pid.alive()
+
+
 def _pid(detail: dict[str, Any]) -> processes.ProcessId | None:
     if "pid" not in detail:
         return None
@@ -210,9 +215,20 @@ async def _processes(kit: Kit, dry_run: bool) -> list[Finding]:
             conn, kit.project, statuses=("starting", "live", "draining")
         )
     known = {int(r.detail["pid"]) for r in rows if "pid" in r.detail}
+    by_id = {r.id: r for r in rows}
     found = []
     for pid, env, age in _service_processes(kit.project, str(kit.compute.state_dir)):
         if pid in known:
+            continue
+        owner = by_id.get(int(env.get("BRANCHLINE_DEPLOYMENT") or 0))
+        if owner is not None and not _alive(owner.detail):
+            # Started for a live deployment whose recorded process is gone: its starter
+            # died before recording it. Adopt it rather than start another.
+            finding = Finding("process", f"pid {pid} ({owner.service} in {owner.environment})",
+                              "adopt", "started for its deployment, never recorded")  # fmt: skip
+            if not dry_run and await kit.compute.adopt(owner):
+                finding.done = True
+            found.append(finding)
             continue
         trial = env.get("BRANCHLINE_TRIAL") == "1"
         if age < (TRIAL_AGE if trial else STRAY_AGE):

@@ -252,7 +252,7 @@ class LocalComputeProvider:
         position: int,
     ) -> tuple[int, processes.ProcessId, HealthResult]:
         port = free_port()
-        env = self._env(spec, environment, release, port, vars, secrets)
+        env = self._env(spec, environment, release, port, vars, secrets, deployment_id)
         log = self.log_path(environment, spec.name, deployment_id)
         log.parent.mkdir(parents=True, exist_ok=True)
         service_dir = Path(release.location) / "tree" / spec.path
@@ -349,6 +349,7 @@ class LocalComputeProvider:
         port: int,
         vars: Mapping[str, str],
         secrets: Mapping[str, str],
+        deployment_id: int | None = None,
     ) -> dict[str, str]:
         host = naming.host_name(spec.subdomain, environment, self.config.project.zone)
         url = f"http://{host}:{self.edge_port}/" if self.edge_port else f"http://{host}/"
@@ -374,6 +375,7 @@ class LocalComputeProvider:
             PORT=str(port), BRANCHLINE_RELEASE=release.name, BRANCHLINE_COMMIT=release.commit,
             BRANCHLINE_ENVIRONMENT=environment, BRANCHLINE_SERVICE=spec.name,
             BRANCHLINE_PROJECT=self.project, BRANCHLINE_STATE=str(self.state_dir),
+            BRANCHLINE_DEPLOYMENT=str(deployment_id or ""),
         )  # fmt: skip
         return env
 
@@ -511,11 +513,26 @@ class LocalComputeProvider:
             pid = _process(deployment.detail)
             if pid is not None and pid.alive():
                 continue
+            if await self.adopt(deployment):
+                continue  # its process runs: started by a supervisor that died before saying so
             if not self._due(deployment.detail):
                 continue
             await self._restart(deployment)
             restarted.append(f"{deployment.service}:{deployment.environment}")
         return restarted
+
+    async def adopt(self, deployment: rows.DeploymentRow) -> bool:
+        """Record a running process started for `deployment` but never recorded."""
+        found = await asyncio.to_thread(processes.find_by_env, {
+            "BRANCHLINE_STATE": str(self.state_dir), "BRANCHLINE_DEPLOYMENT": str(deployment.id),
+        })  # fmt: skip
+        if found is None:
+            return False
+        async with self.store.connect() as conn:
+            await rows.update_deployment(
+                conn, deployment.id, detail={"pid": found.pid, "start_time": found.start_time}
+            )
+        return True
 
     def _due(self, detail: Mapping[str, Any]) -> bool:
         crashes = int(detail.get("crashes", 0))
@@ -531,7 +548,7 @@ class LocalComputeProvider:
         port = int(deployment.detail["port"])
         secrets = await self.secrets(deployment.environment)
         env = self._env(spec, deployment.environment, release, port,
-                        deployment.detail.get("vars", {}), secrets)  # fmt: skip
+                        deployment.detail.get("vars", {}), secrets, deployment.id)  # fmt: skip
         log = Path(deployment.detail["log"])
         with log.open("a") as fh:
             fh.write(f"\n[branchline] process exited; restarting at {_now()}\n")

@@ -64,3 +64,21 @@ def stop(pid: ProcessId, *, grace: float = 5.0) -> None:
 def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
+
+
+def find_by_env(markers: Mapping[str, str]) -> ProcessId | None:
+    """A live process whose environment holds every `markers` item (a service whose
+    start was not recorded: its starter died between starting it and saying so)."""
+    wanted = [f"{k}={v}".encode() for k, v in markers.items()]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            items = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if all(w in items for w in wanted):
+            started = start_time_of(int(entry.name))
+            if started is not None:
+                return ProcessId(int(entry.name), started)
+    return None
