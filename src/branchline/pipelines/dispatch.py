@@ -247,9 +247,8 @@ async def settle(
         except Exception as exc:  # the state database restarting: try again
             logger.warning("dispatch failed: %s", mask_url(str(exc)))
         async with kit.store.connect() as conn:
-            pending = await forge_rows.pending_count(conn, kit.project)
-            active = await run_rows.active_runs(conn, kit.project)
-        if not pending and not active:
+            busy = await _busy(conn, kit.project)
+        if not busy:
             if on_tick is not None:
                 await on_tick()
             return
@@ -277,10 +276,24 @@ async def wait_settled(
                 "shows why. The recorded work is kept: it runs when serve runs again.",
             )
         async with store.connect() as conn:
-            pending = await forge_rows.pending_count(conn, project)
-            active = await run_rows.active_runs(conn, project)
-        if not pending and not active:
+            busy = await _busy(conn, project)
+        if not busy:
             if on_tick is not None:
                 await on_tick()
             return
         await asyncio.sleep(poll)
+
+
+async def _busy(conn: Any, project: str) -> bool:
+    """Whether an event waits or a run is active, from ONE snapshot: asked in two
+    queries, a run ending (and recording its follow-up event) between them would
+    look like nothing left to do."""
+    cur = await conn.execute(
+        """SELECT EXISTS (SELECT 1 FROM branchline.events
+                          WHERE project = %s AND processed_at IS NULL)
+               OR EXISTS (SELECT 1 FROM branchline.runs
+                          WHERE project = %s AND status = ANY(%s))""",
+        (project, project, list(run_rows.ACTIVE)),
+    )
+    row = await cur.fetchone()
+    return bool(row and row[0])
