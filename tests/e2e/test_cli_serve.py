@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import urllib.error
 import urllib.request
@@ -17,19 +16,13 @@ from typing import Any
 
 import pytest
 
+from branchline.postgres.cluster import free_port
 from branchline.server.webhooks import signature_of
 from tests.codex_project import git, make_project
 from tests.conftest import REPO, eventually, run_cli
 
 SECRET = "a webhook secret for this test"
 PUSH = REPO / "tests" / "fixtures" / "github-webhooks" / "octokit-examples"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import re
-import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from branchline.postgres.cluster import free_port
 from tests.codex_project import commit_on, git, make_project
 from tests.conftest import REPO, eventually, run_cli
 
@@ -31,13 +31,6 @@ command = ["python", "-c",
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason="needs Debian's chromium (.ci/run installs it)"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ from branchline.engine.masking import mask
 from branchline.engine.model import Command, Job, RunIf, Workflow
 from branchline.engine.paths import changed_files
 from branchline.errors import BranchlineError, UsageError
+from branchline.postgres.cluster import process_alive
 from branchline.store import Store, mask_url
 from branchline.store import artifacts as artifact_rows
 from branchline.store import forge as forge_rows
@@ -476,7 +477,7 @@ class Engine:
         recovered = []
         for job_id, worker in found:
             pid = int(worker.rsplit(":", 1)[1])
-            if pid == os.getpid() or _alive(pid):
+            if pid == os.getpid() or process_alive(pid):
                 continue
             await self._recover_job(job_id)
             recovered.append(job_id)
@@ -550,16 +551,6 @@ class Engine:
                 f"artifact {name!r} ({scope or 'any run'}) expired at {expired.expires_at:%c}"
             )
         raise ArtifactMissingError(f"no artifact {name!r} ({scope or 'any run'})")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _password_in(value: str) -> str | None:

@@ -191,7 +191,7 @@ class Cluster:
             return None
         # After a reboot the stale file's pid may belong to another process: only a
         # postgres started with this data directory counts.
-        return pid if _alive(pid) and _is_our_postmaster(pid, self.data_dir) else None
+        return pid if process_alive(pid) and _is_our_postmaster(pid, self.data_dir) else None
 
     def _ready(self) -> bool:
         try:
@@ -495,7 +495,7 @@ def _clean_env() -> dict[str, str]:
     return env
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -525,7 +525,7 @@ def _wait_gone(pid: int, timeout: float) -> bool:
     while time.monotonic() < deadline:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)  # reap if it is our child
-        if not _alive(pid):
+        if not process_alive(pid):
             return True
         time.sleep(0.02)
-    return not _alive(pid)
+    return not process_alive(pid)
