@@ -909,19 +909,24 @@ def test_deploy_like_switches_with_old_process_stopped(
                         failures.append(name)
                     seen[name] = seen.get(name, 0) + 1
 
+    def answered(name: str) -> None:
+        eventually(lambda: True if seen.get(name) else None)
+
     workers = [threading.Thread(target=load) for _ in range(4)]
     for worker in workers:
         worker.start()
     try:
         for version in range(1, 6):
-            time.sleep(0.1)
+            # Switch only once the current version has answered: on a loaded machine a
+            # fixed pause can pass before the first request gets through.
+            answered(current.name)
             new = upstreams(f"v{version}")
             project.route("api", new.port)
             edge.wait_route(host, new.port)
             time.sleep(0.1)  # the drain period
             current.stop()
             current = new
-        time.sleep(0.1)
+        answered(current.name)
     finally:
         stop.set()
         for worker in workers:
