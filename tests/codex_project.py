@@ -3,6 +3,9 @@ and a check of what a preview left behind: shared by the pipeline tests."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,7 +14,7 @@ from typing import Any
 from branchline import naming
 from branchline.providers.compute.processes import ProcessId
 from branchline.store import routes
-from tests.conftest import REPO
+from tests.conftest import REPO, run_cli
 
 EXAMPLE = REPO / "examples" / "codex"
 QUICK_TESTS = """
@@ -45,6 +48,18 @@ def make_project(dest: Path, *, quick_tests: bool = False) -> Path:
     git(dest, "add", ".")
     git(dest, "commit", "-qm", "codex")
     return dest
+
+
+def stop_serve_and_services(root: Path, env: dict[str, str]) -> None:
+    """`branchline stop` ends serve but leaves services running (the next serve adopts
+    them): a test ends those too."""
+    run_cli("stop", cwd=root, env=env)
+    listed = run_cli("--json", "deployments", "list", cwd=root, env=env).stdout
+    for deployment in json.loads(listed or "[]"):
+        pid = deployment["detail"].get("pid")
+        if pid and deployment["status"] in ("live", "starting", "draining"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), 15)
 
 
 def commit_on(repo: Path, branch: str, files: dict[str, str], message: str) -> str:
@@ -90,6 +105,6 @@ async def leftovers(kit: Any, pr: int) -> dict[str, list[str]]:
     }  # fmt: skip
 
 
-NOTHING = {
+NOTHING: dict[str, list[str]] = {
     "branches": [], "processes": [], "deployments": [], "routes": [], "dns": [], "secrets": []
 }  # fmt: skip

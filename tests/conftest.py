@@ -45,9 +45,19 @@ def pg_cluster(cluster_root: Path) -> Iterator[Cluster]:
 @pytest.fixture
 def state_dir(cluster_root: Path, tmp_path: Path) -> Iterator[Path]:
     """A fresh state directory; its embedded cluster is stopped afterwards."""
+    path = new_state_dir(cluster_root)
+    yield path
+    remove_state_dir(path)
+
+
+def new_state_dir(cluster_root: Path) -> Path:
     path = Path(tempfile.mkdtemp(prefix="state-", dir=cluster_root))
     path.chmod(0o755)
-    yield path
+    return path
+
+
+def remove_state_dir(path: Path) -> None:
+    """Stop every cluster a state directory holds, then remove it."""
     projects = path / "projects"
     homes = [*projects.glob("*/branches/*"), *projects.glob("*/spares/*-*")]
     for home in [*homes, path / "postgres"]:

@@ -57,7 +57,7 @@ def parse_expiry(text: str, *, now: datetime | None = None) -> datetime:
     else:
         try:
             moment = now + parse_duration(text.strip())
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: past the year 9999
             raise UsageError(
                 f"cannot read {text!r} as an expiry",
                 hint='Write a duration from now such as "2h" or "3d", or an ISO time.',

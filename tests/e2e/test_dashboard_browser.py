@@ -5,7 +5,6 @@ release change, log out. A screenshot of each step goes to test-artifacts/."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 
 from branchline.postgres.cluster import free_port
-from tests.codex_project import commit_on, git, make_project
+from tests.codex_project import commit_on, git, make_project, stop_serve_and_services
 from tests.conftest import REPO, eventually, run_cli
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -47,18 +46,7 @@ def project(tmp_path: Path, state_dir: Path) -> Iterator[tuple[Path, dict[str, s
     try:
         yield root, env
     finally:
-        run_cli("stop", cwd=root, env=env)
-        for deployment in json.loads(
-            run_cli("--json", "deployments", "list", cwd=root, env=env).stdout or "[]"
-        ):
-            pid = deployment["detail"].get("pid")
-            if pid and deployment["status"] in ("live", "starting", "draining"):
-                with_kill(int(pid))
-
-
-def with_kill(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, 15)
+        stop_serve_and_services(root, env)
 
 
 def cli(project: tuple[Path, dict[str, str]], *args: str, stdin: str | None = None) -> Any:
@@ -99,6 +87,9 @@ def test_dashboard_in_a_real_browser(project: tuple[Path, dict[str, str]]) -> No
             page.wait_for_url(f"{base}/")
             page.screenshot(path=str(SHOTS / "1-environments.png"), full_page=True)
             assert page.locator("h2#preview-1").count() == 1
+            # Health as checked while the page loaded: every preview service answers.
+            health = page.locator("#preview-1 + p + table td.health").all_inner_texts()
+            assert health == ["healthy"] * 3, health
             link = page.locator("#preview-1 ~ table a", has_text="web-preview-1").first
             href = link.get_attribute("href")
             assert href is not None and "web-preview-1.codex.localhost" in href
@@ -131,11 +122,18 @@ def test_dashboard_in_a_real_browser(project: tuple[Path, dict[str, str]]) -> No
             assert after != before
             page.screenshot(path=str(SHOTS / "4-rolled-back.png"), full_page=True)
 
+            page.goto(f"{base}/branches")
+            branch = page.locator("li[data-branch=pr-1]")
+            branch.locator("button[name=reset]").first.click()
+            page.wait_for_url(re.compile(r".*/dashboard/branches\?notice=.*"))
+            assert "pr-1 now holds production" in page.locator("p.notice").inner_text()
+            page.screenshot(path=str(SHOTS / "5-branch-reset.png"), full_page=True)
+
             page.click("nav button[type=submit]")  # log out
             page.wait_for_url(f"{base}/login")
             page.goto(f"{base}/")
             assert page.url.endswith("/dashboard/login")
-            page.screenshot(path=str(SHOTS / "5-logged-out.png"))
+            page.screenshot(path=str(SHOTS / "6-logged-out.png"))
         finally:
             browser.close()
 

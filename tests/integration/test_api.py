@@ -48,7 +48,7 @@ def setup(
 
         return action
 
-    actions = {n: recording(n) for n in ("cancel", "rerun", "rollback", "close_preview", "push")}
+    actions = {n: recording(n) for n in ACTION_NAMES}
 
     async def prepare() -> dict[str, str]:
         secrets = Secrets(store, project, config.secrets, b"k" * 32)
@@ -63,12 +63,14 @@ def setup(
     return create_app(config, store, secret=b"x", actions=actions), tokens, called
 
 
-def call(app: Any, method: str, path: str, token: str | None = None) -> httpx.Response:
+def call(
+    app: Any, method: str, path: str, token: str | None = None, body: Any = None
+) -> httpx.Response:
     async def go() -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            return await client.request(method, path, headers=headers)
+            return await client.request(method, path, headers=headers, json=body)
 
     return asyncio.run(go())
 
@@ -77,10 +79,17 @@ READS = [
     "/api/runs", "/api/runs/1", "/api/runs/1/logs", "/api/environments",
     "/api/deployments/history", "/api/branches", "/api/dns", "/api/secrets", "/api/prs",
 ]  # fmt: skip
-ACTIONS = [
-    "/api/runs/1/cancel", "/api/runs/1/rerun", "/api/services/api/rollback",
-    "/api/previews/3/close", "/api/pipelines/testing?branch=main",
+ACTIONS: list[tuple[str, str, Any]] = [
+    ("POST", "/api/runs/1/cancel", None), ("POST", "/api/runs/1/rerun", None),
+    ("POST", "/api/services/api/rollback", None), ("POST", "/api/previews/3/close", None),
+    ("POST", "/api/pipelines/testing?branch=main", None),
+    ("POST", "/api/branches", {"name": "dev-ann", "expires": "2h"}),
+    ("DELETE", "/api/branches/dev-ann", None), ("POST", "/api/branches/dev-ann/reset", None),
 ]  # fmt: skip
+ACTION_NAMES = (
+    "cancel", "rerun", "rollback", "close_preview", "push", "create_branch", "delete_branch",
+    "reset_branch",
+)  # fmt: skip
 
 
 def test_tokens_guard_every_endpoint(tmp_path: Path, store: Store) -> None:
@@ -89,14 +98,17 @@ def test_tokens_guard_every_endpoint(tmp_path: Path, store: Store) -> None:
         assert call(app, "GET", path).status_code == 401, path
         assert call(app, "GET", path, "blt_forged").status_code == 401, path
         assert call(app, "GET", path, tokens["read"]).status_code in (200, 404), path
-    for path in ACTIONS:
-        assert call(app, "POST", path).status_code == 401, path
-        assert call(app, "POST", path, "blt_forged").status_code == 401, path
-        assert call(app, "POST", path, tokens["read"]).status_code == 403, path
-        answer = call(app, "POST", path, tokens["write"])
+    for done, (method, path, body) in enumerate(ACTIONS):
+        assert call(app, method, path, body=body).status_code == 401, path
+        assert call(app, method, path, "blt_forged", body).status_code == 401, path
+        assert call(app, method, path, tokens["read"], body).status_code == 403, path
+        assert len(called) == done, "a refused request must not act"
+        answer = call(app, method, path, tokens["write"], body)
         assert answer.status_code == 200, (path, answer.text)
-    assert [name for name, _ in called] == ["cancel", "rerun", "rollback", "close_preview", "push"]
+    assert [name for name, _ in called] == list(ACTION_NAMES)
     assert called[3][1] == {"pr": 3} and called[4][1] == {"branch": "main"}
+    assert called[5][1] == {"name": "dev-ann", "parent": None, "expires": "2h"}
+    assert called[6][1] == called[7][1] == {"name": "dev-ann"}
 
 
 def test_reads_carry_no_secret_and_the_openapi_document_is_served(
@@ -154,6 +166,17 @@ def _project_of(app: Any) -> str:
     return str(app.state.project)
 
 
+DASHBOARD_ACTIONS: list[tuple[str, dict[str, str], str, dict[str, Any]]] = [
+    ("/dashboard/rollback", {"service": "api", "environment": "production"}, "rollback",
+     {"service": "api", "environment": "production"}),
+    ("/dashboard/branches/create", {"name": "dev-ann", "parent": "", "expires": "2h"},
+     "create_branch", {"name": "dev-ann", "parent": None, "expires": "2h"}),
+    ("/dashboard/branches/delete", {"name": "dev-ann"}, "delete_branch", {"name": "dev-ann"}),
+    ("/dashboard/branches/reset", {"name": "dev-ann"}, "reset_branch", {"name": "dev-ann"}),
+    ("/dashboard/previews/close", {"pr": "3"}, "close_preview", {"pr": 3}),
+]  # fmt: skip
+
+
 def test_dashboard_refuses_forged_cookies_and_missing_csrf(tmp_path: Path, store: Store) -> None:
     app, tokens, called = setup(tmp_path, store)
 
@@ -161,31 +184,53 @@ def test_dashboard_refuses_forged_cookies_and_missing_csrf(tmp_path: Path, store
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             # No session: every page sends the visitor to the log-in page.
-            for path in ("/dashboard/", "/dashboard/runs", "/dashboard/deployments"):
+            for path in ("/dashboard/", "/dashboard/runs", "/dashboard/deployments",
+                         "/dashboard/branches", "/dashboard/prs"):  # fmt: skip
                 answer = await client.get(path)
                 assert answer.status_code == 303
                 assert answer.headers["location"] == "/dashboard/login"
             refused = await client.post("/dashboard/login", data={"token": "blt_forged"})
             assert "unknown token" in refused.text and "branchline_session" not in refused.cookies
-            forged = "7b7d." + "0" * 64  # '{}' signed with the wrong key
-            client.cookies.set("branchline_session", forged, path="/dashboard")
-            assert (await client.get("/dashboard/")).status_code == 303
-            form = {"service": "api", "environment": "production", "csrf": "x"}
-            assert (await client.post("/dashboard/rollback", data=form)).status_code == 303
+            # A write session's cookie with its signature altered, and one signed with
+            # another key: both are strangers, on every page and every button.
+            login = await client.post("/dashboard/login", data={"token": tokens["write"]})
+            real = client.cookies["branchline_session"]
+            payload, signature = real.rsplit(".", 1)
+            forgeries = [f"{payload}.{'0' * len(signature)}", "7b7d." + "0" * 64]
+            page = (await client.get("/dashboard/branches")).text
+            csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
             client.cookies.clear()
-            # A real session, read-only: pages yes, the rollback button no.
-            login = await client.post("/dashboard/login", data={"token": tokens["read"]})
-            assert login.status_code == 303
+            for forged in forgeries:
+                client.cookies.set("branchline_session", forged, path="/dashboard")
+                assert (await client.get("/dashboard/")).status_code == 303
+                for path, form, _name, _params in DASHBOARD_ACTIONS:
+                    answer = await client.post(path, data={**form, "csrf": csrf})
+                    assert answer.status_code == 303, path
+                    assert answer.headers["location"] == "/dashboard/login"
+                client.cookies.clear()
+            # A real session, read-only: pages yes, buttons no, even with its CSRF token.
+            await client.post("/dashboard/login", data={"token": tokens["read"]})
             assert (await client.get("/dashboard/")).status_code == 200
-            assert (await client.post("/dashboard/rollback", data=form)).status_code == 403
+            page = (await client.get("/dashboard/branches")).text
+            read_csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+            for path, form, _name, _params in DASHBOARD_ACTIONS:
+                answer = await client.post(path, data={**form, "csrf": read_csrf})
+                assert answer.status_code == 403, path
             client.cookies.clear()
+            assert called == [], "a refused form must not act"
+            # Write: without the CSRF token, or with another session's, refused; with it, done.
             await client.post("/dashboard/login", data={"token": tokens["write"]})
             page = (await client.get("/dashboard/deployments")).text
             csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
-            assert (await client.post("/dashboard/rollback", data=form)).status_code == 403
-            done = await client.post("/dashboard/rollback", data={**form, "csrf": csrf})
-            assert done.status_code == 303 and "rollback%20done" in done.headers["location"]
-            assert called[-1] == ("rollback", {"service": "api", "environment": "production"})
+            for path, form, name, params in DASHBOARD_ACTIONS:
+                assert (await client.post(path, data=form)).status_code == 403, path
+                wrong = await client.post(path, data={**form, "csrf": read_csrf})
+                assert wrong.status_code == 403, path
+                done = await client.post(path, data={**form, "csrf": csrf})
+                assert done.status_code == 303, (path, done.text)
+                assert f"{name}%20done" in done.headers["location"]
+                assert called[-1] == (name, params)
+            assert len(called) == len(DASHBOARD_ACTIONS)
             cookie = login.headers.get("set-cookie", "")
             assert "HttpOnly" in cookie and "SameSite=lax" in cookie
 

@@ -51,3 +51,5 @@ def test_expiry_from_duration_or_time() -> None:
         parse_expiry("2026-01-01T00:00:00Z", now=NOW)
     with pytest.raises(UsageError, match="cannot read"):
         parse_expiry("soonish", now=NOW)
+    with pytest.raises(UsageError, match="cannot read"):
+        parse_expiry("99999999999d", now=NOW)  # past the year 9999: an error, not a crash

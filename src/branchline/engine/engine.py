@@ -166,7 +166,7 @@ class Engine:
     async def rerun(self, run_id: int) -> int:
         async with self.store.connect() as conn:
             run = await rows.get_run(conn, run_id)
-        if run is None:
+        if run is None or run.project != self.project:  # another project's runs are not ours
             raise UsageError(f"there is no run {run_id}", hint="See `branchline runs list`.")
         return await self.submit(
             Workflow.from_dict(run.definition["workflow"]),
@@ -184,7 +184,7 @@ class Engine:
         """Ask a run to stop: running steps are stopped, `always` jobs still run."""
         async with self.store.connect() as conn:
             run = await rows.get_run(conn, run_id)
-            if run is None:
+            if run is None or run.project != self.project:
                 raise UsageError(f"there is no run {run_id}", hint="See `branchline runs list`.")
             if run.status not in rows.ACTIVE:
                 return False

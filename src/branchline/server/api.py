@@ -11,14 +11,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
 
 from branchline import naming
 from branchline.config import Config
 from branchline.engine import logs as run_logs
-from branchline.errors import BranchlineError
+from branchline.errors import BranchlineError, UsageError
 from branchline.pipelines import cleanup
 from branchline.store import Store
 from branchline.store import branches as branch_rows
@@ -30,8 +31,12 @@ from branchline.store import rollouts as rollout_rows
 from branchline.store import runs as run_rows
 from branchline.store import secrets as secret_rows
 from branchline.store import tokens as token_rows
+from branchline.timespec import parse_expiry
 
 Action = Callable[..., Awaitable[Any]]
+# Ids are Postgres bigints: anything larger is a 422, not a database error.
+RunId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+PrNumber = Annotated[int, Path(ge=1, le=naming.MAX_PR)]
 
 
 class Run(BaseModel):
@@ -140,17 +145,50 @@ class Accepted(BaseModel):
     run_id: int | None = None
 
 
+class NewBranch(BaseModel):
+    name: str = Field(description="a-z, 0-9 and single '-', up to 63 characters")
+    parent: str | None = Field(None, description="the branch to copy (default: production)")
+    expires: str | None = Field(None, description='a duration such as "2h", or an ISO time')
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """What an endpoint may answer besides success, for the OpenAPI document."""
+    described = {
+        400: "the request names something invalid; the detail says how to fix it",
+        401: "no bearer token, or an unknown one",
+        403: "the token may only read",
+        404: "no such thing in this project",
+        409: "the action cannot be done in the current state; the detail says why",
+        503: "no workers run in this process",
+    }
+    return {code: {"model": Problem, "description": described[code]} for code in codes}
+
+
+READ_PROBLEMS = _problems(401)
+ACTION_PROBLEMS = _problems(400, 401, 403, 409, 503)
+
+
+# Declared for the OpenAPI document; a missing or malformed header is our own 401.
+bearer = HTTPBearer(auto_error=False, description="a token from `branchline token create`")
+
+
 def router(config: Config, store: Store, actions: dict[str, Action] | None = None) -> APIRouter:
     project = config.project.name
     act = actions or {}
 
-    async def token(authorization: Annotated[str | None, Header()] = None) -> str:
-        scheme, _, value = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
+    async def token(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None,
+    ) -> str:
+        value = credentials.credentials.strip() if credentials else ""
+        if not value:
             raise HTTPException(401, "a bearer token is required (`branchline token create`)",
                                 headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
         async with store.connect() as conn:
-            found = await token_rows.find(conn, project, value.strip())
+            found = await token_rows.find(conn, project, value)
         if found is None:
             raise HTTPException(401, "unknown token", headers={"WWW-Authenticate": "Bearer"})
         return found.scope
@@ -162,7 +200,8 @@ def router(config: Config, store: Store, actions: dict[str, Action] | None = Non
         return scope
 
     read = [Depends(token)]
-    routes = APIRouter(prefix="/api")
+    write = [Depends(writer)]
+    routes = APIRouter(prefix="/api", responses=READ_PROBLEMS)
 
     @routes.get("/runs", dependencies=read)
     async def runs(limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[Run]:
@@ -170,8 +209,8 @@ def router(config: Config, store: Store, actions: dict[str, Action] | None = Non
             found = await run_rows.list_runs(conn, project, limit)
         return [_run(r) for r in found]
 
-    @routes.get("/runs/{run_id}", dependencies=read)
-    async def run(run_id: int) -> RunDetail:
+    @routes.get("/runs/{run_id}", dependencies=read, responses=_problems(404))
+    async def run(run_id: RunId) -> RunDetail:
         async with store.connect() as conn:
             found = await run_rows.get_run(conn, run_id)
             if found is None or found.project != project:
@@ -191,11 +230,12 @@ def router(config: Config, store: Store, actions: dict[str, Action] | None = Non
         dependencies=read,
         response_model=list[LogLine],
         responses={200: {"content": {"text/event-stream": {}},
-                         "description": "the lines; with follow=1 a stream of events"}},
+                         "description": "the lines; with follow=1 a stream of events"},
+                   **_problems(404)},
     )  # fmt: skip
     async def logs(
-        run_id: int,
-        after: Annotated[int, Query(ge=0)] = 0,
+        run_id: RunId,
+        after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
         follow: Annotated[int, Query(ge=0, le=1)] = 0,
     ) -> Any:
         async with store.connect() as conn:
@@ -281,34 +321,50 @@ def router(config: Config, store: Store, actions: dict[str, Action] | None = Non
             for p in found
         ]  # fmt: skip
 
-    async def perform(name: str, **params: Any) -> Accepted:
-        action = act.get(name)
+    async def perform(action_name: str, /, **params: Any) -> Accepted:
+        action = act.get(action_name)
         if action is None:
             raise HTTPException(503, "no workers run in this process (`branchline serve`)")
         try:
             return Accepted(**await action(**params))
         except BranchlineError as exc:
-            raise HTTPException(409, f"{exc.message} ({exc.hint})") from None
+            said = f"{exc.message} ({exc.hint})" if exc.hint else exc.message
+            raise HTTPException(400 if isinstance(exc, UsageError) else 409, said) from None
 
-    @routes.post("/runs/{run_id}/cancel", dependencies=[Depends(writer)])
-    async def cancel(run_id: int) -> Accepted:
+    acting: dict[str, Any] = {"dependencies": write, "responses": ACTION_PROBLEMS}
+
+    @routes.post("/runs/{run_id}/cancel", **acting)
+    async def cancel(run_id: RunId) -> Accepted:
         return await perform("cancel", run_id=run_id)
 
-    @routes.post("/runs/{run_id}/rerun", dependencies=[Depends(writer)])
-    async def rerun(run_id: int) -> Accepted:
+    @routes.post("/runs/{run_id}/rerun", **acting)
+    async def rerun(run_id: RunId) -> Accepted:
         return await perform("rerun", run_id=run_id)
 
-    @routes.post("/services/{service}/rollback", dependencies=[Depends(writer)])
+    @routes.post("/services/{service}/rollback", **acting)
     async def rollback(service: str, environment: str = naming.PRODUCTION) -> Accepted:
         return await perform("rollback", service=service, environment=environment)
 
-    @routes.post("/previews/{pr}/close", dependencies=[Depends(writer)])
-    async def close_preview(pr: int) -> Accepted:
+    @routes.post("/previews/{pr}/close", **acting)
+    async def close_preview(pr: PrNumber) -> Accepted:
         return await perform("close_preview", pr=pr)
 
-    @routes.post("/pipelines/testing", dependencies=[Depends(writer)])
+    @routes.post("/pipelines/testing", **acting)
     async def trigger(branch: str) -> Accepted:
         return await perform("push", branch=branch)
+
+    @routes.post("/branches", **acting)
+    async def create_branch(branch: NewBranch) -> Accepted:
+        return await perform("create_branch", name=branch.name, parent=branch.parent,
+                             expires=branch.expires)  # fmt: skip
+
+    @routes.delete("/branches/{name}", **acting)
+    async def delete_branch(name: str) -> Accepted:
+        return await perform("delete_branch", name=name)
+
+    @routes.post("/branches/{name}/reset", **acting)
+    async def reset_branch(name: str) -> Accepted:
+        return await perform("reset_branch", name=name)
 
     return routes
 
@@ -344,6 +400,7 @@ def actions_of(pipelines: Any) -> dict[str, Action]:
         return {"message": f"{service} rolled back to {back.release.name}"}
 
     async def close_preview(pr: int) -> dict[str, Any]:
+        naming.environment_for_pr(pr)  # a clear error for a number no PR can have
         run_id = await engine.submit(cleanup.workflow(pr, reason="closed from the API"),
                                      triggered_by="api", pr=pr)  # fmt: skip
         return {"message": f"preview-{pr} is being removed", "run_id": run_id}
@@ -352,5 +409,45 @@ def actions_of(pipelines: Any) -> dict[str, Action]:
         recorded = await kit.forge.push(branch, source="api")
         return {"message": "push recorded" if recorded.event else "recorded before"}
 
+    async def create_branch(name: str, parent: str | None, expires: str | None) -> dict[str, Any]:
+        name = naming.validate_branch_id(name)
+        expires_at = parse_expiry(expires) if expires else None
+        branch = await kit.database.create_branch(name, parent, expires=expires_at)
+        return {"message": f"branch {branch.name} is ready (copied from {branch.parent})"}
+
+    async def delete_branch(name: str) -> dict[str, Any]:
+        await _refuse_in_use(kit, naming.validate_branch_id(name), "delete")
+        deleted = await kit.database.delete_branch(name)
+        return {"message": f"deleted {name}" if deleted else f"{name} was already gone"}
+
+    async def reset_branch(name: str) -> dict[str, Any]:
+        await _refuse_in_use(kit, naming.validate_branch_id(name), "reset")
+        branch = await kit.database.reset_branch(name)
+        return {"message": f"{branch.name} now holds {branch.parent}'s current data"}
+
     return {"cancel": cancel, "rerun": rerun, "rollback": rollback,
-            "close_preview": close_preview, "push": push}  # fmt: skip
+            "close_preview": close_preview, "push": push, "create_branch": create_branch,
+            "delete_branch": delete_branch, "reset_branch": reset_branch}  # fmt: skip
+
+
+async def _refuse_in_use(kit: Any, name: str, verb: str) -> None:
+    """Production's branch is never deleted or reset from the API; a preview's branch
+    goes with its preview (deleting it under running services would break them)."""
+    if name == await kit.database_branch(naming.PRODUCTION):
+        raise UsageError(
+            f"refusing to {verb} {name!r}: production's services use it",
+            hint="Use `branchline restore` to bring production's data back to a moment.",
+        )
+    if verb == "delete" and (pr := _preview_pr(name)) is not None:
+        async with kit.store.connect() as conn:
+            preview = await preview_rows.get(conn, kit.project, pr)
+        if preview is not None and preview.status != "deleted":
+            raise UsageError(
+                f"refusing to delete {name!r}: preview-{pr}'s services use it",
+                hint=f"Close the preview instead (POST /api/previews/{pr}/close).",
+            )
+
+
+def _preview_pr(name: str) -> int | None:
+    prefix, _, number = name.partition("-")
+    return int(number) if prefix == "pr" and number.isdigit() else None

@@ -8,6 +8,7 @@ works without JavaScript.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -17,7 +18,9 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import httpx
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -26,7 +29,7 @@ from branchline import naming
 from branchline.config import Config
 from branchline.engine import logs as run_logs
 from branchline.errors import BranchlineError
-from branchline.server.api import Action
+from branchline.server.api import Action, RunId
 from branchline.store import Store
 from branchline.store import branches as branch_rows
 from branchline.store import compute as compute_rows
@@ -93,12 +96,30 @@ def _seconds(start: datetime | None, end: datetime | None) -> str:
     return f"{(end - start).total_seconds():.1f}" if start and end else ""
 
 
+async def _probe(client: httpx.AsyncClient, url: str | None) -> str:
+    """One health check, now: "healthy", "unhealthy (HTTP 503)", "not answering"."""
+    if url is None:
+        return "unknown"
+    try:
+        answer = await client.get(url)
+    except httpx.HTTPError:
+        return "not answering"
+    return "healthy" if answer.status_code == 200 else f"unhealthy (HTTP {answer.status_code})"
+
+
 def router(
     config: Config, store: Store, actions: dict[str, Action] | None, sessions: Sessions,
     edge_port: int | None = None,
 ) -> APIRouter:  # fmt: skip
     project = config.project.name
     routes = APIRouter(prefix="/dashboard", include_in_schema=False)
+
+    def health_url(d: compute_rows.DeploymentRow) -> str | None:
+        service = config.services.get(d.service)
+        port = d.detail.get("port")
+        if service is None or not port:
+            return None
+        return f"http://127.0.0.1:{int(port)}{service.health_path}"
 
     def page(request: Request, name: str, **context: Any) -> HTMLResponse:
         cookie = request.cookies.get(COOKIE, "")
@@ -145,7 +166,7 @@ def router(
         return answer
 
     @routes.get("/")
-    async def environments(request: Request) -> HTMLResponse:
+    async def environments(request: Request, notice: str | None = None) -> HTMLResponse:
         user(request)
         async with store.connect() as conn:
             live = await compute_rows.deployments(conn, project, statuses=("live",))
@@ -156,27 +177,35 @@ def router(
             releases = {d.release_id: await compute_rows.get_release(conn, d.release_id)
                         for d in live}  # fmt: skip
         port = f":{edge_port}" if edge_port and edge_port != 80 else ""
+        # Health as it is now, not as it was at deploy time: every service asked at once.
+        # A short timeout, since the page waits on them.
+        async with httpx.AsyncClient(timeout=1.0, trust_env=False) as probes:
+            checks = await asyncio.gather(*(_probe(probes, health_url(d)) for d in live))
+        health = {d.id: found for d, found in zip(live, checks, strict=True)}
 
-        def env(name: str, status: str, branch: str, expires: datetime | None) -> dict[str, Any]:
+        def env(
+            name: str, status: str, branch: str, expires: datetime | None, pr: int | None = None
+        ) -> dict[str, Any]:
             services = []
             for d in sorted((d for d in live if d.environment == name), key=lambda d: d.service):
                 release = releases.get(d.release_id)
-                health = (d.detail.get("health") or {}).get("healthy")
                 services.append({
                     "service": d.service, "url": f"http://{d.detail.get('host')}{port}/",
                     "release": f"{d.service}@{release.commit_sha[:12]}.{release.build_number}"
                     if release else "-", "commit": release.commit_sha if release else "",
-                    "health": "healthy" if health else "unknown",
+                    "health": health[d.id],
                 })  # fmt: skip
             row = branches.get(branch)
             return {"name": name, "status": status, "branch": branch, "expires_at": expires,
+                    "pr": pr,
                     "size": _size(row.size_bytes) if row else "",
                     "age": _ago(row.created_at) if row else "", "services": services}  # fmt: skip
 
         found = [env(naming.PRODUCTION, "live", production or config.database.parent, None)]
-        found += [env(naming.environment_for_pr(p.pr), p.status, f"pr-{p.pr}", p.expires_at)
-                  for p in previews]  # fmt: skip
-        return page(request, "environments.html", title="Environments", environments=found)
+        found += [env(naming.environment_for_pr(p.pr), p.status, f"pr-{p.pr}", p.expires_at,
+                      p.pr) for p in previews]  # fmt: skip
+        return page(request, "environments.html", title="Environments", environments=found,
+                    notice=notice)  # fmt: skip
 
     @routes.get("/runs")
     async def runs(request: Request) -> HTMLResponse:
@@ -187,7 +216,7 @@ def router(
         return page(request, "runs.html", title="Runs", runs=rows)
 
     @routes.get("/runs/{run_id}")
-    async def run(request: Request, run_id: int) -> HTMLResponse:
+    async def run(request: Request, run_id: RunId) -> HTMLResponse:
         user(request)
         async with store.connect() as conn:
             found = await run_rows.get_run(conn, run_id)
@@ -205,8 +234,12 @@ def router(
                     lines=[ln.content for ln in lines], last=last)  # fmt: skip
 
     @routes.get("/runs/{run_id}/events")
-    async def events(request: Request, run_id: int, after: int = 0) -> StreamingResponse:
+    async def events(request: Request, run_id: RunId, after: int = 0) -> StreamingResponse:
         user(request)
+        async with store.connect() as conn:
+            found = await run_rows.get_run(conn, run_id)
+        if found is None or found.project != project:  # another project's log stays its own
+            raise HTTPException(404, f"there is no run {run_id}")
 
         async def stream() -> AsyncIterator[str]:
             async for line in run_logs.read(store, run_id, follow=True):
@@ -236,26 +269,60 @@ def router(
         return page(request, "deployments.html", title="Deployments", live=rows,
                     rollouts=history, notice=notice)  # fmt: skip
 
+    async def act(
+        request: Request, csrf: str, back: str, action_name: str, **params: Any
+    ) -> Response:
+        """Every button: a session, the form's CSRF token, a token that may write; then
+        the action, and back to the page with what happened."""
+        session = checked(request, csrf)
+        if session["s"] != "write":
+            raise HTTPException(403, "this token may only read")
+        action = (actions or {}).get(action_name)
+        if action is None:
+            raise HTTPException(503, "no workers run in this process (`branchline serve`)")
+        try:
+            done = await action(**params)
+            notice = str(done["message"])
+        except BranchlineError as exc:
+            notice = f"{exc.message} ({exc.hint})" if exc.hint else exc.message
+        return RedirectResponse(f"{back}?notice={quote(notice)}", status_code=303)
+
     @routes.post("/rollback")
     async def rollback(
         request: Request, service: str = Form(...), environment: str = Form(...),
         csrf: str = Form(""),
     ) -> Response:  # fmt: skip
-        session = checked(request, csrf)
-        if session["s"] != "write":
-            raise HTTPException(403, "this token may only read")
-        action = (actions or {}).get("rollback")
-        if action is None:
-            raise HTTPException(503, "no workers run in this process (`branchline serve`)")
-        try:
-            done = await action(service=service, environment=environment)
-            notice = str(done["message"])
-        except BranchlineError as exc:
-            notice = f"{exc.message} ({exc.hint})"
-        return RedirectResponse(f"/dashboard/deployments?notice={notice}", status_code=303)
+        return await act(request, csrf, "/dashboard/deployments", "rollback",
+                         service=service, environment=environment)  # fmt: skip
+
+    @routes.post("/branches/create")
+    async def create_branch(
+        request: Request, name: str = Form(...), parent: str = Form(""),
+        expires: str = Form(""), csrf: str = Form(""),
+    ) -> Response:  # fmt: skip
+        return await act(request, csrf, "/dashboard/branches", "create_branch", name=name,
+                         parent=parent or None, expires=expires or None)  # fmt: skip
+
+    @routes.post("/branches/delete")
+    async def delete_branch(
+        request: Request, name: str = Form(...), csrf: str = Form("")
+    ) -> Response:
+        return await act(request, csrf, "/dashboard/branches", "delete_branch", name=name)
+
+    @routes.post("/branches/reset")
+    async def reset_branch(
+        request: Request, name: str = Form(...), csrf: str = Form("")
+    ) -> Response:
+        return await act(request, csrf, "/dashboard/branches", "reset_branch", name=name)
+
+    @routes.post("/previews/close")
+    async def close_preview(
+        request: Request, pr: int = Form(...), csrf: str = Form("")
+    ) -> Response:
+        return await act(request, csrf, "/dashboard/", "close_preview", pr=pr)
 
     @routes.get("/branches")
-    async def branches(request: Request) -> HTMLResponse:
+    async def branches(request: Request, notice: str | None = None) -> HTMLResponse:
         user(request)
         async with store.connect() as conn:
             found = await branch_rows.list_all(conn, project)
@@ -272,7 +339,7 @@ def router(
             parent = nodes.get(b.parent or "")
             siblings: list[dict[str, Any]] = parent["children"] if parent else roots
             siblings.append(nodes[b.name])
-        return page(request, "branches.html", title="Branches", roots=roots)
+        return page(request, "branches.html", title="Branches", roots=roots, notice=notice)
 
     @routes.get("/prs")
     async def prs(request: Request) -> HTMLResponse:

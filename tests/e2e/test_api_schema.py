@@ -1,0 +1,129 @@
+"""Schemathesis against the OpenAPI document a real `branchline serve` publishes:
+every operation, called with generated (valid and invalid) input and a write
+token, never answers 5xx and every answer matches the document (status code,
+content type, body schema).
+
+The server holds real things to read and act on: a project whose pull request
+has a live preview (runs with logs, deployments, DNS records, branches, a secret).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode, checks
+
+from branchline.postgres.cluster import free_port
+from tests.codex_project import commit_on, make_project, stop_serve_and_services
+from tests.conftest import eventually, new_state_dir, remove_state_dir, run_cli
+
+pytestmark = pytest.mark.integration
+
+
+class Served:
+    def __init__(self, root: Path, env: dict[str, str]) -> None:
+        self.root, self.env = root, env
+        self.port = int(env["BRANCHLINE_API_PORT"])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token = ""
+
+    def cli(self, *args: str, stdin: str | None = None) -> Any:
+        done = run_cli("--json", *args, cwd=self.root, env=self.env, input=stdin)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return json.loads(done.stdout) if done.stdout.strip() else None
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, cluster_root: Path) -> Iterator[Served]:
+    state = new_state_dir(cluster_root)
+    root = make_project(tmp_path_factory.mktemp("schema") / "codex", quick_tests=True)
+    env = {
+        "BRANCHLINE_STATE_DIR": str(state),
+        "BRANCHLINE_API_PORT": str(free_port()),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    server = Served(root, env)
+    try:
+        server.cli("db", "init")
+        server.cli("secret", "set", "AUTH_SECRET", "--env", "production", stdin="s3cret-value\n")
+        commit_on(root, "feature", {"README.md": "a change\n"}, "a change")
+        # Starts `serve` detached and waits for testing and the preview.
+        server.cli("pr", "open", "feature", "--title", "A change")
+        server.token = server.cli("token", "create", "--name", "schema", "--scope", "write")[
+            "token"
+        ]
+        eventually(lambda: _answers(f"{server.url}/healthz"), timeout=20)
+        yield server
+    finally:
+        stop_serve_and_services(root, env)
+        remove_state_dir(state)
+
+
+def _answers(url: str) -> bool | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return True if answer.status == 200 else None
+    except OSError:
+        return None
+
+
+# Each operation gets this many generated requests of each kind (valid, invalid).
+EXAMPLES = 20
+# What the issue asks: no 5xx, and every answer as documented. (Not asked, and left
+# out: that unknown query parameters be refused, or that valid-looking input to an
+# action succeed: a rollback of a service with no earlier release rightly says 409.)
+CHECKS = [
+    checks.not_a_server_error,
+    checks.status_code_conformance,
+    checks.content_type_conformance,
+    checks.response_schema_conformance,
+    checks.response_headers_conformance,
+]
+
+
+def _checker(operation: Any, mode: GenerationMode, headers: dict[str, str]) -> Any:
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(max_examples=EXAMPLES, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))  # fmt: skip
+    def check(case: Any) -> None:
+        case.call_and_validate(headers=headers, timeout=60, checks=CHECKS)
+
+    return check
+
+
+def test_every_operation_answers_as_documented(served: Served) -> None:
+    # Driven by hand rather than through schemathesis' pytest plugin, whose lazy
+    # fixtures do not work with this pytest.
+    schema = schemathesis.openapi.from_url(f"{served.url}/openapi.json")
+    auth = {"Authorization": f"Bearer {served.token}"}
+    failures: list[str] = []
+    tried: list[str] = []
+    unparameterised: list[str] = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        # The webhook gets no token: unsigned deliveries must be refused as documented.
+        headers = {} if operation.path == "/webhooks/github" else auth
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            check = _checker(operation, mode, headers)
+            try:
+                check()
+                tried.append(f"{operation.label} {mode.value}")
+            except Unsatisfiable:
+                assert mode is GenerationMode.NEGATIVE, operation.label
+                unparameterised.append(operation.label)  # nothing it takes can be invalid
+            except Exception as exc:  # every operation is tried; all failures reported
+                failures.append(f"{operation.label} ({mode.value}): {exc}")
+    # Every documented operation was exercised, with invalid input where it takes any.
+    assert sorted(unparameterised) == ["GET /healthz", "GET /metrics", "POST /webhooks/github"]
+    assert len(tried) >= 2 * 18 - len(unparameterised), tried
+    assert not failures, "\n\n".join(failures)
