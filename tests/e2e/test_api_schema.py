@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -75,6 +76,44 @@ def _answers(url: str) -> bool | None:
             return True if answer.status == 200 else None
     except OSError:
         return None
+
+
+def test_branch_actions_on_a_real_serve(served: Served) -> None:
+    """Create, reset and delete a database branch through the API; production's
+    branch and a live preview's are refused with a way forward."""
+    read = served.cli("token", "create", "--name", "reader", "--scope", "read")["token"]
+
+    def call(method: str, path: str, token: str, body: Any = None) -> httpx.Response:
+        return httpx.request(method, f"{served.url}{path}", json=body, timeout=60,
+                             headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+
+    assert call("POST", "/api/branches", read, {"name": "dev-api"}).status_code == 403
+    made = call("POST", "/api/branches", served.token, {"name": "dev-api", "expires": "2h"})
+    assert made.status_code == 200, made.text
+    assert made.json()["message"] == "branch dev-api is ready (copied from production)"
+    listed = {b["name"]: b for b in call("GET", "/api/branches", read).json()}
+    assert listed["dev-api"]["parent"] == "production" and listed["dev-api"]["expires_at"]
+    assert "dev-api" in {b["name"] for b in served.cli("db", "branches", "list")}
+
+    reset = call("POST", "/api/branches/dev-api/reset", served.token)
+    assert reset.status_code == 200 and "production's current data" in reset.json()["message"]
+
+    refused = call("DELETE", "/api/branches/production", served.token)
+    assert refused.status_code == 400 and "production's services use it" in refused.text
+    refused = call("POST", "/api/branches/production/reset", served.token)
+    assert refused.status_code == 400
+    refused = call("DELETE", "/api/branches/pr-1", served.token)
+    assert refused.status_code == 400 and "/api/previews/1/close" in refused.text
+    bad = call("POST", "/api/branches", served.token, {"name": "Not A Name"})
+    assert bad.status_code == 400 and "not a database branch name" in bad.text
+    bad = call("POST", "/api/branches", served.token, {"name": "dev-x", "parent": "nope"})
+    assert bad.status_code == 400 and "does not exist" in bad.text
+
+    gone = call("DELETE", "/api/branches/dev-api", served.token)
+    assert gone.status_code == 200 and gone.json()["message"] == "deleted dev-api"
+    again = call("DELETE", "/api/branches/dev-api", served.token)
+    assert again.json()["message"] == "dev-api was already gone"
+    assert "dev-api" not in {b["name"] for b in served.cli("db", "branches", "list")}
 
 
 # Each operation gets this many generated requests of each kind (valid, invalid).
