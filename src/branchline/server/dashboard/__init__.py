@@ -339,7 +339,11 @@ def router(
             parent = nodes.get(b.parent or "")
             siblings: list[dict[str, Any]] = parent["children"] if parent else roots
             siblings.append(nodes[b.name])
-        return page(request, "branches.html", title="Branches", roots=roots, notice=notice)
+        # Production's branch gets no buttons: the API refuses to reset or delete it.
+        async with store.connect() as conn:
+            production = await rollout_rows.branch_of(conn, project, naming.PRODUCTION)
+        return page(request, "branches.html", title="Branches", roots=roots, notice=notice,
+                    production=production or config.database.parent)  # fmt: skip
 
     @routes.get("/prs")
     async def prs(request: Request) -> HTMLResponse:
