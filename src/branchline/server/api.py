@@ -21,7 +21,7 @@ from branchline.config import Config
 from branchline.engine import logs as run_logs
 from branchline.errors import BranchlineError, UsageError
 from branchline.pipelines import cleanup
-from branchline.store import Store
+from branchline.store import Store, mask_url
 from branchline.store import branches as branch_rows
 from branchline.store import compute as compute_rows
 from branchline.store import dns as dns_rows
@@ -328,7 +328,8 @@ def router(config: Config, store: Store, actions: dict[str, Action] | None = Non
         try:
             return Accepted(**await action(**params))
         except BranchlineError as exc:
-            said = f"{exc.message} ({exc.hint})" if exc.hint else exc.message
+            # A provider's error may quote a connection URI: never its password.
+            said = mask_url(f"{exc.message} ({exc.hint})" if exc.hint else exc.message)
             raise HTTPException(400 if isinstance(exc, UsageError) else 409, said) from None
 
     acting: dict[str, Any] = {"dependencies": write, "responses": ACTION_PROBLEMS}

@@ -30,7 +30,7 @@ from branchline.config import Config
 from branchline.engine import logs as run_logs
 from branchline.errors import BranchlineError
 from branchline.server.api import Action, RunId
-from branchline.store import Store
+from branchline.store import Store, mask_url
 from branchline.store import branches as branch_rows
 from branchline.store import compute as compute_rows
 from branchline.store import forge as forge_rows
@@ -284,7 +284,7 @@ def router(
             done = await action(**params)
             notice = str(done["message"])
         except BranchlineError as exc:
-            notice = f"{exc.message} ({exc.hint})" if exc.hint else exc.message
+            notice = mask_url(f"{exc.message} ({exc.hint})" if exc.hint else exc.message)
         return RedirectResponse(f"{back}?notice={quote(notice)}", status_code=303)
 
     @routes.post("/rollback")
