@@ -78,6 +78,19 @@ def _answers(url: str) -> bool | None:
         return None
 
 
+def test_environments_carry_working_urls(served: Served) -> None:
+    answer = httpx.get(f"{served.url}/api/environments", timeout=30,
+                       headers={"Authorization": f"Bearer {served.token}"})  # fmt: skip
+    environments = {e["name"]: e for e in answer.json()}
+    preview = environments["preview-1"]
+    assert preview["branch"] == "pr-1" and preview["status"] == "live"
+    assert {s["service"] for s in preview["services"]} == {"api", "auth", "web"}
+    for service in preview["services"]:
+        health = httpx.get(f"{service['url']}health", timeout=10, trust_env=False)
+        assert health.status_code == 200, service
+        assert health.json()["commit"] == service["commit"]
+
+
 def test_branch_actions_on_a_real_serve(served: Served) -> None:
     """Create, reset and delete a database branch through the API; production's
     branch and a live preview's are refused with a way forward."""
@@ -164,5 +177,6 @@ def test_every_operation_answers_as_documented(served: Served) -> None:
                 failures.append(f"{operation.label} ({mode.value}): {exc}")
     # Every documented operation was exercised, with invalid input where it takes any.
     assert sorted(unparameterised) == ["GET /healthz", "GET /metrics", "POST /webhooks/github"]
-    assert len(tried) >= 2 * 18 - len(unparameterised), tried
+    operations = {label.rsplit(" ", 1)[0] for label in tried}
+    assert len(operations) == 21, sorted(operations)
     assert not failures, "\n\n".join(failures)

@@ -76,7 +76,7 @@ def call(
 
 
 READS = [
-    "/api/runs", "/api/runs/1", "/api/runs/1/logs", "/api/environments",
+    "/api/projects", "/api/runs", "/api/runs/1", "/api/runs/1/logs", "/api/environments",
     "/api/deployments/history", "/api/branches", "/api/dns", "/api/secrets", "/api/prs",
 ]  # fmt: skip
 ACTIONS: list[tuple[str, str, Any]] = [
@@ -119,6 +119,8 @@ def test_reads_carry_no_secret_and_the_openapi_document_is_served(
     assert secrets.json()[0]["name"] == "AUTH_SECRET"
     for path in READS:
         assert SECRET_VALUE not in call(app, "GET", path, tokens["read"]).text
+    (project,) = call(app, "GET", "/api/projects", tokens["read"]).json()
+    assert project["name"] == _project_of(app) and project["providers"]["database"] == "local"
     prs = call(app, "GET", "/api/prs", tokens["read"]).json()
     assert prs[0]["number"] == 1 and prs[0]["state"] == "open"
     environments = call(app, "GET", "/api/environments", tokens["read"]).json()

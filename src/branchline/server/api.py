@@ -39,6 +39,15 @@ RunId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 PrNumber = Annotated[int, Path(ge=1, le=naming.MAX_PR)]
 
 
+class Project(BaseModel):
+    name: str
+    zone: str
+    production_branch: str
+    github_repository: str | None
+    services: list[str]
+    providers: dict[str, str]
+
+
 class Run(BaseModel):
     id: int
     workflow: str
@@ -176,9 +185,13 @@ ACTION_PROBLEMS = _problems(400, 401, 403, 409, 503)
 bearer = HTTPBearer(auto_error=False, description="a token from `branchline token create`")
 
 
-def router(config: Config, store: Store, actions: dict[str, Action] | None = None) -> APIRouter:
+def router(
+    config: Config, store: Store, actions: dict[str, Action] | None = None,
+    edge_port: int | None = None,
+) -> APIRouter:  # fmt: skip
     project = config.project.name
     act = actions or {}
+    port = f":{edge_port}" if edge_port and edge_port != 80 else ""
 
     async def token(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None,
@@ -202,6 +215,18 @@ def router(config: Config, store: Store, actions: dict[str, Action] | None = Non
     read = [Depends(token)]
     write = [Depends(writer)]
     routes = APIRouter(prefix="/api", responses=READ_PROBLEMS)
+
+    @routes.get("/projects", dependencies=read)
+    async def projects() -> list[Project]:
+        """The project this server serves (one per `branchline serve`); never a secret."""
+        return [Project(
+            name=project, zone=config.project.zone,
+            production_branch=config.project.production_branch,
+            github_repository=config.project.github_repository,
+            services=[s.name for s in config.services_in_deploy_order()],
+            providers={"database": config.database.provider, "compute": config.compute.provider,
+                       "dns": config.dns.provider, "forge": config.forge.provider},
+        )]  # fmt: skip
 
     @routes.get("/runs", dependencies=read)
     async def runs(limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[Run]:
@@ -267,7 +292,7 @@ def router(config: Config, store: Store, actions: dict[str, Action] | None = Non
                 found.append(ServiceState(
                     service=d.service, status=d.status, commit=release.commit_sha,
                     release=f"{d.service}@{release.commit_sha[:12]}.{release.build_number}",
-                    url=str(d.detail.get("host")) if d.detail.get("host") else None,
+                    url=f"http://{d.detail['host']}{port}/" if d.detail.get("host") else None,
                 ))  # fmt: skip
             return found
 

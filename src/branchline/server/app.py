@@ -47,7 +47,7 @@ def create_app(
         store=store,
     )
     app.include_router(webhooks.router(settings))
-    app.include_router(api.router(config, store, actions))
+    app.include_router(api.router(config, store, actions, edge_port))
     app.include_router(dashboard.router(config, store, actions, dashboard.Sessions(), edge_port))
 
     @app.exception_handler(HTTPException)
