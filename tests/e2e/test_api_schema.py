@@ -86,7 +86,10 @@ def test_environments_carry_working_urls(served: Served) -> None:
     assert preview["branch"] == "pr-1" and preview["status"] == "live"
     assert {s["service"] for s in preview["services"]} == {"api", "auth", "web"}
     for service in preview["services"]:
-        health = httpx.get(f"{service['url']}health", timeout=10, trust_env=False)
+        # Browsers send *.localhost to 127.0.0.1 themselves; this resolver may not.
+        url = httpx.URL(service["url"])
+        health = httpx.get(f"http://127.0.0.1:{url.port or 80}/health", timeout=10,
+                           headers={"Host": url.netloc.decode()}, trust_env=False)  # fmt: skip
         assert health.status_code == 200, service
         assert health.json()["commit"] == service["commit"]
 

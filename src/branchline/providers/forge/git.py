@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
@@ -22,7 +23,23 @@ def _git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProc
     return result
 
 
+# What `git check-ref-format --branch` refuses, checked before the name reaches an
+# argument list (a NUL byte cannot be passed to a process at all).
+_BAD_REF = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|^[-/.]|/\.|[/.]$|\.lock$|\.lock/|^@$")
+
+
+def check_branch_name(branch: str) -> str:
+    if not branch or len(branch) > 255 or _BAD_REF.search(branch):
+        raise UsageError(
+            f"{branch[:80]!r} is not a git branch name",
+            hint="Branch names have no spaces, control characters, '..', '~', '^', ':', "
+            "'?', '*', '[' or '\\' (see `git check-ref-format`).",
+        )
+    return branch
+
+
 def head_of(repo: Path, branch: str) -> str:
+    check_branch_name(branch)
     result = _git(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}^{{commit}}",
                   check=False)  # fmt: skip
     if result.returncode != 0:
