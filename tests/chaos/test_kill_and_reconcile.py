@@ -69,7 +69,11 @@ def cli(project: tuple[Path, dict[str, str]], *args: str) -> subprocess.Complete
         done = run_cli(*args, cwd=root, env=env)
     except subprocess.TimeoutExpired:
         runs = run_cli("runs", "list", cwd=root, env=env)
-        raise AssertionError(f"{args} timed out; runs:\n{runs.stdout}") from None
+        log = Path(env["BRANCHLINE_STATE_DIR"]) / "edge.log"
+        tail = log.read_text(errors="replace").splitlines()[-60:] if log.exists() else []
+        raise AssertionError(
+            f"{args} timed out; runs:\n{runs.stdout}\nserve's log:\n" + "\n".join(tail)
+        ) from None
     assert done.returncode == 0, f"{args}: {done.stdout}{done.stderr}"
     return done
 

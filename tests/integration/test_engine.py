@@ -523,3 +523,50 @@ def test_a_job_lost_between_store_and_queue_is_enqueued_again(
             assert "found again" in await log_text(engine, run_id)
 
     run_async(test)
+
+
+def test_a_run_whose_worker_died_between_a_job_and_the_advance_goes_on(
+    state_url: str, repo: tuple[Path, str, str]
+) -> None:
+    """The crash window between "job a succeeded" (committed) and "so b is queued"
+    (not yet): the recovery pass moves the run along instead of leaving it running."""
+    path, _, sha = repo
+    workflow = Workflow("window", (
+        Job("a", (Step("s", cmd("print('a ran')")),)),
+        Job("b", (Step("s", cmd("print('b ran')")),), needs=("a",)),
+    ))  # fmt: skip
+
+    async def test() -> None:
+        store = Store(locate_state(Path("/"), {"BRANCHLINE_DATABASE_URL": state_url}))
+        await store.start()
+        engine = Engine(store, project=f"p{os.urandom(3).hex()}", options=FAST)
+        async with engine.open():
+            run_id = await engine.submit(workflow, triggered_by="t", repo=path, sha=sha)
+            # As a worker killed right after recording a's end: a is done, its task
+            # is gone from the queue, and nobody advanced the run.
+            async with store.connect() as conn:
+                await conn.execute(
+                    "DELETE FROM procrastinate_jobs WHERE queueing_lock = ANY("
+                    "SELECT 'job-' || id FROM branchline.jobs WHERE run_id = %s)",
+                    (run_id,),
+                )
+                await conn.execute(
+                    "UPDATE branchline.jobs SET status = 'success', finished_at = now() "
+                    "WHERE run_id = %s AND name = 'a'",
+                    (run_id,),
+                )
+            assert (await jobs(engine, run_id))["b"].status == "pending"
+            assert await engine.advance_stuck_runs() == [run_id]
+            worker = asyncio.create_task(
+                engine.run_worker(concurrency=1, install_signal_handlers=False)
+            )
+            try:
+                run = await wait_run(engine, run_id, timeout=20)
+            finally:
+                worker.cancel()
+                await asyncio.gather(worker, return_exceptions=True)
+            assert run.status == "success"
+            assert "b ran" in await log_text(engine, run_id)
+            assert await engine.advance_stuck_runs() == []  # nothing left to move
+
+    run_async(test)

@@ -461,7 +461,26 @@ class Engine:
         for job_id in await self._lost_jobs():
             await self._enqueue(job_id)
             recovered.append(job_id)
+        await self.advance_stuck_runs()
         return recovered
+
+    async def advance_stuck_runs(self) -> list[int]:
+        """Runs that are running with no job queued or running: a crash between a job's
+        end (recorded) and the run's advance (not). Advancing again is safe: advance
+        locks the run and only does what is still undone. Returns the run ids."""
+        async with self.store.connect() as conn:
+            cur = await conn.execute(
+                """SELECT r.id FROM branchline.runs r
+                   WHERE r.project = %s AND r.status = 'running'
+                     AND NOT EXISTS (
+                         SELECT 1 FROM branchline.jobs j
+                         WHERE j.run_id = r.id AND j.status IN ('queued', 'running'))""",
+                (self.project,),
+            )
+            stuck = [int(row[0]) for row in await cur.fetchall()]  # type: ignore[call-overload]
+        for run_id in stuck:
+            await self.advance(run_id)
+        return stuck
 
     async def recover_dead_local_workers(self) -> list[int]:
         """Jobs whose worker ran on this host and is gone (killed, crashed): recovered
@@ -481,6 +500,7 @@ class Engine:
                 continue
             await self._recover_job(job_id)
             recovered.append(job_id)
+        await self.advance_stuck_runs()
         return recovered
 
     async def _lost_jobs(self, older_than: float = 5.0) -> list[int]:
@@ -502,7 +522,11 @@ class Engine:
     async def _recover_job(self, job_id: int) -> None:
         async with self.store.connect() as conn:
             job = await rows.get_job(conn, job_id)
-            if job is None or job.status not in ("running", "queued"):
+            if job is None:
+                return
+            if job.status not in ("running", "queued"):
+                # It ended, but its worker died before moving the run along.
+                await self.advance(job.run_id)
                 return
             run = await rows.get_run(conn, job.run_id)
             assert run is not None

@@ -68,6 +68,9 @@ LIGHT_SETTINGS = {
 }
 # Branches are disposable copies: trade crash safety for speed.
 EPHEMERAL_SETTINGS = FAST_SETTINGS
+# A branch is usually migrated right after it is made: refilling the spare at that
+# moment takes half of a 2-core machine from the migration, so the refill waits.
+SPARE_REFILL_DELAY = 2.0
 
 
 class LocalDatabaseProvider:
@@ -88,6 +91,7 @@ class LocalDatabaseProvider:
         self.project = project
         self.binaries = binaries
         self._background: list[asyncio.Task[object]] = []
+        self._closing = False  # set by aclose: a waiting refill starts now
         self.state_dir = state_dir
         self.store = store
         self.root = root
@@ -411,8 +415,14 @@ class LocalDatabaseProvider:
                 return False
             adopted = await asyncio.to_thread(self._adopt_spare_sync, name)
         if adopted:
-            self._background.append(asyncio.create_task(self.ensure_spare()))
+            self._background.append(asyncio.create_task(self._refill_spare_soon()))
         return adopted
+
+    async def _refill_spare_soon(self) -> bool:
+        deadline = time.monotonic() + SPARE_REFILL_DELAY
+        while not self._closing and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return await self.ensure_spare()
 
     def _adopt_spare_sync(self, name: str) -> bool:
         spare = self.spare
@@ -435,6 +445,7 @@ class LocalDatabaseProvider:
     async def aclose(self) -> None:
         """Wait for background work (refilling the spare) before the process ends."""
         pending, self._background = self._background, []
+        self._closing = True
         for task in pending:
             # A failed refill only means the next create copies; gc retries it.
             with contextlib.suppress(BranchlineError, OSError, psycopg.Error):
