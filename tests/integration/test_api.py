@@ -162,6 +162,12 @@ def test_run_logs_follow_as_server_sent_events(tmp_path: Path, store: Store) -> 
     events = [block for block in answer.text.split("\n\n") if block]
     assert [e.splitlines()[1] for e in events] == ["event: line"] * 3 + ["data: {}"]
     assert '"line":"line 2"' in events[2]
+    # `after` holds for the stream too: a client that reconnects gets only what is new.
+    second = int(events[1].splitlines()[0].removeprefix("id: "))
+    resumed = call(app, "GET", f"/api/runs/{run_id}/logs?follow=1&after={second}", tokens["read"])
+    blocks = [block for block in resumed.text.split("\n\n") if block]
+    assert len(blocks) == 2 and '"line":"line 2"' in blocks[0]
+    assert blocks[1].startswith("event: end")
 
 
 def _project_of(app: Any) -> str:

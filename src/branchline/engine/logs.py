@@ -11,14 +11,15 @@ FINISHED = ("success", "failure", "cancelled")
 
 
 async def read(
-    store: Store, run_id: int, *, job_id: int | None = None, follow: bool = False
-) -> AsyncIterator[rows.LogRow]:
-    """Every stored line of the run (or one job), then, with `follow`, new lines as
-    workers store them, until the run is over."""
+    store: Store, run_id: int, *, job_id: int | None = None, follow: bool = False,
+    after: int = 0,
+) -> AsyncIterator[rows.LogRow]:  # fmt: skip
+    """Every stored line of the run (or one job) after line id `after`, then, with
+    `follow`, new lines as workers store them, until the run is over."""
     async with store.connect() as conn, store.connect(dedicated=True) as listener:
         if follow:
             await listener.execute("LISTEN branchline_logs")
-        last = 0
+        last = after
         while True:
             batch = await rows.logs_after(conn, run_id, last, job_id)
             for line in batch:

@@ -237,9 +237,7 @@ def router(
     @routes.get("/runs/{run_id}", dependencies=read, responses=_problems(404))
     async def run(run_id: RunId) -> RunDetail:
         async with store.connect() as conn:
-            found = await run_rows.get_run(conn, run_id)
-            if found is None or found.project != project:
-                raise HTTPException(404, f"there is no run {run_id}")
+            found = await project_run(conn, project, run_id)
             jobs = []
             for job in await run_rows.jobs_of(conn, run_id):
                 steps = [Step(name=s.name, status=s.status, exit_code=s.exit_code,
@@ -264,11 +262,11 @@ def router(
         follow: Annotated[int, Query(ge=0, le=1)] = 0,
     ) -> Any:
         async with store.connect() as conn:
-            found = await run_rows.get_run(conn, run_id)
-            if found is None or found.project != project:
-                raise HTTPException(404, f"there is no run {run_id}")
+            await project_run(conn, project, run_id)
             if follow:
-                return StreamingResponse(_events(store, run_id), media_type="text/event-stream")
+                return StreamingResponse(
+                    _events(store, run_id, after), media_type="text/event-stream"
+                )
             lines = await run_rows.logs_after(conn, run_id, after)
         # Lines were masked before they were stored.
         return [LogLine(id=ln.id, job_id=ln.job_id, stream=ln.stream, line=ln.content, at=ln.at)
@@ -395,9 +393,18 @@ def router(
     return routes
 
 
-async def _events(store: Store, run_id: int) -> AsyncIterator[str]:
-    """Server-sent events: each stored line as it arrives (LISTEN/NOTIFY), then `end`."""
-    async for line in run_logs.read(store, run_id, follow=True):
+async def project_run(conn: Any, project: str, run_id: int) -> run_rows.RunRow:
+    """The run, when it is `project`'s; else 404 (another project's runs stay its own)."""
+    found = await run_rows.get_run(conn, run_id)
+    if found is None or found.project != project:
+        raise HTTPException(404, f"there is no run {run_id}")
+    return found
+
+
+async def _events(store: Store, run_id: int, after: int) -> AsyncIterator[str]:
+    """Server-sent events: each stored line after `after` as it arrives (LISTEN/NOTIFY),
+    then `end`."""
+    async for line in run_logs.read(store, run_id, follow=True, after=after):
         data = LogLine(id=line.id, job_id=line.job_id, stream=line.stream, line=line.content,
                        at=line.at)  # fmt: skip
         yield f"id: {line.id}\nevent: line\ndata: {data.model_dump_json()}\n\n"

@@ -17,11 +17,11 @@ import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import httpx
-from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
@@ -29,7 +29,7 @@ from branchline import naming
 from branchline.config import Config
 from branchline.engine import logs as run_logs
 from branchline.errors import BranchlineError
-from branchline.server.api import Action, RunId
+from branchline.server.api import Action, RunId, project_run
 from branchline.store import Store, mask_url
 from branchline.store import branches as branch_rows
 from branchline.store import compute as compute_rows
@@ -219,9 +219,7 @@ def router(
     async def run(request: Request, run_id: RunId) -> HTMLResponse:
         user(request)
         async with store.connect() as conn:
-            found = await run_rows.get_run(conn, run_id)
-            if found is None or found.project != project:
-                raise HTTPException(404, f"there is no run {run_id}")
+            found = await project_run(conn, project, run_id)
             jobs = []
             for job in await run_rows.jobs_of(conn, run_id):
                 steps = await run_rows.steps_of(conn, job.id)
@@ -234,17 +232,16 @@ def router(
                     lines=[ln.content for ln in lines], last=last)  # fmt: skip
 
     @routes.get("/runs/{run_id}/events")
-    async def events(request: Request, run_id: RunId, after: int = 0) -> StreamingResponse:
+    async def events(
+        request: Request, run_id: RunId, after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0
+    ) -> StreamingResponse:
         user(request)
         async with store.connect() as conn:
-            found = await run_rows.get_run(conn, run_id)
-        if found is None or found.project != project:  # another project's log stays its own
-            raise HTTPException(404, f"there is no run {run_id}")
+            await project_run(conn, project, run_id)
 
         async def stream() -> AsyncIterator[str]:
-            async for line in run_logs.read(store, run_id, follow=True):
-                if line.id > after:
-                    yield f"event: line\ndata: {json.dumps({'line': line.content})}\n\n"
+            async for line in run_logs.read(store, run_id, follow=True, after=after):
+                yield f"event: line\ndata: {json.dumps({'line': line.content})}\n\n"
             yield "event: end\ndata: {}\n\n"
 
         return StreamingResponse(stream(), media_type="text/event-stream")
