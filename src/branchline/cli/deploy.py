@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -25,6 +25,7 @@ from branchline.pipelines.restore import Restored, restore_production
 from branchline.providers.compute import Deployment
 from branchline.providers.compute.local import LocalComputeProvider
 from branchline.providers.registry import compute_provider, database_provider
+from branchline.store import Store
 from branchline.store import rollouts as rollout_rows
 from branchline.timespec import parse_moment
 
@@ -275,19 +276,38 @@ def _tail(path: Path, console: Console) -> None:
             return
 
 
+EdgePort = Annotated[int, typer.Option("--port", help="Edge port (a free one if taken).")]
+DnsPort = Annotated[int, typer.Option("--dns-port", help="DNS port (UDP and TCP).")]
+Ready = Callable[[int, int], None]
+
+
+def run_edge_here(
+    config: Config, store: Store, *, port: int, dns_port: int, on_ready: Ready,
+    background: Callable[[int, int], Coroutine[Any, Any, None]] | None = None,
+) -> None:  # fmt: skip
+    """The edge, DNS and supervisor in this process until stopped; `background` (given
+    the edge and DNS ports) runs beside them (serve's workers), on the same store."""
+
+    async def main() -> None:
+        await store.start()
+        provider = compute_provider(config, store)
+        await daemon.run_foreground(
+            store, project=config.project.name, zone=config.project.zone,
+            state_dir=store.location.state_dir, supervise=provider.supervise,
+            edge_port=port, dns_port=dns_port, on_ready=on_ready, background=background,
+        )  # fmt: skip
+
+    asyncio.run(main())
+
+
 def edge(
     ctx: typer.Context,
-    port: Annotated[
-        int, typer.Option(help="Edge port (a free one if taken).")
-    ] = daemon.DEFAULT_EDGE_PORT,
-    dns_port: Annotated[
-        int, typer.Option(help="DNS port (UDP and TCP).")
-    ] = daemon.DEFAULT_DNS_PORT,
+    port: EdgePort = daemon.DEFAULT_EDGE_PORT,
+    dns_port: DnsPort = daemon.DEFAULT_DNS_PORT,
 ) -> None:
     """Run the edge proxy, the zone's DNS server and the service supervisor here."""
     app = app_context(ctx)
     config = app.config()
-    store = app.store()
 
     def ready(edge_port: int, dns: int) -> None:
         app.output.emit(
@@ -298,16 +318,7 @@ def edge(
             ),
         )
 
-    async def main() -> None:
-        await store.start()
-        provider = compute_provider(config, store)
-        await daemon.run_foreground(
-            store, project=config.project.name, zone=config.project.zone,
-            state_dir=store.location.state_dir, supervise=provider.supervise,
-            edge_port=port, dns_port=dns_port, on_ready=ready,
-        )  # fmt: skip
-
-    asyncio.run(main())
+    run_edge_here(config, app.store(), port=port, dns_port=dns_port, on_ready=ready)
 
 
 def stop(ctx: typer.Context) -> None:

@@ -8,12 +8,12 @@ from typing import Annotated
 import typer
 
 from branchline.cli.context import app_context
+from branchline.cli.deploy import DnsPort, EdgePort, run_edge_here
 from branchline.edge import daemon
 from branchline.engine.engine import EngineOptions
 from branchline.errors import UsageError
 from branchline.pipelines.worker import open_pipelines
 from branchline.postgres.cluster import port_is_free
-from branchline.providers.registry import compute_provider
 from branchline.server import api
 from branchline.server.app import create_app, run_server
 
@@ -21,12 +21,8 @@ from branchline.server.app import create_app, run_server
 def serve(
     ctx: typer.Context,
     detach: Annotated[bool, typer.Option("--detach", help="Run in the background.")] = False,
-    port: Annotated[
-        int, typer.Option(help="Edge port (a free one if taken).")
-    ] = daemon.DEFAULT_EDGE_PORT,
-    dns_port: Annotated[
-        int, typer.Option(help="DNS port (UDP and TCP).")
-    ] = daemon.DEFAULT_DNS_PORT,
+    port: EdgePort = daemon.DEFAULT_EDGE_PORT,
+    dns_port: DnsPort = daemon.DEFAULT_DNS_PORT,
     concurrency: Annotated[int, typer.Option(help="Jobs run at once.")] = 4,
     api_port: Annotated[
         int,
@@ -41,7 +37,10 @@ def serve(
     minute) until SIGTERM, Ctrl-C or `branchline stop`. Services keep running when it
     stops; the next `serve` adopts them."""
     if concurrency < 1:
-        raise UsageError("--concurrency must be at least 1")
+        raise UsageError(
+            f"--concurrency must be at least 1, not {concurrency}",
+            hint="It is how many jobs run at once; the default is 4.",
+        )
     app = app_context(ctx)
     config = app.config()
     store = app.store()
@@ -90,13 +89,4 @@ def serve(
                     work.append(run_server(server, port=free))
             await asyncio.gather(*work)
 
-    async def main() -> None:
-        await store.start()
-        provider = compute_provider(config, store)
-        await daemon.run_foreground(
-            store, project=config.project.name, zone=config.project.zone,
-            state_dir=store.location.state_dir, supervise=provider.supervise,
-            edge_port=port, dns_port=dns_port, on_ready=ready, background=workers,
-        )  # fmt: skip
-
-    asyncio.run(main())
+    run_edge_here(config, store, port=port, dns_port=dns_port, on_ready=ready, background=workers)
