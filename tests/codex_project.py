@@ -54,8 +54,8 @@ def stop_serve_and_services(root: Path, env: dict[str, str]) -> None:
     """`branchline stop` ends serve but leaves services running (the next serve adopts
     them): a test ends those too."""
     run_cli("stop", cwd=root, env=env)
-    listed = run_cli("--json", "deployments", "list", cwd=root, env=env).stdout
-    for deployment in json.loads(listed or "[]"):
+    listed = run_cli("--json", "deployments", "list", cwd=root, env=env)
+    for deployment in json.loads(listed.stdout or "[]") if listed.returncode == 0 else []:
         pid = deployment["detail"].get("pid")
         if pid and deployment["status"] in ("live", "starting", "draining"):
             with contextlib.suppress(ProcessLookupError):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 
 from branchline.providers.compute.processes import ProcessId
-from tests.codex_project import commit_on, make_project
+from tests.codex_project import commit_on, make_project, stop_serve_and_services
 from tests.conftest import eventually, run_cli
 
 SERVICES = ("api", "auth", "web")
@@ -34,16 +33,7 @@ def project(tmp_path: Path, state_dir: Path) -> Iterator[tuple[Path, dict[str, s
     try:
         yield root, env
     finally:
-        run_cli("stop", cwd=root, env=env)
-        # Whatever a failed test left: the preview's services.
-        for deployment in _json(run_cli("--json", "deployments", "list", cwd=root, env=env)):
-            pid = deployment["detail"].get("pid")
-            if pid and deployment["status"] in ("live", "starting", "draining"):
-                subprocess.run(["kill", str(pid)], check=False)
-
-
-def _json(result: subprocess.CompletedProcess[str]) -> Any:
-    return json.loads(result.stdout) if result.returncode == 0 and result.stdout else []
+        stop_serve_and_services(root, env)  # also whatever a failed test left running
 
 
 def cli(project: tuple[Path, dict[str, str]], *args: str) -> Any:

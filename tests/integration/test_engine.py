@@ -130,6 +130,15 @@ async def log_text(engine: Engine, run_id: int) -> str:
         return "\n".join(r.content for r in await rows.logs_after(conn, run_id, 0))
 
 
+async def drop_queued_tasks(conn: Any, run_id: int) -> None:
+    """The queue forgets the run's tasks, as after a crash at the wrong moment."""
+    await conn.execute(
+        "DELETE FROM procrastinate_jobs WHERE queueing_lock = ANY("
+        "SELECT 'job-' || id FROM branchline.jobs WHERE run_id = %s)",
+        (run_id,),
+    )
+
+
 def run_async(test: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(test())
 
@@ -501,11 +510,7 @@ def test_a_job_lost_between_store_and_queue_is_enqueued_again(
             # As after a crash between the store's commit and the enqueue: the store
             # says "queued" but the queue holds no task for the job.
             async with store.connect() as conn:
-                await conn.execute(
-                    "DELETE FROM procrastinate_jobs WHERE queueing_lock = ANY("
-                    "SELECT 'job-' || id FROM branchline.jobs WHERE run_id = %s)",
-                    (run_id,),
-                )
+                await drop_queued_tasks(conn, run_id)
                 await conn.execute(
                     "UPDATE branchline.jobs SET enqueued_at = now() - interval '1 minute' "
                     "WHERE run_id = %s",
@@ -545,11 +550,7 @@ def test_a_run_whose_worker_died_between_a_job_and_the_advance_goes_on(
             # As a worker killed right after recording a's end: a is done, its task
             # is gone from the queue, and nobody advanced the run.
             async with store.connect() as conn:
-                await conn.execute(
-                    "DELETE FROM procrastinate_jobs WHERE queueing_lock = ANY("
-                    "SELECT 'job-' || id FROM branchline.jobs WHERE run_id = %s)",
-                    (run_id,),
-                )
+                await drop_queued_tasks(conn, run_id)
                 await conn.execute(
                     "UPDATE branchline.jobs SET status = 'success', finished_at = now() "
                     "WHERE run_id = %s AND name = 'a'",
