@@ -187,7 +187,7 @@ async def _deployments(kit: Kit, dry_run: bool) -> list[Finding]:
             reason = "its deploy was interrupted" if row.status == "starting" else "left draining"
             finding = Finding("deployment", target, "stop", reason)
             if not dry_run:
-                pid = _pid(row.detail)
+                pid = processes.recorded(row.detail)
                 if pid is not None:
                     processes.stop(pid, grace=2.0)
                 await compute_rows.update_deployment(
@@ -199,14 +199,8 @@ async def _deployments(kit: Kit, dry_run: bool) -> list[Finding]:
 
 
 def _alive(detail: dict[str, Any]) -> bool:
-    pid = _pid(detail)
+    pid = processes.recorded(detail)
     return pid is not None and pid.alive()
-
-
-def _pid(detail: dict[str, Any]) -> processes.ProcessId | None:
-    if "pid" not in detail:
-        return None
-    return processes.ProcessId(int(detail["pid"]), int(detail.get("start_time") or -1))
 
 
 async def _processes(kit: Kit, dry_run: bool) -> list[Finding]:

@@ -44,9 +44,7 @@ def reconcile_command(
             config, store, edge_port=info.edge_port, dns_port=info.dns_port
         ) as pipelines:
             found = await reconcile(pipelines.kit, engine=pipelines.engine, dry_run=dry_run)
-            for _ in range(3):
-                if dry_run:
-                    break
+            for _ in range(0 if dry_run else 3):
                 # Recovered jobs move their runs on; resumed previews and events nobody
                 # handled yet are run here, to the end. What they leave (a preview whose
                 # run was interrupted) is looked at again.

@@ -383,7 +383,7 @@ class LocalComputeProvider:
         """Let in-flight requests finish on the old process, then stop it."""
         await asyncio.sleep(self.drain)
         for deployment in old:
-            pid = _process(deployment.detail)
+            pid = processes.recorded(deployment.detail)
             if pid is not None:
                 await asyncio.to_thread(processes.stop, pid)
             async with self.store.connect() as conn:
@@ -484,7 +484,7 @@ class LocalComputeProvider:
                 conn, project=self.project, environment=environment, service=service
             )
             for deployment in running:
-                pid = _process(deployment.detail)
+                pid = processes.recorded(deployment.detail)
                 if pid is not None:
                     await asyncio.to_thread(processes.stop, pid, grace=2.0)
                 await rows.update_deployment(conn, deployment.id, status="stopped")
@@ -510,7 +510,7 @@ class LocalComputeProvider:
         async with self.store.connect() as conn:
             live = await rows.deployments(conn, self.project, statuses=LIVE)
         for deployment in live:
-            pid = _process(deployment.detail)
+            pid = processes.recorded(deployment.detail)
             if pid is not None and pid.alive():
                 continue
             if await self.adopt(deployment):
@@ -602,12 +602,6 @@ def _release(row: rows.ReleaseRow) -> Release:
         id=row.id, service=row.service, commit=row.commit_sha, build_number=row.build_number,
         location=row.location or "", created_at=row.created_at,
     )  # fmt: skip
-
-
-def _process(detail: Mapping[str, Any]) -> processes.ProcessId | None:
-    if "pid" not in detail:
-        return None
-    return processes.ProcessId(int(detail["pid"]), int(detail.get("start_time", -1)))
 
 
 def _tail(log: Path) -> str:

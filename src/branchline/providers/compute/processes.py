@@ -22,6 +22,13 @@ class ProcessId:
         return start_time_of(self.pid) == self.start_time
 
 
+def recorded(detail: Mapping[str, object]) -> ProcessId | None:
+    """The process a deployment's detail records (`pid`, `start_time`), if any."""
+    if "pid" not in detail:
+        return None
+    return ProcessId(int(str(detail["pid"])), int(str(detail.get("start_time") or -1)))
+
+
 def start_time_of(pid: int) -> int | None:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
