@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from branchline.store import Store
+from branchline.store.queries import Conn
 
 
 def _label(value: str) -> str:
@@ -10,6 +11,11 @@ def _label(value: str) -> str:
 
 
 async def render(store: Store, project: str) -> str:
+    async with store.connect() as conn:  # one connection for the whole scrape
+        return await _render(conn, project)
+
+
+async def _render(conn: Conn, project: str) -> str:
     lines: list[str] = []
 
     async def family(
@@ -17,15 +23,12 @@ async def render(store: Store, project: str) -> str:
     ) -> None:
         lines.append(f"# HELP {name} {help_text}")
         lines.append(f"# TYPE {name} {kind}")
-        async with store.connect() as conn:
-            cur = await conn.execute(query, (project,))
-            for row in await cur.fetchall():
-                *keys, raw = row
-                value = float(str(raw if raw is not None else 0))
-                tags = ",".join(
-                    f'{k}="{_label(str(v))}"' for k, v in zip(labels, keys, strict=True)
-                )
-                lines.append(f"{name}{{{tags}}} {value}" if tags else f"{name} {value}")
+        cur = await conn.execute(query, (project,))
+        for row in await cur.fetchall():
+            *keys, raw = row
+            value = float(str(raw if raw is not None else 0))
+            tags = ",".join(f'{k}="{_label(str(v))}"' for k, v in zip(labels, keys, strict=True))
+            lines.append(f"{name}{{{tags}}} {value}" if tags else f"{name} {value}")
 
     await family(
         "branchline_runs",
@@ -62,7 +65,7 @@ async def render(store: Store, project: str) -> str:
     await family(
         "branchline_branches",
         "gauge",
-        "Database branches and their total size.",
+        "Database branches.",
         "SELECT count(*) FROM branchline.branches WHERE project = %s",
         (),
     )
