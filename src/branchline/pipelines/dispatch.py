@@ -35,8 +35,8 @@ from branchline.store import runs as run_rows
 logger = logging.getLogger(__name__)
 ZERO = "0" * 40
 PR_UPDATES = ("opened", "synchronize", "reopened")
-TEST_SCOPE = "test"
-_COMMIT = re.compile(r"[0-9a-f]{7,64}")  # the secrets testing runs get
+TEST_SCOPE = "test"  # the secrets testing runs get
+_COMMIT = re.compile(r"[0-9a-f]{7,64}")
 
 
 @dataclass(frozen=True)
@@ -192,7 +192,10 @@ def ensure_commit(repo: Path, sha: str) -> None:
     """The commit in the project's clone, fetched from its `origin` when missing (a
     webhook may announce a commit this machine has not seen yet)."""
     if not _COMMIT.fullmatch(sha):
-        raise UsageError(f"{sha[:80]!r} is not a commit id")
+        raise UsageError(
+            f"{sha[:80]!r} is not a commit id",
+            hint="A commit id is 7 to 64 lower-case hexadecimal digits.",
+        )
 
     def has() -> bool:
         return subprocess.run(
@@ -209,7 +212,8 @@ def ensure_commit(repo: Path, sha: str) -> None:
     if fetched.returncode != 0 or not has():
         raise BranchlineError(
             f"commit {sha[:12]} is not in the project's clone at {repo}, and fetching it "
-            f"from `origin` failed: {fetched.stderr.strip()[:300] or 'not found'}",
+            # git may quote the remote's URL, credentials included: never show them.
+            f"from `origin` failed: {mask_url(fetched.stderr.strip()[:300]) or 'not found'}",
             hint="Check the clone's `origin` remote and its credentials (`git fetch origin`).",
         )
 
