@@ -246,28 +246,11 @@ def _service_processes(
     project on one machine must not take each other's services for strays)."""
     ticks = os.sysconf("SC_CLK_TCK")
     uptime = float(Path("/proc/uptime").read_text().split()[0])
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            raw = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if f"BRANCHLINE_PROJECT={project}".encode() not in raw:
-            continue
-        env = dict(
-            item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item
-        )
-        if env.get("BRANCHLINE_PROJECT") != project:
-            continue
-        if state is not None and env.get("BRANCHLINE_STATE") != state:
-            continue
-        started = processes.start_time_of(int(entry.name))
-        if started is None:
-            continue
-        found.append((int(entry.name), env, uptime - started / ticks))
-    return found
+    return [
+        (pid.pid, env, uptime - pid.start_time / ticks)
+        for pid, env in processes.with_environment(f"BRANCHLINE_PROJECT={project}")
+        if state is None or env.get("BRANCHLINE_STATE") == state
+    ]
 
 
 async def _routes(kit: Kit, dry_run: bool) -> list[Finding]:

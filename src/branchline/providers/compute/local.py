@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import logging
 import os
 import subprocess
 import time
@@ -56,9 +55,6 @@ LOG_TAIL = 2000
 
 async def _no_secrets(_environment: str) -> Mapping[str, str]:
     return {}
-
-
-logger = logging.getLogger(__name__)
 
 
 class LocalComputeProvider:

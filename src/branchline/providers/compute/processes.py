@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,10 +73,10 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def find_by_env(markers: Mapping[str, str]) -> ProcessId | None:
-    """A live process whose environment holds every `markers` item (a service whose
-    start was not recorded: its starter died between starting it and saying so)."""
-    wanted = [f"{k}={v}".encode() for k, v in markers.items()]
+def with_environment(needle: str) -> Iterator[tuple[ProcessId, dict[str, str]]]:
+    """Live processes whose environment holds the item `needle` ("NAME=value"), each
+    with its whole environment (read from /proc: ours, or any when run as root)."""
+    wanted = needle.encode()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -84,8 +84,20 @@ def find_by_env(markers: Mapping[str, str]) -> ProcessId | None:
             items = (entry / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if all(w in items for w in wanted):
-            started = start_time_of(int(entry.name))
-            if started is not None:
-                return ProcessId(int(entry.name), started)
+        if wanted not in items:
+            continue
+        started = start_time_of(int(entry.name))
+        if started is None:
+            continue  # gone meanwhile
+        env = dict(i.decode(errors="replace").split("=", 1) for i in items if b"=" in i)
+        yield ProcessId(int(entry.name), started), env
+
+
+def find_by_env(markers: Mapping[str, str]) -> ProcessId | None:
+    """A live process whose environment holds every `markers` item (a service whose
+    start was not recorded: its starter died between starting it and saying so)."""
+    first, *rest = markers.items()
+    for pid, env in with_environment(f"{first[0]}={first[1]}"):
+        if all(env.get(k) == v for k, v in rest):
+            return pid
     return None
