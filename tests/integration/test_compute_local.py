@@ -24,6 +24,7 @@ from branchline.errors import BranchlineError, UsageError
 from branchline.providers.compute import ComputeProvider
 from branchline.providers.compute.local import LocalComputeProvider
 from branchline.providers.compute.processes import ProcessId
+from branchline.store import compute as compute_rows
 from branchline.store import routes
 from tests.integration.conftest import store_in
 
@@ -220,6 +221,30 @@ def test_a_killed_service_is_restarted_and_adopted_not_duplicated(
     assert run(fresh, fresh.supervise()) == []
     (now,) = run(fresh, fresh.list_deployments("production"))
     assert now.detail["crashes"] == 1
+
+
+def test_a_service_started_but_never_recorded_is_adopted_not_started_again(
+    compute: tuple[LocalComputeProvider, Path],
+) -> None:
+    """A supervisor killed between starting a service and recording its pid: the
+    store names a dead process, the service runs. The next supervisor adopts it."""
+    provider, _ = compute
+    release = run(provider, provider.build("api", "HEAD"))
+    deployed = run(provider, provider.deploy("api", "production", release, DB, {}))
+    running = ProcessId(int(deployed.detail["pid"]), int(deployed.detail["start_time"]))
+
+    async def forget() -> None:  # as if the recorded process were an older, dead one
+        async with provider.store.connect() as conn:
+            await compute_rows.update_deployment(
+                conn, deployed.id, detail={"pid": running.pid, "start_time": 1}
+            )
+
+    run(provider, forget())
+    assert run(provider, provider.supervise()) == []  # adopted: nothing restarted
+    (now,) = run(provider, provider.list_deployments("production"))
+    assert (now.detail["pid"], now.detail["start_time"]) == (running.pid, running.start_time)
+    assert "crashes" not in now.detail
+    assert get(int(now.detail["port"]))["commit"] == release.commit
 
 
 def test_failed_build_leaves_nothing(compute: tuple[LocalComputeProvider, Path]) -> None:
