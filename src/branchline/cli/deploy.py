@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -283,7 +283,7 @@ Ready = Callable[[int, int], None]
 
 def run_edge_here(
     config: Config, store: Store, *, port: int, dns_port: int, on_ready: Ready,
-    background: Callable[[int, int], Coroutine[Any, Any, None]] | None = None,
+    background: daemon.Background | None = None,
 ) -> None:  # fmt: skip
     """The edge, DNS and supervisor in this process until stopped; `background` (given
     the edge and DNS ports) runs beside them (serve's workers), on the same store."""
