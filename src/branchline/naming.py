@@ -433,6 +433,11 @@ def normalize_zone(zone: str) -> str:
     return name.lower()
 
 
+def release_name(service: str, commit: str, build_number: int) -> str:
+    """How a release is shown: ``api@0123456789ab.2`` (service, commit, build)."""
+    return f"{service}@{commit[:12]}.{build_number}"
+
+
 def host_name(service_subdomain: str, environment: str, zone: str) -> str:
     """The public host name of a service in an environment.
 

@@ -289,7 +289,7 @@ def router(
                     continue
                 found.append(ServiceState(
                     service=d.service, status=d.status, commit=release.commit_sha,
-                    release=f"{d.service}@{release.commit_sha[:12]}.{release.build_number}",
+                    release=release.name,
                     url=f"http://{d.detail['host']}{port}/" if d.detail.get("host") else None,
                 ))  # fmt: skip
             return found

@@ -9,6 +9,7 @@ from typing import Any
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
+from branchline import naming
 from branchline.store.queries import Conn
 
 
@@ -21,6 +22,10 @@ class ReleaseRow:
     location: str | None
     status: str
     created_at: datetime
+
+    @property
+    def name(self) -> str:
+        return naming.release_name(self.service, self.commit_sha, self.build_number)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
+from branchline import naming
 from branchline.errors import BranchlineError
 
 
@@ -23,7 +24,7 @@ class Release:
 
     @property
     def name(self) -> str:
-        return f"{self.service}@{self.commit[:12]}.{self.build_number}"
+        return naming.release_name(self.service, self.commit, self.build_number)
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -191,8 +191,8 @@ def router(
                 release = releases.get(d.release_id)
                 services.append({
                     "service": d.service, "url": f"http://{d.detail.get('host')}{port}/",
-                    "release": f"{d.service}@{release.commit_sha[:12]}.{release.build_number}"
-                    if release else "-", "commit": release.commit_sha if release else "",
+                    "release": release.name if release else "-",
+                    "commit": release.commit_sha if release else "",
                     "health": health[d.id],
                 })  # fmt: skip
             row = branches.get(branch)
@@ -257,9 +257,7 @@ def router(
         rows = []
         for d in sorted(live, key=lambda d: (d.environment, d.service)):
             release = releases.get(d.release_id)
-            name = (
-                f"{d.service}@{release.commit_sha[:12]}.{release.build_number}" if release else "-"
-            )
+            name = release.name if release else "-"
             rows.append({"environment": d.environment, "service": d.service, "release": name})
         history = [{**r.__dict__, "seconds": _seconds(r.started_at, r.finished_at)}
                    for r in rollouts]  # fmt: skip
