@@ -57,15 +57,24 @@ def stop(pid: ProcessId, *, grace: float = 5.0) -> None:
         return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        _reap(pid.pid)
-        if not pid.alive():
-            return
-        time.sleep(0.02)
+    if _gone_within(pid, grace):
+        return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid.pid, signal.SIGKILL)
-    _reap(pid.pid)
+    # SIGKILL is not instant either: return once it is gone, so that whoever stops a
+    # service and then looks finds nothing running.
+    _gone_within(pid, 5.0)
+
+
+def _gone_within(pid: ProcessId, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while True:
+        _reap(pid.pid)  # it may be our child: a zombie until collected
+        if not pid.alive():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
 
 
 def _reap(pid: int) -> None:
