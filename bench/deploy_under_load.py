@@ -50,12 +50,13 @@ from typing import Any
 
 from branchline.config import load_config
 from branchline.edge import EdgeProxy
-from branchline.providers.compute import Deployment, Release
+from branchline.environment import Environment
+from branchline.providers.compute import Deployment, DeploymentEnv, Release
 from branchline.providers.compute.local import LocalComputeProvider
 from branchline.store import Store, locate_state
 
 TARGET_ROLLBACK_S = 1.0
-ENVIRONMENT = "production"
+ENVIRONMENT = Environment.production()
 SERVICE = "api"
 ZONE = "bench.localhost"
 HOST = f"{SERVICE}.{ZONE}"  # production's host name
@@ -365,7 +366,7 @@ async def scenario(
 ) -> Deployment:
     """Deploy v1; under load deploy v2, then roll back. The rollback's deployment."""
     began = time.monotonic()
-    first = await provider.deploy(SERVICE, ENVIRONMENT, v1, {}, {})
+    first = await provider.deploy(SERVICE, ENVIRONMENT, v1, DeploymentEnv())
     results.deploy_v1 = time.monotonic() - began
     results.health["deploy v1"] = health_of(first)
     results.processes[int(first.detail["pid"])] = "v1"
@@ -387,7 +388,7 @@ async def scenario(
 
     await asyncio.sleep(1.0)
     results.deploy_v2_started = time.monotonic()
-    second = await provider.deploy(SERVICE, ENVIRONMENT, v2, {}, {})
+    second = await provider.deploy(SERVICE, ENVIRONMENT, v2, DeploymentEnv())
     results.deploy_v2 = time.monotonic() - results.deploy_v2_started
     results.health["deploy v2"] = health_of(second)
     results.processes[int(second.detail["pid"])] = "v2"

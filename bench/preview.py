@@ -72,15 +72,16 @@ from typing import Any
 
 import psycopg
 
-from branchline import naming
+from branchline import naming, processes
 from branchline.config import Config, load_config
 from branchline.edge import daemon
 from branchline.engine.engine import EngineOptions
-from branchline.pipelines.worker import open_pipelines
+from branchline.environment import Environment
+from branchline.operations.runtime import open_pipelines
 from branchline.postgres import Cluster, ClusterState
 from branchline.postgres.cluster import free_port
 from branchline.postgres.copy import clone, make_standby, promote_standby, standby_is_streaming
-from branchline.providers.compute import envtemplate, processes
+from branchline.providers.compute import envtemplate
 from branchline.providers.database.local import (
     EPHEMERAL_SETTINGS,
     LIGHT_SETTINGS,
@@ -415,7 +416,7 @@ async def watch_preview(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no preview run of {sha[:8]} within {WATCH_TIMEOUT:.0f} s")
             await asyncio.sleep(0.05)
-    environment = naming.environment_for_pr(pr)
+    environment = Environment.preview(pr)
     specs = config.services_in_deploy_order()
     hosts = {s.name: naming.host_name(s.subdomain, environment, config.project.zone) for s in specs}
     paths = {s.name: s.health_path for s in specs}
@@ -515,7 +516,7 @@ async def read_back(
 ) -> PreviewTimes:
     project = config.project.name
     boot = boot_epoch()
-    environment = naming.environment_for_pr(pr)
+    environment = Environment.preview(pr)
     specs = config.services_in_deploy_order()
     async with store.connect() as conn:
         runs = [r for r in await run_rows.list_runs(conn, project, limit=20) if r.id > after]
@@ -538,7 +539,7 @@ async def read_back(
         services = []
         for spec in specs:
             rows = await compute_rows.deployments(
-                conn, project, environment=environment, service=spec.name
+                conn, project, environment=environment.name, service=spec.name
             )
             ours = [d for d in rows if deploy.start <= _epoch(d.created_at) <= deploy.end]
             assert len(ours) == 1, f"{spec.name}: {len(ours)} deployments in the deploy step"

@@ -11,8 +11,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from branchline import naming
-from branchline.providers.compute.processes import ProcessId
+from branchline.environment import Environment
+from branchline.processes import ProcessId
 from branchline.store import routes
 from tests.conftest import REPO, run_cli
 
@@ -80,7 +80,7 @@ def commit_on(repo: Path, branch: str, files: dict[str, str], message: str) -> s
 
 async def leftovers(kit: Any, pr: int) -> dict[str, list[str]]:
     """Everything of preview `pr` that still exists: empty lists when it is all gone."""
-    environment = naming.environment_for_pr(pr)
+    environment = Environment.preview(pr)
     branches = [b.name for b in await kit.database.list_branches() if b.name.startswith(f"pr-{pr}")]
     processes = []
     for deployment in await kit.compute.list_deployments(environment):
@@ -95,10 +95,10 @@ async def leftovers(kit: Any, pr: int) -> dict[str, list[str]]:
     async with kit.store.connect() as conn:
         found_routes = [
             r.host for r in await routes.list_routes(conn, kit.project)
-            if r.environment == environment
+            if r.environment == environment.name
         ]  # fmt: skip
     records = [r.name for r in await kit.dns.list_records(environment)]
-    secrets = [s.name for s in await kit.secrets.list(environment)]
+    secrets = [s.name for s in await kit.secrets.list(environment.name)]
     return {
         "branches": branches, "processes": processes, "deployments": live,
         "routes": found_routes, "dns": records, "secrets": secrets,

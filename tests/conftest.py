@@ -3,8 +3,10 @@ removed by a finalizer, also when the test fails."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -18,16 +20,34 @@ import pytest
 from branchline.postgres import Cluster
 
 REPO = Path(__file__).resolve().parent.parent
+TESTS = REPO / "tests"
 T = TypeVar("T")
+# Where every test starts clusters or processes (the CLI in a subprocess included),
+# and the fixtures that do: all of them are `integration`, out of the fast lane.
+REAL_DIRECTORIES = ("integration", "e2e", "chaos")
+REAL_FIXTURES = frozenset({"pg_cluster", "state_dir", "shared_store"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark what needs real Postgres clusters or processes, so that
+    `-m "not integration"` is the fast lane (in-memory fakes, pure functions)."""
+    for item in items:
+        where = item.path.relative_to(TESTS).parts if item.path.is_relative_to(TESTS) else ()
+        uses = set(getattr(item, "fixturenames", ()))
+        if (where and where[0] in REAL_DIRECTORIES) or uses & REAL_FIXTURES:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")
 def cluster_root() -> Iterator[Path]:
-    """A directory the unprivileged Postgres user can enter (pytest's tmp is 0700)."""
+    """A directory the unprivileged Postgres user can enter (pytest's tmp is 0700).
+    At the end of the session nothing may still run for a state directory in it."""
     path = Path(tempfile.mkdtemp(prefix="branchline-test-"))
     path.chmod(0o755)
     yield path
+    leaked = stop_leftovers(path)
     shutil.rmtree(path, ignore_errors=True)
+    assert not leaked, f"processes outlived the tests that started them: {leaked}"
 
 
 @pytest.fixture(scope="session")
@@ -44,10 +64,48 @@ def pg_cluster(cluster_root: Path) -> Iterator[Cluster]:
 
 @pytest.fixture
 def state_dir(cluster_root: Path, tmp_path: Path) -> Iterator[Path]:
-    """A fresh state directory; its embedded cluster is stopped afterwards."""
+    """A fresh state directory; its embedded cluster is stopped afterwards, and a
+    service or serve still running for it fails the test (and is stopped)."""
     path = new_state_dir(cluster_root)
     yield path
+    leaked = stop_leftovers(path)
     remove_state_dir(path)
+    assert not leaked, f"the test left processes running: {leaked}"
+
+
+# The variables branchline gives what it starts: services (BRANCHLINE_STATE, their
+# project's directory) and a background serve (BRANCHLINE_STATE_DIR).
+STATE_VARIABLES = ("BRANCHLINE_STATE", "BRANCHLINE_STATE_DIR")
+
+
+def leftover_processes(root: Path) -> list[tuple[int, str]]:
+    """Live processes started for a state directory under `root`: found by their
+    environment, which a service cannot hide by naming itself differently."""
+    prefix = str(root)
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            items = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        for item in items:
+            key, _, value = item.decode(errors="replace").partition("=")
+            if key in STATE_VARIABLES and (value == prefix or value.startswith(prefix + "/")):
+                found.append((int(entry.name), f"{key}={value}"))
+                break
+    return found
+
+
+def stop_leftovers(root: Path) -> list[tuple[int, str]]:
+    """Kill (group and all) what still runs for `root`; returns what that was."""
+    leaked = leftover_processes(root)
+    for pid, _why in leaked:
+        for kill in (os.killpg, os.kill):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                kill(pid, signal.SIGKILL)
+    return leaked
 
 
 def new_state_dir(cluster_root: Path) -> Path:

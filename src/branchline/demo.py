@@ -31,13 +31,20 @@ from rich.table import Table
 from branchline import naming
 from branchline.config import Config, load_config
 from branchline.edge import daemon
+from branchline.environment import Environment
 from branchline.errors import BranchlineError, UsageError
-from branchline.pipelines.worker import Pipelines, open_pipelines
+from branchline.kit import Kit
+from branchline.operations.runtime import Pipelines, open_pipelines
 from branchline.postgres import Cluster
+from branchline.providers.database import RootInitializer
+from branchline.providers.forge import LocalPullRequests
 from branchline.secrets import generate_value
 from branchline.store import Store, locate_state
 from branchline.store import forge as forge_rows
 from branchline.store import runs as run_rows
+
+PRODUCTION = Environment.production()
+PREVIEW = Environment.preview(1)
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "codex"
 BROKEN = """
@@ -166,19 +173,22 @@ async def _phase(demo: Demo, name: str, work: Callable[[], Awaitable[str]]) -> N
 
 async def _setup(demo: Demo, config: Config, store: Store) -> str:
     await store.start()
-    from branchline.providers.registry import database_provider
-    from branchline.secrets import Secrets
-
-    database = database_provider(config, store)
-    await database.init_root()  # type: ignore[attr-defined]
-    await database.aclose()
-    secrets = Secrets.for_project(store, config)
+    kit = Kit.build(config, store)
+    if isinstance(kit.database, RootInitializer):
+        await kit.database.init_root()
+    await kit.aclose()
     for name in config.secrets.production.names:
-        await secrets.set("production", name, generate_value())
+        await kit.secrets.set(PRODUCTION.name, name, generate_value())
     info, _ = await asyncio.to_thread(
         daemon.ensure_running, demo.state_dir, config.path, workers=False
     )  # the demo runs its pipelines here, to tell each step as it happens
     return f"production branch ready; edge on port {info.edge_port}, DNS on {info.dns_port}"
+
+
+def _forge(kit: Kit) -> LocalPullRequests:
+    """The demo records its pushes and pull requests on the local code host."""
+    assert isinstance(kit.forge, LocalPullRequests), "the demo runs on the local code host"
+    return kit.forge
 
 
 async def _settle(demo: Demo, p: Pipelines) -> list[run_rows.RunRow]:
@@ -237,7 +247,7 @@ def _expect(runs: list[run_rows.RunRow], wanted: dict[str, str]) -> None:
 async def _scenario(demo: Demo, p: Pipelines) -> None:
     kit = p.kit
     port = kit.edge_port or 0
-    hosts = {env: kit.hosts(env) for env in ("preview-1", naming.PRODUCTION)}
+    hosts = {env: kit.hosts(env) for env in (PREVIEW, PRODUCTION)}
 
     def note(path: str, text: str) -> Callable[[Path], None]:
         def write(root: Path) -> None:
@@ -251,7 +261,7 @@ async def _scenario(demo: Demo, p: Pipelines) -> None:
     first = demo.commit("feature", note("services/web/BANNER", "Spring sale"), "web: a banner")
 
     async def push() -> str:
-        await kit.forge.push("feature")
+        await _forge(kit).push("feature")
         runs = await _settle(demo, p)
         _expect(runs, {"testing": "success"})
         branch = naming.branch_for_push("feature", first)
@@ -260,9 +270,9 @@ async def _scenario(demo: Demo, p: Pipelines) -> None:
         return f"tested on the ephemeral branch {branch}, {gone}"
 
     async def open_pr() -> str:
-        await kit.forge.open_pr("feature", "A spring sale banner")
+        await _forge(kit).open_pr("feature", "A spring sale banner")
         _expect(await _settle(demo, p), {"testing": "success", "preview": "success"})
-        for service, host in hosts["preview-1"].items():
+        for service, host in hosts[PREVIEW].items():
             commit = _health(port, host)["commit"]
             demo.say(f"  {service}: {kit.url(host)} answers commit {commit[:8]}")
         return "preview-1 live: three services on branch pr-1, URLs above"
@@ -273,11 +283,11 @@ async def _scenario(demo: Demo, p: Pipelines) -> None:
             note("migrations/003_product_notes.sql", "ALTER TABLE products ADD COLUMN note text;"),
             "products get a note",
         )  # fmt: skip
-        await kit.forge.sync_pr(1)
+        await _forge(kit).sync_pr(1)
         _expect(await _settle(demo, p), {"testing": "success", "preview": "success"})
         deadline = time.monotonic() + 5  # the edge switches routes on NOTIFY: moments later
         while True:
-            answers = {_health(port, h)["commit"] for h in hosts["preview-1"].values()}
+            answers = {_health(port, h)["commit"] for h in hosts[PREVIEW].values()}
             if answers == {second} or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.05)
@@ -286,23 +296,23 @@ async def _scenario(demo: Demo, p: Pipelines) -> None:
         return f"preview-1 now serves {second[:8]} (migration 003 applied to pr-1), same URLs"
 
     async def merge() -> str:
-        await kit.forge.close_pr(1, merge=True)
+        await _forge(kit).close_pr(1, merge=True)
         runs = await _settle(demo, p)
         _expect(runs, {"cleanup": "success", "testing": "success", "production": "success"})
-        for service, host in hosts[naming.PRODUCTION].items():
+        for service, host in hosts[PRODUCTION].items():
             commit = _health(port, host)["commit"]
             demo.say(f"  {service}: {kit.url(host)} answers commit {commit[:8]}")
         left = [b.name for b in await kit.database.list_branches() if b.name.startswith("pr-1")]
         return f"rolled out to production; preview-1 cleaned up ({len(left)} branches left)"
 
     async def broken() -> str:
-        good = _health(port, hosts[naming.PRODUCTION]["web"])["commit"]
+        good = _health(port, hosts[PRODUCTION]["web"])["commit"]
         app = demo.project / "services" / "web" / "app.py"
         app.write_text(app.read_text().replace("\nfrom common", BROKEN + "\nfrom common", 1))
         demo.git("commit", "-qam", "web: needs a currency setting")
-        await kit.forge.push("main")
+        await _forge(kit).push("main")
         _expect(await _settle(demo, p), {"testing": "success", "production": "failure"})
-        still = {_health(port, h)["commit"] for h in hosts[naming.PRODUCTION].values()}
+        still = {_health(port, h)["commit"] for h in hosts[PRODUCTION].values()}
         async with kit.store.connect() as conn:
             issue = (await forge_rows.issues(conn, kit.project))[0]
         demo.say(f"  [yellow]incident issue #{issue.number}: {escape(issue.title)}[/yellow]")
@@ -326,7 +336,7 @@ def _summary(demo: Demo, p: Pipelines, total: float) -> None:
     demo.console.print()
     demo.console.print(table)
     demo.say("production URLs (through the edge):")
-    for service, host in p.kit.hosts(naming.PRODUCTION).items():
+    for service, host in p.kit.hosts(PRODUCTION).items():
         demo.say(f"  {service}: {p.kit.url(host)}")
 
 
@@ -337,12 +347,10 @@ def _teardown(demo: Demo) -> None:
         config = load_config(demo.project / "branchline.toml", env={})
         store = Store(locate_state(demo.project, os.environ))
         await store.start()
-        from branchline.providers.registry import compute_provider
-
-        compute = compute_provider(config, store)
-        for d in await compute.list_deployments():
-            await compute.delete(d.service, d.environment)
-        await compute.aclose()
+        kit = Kit.build(config, store)
+        for d in await kit.compute.list_deployments():
+            await kit.compute.delete(d.service, d.environment)
+        await kit.aclose()
 
     if (demo.project / "branchline.toml").exists() and (demo.state_dir / "postgres").exists():
         daemon.stop(demo.state_dir)  # first: its supervisor would restart services

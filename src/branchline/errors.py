@@ -15,6 +15,9 @@ class BranchlineError(Exception):
 
     exit_code = 1
     default_hint = "Run again with --debug for details."
+    # A word code can decide on (recorded with a failed job): "refused", "closed"...;
+    # the message is for people and may change.
+    code: str | None = None
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)

@@ -24,9 +24,9 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from branchline.config import Config
-from branchline.engine.masking import LineMasker
 from branchline.errors import BranchlineError, UsageError
-from branchline.providers.database import DatabaseProvider
+from branchline.masking import LineMasker
+from branchline.providers.database import DatabaseProvider, ServerLogs
 from branchline.schemadiff import describe_schema, diff_schemas, fingerprint, normalize_dump
 
 # Journal tables of common migration tools, and the column naming each migration.
@@ -238,9 +238,8 @@ async def preflight(
         error = statement = None
         changes = checked = None
         if not result.ok:
-            log = getattr(provider, "server_log", None)
-            if callable(log):
-                error, statement = failing_statement(str(await log(name)))
+            if isinstance(provider, ServerLogs):
+                error, statement = failing_statement(await provider.server_log(name))
             error = error or (result.output_tail[-1] if result.output_tail else None)
         else:
             changes = await _changes(provider, parent, name)

@@ -35,38 +35,37 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from typing import TYPE_CHECKING
 
 from branchline.errors import UsageError
 
+if TYPE_CHECKING:  # the value only; environment.py builds on this module
+    from branchline.environment import Environment
+
 __all__ = [
-    "LOCAL",
     "MAX_HOST_NAME",
     "MAX_LABEL",
     "MAX_PR",
     "MIN_MAX_LEN",
-    "PRODUCTION",
     "PRODUCTION_BRANCH",
     "branch_for_pr",
     "branch_for_push",
     "dev_branch",
     "dns_label",
     "e2e_branch_for_pr",
-    "environment_for_pr",
     "git_ref_to_branch",
     "host_name",
+    "in_zone",
+    "is_secret_name",
     "normalize_zone",
     "quote_ident",
     "slug",
     "sql_identifier",
     "validate_branch_id",
-    "validate_environment",
+    "validate_secret_name",
     "worker_name",
 ]
 
-PRODUCTION = "production"
-"""The production environment's name."""
-LOCAL = "local"
-"""The environment of a developer's own machine."""
 PRODUCTION_BRANCH = "production"
 """The database branch every other branch is copied from."""
 
@@ -85,8 +84,10 @@ _SLUG_HASHED_RE = re.compile(r"-[0-9a-f]{8}$")
 _SQL_HASHED_RE = re.compile(r"_[0-9a-f]{8}$")
 _NOT_SLUG_CHARS = re.compile(r"[^a-z0-9]+")
 _SHA_RE = re.compile(r"[0-9a-fA-F]{7,64}")
-_ENVIRONMENT_RE = re.compile(r"production|local|preview-[1-9][0-9]*")
 _ENV_SUFFIX_RE = re.compile(r"-(?:production|local|preview-[0-9]+)$")
+MAX_SECRET_NAME = 128
+"""Longest secret name (an environment variable's name)."""
+_SECRET_NAME_RE = re.compile(rf"[A-Z_][A-Z0-9_]{{0,{MAX_SECRET_NAME - 1}}}")
 _ZONE_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 # Postgres keywords that cannot be used as unquoted names: categories "reserved" and
@@ -367,37 +368,41 @@ def dev_branch(name: str) -> str:
     return prefix + slug(name, MAX_LABEL - len(prefix))
 
 
+# -- secret names ------------------------------------------------------------------
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether ``name`` can name a secret: an environment variable's name of upper-case
+    letters, digits and ``_``, not starting with a digit, at most 128 characters."""
+    return isinstance(name, str) and _SECRET_NAME_RE.fullmatch(name) is not None
+
+
+SECRET_NAME_HINT = (
+    "a secret name is an environment variable's name: upper-case letters, digits and "
+    f"underscores, not starting with a digit, at most {MAX_SECRET_NAME} characters "
+    "(e.g. AUTH_SECRET)"
+)
+
+
+def validate_secret_name(name: str) -> str:
+    """``name`` if :func:`is_secret_name`, else ``UsageError``. The name is not quoted
+    back: a value typed in its place must not reach the output."""
+    if is_secret_name(name):
+        return name
+    raise UsageError("that is not a valid secret name", hint=SECRET_NAME_HINT)
+
+
 # -- environments, workers and host names ---------------------------------------------
 
 
-def environment_for_pr(pr: int) -> str:
-    """The environment of a pull request's preview: ``preview-8``."""
-    return f"preview-{_check_pr(pr)}"
-
-
-def validate_environment(environment: str) -> str:
-    """Return ``environment`` if it is ``production``, ``local`` or ``preview-<pr>``.
-
-    Anything else (including ``preview-0``, ``preview-08`` or other casing) raises
-    ``UsageError``.
-    """
-    match = _ENVIRONMENT_RE.fullmatch(environment)
-    if match and (not environment.startswith("preview-") or int(environment[8:]) <= MAX_PR):
-        return environment
-    raise UsageError(
-        f"Unknown environment {_preview(environment)}.",
-        hint="Environments are `production`, `local` or `preview-<pr>` (like `preview-8`).",
-    )
-
-
-def worker_name(service: str, environment: str) -> str:
+def worker_name(service: str, environment: Environment) -> str:
     """The deployed unit of ``service`` in ``environment``: ``api-preview-8``, ``api-production``.
 
     A DNS label of at most 63 characters: the service's slug (cut and hashed as
     :func:`slug` does) followed by ``-<environment>``. The environment suffix has a
     fixed shape, so different (service, environment) pairs never share a name.
     """
-    suffix = f"-{validate_environment(environment)}"
+    suffix = f"-{environment.name}"
     return slug(service, MAX_LABEL - len(suffix)) + suffix
 
 
@@ -433,23 +438,27 @@ def normalize_zone(zone: str) -> str:
     return name.lower()
 
 
+def in_zone(name: str, zone: str) -> bool:
+    """Whether the (normalised, dot-less) host ``name`` is the zone apex or below it."""
+    return name == zone or name.endswith("." + zone)
+
+
 def release_name(service: str, commit: str, build_number: int) -> str:
     """How a release is shown: ``api@0123456789ab.2`` (service, commit, build)."""
     return f"{service}@{commit[:12]}.{build_number}"
 
 
-def host_name(service_subdomain: str, environment: str, zone: str) -> str:
+def host_name(service_subdomain: str, environment: Environment, zone: str) -> str:
     """The public host name of a service in an environment.
 
     ``production`` -> ``api.<zone>``; ``preview-8`` -> ``api-preview-8.<zone>``;
     ``local`` -> ``api-local.<zone>``. The first label is at most 63 characters; the
     subdomain is slugged as :func:`slug` does (and hashed when it ends like an
     environment suffix, so production and preview hosts never meet). Raises
-    ``UsageError`` for a bad zone, an unknown environment, or a host over 253.
+    ``UsageError`` for a bad zone or a host over 253.
     """
-    env = validate_environment(environment)
     domain = normalize_zone(zone)
-    suffix = "" if env == PRODUCTION else f"-{env}"
+    suffix = "" if environment.is_production else f"-{environment.name}"
     host = f"{_subdomain_label(service_subdomain, MAX_LABEL - len(suffix))}{suffix}.{domain}"
     if len(host) > MAX_HOST_NAME:
         raise UsageError(

@@ -27,7 +27,6 @@ import binascii
 import builtins
 import hashlib
 import os
-import re
 import stat
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -42,8 +41,19 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from branchline import naming
 from branchline.config import Config, SecretsConfig, SecretScope
-from branchline.engine.masking import MIN_SECRET_LENGTH
+from branchline.environment import (
+    LOCAL,
+    PRODUCTION,
+    SECRET_SCOPES,
+    SHARED_PREVIEW,
+    TEST,
+    Environment,
+    secret_layers,
+    secret_scope,
+    secret_target,
+)
 from branchline.errors import BranchlineError, UsageError
+from branchline.masking import MIN_SECRET_LENGTH
 from branchline.store import Store
 from branchline.store import secrets as rows
 
@@ -76,19 +86,13 @@ KEY_BYTES = 32
 NONCE_BYTES = 12
 GENERATED_BYTES = 32
 MAX_VALUE_BYTES = 64 * 1024  # an environment variable must stay well under 128 KiB
-SCOPES = ("production", "preview", "test")
-NO_SECRETS = "local"  # a deploy environment without a secrets scope
+SCOPES = SECRET_SCOPES
+NO_SECRETS = LOCAL  # a deploy environment without a secrets scope
 
 _AD_PREFIX = b"branchline/secret/v1\x00"
-_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,127}")
-_ENVIRONMENT = re.compile(r"production|preview|test|preview-[1-9][0-9]{0,9}")
 _KEY_HINT = (
     'make one with `openssl rand -base64 32` (or `python -c "import base64, os; '
     'print(base64.b64encode(os.urandom(32)).decode())"`)'
-)
-_ENVIRONMENT_HINT = (
-    "secrets belong to `production`, `preview` (every preview), `test`, "
-    "or one preview (`preview-8`)"
 )
 
 RotatedHook = Callable[[str, str], Awaitable[None]]
@@ -106,26 +110,12 @@ class SecretError(BranchlineError):
 
 def validate_environment(environment: str, *, reading: bool = False) -> str:
     """`environment` if secrets can live there (`local` too when `reading`)."""
-    if reading and environment == NO_SECRETS:
-        return environment
-    if _ENVIRONMENT.fullmatch(environment) and (
-        not environment.startswith("preview-") or int(environment[8:]) <= naming.MAX_PR
-    ):
-        return environment
-    shown = environment if len(environment) <= 40 else environment[:37] + "..."
-    raise UsageError(f"{shown!r} is not an environment secrets belong to", hint=_ENVIRONMENT_HINT)
+    return secret_target(environment, reading=reading)
 
 
 def validate_name(name: str) -> str:
-    """`name` if it can be an environment variable's name. The name is not quoted
-    back in the error: a value typed in its place must not reach the output."""
-    if _NAME.fullmatch(name):
-        return name
-    raise UsageError(
-        "that is not a valid secret name",
-        hint="a secret name is an environment variable's name: upper-case letters, digits "
-        "and underscores, not starting with a digit, at most 128 characters (e.g. AUTH_SECRET)",
-    )
+    """`name` if it can be an environment variable's name (naming's one rule)."""
+    return naming.validate_secret_name(name)
 
 
 def validate_value(value: str) -> str:
@@ -157,9 +147,7 @@ def validate_value(value: str) -> str:
     return value
 
 
-def scope_of(environment: str) -> str:
-    """The `[secrets.<scope>]` table an environment's names are declared in."""
-    return "preview" if environment.startswith("preview-") else environment
+scope_of = secret_scope
 
 
 def generate_value() -> str:
@@ -402,22 +390,31 @@ def _info(row: rows.SecretMeta | rows.SealedRow) -> SecretInfo:
 class Secrets:
     """One project's secrets. Construction does no I/O.
 
-    `key` may be None for work that needs no plaintext (list, delete, missing).
+    `key` may be None for work that needs no plaintext (list, delete, missing), or
+    a function that loads it on first use (so that building a kit reads no file).
     """
 
     def __init__(
-        self, store: Store, project: str, config: SecretsConfig, key: bytes | None
+        self,
+        store: Store | rows.SealedStore,
+        project: str,
+        config: SecretsConfig,
+        key: bytes | Callable[[], bytes] | None,
     ) -> None:
-        self.store = store
+        # Where the sealed values live: the state database, or another SealedStore.
+        self.rows = rows.SecretRows(store, project) if isinstance(store, Store) else store
         self.project = project
         self.config = config
-        self._box = SecretBox(key) if key is not None else None
+        self._load = key if callable(key) else None
+        self._box = SecretBox(key) if isinstance(key, bytes) else None
 
     def __repr__(self) -> str:
         return f"Secrets(project={self.project!r}, box={self._box!r})"
 
     @property
     def box(self) -> SecretBox:
+        if self._box is None and self._load is not None:
+            self._box = SecretBox(self._load())
         if self._box is None:
             raise SecretError(
                 "no secret key was loaded for this operation",
@@ -430,7 +427,9 @@ class Secrets:
     def scope(self, environment: str) -> SecretScope:
         """The declaration that applies to `environment` (empty for `local`)."""
         name = scope_of(validate_environment(environment, reading=True))
-        return getattr(self.config, name) if name in SCOPES else SecretScope()
+        declared = {PRODUCTION: self.config.production, SHARED_PREVIEW: self.config.preview,
+                    TEST: self.config.test}  # fmt: skip
+        return declared.get(name, SecretScope())
 
     def declares(self, environment: str, name: str) -> bool:
         return name in self.scope(environment).names
@@ -451,17 +450,10 @@ class Secrets:
         self, environment: str, name: str, value: str, *, generated: bool
     ) -> SecretInfo:
         sealed = self.box.seal(value, project=self.project, environment=environment, name=name)
-        async with self.store.connect() as conn:
-            moment = await rows.upsert(
-                conn,
-                self.project,
-                environment,
-                name,
-                nonce=sealed.nonce,
-                ciphertext=sealed.ciphertext,
-                key_id=sealed.key_id,
-                generated=generated,
-            )
+        moment = await self.rows.upsert(
+            environment, name, nonce=sealed.nonce, ciphertext=sealed.ciphertext,
+            key_id=sealed.key_id, generated=generated,
+        )  # fmt: skip
         return SecretInfo(environment, name, moment, generated, sealed.key_id)
 
     async def get_all(self, environment: str) -> dict[str, str]:
@@ -470,9 +462,8 @@ class Secrets:
         validate_environment(environment, reading=True)
         if environment == NO_SECRETS:
             return {}
-        layers = ["preview", environment] if environment.startswith("preview-") else [environment]
-        async with self.store.connect() as conn:
-            found = await rows.fetch(conn, self.project, layers)
+        layers = list(secret_layers(environment))
+        found = await self.rows.fetch(layers)
         values: dict[str, str] = {}
         for layer in layers:
             for row in found:
@@ -489,16 +480,14 @@ class Secrets:
         """Names, environments and times of stored secrets; never values."""
         if environment is not None:
             validate_environment(environment)
-        async with self.store.connect() as conn:
-            found = await rows.list_meta(conn, self.project, environment)
+        found = await self.rows.list_meta(environment)
         return [_info(row) for row in found]
 
     async def delete(self, environment: str, name: str) -> bool:
         """Forget a secret; False when it was not set."""
         validate_environment(environment)
         validate_name(name)
-        async with self.store.connect() as conn:
-            return await rows.delete(conn, self.project, environment, name)
+        return await self.rows.delete(environment, name)
 
     async def rotate(
         self, environment: str, name: str, on_rotated: RotatedHook | None = None
@@ -513,7 +502,7 @@ class Secrets:
         """
         validate_environment(environment)
         validate_name(name)
-        if environment == "production":
+        if environment == PRODUCTION:
             raise UsageError(
                 "production secrets are never generated, so they cannot be rotated",
                 hint=f"set a new value with `branchline secret set {name} --env production` "
@@ -527,9 +516,9 @@ class Secrets:
                 hint=f"set a new value with `branchline secret set {name} --env {environment}`, "
                 f'or add "{name}" to `generate` in [secrets.{scope}] of branchline.toml',
             )
-        if environment == "preview":
-            async with self.store.connect() as conn:
-                targets = await rows.environments_with(conn, self.project, name, "preview%")
+        if environment == SHARED_PREVIEW:
+            # Every preview's own value, and the shared one if it was set.
+            targets = await self.rows.environments_with(name, SHARED_PREVIEW)
         else:
             targets = [environment]
         rotated_at: datetime | None = None
@@ -546,51 +535,39 @@ class Secrets:
         """Give preview `pr` its own value of every name `[secrets.preview]` generates,
         once: later calls keep the values. A name with a value in the shared `preview`
         scope is not generated (it is not missing). Returns the names created now."""
-        return await self.ensure_generated_in(naming.environment_for_pr(pr))
+        return await self.ensure_generated_in(Environment.preview(pr).name)
 
     async def ensure_generated_in(self, environment: str) -> builtins.list[str]:
         """Generate, once, the values `environment` is declared to generate but lacks:
         `preview-<pr>` (see `ensure_generated`) or `test`. Safe to race: one value is
         kept. Returns the names created now."""
         validate_environment(environment, reading=True)
-        if environment in ("production", "preview", NO_SECRETS):
+        if environment in (PRODUCTION, SHARED_PREVIEW, NO_SECRETS):
             return []  # never generated, or generated per preview
         wanted = self.scope(environment).generate
         if not wanted:
             return []
-        layers = ["preview", environment] if environment.startswith("preview-") else [environment]
-        async with self.store.connect() as conn:
-            present = {
-                row.name
-                for layer in layers
-                for row in await rows.list_meta(conn, self.project, layer)
-            }
-            created = []
-            for name in wanted:
-                if name in present:
-                    continue
-                sealed = self.box.seal(
-                    generate_value(), project=self.project, environment=environment, name=name
-                )
-                stored = await rows.insert_if_absent(
-                    conn,
-                    self.project,
-                    environment,
-                    name,
-                    nonce=sealed.nonce,
-                    ciphertext=sealed.ciphertext,
-                    key_id=sealed.key_id,
-                    generated=True,
-                )
-                if stored:
-                    created.append(name)
+        layers = list(secret_layers(environment))
+        present = {row.name for layer in layers for row in await self.rows.list_meta(layer)}
+        created = []
+        for name in wanted:
+            if name in present:
+                continue
+            sealed = self.box.seal(
+                generate_value(), project=self.project, environment=environment, name=name
+            )
+            stored = await self.rows.insert_if_absent(
+                environment, name, nonce=sealed.nonce, ciphertext=sealed.ciphertext,
+                key_id=sealed.key_id, generated=True,
+            )  # fmt: skip
+            if stored:
+                created.append(name)
         return created
 
     async def drop_preview(self, pr: int) -> builtins.list[str]:
         """Forget every value of preview `pr`; returns the names deleted."""
-        environment = naming.environment_for_pr(pr)
-        async with self.store.connect() as conn:
-            return await rows.delete_environment(conn, self.project, environment)
+        environment = Environment.preview(pr).name
+        return await self.rows.delete_environment(environment)
 
     async def missing(self, environment: str) -> builtins.list[str]:
         """Names the config declares for `environment` that have no value there (for
@@ -599,14 +576,9 @@ class Secrets:
         if environment == NO_SECRETS:
             return []
         scope = self.scope(environment)
-        layers = ["preview", environment] if environment.startswith("preview-") else [environment]
-        async with self.store.connect() as conn:
-            present = {
-                row.name
-                for layer in layers
-                for row in await rows.list_meta(conn, self.project, layer)
-            }
-        skip = set(scope.generate) if environment == "preview" else set()
+        layers = list(secret_layers(environment))
+        present = {row.name for layer in layers for row in await self.rows.list_meta(layer)}
+        skip = set(scope.generate) if environment == SHARED_PREVIEW else set()
         return [name for name in scope.names if name not in present and name not in skip]
 
     @classmethod
@@ -615,5 +587,5 @@ class Secrets:
     ) -> Secrets:
         """The project's secrets, with the key from `BRANCHLINE_SECRET_KEY` or the state
         directory's key file."""
-        key = load_key(store.location.state_dir, env)
-        return cls(store, config.project.name, config.secrets, key)
+        state_dir = store.location.state_dir
+        return cls(store, config.project.name, config.secrets, lambda: load_key(state_dir, env))

@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 
 from branchline.config import load_config
-from branchline.pipelines.kit import Kit
-from branchline.reconcile import _service_processes
+from branchline.kit import Kit
+from branchline.processes import started_for
 from branchline.store import Store, locate_state, routes
 from branchline.store import compute as compute_rows
 from branchline.store import forge as forge_rows
@@ -59,7 +59,8 @@ def project(tmp_path: Path, state_dir: Path) -> Iterator[tuple[Path, dict[str, s
     finally:
         run_cli("stop", cwd=root, env=env)
         ours = str(state_dir / "projects" / "codex")
-        for pid, _env, _age in _service_processes("codex", ours):
+        for pid, _env, _age in started_for({"BRANCHLINE_PROJECT": "codex",
+                                            "BRANCHLINE_STATE": ours}):  # fmt: skip
             subprocess.run(["kill", "-9", str(pid)], check=False)
 
 
@@ -204,7 +205,9 @@ async def _problems(project: tuple[Path, dict[str, str]]) -> list[str]:
         # Nothing runs, routes or resolves that the store does not know.
         pids = {int(d.detail["pid"]) for d in known if "pid" in d.detail}
         state = str(kit.compute.state_dir)  # this test's own, not another run's on this machine
-        for pid, penv, _age in _service_processes(kit.project, state):
+        for pid, penv, _age in started_for(
+            {"BRANCHLINE_PROJECT": kit.project, "BRANCHLINE_STATE": state}
+        ):
             if pid not in pids and penv.get("BRANCHLINE_TRIAL") != "1":
                 problems.append(
                     f"an unknown service process {pid} ({penv.get('BRANCHLINE_SERVICE')})"
@@ -222,7 +225,7 @@ async def _problems(project: tuple[Path, dict[str, str]]) -> list[str]:
 
 
 def _alive(detail: dict[str, Any]) -> bool:
-    from branchline.providers.compute.processes import ProcessId
+    from branchline.processes import ProcessId
 
     return "pid" in detail and ProcessId(int(detail["pid"]), int(detail["start_time"])).alive()
 

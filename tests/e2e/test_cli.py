@@ -150,7 +150,10 @@ def test_status_starts_the_embedded_state_and_reports_it(project: Path, state_di
     assert data["project"] == "shop"
     assert data["state"]["kind"] == "embedded"
     assert data["state"]["was"] == "missing"
-    assert data["environments"] == []
+    # Production is always there: empty until something is deployed.
+    assert [(e["name"], e["status"], e["services"]) for e in data["environments"]] == [
+        ("production", "empty", [])
+    ]
     assert "***" in data["state"]["url"]
     password = Cluster(state_dir / "postgres").meta().password
     assert password not in first.stdout + first.stderr

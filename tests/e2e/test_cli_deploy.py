@@ -16,6 +16,7 @@ import pytest
 
 from branchline.config import load_config
 from branchline.edge import daemon
+from branchline.environment import Environment
 from branchline.providers.compute.local import LocalComputeProvider
 from branchline.store import Store, locate_state
 from tests.conftest import run_cli
@@ -65,7 +66,7 @@ def _delete_services(root: Path, state_dir: Path) -> None:
         provider = LocalComputeProvider(
             config=config, store=store, state_dir=store.location.project_dir("shop")
         )
-        for environment in ("production", "preview-8"):
+        for environment in (Environment.production(), Environment.preview(8)):
             await provider.delete("api", environment)
 
     asyncio.run(go())
@@ -88,7 +89,7 @@ def cli(project: tuple[Path, dict[str, str]], *args: str) -> subprocess.Complete
 def test_deploy_rollback_logs_dns_and_health(project: tuple[Path, dict[str, str]]) -> None:
     root, env = project
     first = cli(project, "--json", "deploy", "api", "--env", "production")
-    assert "started the edge in the background" in first.stderr
+    assert "started branchline serve in the background" in first.stderr
     info = daemon.read_info(Path(env["BRANCHLINE_STATE_DIR"]))
     assert info is not None
     deployed = json.loads(first.stdout)

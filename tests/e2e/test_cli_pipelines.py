@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import urllib.error
 import urllib.request
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from branchline.providers.compute.processes import ProcessId
+from branchline.processes import ProcessId
 from tests.codex_project import commit_on, make_project, stop_serve_and_services
 from tests.conftest import eventually, run_cli
 
@@ -54,6 +55,38 @@ def health(port: int, host: str) -> dict[str, Any]:
     with urllib.request.urlopen(request, timeout=10) as answer:
         data: dict[str, Any] = json.loads(answer.read())
     return data
+
+
+# What branchline gives a service (the rest of its environment is the machine's).
+GIVEN = (
+    "DATABASE_URL", "PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE",
+    "API_URL", "API_HOST", "AUTH_URL", "AUTH_HOST", "WEB_URL", "WEB_HOST",
+    "AUTH_SECRET", "PAYMENT_WEBHOOK_SECRET", "BRANCHLINE_ENVIRONMENT", "LOG_LEVEL",
+)  # fmt: skip
+
+
+def answers(port: int, host: str) -> dict[str, Any] | None:
+    """The health answer through the edge, or None while nothing answers."""
+    try:
+        return health(port, host)
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def live_pid(project: tuple[Path, dict[str, str]], service: str, environment: str) -> int:
+    (live,) = [d for d in cli(project, "deployments", "list", "--env", environment)
+               if d["service"] == service and d["status"] == "live"]  # fmt: skip
+    return int(live["detail"]["pid"])
+
+
+def given_to(
+    project: tuple[Path, dict[str, str]], service: str, environment: str
+) -> dict[str, str]:
+    """The variables branchline gave the live process of `service`, read from the
+    process itself."""
+    raw = Path(f"/proc/{live_pid(project, service, environment)}/environ").read_bytes()
+    env = dict(item.decode().split("=", 1) for item in raw.split(b"\0") if b"=" in item)
+    return {key: env.get(key, "") for key in GIVEN}
 
 
 def test_push_then_a_pull_request_preview_from_open_to_close(
@@ -111,6 +144,28 @@ def test_push_then_a_pull_request_preview_from_open_to_close(
             if d["status"] == "live"]  # fmt: skip
     pids = [ProcessId(d["detail"]["pid"], d["detail"]["start_time"]) for d in live]
     assert len(pids) == 3 and all(pid.alive() for pid in pids)
+    # Whoever starts a service, it is given the same: the pipeline, `deploy`, `restart`
+    # and `rollback` (before, `deploy` gave no secrets and no sibling URLs).
+    given = {"pipeline": given_to(project, "api", "preview-1")}
+    cli(project, "restart", "api", "--env", "preview-1")
+    given["restart"] = given_to(project, "api", "preview-1")
+    cli(project, "deploy", "api", "--env", "preview-1", "--commit", first)
+    given["deploy"] = given_to(project, "api", "preview-1")
+    cli(project, "rollback", "api", "--env", "preview-1")
+    given["rollback"] = given_to(project, "api", "preview-1")
+    # The supervisor's restart of a crashed service, in serve: the same again.
+    crashed = live_pid(project, "api", "preview-1")
+    os.kill(crashed, signal.SIGKILL)
+    eventually(lambda: live_pid(project, "api", "preview-1") != crashed or None, timeout=20)
+    eventually(lambda: answers(port, "api-preview-1.codex.localhost"), timeout=20)
+    given["supervisor"] = given_to(project, "api", "preview-1")
+    assert given["pipeline"]["AUTH_SECRET"] and given["pipeline"]["DATABASE_URL"]
+    assert given["pipeline"]["AUTH_HOST"] == "auth-preview-1.codex.localhost"
+    for how, seen in given.items():
+        assert seen == given["pipeline"], how
+    pids = [ProcessId(d["detail"]["pid"], d["detail"]["start_time"])
+            for d in cli(project, "deployments", "list", "--env", "preview-1")
+            if d["status"] == "live"]  # fmt: skip
 
     closed = cli(project, "pr", "close", "1")
     assert [(r["workflow"], r["status"]) for r in closed["runs"]] == [("cleanup", "success")]

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from branchline.config import load_config
+from branchline.events import PullRequestChanged, Push
 from branchline.providers.registry import forge_provider
 from branchline.store import Store, locate_state
 from branchline.store import forge as rows
@@ -105,8 +106,9 @@ def test_pull_request_lifecycle_with_a_real_merge(project: tuple[Path, dict[str,
         ("pull_request", "opened"), ("pull_request", "synchronize"),
         ("pull_request", "closed"), ("push", None),
     ]  # fmt: skip
-    merged = recorded[2].payload["pull_request"]
-    assert merged["merged"] is True and recorded[3].payload["after"] == after
+    merged, pushed = recorded[2].event, recorded[3].event
+    assert isinstance(merged, PullRequestChanged) and merged.merged is True
+    assert isinstance(pushed, Push) and pushed.after == after and pushed.branch == "main"
     assert len({e.delivery_id for e in recorded}) == len(recorded)
 
 
@@ -170,7 +172,8 @@ def test_init_hooks_record_a_push_on_every_commit(project: tuple[Path, dict[str,
         )  # fmt: skip
     recorded = events(project)
     assert [e.kind for e in recorded] == ["push", "push"]
-    assert [e.payload["after"] for e in recorded][-1] == git(root, "rev-parse", "HEAD")
+    last = recorded[-1].event
+    assert isinstance(last, Push) and last.after == git(root, "rev-parse", "HEAD")
     assert all(e.source == "hook" for e in recorded)
     # A hook of someone else's is never overwritten.
     foreign = root / ".git" / "hooks" / "post-commit"

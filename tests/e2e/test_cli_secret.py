@@ -95,7 +95,7 @@ def test_set_list_delete_never_show_the_value(project: Project) -> None:
     result = project.run("secret", "set", "STRIPE_KEY", "--env", "production", input=VALUE + "\n")
     assert result.returncode == 0, result.stderr
     assert "set STRIPE_KEY for production" in result.stdout
-    assert "redeployed" in result.stderr
+    assert "branchline restart --all --env production" in result.stderr
     key_file = project.state_dir / "secret.key"
     assert key_file.stat().st_mode & 0o777 == 0o600
 
@@ -177,18 +177,16 @@ def test_rotate(project: Project) -> None:
         "name": "AUTH_SECRET",
         "environments": [],
         "rotated_at": None,
-        "redeploy": [],
+        "restarted": [],
     }
 
     rotated = project.run("--json", "secret", "rotate", "AUTH_SECRET", "--env", "preview-8")
     assert rotated.returncode == 0, rotated.stderr
     data = json.loads(rotated.stdout)
     assert data["environments"] == ["preview-8"]
-    assert data["redeploy"] == [
-        "branchline deploy api --env preview-8",
-        "branchline deploy web --env preview-8",
-    ]
-    assert "redeployed" in rotated.stderr  # said plainly, also with --json
+    assert data["restarted"] == []  # not asked to (--restart)
+    # How to give running services the new value is said plainly, also with --json.
+    assert "branchline restart --all --env preview-8" in rotated.stderr
     listed = project.json("secret", "list", "--env", "preview-8")
     assert isinstance(listed, list)
     assert [(e["name"], e["generated"], e["set"]) for e in listed] == [

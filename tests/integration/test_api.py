@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from branchline.config import load_config
+from branchline.operations.previews import Started
 from branchline.postgres import Cluster
 from branchline.secrets import Secrets
 from branchline.server.app import create_app
@@ -40,15 +41,7 @@ def setup(
     )
     config = load_config(tmp_path / "branchline.toml", env={})
     called: Called = []
-
-    def recording(name: str) -> Any:
-        async def action(**params: Any) -> dict[str, Any]:
-            called.append((name, params))
-            return {"message": f"{name} done"}
-
-        return action
-
-    actions = {n: recording(n) for n in ACTION_NAMES}
+    actions = Recording(called)
 
     async def prepare() -> dict[str, str]:
         secrets = Secrets(store, project, config.secrets, b"k" * 32)
@@ -61,6 +54,33 @@ def setup(
 
     tokens = asyncio.run(prepare())
     return create_app(config, store, secret=b"x", actions=actions), tokens, called
+
+
+class Recording:
+    """Actions that only say they were called, with what (the server's side is
+    under test here, not the operations)."""
+
+    def __init__(self, called: Called) -> None:
+        self.called = called
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in ACTION_NAMES:
+            raise AttributeError(name)
+
+        async def action(*args: Any) -> Started:
+            params = dict(zip(PARAMS[name], args, strict=True))
+            self.called.append((name, params))
+            return Started(f"{name} done")
+
+        return action
+
+
+PARAMS = {
+    "cancel": ("run_id",), "rerun": ("run_id",), "rollback": ("service", "environment"),
+    "close_preview": ("pr",), "push": ("branch",),
+    "create_branch": ("name", "parent", "expires"), "delete_branch": ("name",),
+    "reset_branch": ("name",),
+}  # fmt: skip
 
 
 def call(

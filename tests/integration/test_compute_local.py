@@ -20,10 +20,11 @@ from typing import Any, TypeVar
 import pytest
 
 from branchline.config import load_config
+from branchline.environment import Environment
 from branchline.errors import BranchlineError, UsageError
-from branchline.providers.compute import ComputeProvider
+from branchline.processes import ProcessId
+from branchline.providers.compute import ComputeProvider, DeploymentEnv
 from branchline.providers.compute.local import LocalComputeProvider
-from branchline.providers.compute.processes import ProcessId
 from branchline.store import compute as compute_rows
 from branchline.store import routes
 from tests.integration.conftest import store_in
@@ -74,7 +75,14 @@ APP_DB_NAME = "{{{{ db.name }}}}"
 """
 
 
-DB = {"DATABASE_URL": "postgresql://u:pw@127.0.0.1:5999/shopdb"}
+DB = DeploymentEnv(vars={"DATABASE_URL": "postgresql://u:pw@127.0.0.1:5999/shopdb"})
+PRODUCTION = Environment.production()
+PREVIEW = Environment.preview(8)
+
+
+async def database_env(_environment: Environment) -> DeploymentEnv:
+    """The environment source compute asks when it starts a service by itself."""
+    return DB
 
 
 def git(repo: Path, *args: str) -> str:
@@ -108,12 +116,12 @@ def compute(
     config = config.model_copy(update={"project": config.project.model_copy(
         update={"name": f"shop{os.urandom(3).hex()}"})})  # fmt: skip
     provider = LocalComputeProvider(config=config, store=store, state_dir=state, repo=repo,
-                                    drain=0.2)  # fmt: skip
+                                    drain=0.2, environment=database_env)  # fmt: skip
     try:
         yield provider, repo
     finally:
-        run(provider, provider.delete("api", "production"))
-        run(provider, provider.delete("api", "preview-8"))
+        run(provider, provider.delete("api", PRODUCTION))
+        run(provider, provider.delete("api", PREVIEW))
         shutil.rmtree(state, ignore_errors=True)
 
 
@@ -149,8 +157,7 @@ def test_deploy_new_release_rollback(compute: tuple[LocalComputeProvider, Path])
     v1 = run(provider, provider.build("api", "HEAD"))
     assert run(provider, provider.build("api", "HEAD")).id == v1.id  # immutable, built once
     assert (Path(v1.location) / "tree/services/api/built.txt").read_text() == "ok"
-    vars = DB
-    first = run(provider, provider.deploy("api", "production", v1, vars, {}))
+    first = run(provider, provider.deploy("api", PRODUCTION, v1, DB))
     assert first.status == "live"
     port1 = asyncio.run(route_port(provider, host))
     assert port1 is not None
@@ -159,24 +166,24 @@ def test_deploy_new_release_rollback(compute: tuple[LocalComputeProvider, Path])
 
     commit_app(repo, "hello v2")
     v2 = run(provider, provider.build("api", "HEAD"))
-    second = run(provider, provider.deploy("api", "production", v2, vars, {}))
+    second = run(provider, provider.deploy("api", PRODUCTION, v2, DB))
     port2 = asyncio.run(route_port(provider, host))
     assert port2 != port1 and get(port2)["greeting"] == "hello v2"
     old = ProcessId(int(first.detail["pid"]), int(first.detail["start_time"]))
     assert not old.alive(), "the old release was not stopped after draining"
 
-    back = run(provider, provider.rollback("api", "production"))
+    back = run(provider, provider.rollback("api", PRODUCTION))
     assert back.release.id == v1.id
     port3 = asyncio.run(route_port(provider, host))
     assert get(port3)["commit"] == v1.commit
-    statuses = {d.id: d.status for d in run(provider, provider.list_deployments("production"))}
+    statuses = {d.id: d.status for d in run(provider, provider.list_deployments(PRODUCTION))}
     assert statuses[second.id] == "rolled_back" and statuses[back.id] == "live"
 
 
 def test_an_unhealthy_release_is_never_routed(compute: tuple[LocalComputeProvider, Path]) -> None:
     provider, repo = compute
     good = run(provider, provider.build("api", "HEAD"))
-    run(provider, provider.deploy("api", "preview-8", good, DB, {}))
+    run(provider, provider.deploy("api", PREVIEW, good, DB))
     host = "api-preview-8.shop.localhost"
     before = asyncio.run(route_port(provider, host))
     commit_app(repo, "broken", healthy=False)
@@ -184,7 +191,7 @@ def test_an_unhealthy_release_is_never_routed(compute: tuple[LocalComputeProvide
     fast = provider.config.health.model_copy(update={"retries": 1})
     provider.config = provider.config.model_copy(update={"health": fast})
     with pytest.raises(BranchlineError, match="did not become healthy") as info:
-        run(provider, provider.deploy("api", "preview-8", bad, DB, {}))
+        run(provider, provider.deploy("api", PREVIEW, bad, DB))
     assert "old release keeps serving" in info.value.hint
     assert asyncio.run(route_port(provider, host)) == before
     assert get(before or 0)["commit"] == good.commit
@@ -195,7 +202,7 @@ def test_a_killed_service_is_restarted_and_adopted_not_duplicated(
 ) -> None:
     provider, _ = compute
     release = run(provider, provider.build("api", "HEAD"))
-    deployed = run(provider, provider.deploy("api", "production", release, DB, {}))
+    deployed = run(provider, provider.deploy("api", PRODUCTION, release, DB))
     pid = int(deployed.detail["pid"])
     assert run(provider, provider.supervise()) == []  # alive: adopted as it is
     os.killpg(pid, signal.SIGKILL)
@@ -217,9 +224,10 @@ def test_a_killed_service_is_restarted_and_adopted_not_duplicated(
         raise AssertionError("the restarted service never answered")
     # A new branchline process (a fresh provider) adopts it rather than starting another.
     fresh = LocalComputeProvider(config=provider.config, store=provider.store,
-                                 state_dir=provider.state_dir, repo=provider.repo)  # fmt: skip
+                                 state_dir=provider.state_dir, repo=provider.repo,
+                                 environment=database_env)  # fmt: skip
     assert run(fresh, fresh.supervise()) == []
-    (now,) = run(fresh, fresh.list_deployments("production"))
+    (now,) = run(fresh, fresh.list_deployments(PRODUCTION))
     assert now.detail["crashes"] == 1
 
 
@@ -230,7 +238,7 @@ def test_a_service_started_but_never_recorded_is_adopted_not_started_again(
     store names a dead process, the service runs. The next supervisor adopts it."""
     provider, _ = compute
     release = run(provider, provider.build("api", "HEAD"))
-    deployed = run(provider, provider.deploy("api", "production", release, DB, {}))
+    deployed = run(provider, provider.deploy("api", PRODUCTION, release, DB))
     running = ProcessId(int(deployed.detail["pid"]), int(deployed.detail["start_time"]))
 
     async def forget() -> None:  # as if the recorded process were an older, dead one
@@ -241,7 +249,7 @@ def test_a_service_started_but_never_recorded_is_adopted_not_started_again(
 
     run(provider, forget())
     assert run(provider, provider.supervise()) == []  # adopted: nothing restarted
-    (now,) = run(provider, provider.list_deployments("production"))
+    (now,) = run(provider, provider.list_deployments(PRODUCTION))
     assert (now.detail["pid"], now.detail["start_time"]) == (running.pid, running.start_time)
     assert "crashes" not in now.detail
     assert get(int(now.detail["port"]))["commit"] == release.commit
@@ -264,9 +272,8 @@ def test_hostile_environments_are_refused(
     compute: tuple[LocalComputeProvider, Path], environment: str
 ) -> None:
     provider, _ = compute
-    release = run(provider, provider.build("api", "HEAD"))
     with pytest.raises(UsageError):
-        run(provider, provider.deploy("api", environment, release, DB, {}))
+        Environment.parse(environment)  # the one way text becomes an environment
     assert not (provider.state_dir / "deployments").exists()
 
 
@@ -276,7 +283,7 @@ def test_a_database_placeholder_without_a_database_is_explained(
     provider, _ = compute
     release = run(provider, provider.build("api", "HEAD"))
     with pytest.raises(UsageError, match="has no database"):
-        run(provider, provider.deploy("api", "production", release, {}, {}))
+        run(provider, provider.deploy("api", PRODUCTION, release, DeploymentEnv()))
 
 
 def test_unknown_service_and_commit_are_explained(

@@ -22,17 +22,19 @@ import dns.rdatatype
 import psycopg
 import pytest
 
+from branchline.edge.dns_server import ZoneServer
+from branchline.environment import Environment
 from branchline.errors import UsageError
 from branchline.postgres import Cluster
 from branchline.providers.dns import DnsProvider, DnsRecord
 from branchline.providers.dns.local import LocalDnsProvider
-from branchline.providers.dns.server import ZoneServer
 from branchline.store import Store, locate_state, resources
 from tests.conftest import eventually
 from tests.integration.conftest import store_in
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
+E = Environment.parse
 ZONE = "codex.test"
 PREVIEW = ["api-preview-8", "auth-preview-8", "codex-preview-8"]
 
@@ -110,7 +112,7 @@ def test_construction_does_no_io() -> None:
 
 
 def test_ensure_is_idempotent_and_updates_in_place(env: Env) -> None:
-    first = run(env.dns.ensure_record("web", "A", "192.0.2.10", environment="production"))
+    first = run(env.dns.ensure_record("web", "A", "192.0.2.10", environment=E("production")))
     again = run(env.dns.ensure_record("web.codex.test.", "a", "192.0.2.10"))
     assert again == first  # nothing changed: not even updated_at
     assert first.name == "web.codex.test" and first.environment == "production"
@@ -165,7 +167,7 @@ def test_concurrent_ensures_make_one_record(env: Env) -> None:
 def test_preview_cnames_point_at_the_apex_and_resolve(env: Env) -> None:
     for label in PREVIEW:
         record = run(
-            env.dns.ensure_record(label, "CNAME", ZONE, proxied=True, environment="preview-8")
+            env.dns.ensure_record(label, "CNAME", ZONE, proxied=True, environment=E("preview-8"))
         )
         assert record.proxied and record.content == ZONE and record.type == "CNAME"
     for label in PREVIEW:
@@ -228,7 +230,7 @@ def test_txt_aaaa_and_long_txt_over_tcp(env: Env) -> None:
 
 
 def test_nxdomain_after_delete(env: Env) -> None:
-    run(env.dns.ensure_record("gone", "CNAME", "@", environment="preview-9"))
+    run(env.dns.ensure_record("gone", "CNAME", "@", environment=E("preview-9")))
     assert run(env.dns.verify("gone", timeout=5.0)).ok
     assert run(env.dns.delete_record("gone"))
 
@@ -260,18 +262,18 @@ def test_delete_by_type_keeps_other_types(env: Env) -> None:
 
 def test_list_records_filters_by_environment(env: Env) -> None:
     for label in PREVIEW:
-        run(env.dns.ensure_record(label, "CNAME", ZONE, proxied=True, environment="preview-8"))
-    run(env.dns.ensure_record("api-preview-9", "CNAME", ZONE, environment="preview-9"))
-    run(env.dns.ensure_record("api", "CNAME", ZONE, environment="production"))
+        run(env.dns.ensure_record(label, "CNAME", ZONE, proxied=True, environment=E("preview-8")))
+    run(env.dns.ensure_record("api-preview-9", "CNAME", ZONE, environment=E("preview-9")))
+    run(env.dns.ensure_record("api", "CNAME", ZONE, environment=E("production")))
     run(env.dns.ensure_record("@", "TXT", "shared"))
-    preview = run(env.dns.list_records("preview-8"))
+    preview = run(env.dns.list_records(E("preview-8")))
     assert [r.name for r in preview] == [f"{label}.{ZONE}" for label in sorted(PREVIEW)]
     assert all(r.environment == "preview-8" and r.proxied for r in preview)
-    assert [r.name for r in run(env.dns.list_records("preview-9"))] == [f"api-preview-9.{ZONE}"]
+    assert [r.name for r in run(env.dns.list_records(E("preview-9")))] == [f"api-preview-9.{ZONE}"]
     assert len(run(env.dns.list_records())) == 6
-    assert run(env.dns.list_records("preview-10")) == []
+    assert run(env.dns.list_records(E("preview-10"))) == []
     with pytest.raises(UsageError):
-        run(env.dns.list_records("preview-8; DROP TABLE x"))
+        run(env.dns.list_records(E("preview-8; DROP TABLE x")))
 
 
 # -- outside the zone, hostile input ------------------------------------------------
@@ -347,7 +349,7 @@ def test_record_rules(env: Env) -> None:
     with pytest.raises(UsageError, match="proxied"):
         run(env.dns.ensure_record("t", "TXT", "x", proxied=True))
     with pytest.raises(UsageError, match="environment"):
-        run(env.dns.ensure_record("e", "A", "192.0.2.1", environment="staging"))
+        run(env.dns.ensure_record("e", "A", "192.0.2.1", environment=E("staging")))
     run(env.dns.ensure_record("host", "A", "192.0.2.1"))
     with pytest.raises(UsageError, match="CNAME cannot share") as info:
         run(env.dns.ensure_record("host", "CNAME", ZONE))
@@ -379,7 +381,7 @@ def test_hostile_queries_do_not_break_the_server(env: Env) -> None:
 def test_verify_right_after_ensure_without_fixed_sleeps(env: Env) -> None:
     refreshes = env.server.refreshes
     started = time.monotonic()
-    run(env.dns.ensure_record("fresh", "CNAME", ZONE, proxied=True, environment="preview-8"))
+    run(env.dns.ensure_record("fresh", "CNAME", ZONE, proxied=True, environment=E("preview-8")))
     result = run(env.dns.verify("fresh", timeout=5.0))
     assert result.ok, result
     assert result.attempts >= 1 and result.elapsed < 5.0

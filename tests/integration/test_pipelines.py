@@ -21,17 +21,18 @@ from typing import Any
 import psycopg
 import pytest
 
-from branchline import reconcile as reconcile_module
 from branchline.config import load_config
 from branchline.edge import daemon
 from branchline.engine.engine import Engine, EngineOptions
-from branchline.pipelines.actions import registry
+from branchline.environment import Environment
+from branchline.kit import Kit
+from branchline.operations import reconcile as reconcile_module
+from branchline.operations.restore import restore_production
+from branchline.operations.runtime import Pipelines
+from branchline.pipelines import catalog
 from branchline.pipelines.dispatch import Dispatcher, secrets_for
-from branchline.pipelines.kit import Kit
-from branchline.pipelines.restore import restore_production
-from branchline.pipelines.worker import Pipelines
+from branchline.providers.compute.local import STRAY_AGE
 from branchline.store import Store, locate_state
-from branchline.store import compute as compute_rows
 from branchline.store import forge as forge_rows
 from branchline.store import previews as preview_rows
 from branchline.store import rollouts as rollout_rows
@@ -40,6 +41,7 @@ from tests.codex_project import NOTHING, commit_on, git, leftovers, make_project
 from tests.conftest import eventually
 
 pytestmark = pytest.mark.integration
+PRODUCTION = Environment.production()
 FAST = EngineOptions(grace=1.0, heartbeat=0.5, stalled_after=5.0, recover_every=0.5, poll=0.5)
 Wrap = Callable[[Kit, Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]
 
@@ -67,7 +69,7 @@ async def pipelines(root: Path, wrap: dict[str, Wrap] | None = None) -> AsyncIte
         daemon.ensure_running, store.location.state_dir, config.path, workers=False
     )
     kit = Kit.build(config, store, edge_port=info.edge_port, dns_port=info.dns_port)
-    actions = registry(kit)
+    actions = catalog.bound(kit)
     for name, wrapper in (wrap or {}).items():
         actions[name] = wrapper(kit, actions[name])
     engine = Engine(store, project=config.project.name, actions=actions,
@@ -112,6 +114,11 @@ def _answers(port: int, host: str) -> str | None:
         return str(through_edge(port, host).get("commit"))
     except urllib.error.HTTPError:
         return None
+
+
+def _process_env(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
 
 
 def through_edge(port: int, host: str, path: str = "/health") -> dict[str, Any]:
@@ -461,23 +468,21 @@ def test_restore_points_production_at_a_past_moment(project: Path) -> None:
             await asyncio.sleep(1.1)
             with psycopg.connect(uri, autocommit=True) as conn:
                 conn.execute("INSERT INTO products (sku, name, price_cents) VALUES ('b', 'B', 1)")
-            before = {d.id for d in await kit.compute.list_deployments("production")}
+            before = {d.id for d in await kit.compute.list_deployments(PRODUCTION)}
 
             done = await restore_production(kit, moment)
             assert done.branch.startswith("emergency-restore-") and done.previous_branch == (
                 "production"
             )
             assert sorted(done.redeployed) == ["api", "auth", "web"]
-            assert await kit.database_branch("production") == done.branch
-            live = [d for d in await kit.compute.list_deployments("production")
+            assert await kit.database_branch(PRODUCTION) == done.branch
+            live = [d for d in await kit.compute.list_deployments(PRODUCTION)
                     if d.status == "live"]  # fmt: skip
             assert len(live) == 3 and not {d.id for d in live} & before
             restored = await kit.database.connection_uri(done.branch)
-            async with kit.store.connect() as conn:
-                rows = await compute_rows.deployments(conn, kit.project, environment="production")
-            assert {r.detail["vars"]["DATABASE_URL"] for r in rows if r.status == "live"} == {
-                restored
-            }
+            # What the running processes were given (the store keeps no URI).
+            given = {_process_env(int(d.detail["pid"]))["DATABASE_URL"] for d in live}
+            assert given == {restored}
             with psycopg.connect(restored) as conn:
                 skus = [r[0] for r in conn.execute("SELECT sku FROM products ORDER BY sku")]
             assert "a" in skus and "b" not in skus  # the write after the moment is not in it
@@ -505,7 +510,7 @@ def test_reconcile_dry_run_reports_then_removes_what_no_open_pr_explains(project
                 start_new_session=True,
             )  # fmt: skip
             try:
-                await asyncio.sleep(reconcile_module.STRAY_AGE + 0.5)
+                await asyncio.sleep(STRAY_AGE + 0.5)
                 planned = await reconcile_module.reconcile(kit, engine=p.engine, dry_run=True)
                 said = {(f.kind, f.action) for f in planned}
                 assert ("preview", "remove") in said and ("process", "stop") in said

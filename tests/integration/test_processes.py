@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from branchline.providers.compute import processes
+from branchline import processes
 
 pytestmark = pytest.mark.integration
 STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"

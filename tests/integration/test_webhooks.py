@@ -21,6 +21,7 @@ import pytest
 import uvicorn
 
 from branchline.config import Config, load_config
+from branchline.events import Push
 from branchline.postgres import Cluster
 from branchline.server.app import create_app
 from branchline.server.webhooks import signature_of
@@ -130,7 +131,7 @@ def test_tampered_unsigned_wrongly_signed_and_malformed_deliveries(
         assert answer.status_code == 400, answer.text
     no_head = json.dumps({"action": "opened", "number": 1, "pull_request": {"state": "open"}})
     answer = post(app, signed("pull_request", no_head.encode(), CAPTURED_SECRET), no_head.encode())
-    assert answer.status_code == 400 and "lacks a field" in answer.json()["message"]
+    assert answer.status_code == 400 and "lacks pull_request.head" in answer.json()["message"]
     assert events(store, project) == []
     unconfigured = create_app(config_for(tmp_path, project, None), store, secret=None)
     assert post(unconfigured, headers, body).status_code == 401
@@ -148,8 +149,8 @@ def test_octokit_examples_ping_push_and_other_repositories(tmp_path: Path, store
     other = create_app(config_for(tmp_path, project, "someone/else"), store, secret=TEST_SECRET)
     ignored = post(other, signed("push", push), push)
     assert ignored.status_code == 202 and "no project here" in ignored.json()["message"]
-    assert [(e.kind, e.payload["ref"]) for e in events(store, project)] == [
-        ("push", json.loads(push)["ref"])
+    assert [(e.kind, e.event) for e in events(store, project)] == [
+        ("push", Push("master", json.loads(push)["after"]))
     ]
 
 

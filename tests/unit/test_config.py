@@ -510,6 +510,18 @@ def test_secret_names_are_validated(tmp_path: Path) -> None:
     assert err.key == "secrets.test.names[0]"
 
 
+def test_secret_names_are_at_most_128_characters(tmp_path: Path) -> None:
+    too_long = "A" * 129
+    err = error(tmp_path, BASE + f'\n[secrets.production]\nnames = ["OK", "{too_long}"]\n')
+    assert err.key == "secrets.production.names[1]"
+    assert err.line == 17
+    assert "not a valid secret name" in err.detail
+    assert "at most 128 characters" in err.hint
+    longest = "A" * 128
+    config = load(tmp_path, BASE + f'\n[secrets.production]\nnames = ["{longest}"]\n')
+    assert config.secrets.production.names == (longest,)
+
+
 def test_own_branch_needs_database(tmp_path: Path) -> None:
     text = BASE + '\n[tests.e2e]\ncommand = "pytest"\nown_branch = true\n'
     err = error(tmp_path, text)

@@ -14,6 +14,13 @@ from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
 from hypothesis import given
 from hypothesis import strategies as st
 
+from branchline.edge.dns_server import (
+    DEFAULT_APEX_A,
+    MAX_CHAIN,
+    Snapshot,
+    ZoneResolver,
+    build_snapshot,
+)
 from branchline.errors import UsageError
 from branchline.providers.dns import (
     MAX_TXT,
@@ -21,13 +28,6 @@ from branchline.providers.dns import (
     record_name,
     record_type,
     same_content,
-)
-from branchline.providers.dns.server import (
-    DEFAULT_APEX_A,
-    MAX_CHAIN,
-    Snapshot,
-    ZoneResolver,
-    build_snapshot,
 )
 from branchline.store.dns import DnsRow
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from branchline.store import mask_url
+from branchline.masking import mask_url
 
 
 @pytest.mark.parametrize(

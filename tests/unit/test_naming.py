@@ -12,6 +12,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from branchline import naming
+from branchline.environment import Environment
 from branchline.errors import UsageError
 
 # The targets' rules, written out here independently of the module under test.
@@ -71,9 +72,10 @@ def is_sql_ident(name: str, max_len: int = 63) -> bool:
     )
 
 
-environments = st.sampled_from([naming.PRODUCTION, naming.LOCAL]) | st.integers(
+environments = st.sampled_from([Environment.production(), Environment.local()]) | st.integers(
     1, naming.MAX_PR
-).map(naming.environment_for_pr)
+).map(Environment.preview)
+E = Environment.parse
 canonical_slugs = st.from_regex(r"[a-z0-9]{1,12}(-[a-z0-9]{1,12}){0,4}", fullmatch=True)
 names = st.text() | canonical_slugs | st.sampled_from(HOSTILE)
 
@@ -110,17 +112,20 @@ def test_spec_examples() -> None:
     assert naming.branch_for_pr(8) == "pr-8"
     assert naming.e2e_branch_for_pr(8) == "pr-8-e2e"
     assert naming.branch_for_push("refs/heads/feature-login", SHA) == "push-feature-login-1a2b3c4d"
-    assert naming.environment_for_pr(8) == "preview-8"
-    assert naming.worker_name("api", "preview-8") == "api-preview-8"
-    assert naming.worker_name("ecom-api", "production") == "ecom-api-production"
-    assert naming.worker_name("web", "local") == "web-local"
+    assert Environment.preview(8).name == "preview-8"
+    assert naming.worker_name("api", E("preview-8")) == "api-preview-8"
+    assert naming.worker_name("ecom-api", E("production")) == "ecom-api-production"
+    assert naming.worker_name("web", E("local")) == "web-local"
     assert (
-        naming.host_name("api", "preview-8", "codex.localhost") == "api-preview-8.codex.localhost"
+        naming.host_name("api", E("preview-8"), "codex.localhost")
+        == "api-preview-8.codex.localhost"
     )
-    assert naming.host_name("api", "production", "revelations.studio") == "api.revelations.studio"
-    assert naming.host_name("auth", "local", "codex.localhost") == "auth-local.codex.localhost"
+    assert (
+        naming.host_name("api", E("production"), "revelations.studio") == "api.revelations.studio"
+    )
+    assert naming.host_name("auth", E("local"), "codex.localhost") == "auth-local.codex.localhost"
     assert naming.dev_branch("alice") == "dev-alice"
-    assert naming.PRODUCTION == naming.PRODUCTION_BRANCH == "production"
+    assert Environment.production().name == naming.PRODUCTION_BRANCH == "production"
 
 
 def test_canonical_names_are_kept_and_others_get_the_hash_of_the_original() -> None:
@@ -177,14 +182,14 @@ def test_git_refs_that_are_not_branches(ref: str) -> None:
 
 @pytest.mark.parametrize("pr", [0, -1, -8, True, False, 8.0, "8", None, 2**31])
 def test_pr_numbers_must_be_positive_ints(pr: object) -> None:
-    for function in (naming.branch_for_pr, naming.e2e_branch_for_pr, naming.environment_for_pr):
+    for function in (naming.branch_for_pr, naming.e2e_branch_for_pr, Environment.preview):
         with pytest.raises(UsageError) as caught:
             function(pr)  # type: ignore[arg-type]
         assert "positive" in caught.value.hint
 
 
 def test_largest_pr_still_fits() -> None:
-    env = naming.environment_for_pr(naming.MAX_PR)
+    env = Environment.preview(naming.MAX_PR)
     assert DNS_LABEL.fullmatch(naming.worker_name("s" * 100, env))
     assert is_host_name(naming.host_name("s" * 100, env, "example.com"))
 
@@ -194,17 +199,16 @@ def test_largest_pr_still_fits() -> None:
     ["", "staging", "Production", "preview-0", "preview-08", "preview-", "preview-8 ", "pr-8"],
 )
 def test_unknown_environments(environment: str) -> None:
-    with pytest.raises(UsageError):
-        naming.validate_environment(environment)
-    with pytest.raises(UsageError):
-        naming.worker_name("api", environment)
-    with pytest.raises(UsageError):
-        naming.host_name("api", environment, "example.com")
+    with pytest.raises(UsageError) as caught:
+        Environment.parse(environment)
+    assert "preview-<pr>" in caught.value.hint
 
 
 def test_zones_are_normalised() -> None:
     assert naming.normalize_zone("Revelations.Studio.") == "revelations.studio"
-    assert naming.host_name("api", "production", "Revelations.Studio.") == "api.revelations.studio"
+    assert (
+        naming.host_name("api", E("production"), "Revelations.Studio.") == "api.revelations.studio"
+    )
     assert naming.normalize_zone("xn--bcher-kva.example") == "xn--bcher-kva.example"
 
 
@@ -231,26 +235,26 @@ def test_zones_are_normalised() -> None:
 )
 def test_bad_zones(zone: str) -> None:
     with pytest.raises(UsageError) as caught:
-        naming.host_name("api", "production", zone)
+        naming.host_name("api", E("production"), zone)
     assert "zone" in caught.value.hint
 
 
 def test_host_names_over_253_are_refused() -> None:
     zone = ".".join(["a" * 61] * 4)  # 247 characters: a valid zone
     assert naming.normalize_zone(zone) == zone
-    assert len(naming.host_name("api", "production", zone)) <= 253
+    assert len(naming.host_name("api", E("production"), zone)) <= 253
     with pytest.raises(UsageError):
-        naming.host_name("x" * 80, "preview-8", zone)
+        naming.host_name("x" * 80, E("preview-8"), zone)
 
 
 def test_production_hosts_never_meet_preview_hosts() -> None:
     zone = "example.com"
-    preview = naming.host_name("api", "preview-8", zone)
-    assert naming.host_name("api-preview-8", "production", zone) != preview
-    assert naming.host_name("api-local", "production", zone) != naming.host_name(
-        "api", "local", zone
+    preview = naming.host_name("api", E("preview-8"), zone)
+    assert naming.host_name("api-preview-8", E("production"), zone) != preview
+    assert naming.host_name("api-local", E("production"), zone) != naming.host_name(
+        "api", E("local"), zone
     )
-    assert naming.host_name("preview-8", "production", zone) == "preview-8.example.com"
+    assert naming.host_name("preview-8", E("production"), zone) == "preview-8.example.com"
 
 
 def test_sql_identifiers() -> None:
@@ -309,8 +313,8 @@ def test_hostile_input_gives_safe_names(text: str) -> None:
         naming.dns_label(text),
         naming.sql_identifier(text),
         naming.branch_for_push("refs/heads/" + text if text else "x", SHA),
-        naming.worker_name(text, "preview-8"),
-        naming.host_name(text, "preview-8", "codex.localhost").split(".")[0],
+        naming.worker_name(text, E("preview-8")),
+        naming.host_name(text, E("preview-8"), "codex.localhost").split(".")[0],
     ]
     if text.strip():
         outputs.append(naming.dev_branch(text))
@@ -368,14 +372,14 @@ def test_push_branches_are_branch_ids(branch: str, sha: str) -> None:
 def test_pr_names(pr: int) -> None:
     assert is_branch_id(naming.branch_for_pr(pr))
     assert is_branch_id(naming.e2e_branch_for_pr(pr))
-    assert naming.validate_environment(naming.environment_for_pr(pr)) == f"preview-{pr}"
+    assert Environment.parse(Environment.preview(pr).name) == Environment.preview(pr)
 
 
 @given(service=names, environment=environments, zone=st.sampled_from(ZONES))
-def test_workers_and_hosts_are_valid(service: str, environment: str, zone: str) -> None:
+def test_workers_and_hosts_are_valid(service: str, environment: Environment, zone: str) -> None:
     worker = naming.worker_name(service, environment)
     assert DNS_LABEL.fullmatch(worker)
-    assert worker.endswith("-" + environment)
+    assert worker.endswith("-" + environment.name)
     host = naming.host_name(service, environment, zone)
     assert is_host_name(host)
     assert host.endswith("." + zone)
@@ -386,7 +390,7 @@ def test_distinct_inputs_give_distinct_names(a: str, b: str) -> None:
     assume(a != b)
     assert naming.slug(a) != naming.slug(b)
     assert naming.sql_identifier(a) != naming.sql_identifier(b)
-    assert naming.worker_name(a, "preview-8") != naming.worker_name(b, "preview-8")
+    assert naming.worker_name(a, E("preview-8")) != naming.worker_name(b, E("preview-8"))
 
 
 @settings(max_examples=300)
@@ -407,7 +411,7 @@ def test_near_identical_inputs_give_distinct_names(
 
 @given(a=names, b=names, env_a=environments, env_b=environments)
 def test_hosts_are_unique_per_service_and_environment(
-    a: str, b: str, env_a: str, env_b: str
+    a: str, b: str, env_a: Environment, env_b: Environment
 ) -> None:
     assume((a, env_a) != (b, env_b))
     assert naming.host_name(a, env_a, "example.com") != naming.host_name(b, env_b, "example.com")
@@ -416,18 +420,18 @@ def test_hosts_are_unique_per_service_and_environment(
 
 @given(service=names, environment=environments)
 def test_production_subdomain_cannot_pose_as_another_environment(
-    service: str, environment: str
+    service: str, environment: Environment
 ) -> None:
-    assume(environment != naming.PRODUCTION)
+    assume(not environment.is_production)
     impostor = naming.worker_name(service, environment)  # "<service>-<environment>"
     real = naming.host_name(service, environment, "example.com")
-    assert naming.host_name(impostor, naming.PRODUCTION, "example.com") != real
+    assert naming.host_name(impostor, Environment.production(), "example.com") != real
 
 
 # -- bulk collision check ---------------------------------------------------------------
 
 
-ENVS = ["production", "local", "preview-8", "preview-80"]
+ENVS = [E(name) for name in ("production", "local", "preview-8", "preview-80")]
 
 
 def bulk_names() -> list[str]:
@@ -451,9 +455,9 @@ def test_bulk_names_do_not_collide() -> None:
     outputs: dict[str, Callable[[str], str]] = {
         "slug": naming.slug,
         "sql_identifier": naming.sql_identifier,
-        "worker_name": lambda name: naming.worker_name(name, "preview-8"),
-        "host_name": lambda name: naming.host_name(name, "production", "example.com"),
-        "preview_host": lambda name: naming.host_name(name, "preview-8", "example.com"),
+        "worker_name": lambda name: naming.worker_name(name, E("preview-8")),
+        "host_name": lambda name: naming.host_name(name, E("production"), "example.com"),
+        "preview_host": lambda name: naming.host_name(name, E("preview-8"), "example.com"),
         "branch_for_push": lambda name: naming.branch_for_push(name or "x", SHA),
     }
     for label, function in outputs.items():

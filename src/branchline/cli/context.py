@@ -1,16 +1,54 @@
-"""What every command shares: output settings and the project it works on."""
+"""What every command shares: output settings, the project it works on, and the
+one way a command runs its work (`AppContext.run`): the state database started,
+a `Kit` of the project's providers built (with the running edge's ports, or the
+edge started when the command needs it), optionally the engine, and everything
+closed afterwards."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import typer
 
 from branchline.cli.output import Output
 from branchline.config import Config, find_config, load_config
+from branchline.edge import daemon
+from branchline.engine.engine import Engine, EngineOptions
+from branchline.kit import Kit
 from branchline.store import Store, locate_state
+
+T = TypeVar("T")
+
+
+@dataclass
+class Session:
+    """What a command's work receives."""
+
+    app: AppContext
+    kit: Kit
+    engine: Engine | None = None
+
+    @property
+    def config(self) -> Config:
+        return self.kit.config
+
+    @property
+    def store(self) -> Store:
+        return self.kit.store
+
+    @property
+    def output(self) -> Output:
+        return self.app.output
+
+    def need_engine(self) -> Engine:
+        assert self.engine is not None, "this command runs with engine=True"
+        return self.engine
 
 
 @dataclass
@@ -18,6 +56,7 @@ class AppContext:
     output: Output = field(default_factory=Output)
     config_path: Path | None = None
     _config: Config | None = None
+    _store: Store | None = None
 
     def config(self) -> Config:
         """The project's config: --config / BRANCHLINE_CONFIG, else found from the cwd."""
@@ -27,7 +66,66 @@ class AppContext:
         return self._config
 
     def store(self) -> Store:
-        return Store(locate_state(self.config().root, os.environ))
+        if self._store is None:
+            self._store = Store(locate_state(self.config().root, os.environ))
+        return self._store
+
+    def run(
+        self,
+        work: Callable[[Session], Awaitable[T]],
+        *,
+        edge: bool = False,
+        engine: EngineOptions | bool = False,
+        show: Callable[[T], None] | None = None,
+    ) -> T:
+        """Run `work` with a session. `edge`: start the edge in the background when it
+        does not run (deploys must be reachable); `engine`: open the engine (runs,
+        cancels); `show`: print the result as soon as it is there, before the
+        providers finish their background work (such as preparing the next branch)."""
+        config = self.config()
+        store = self.store()
+
+        async def main() -> T:
+            await store.start()
+            async with self.session(config, store, edge=edge, engine=engine) as session:
+                result = await work(session)
+                if show is not None:
+                    show(result)
+                return result
+
+        return asyncio.run(main())
+
+    @contextlib.asynccontextmanager
+    async def session(
+        self, config: Config, store: Store, *, edge: bool, engine: EngineOptions | bool
+    ) -> AsyncIterator[Session]:
+        info: daemon.EdgeInfo | None
+        if edge:
+            running, started = await asyncio.to_thread(
+                daemon.ensure_running, store.location.state_dir, config.path
+            )
+            if started:
+                self.output.notice(
+                    f"started branchline serve in the background (edge on port "
+                    f"{running.edge_port}, DNS on {running.dns_port}); `branchline stop` stops it"
+                )
+            info = running
+        else:
+            info = daemon.read_info(store.location.state_dir)
+        kit = Kit.build(
+            config, store, edge_port=info.edge_port if info else None,
+            dns_port=info.dns_port if info else None,
+        )  # fmt: skip
+        try:
+            if engine is False:
+                yield Session(self, kit)
+            else:
+                options = engine if isinstance(engine, EngineOptions) else None
+                opened = Engine(store, project=config.project.name, options=options)
+                async with opened.open():
+                    yield Session(self, kit, opened)
+        finally:
+            await kit.aclose()
 
 
 def app_context(ctx: typer.Context) -> AppContext:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -15,45 +14,41 @@ from rich.table import Table
 
 from branchline import naming
 from branchline.cli.context import AppContext, app_context
-from branchline.config import Config
 from branchline.errors import BranchlineError, UsageError
+from branchline.kit import Kit
 from branchline.migrations import database_env, migrate, preflight
+from branchline.operations import branches
 from branchline.postgres import find_binaries
-from branchline.providers.database import Branch, DatabaseProvider
-from branchline.providers.registry import database_provider
+from branchline.providers.database import (
+    Backups,
+    Branch,
+    DatabaseProvider,
+    GarbageCollector,
+    RootInitializer,
+)
 from branchline.schemadiff import describe_schema, diff_schemas, normalize_dump, unified_diff
 from branchline.timespec import parse_expiry, parse_moment
 
 app = typer.Typer(help="Database branches: create, reset, migrate, diff, restore.")
 branches_app = typer.Typer(help="Create, list, reset and delete branches.")
 app.add_typer(branches_app, name="branches")
-
 T = TypeVar("T")
 
 
-def _with_provider(
+def _run(
     ctx: typer.Context,
-    work: Callable[[Config, DatabaseProvider], Awaitable[T]],
+    work: Callable[[DatabaseProvider], Awaitable[T]],
     show: Callable[[T], None] | None = None,
 ) -> T:
-    """Run `work`, print its result with `show` as soon as it is there, then let the
-    provider finish its background work (such as preparing the next branch)."""
-    app_ctx = app_context(ctx)
-    config = app_ctx.config()
-    store = app_ctx.store()
+    """Run `work` on the project's database provider; `show` prints the result as
+    soon as it is there, before the provider's background work (the next spare)."""
+    return app_context(ctx).run(lambda session: work(session.kit.database), show=show)
 
-    async def main() -> T:
-        await store.start()
-        db = database_provider(config, store)
-        try:
-            result = await work(config, db)
-            if show is not None:
-                show(result)
-            return result
-        finally:
-            await db.aclose()
 
-    return asyncio.run(main())
+def _run_kit(
+    ctx: typer.Context, work: Callable[[Kit], Awaitable[T]], show: Callable[[T], None] | None = None
+) -> T:
+    return app_context(ctx).run(lambda session: work(session.kit), show=show)
 
 
 def _output(ctx: typer.Context) -> AppContext:
@@ -114,22 +109,23 @@ def _show_branch(ctx: typer.Context, branch: Branch, verb: str) -> None:
 def init(ctx: typer.Context) -> None:
     """Create the production branch (WAL archiving on, first base backup). Idempotent."""
     _progress(ctx, "creating the production branch (initdb, first base backup)")
-    branch = _with_provider(ctx, lambda _c, db: _init_root(db))
+    branch = _run(ctx, _init_root)
     _show_branch(ctx, branch, "ready:")
 
 
 async def _init_root(db: DatabaseProvider) -> Branch:
-    init_root = getattr(db, "init_root", None)
-    if init_root is None:
-        raise UsageError("this database provider has no init step; its root branch exists")
-    branch: Branch = await init_root()
-    return branch
+    if not isinstance(db, RootInitializer):
+        raise UsageError(
+            "this database provider has no init step: its root branch exists with the project",
+            hint="See `branchline db branches list`.",
+        )
+    return await db.init_root()
 
 
 @branches_app.command("list")
 def branches_list(ctx: typer.Context) -> None:
     """Every branch with parent, age, expiry, size and status."""
-    branches = _with_provider(ctx, lambda _c, db: db.list_branches())
+    branches = _run(ctx, lambda db: db.list_branches())
     _output(ctx).output.emit(
         [b.as_dict() for b in branches], lambda console: console.print(_branch_table(branches))
     )
@@ -149,9 +145,9 @@ def branches_create(
     expires_at = parse_expiry(expires) if expires else None
     _progress(ctx, f"copying {parent or 'production'} into {name}")
     # Shown as soon as it is ready; preparing the next spare happens after.
-    _with_provider(
+    _run_kit(
         ctx,
-        lambda _c, db: db.create_branch(name, parent, expires=expires_at),
+        lambda kit: branches.create(kit, name, parent, expires=expires_at),
         lambda branch: _show_branch(ctx, branch, "ready:"),
     )
 
@@ -160,15 +156,13 @@ def branches_create(
 def branches_delete(
     ctx: typer.Context,
     name: str,
-    force: Annotated[bool, typer.Option(help="Allow deleting the root branch.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Allow deleting the root branch, or one an environment uses.")
+    ] = False,
 ) -> None:
-    """Delete a branch (its cluster and its data). Succeeds when it is already gone."""
-
-    async def work(_c: Config, db: DatabaseProvider) -> bool:
-        delete: Callable[..., Awaitable[bool]] = db.delete_branch
-        return await (delete(name, force=True) if force else delete(name))
-
-    deleted = _with_provider(ctx, work)
+    """Delete a branch (its cluster and its data). Succeeds when it is already gone.
+    Production's branch and a live preview's are refused unless --force."""
+    deleted = _run_kit(ctx, lambda kit: branches.delete(kit, name, force=force))
     _output(ctx).output.emit(
         {"name": name, "deleted": deleted},
         lambda c: c.print(f"deleted {name}" if deleted else f"{name} was already gone"),
@@ -179,21 +173,21 @@ def branches_delete(
 def branches_reset(ctx: typer.Context, name: str) -> None:
     """Replace a branch's data with its parent's current state (same URI afterwards)."""
     _progress(ctx, f"resetting {name} to its parent")
-    branch = _with_provider(ctx, lambda _c, db: db.reset_branch(name))
+    branch = _run_kit(ctx, lambda kit: branches.reset(kit, name))
     _show_branch(ctx, branch, "reset:")
 
 
 @app.command("url")
 def url(ctx: typer.Context, name: str) -> None:
     """Print the branch's connection URI (it contains the password)."""
-    uri = _with_provider(ctx, lambda _c, db: db.connection_uri(name))
+    uri = _run(ctx, lambda db: db.connection_uri(name))
     _output(ctx).output.emit({"name": name, "uri": uri}, lambda c: c.print(uri, markup=False))
 
 
 @app.command("psql")
 def psql(ctx: typer.Context, name: str) -> None:
     """Open psql on the branch (the password travels in the environment)."""
-    uri = _with_provider(ctx, lambda _c, db: db.connection_uri(name))
+    uri = _run(ctx, lambda db: db.connection_uri(name))
     binary = find_binaries().path("psql")
     env = {**os.environ, **database_env(uri)}
     env.pop("DATABASE_URL", None)
@@ -205,7 +199,7 @@ def migrate_cmd(ctx: typer.Context, name: str) -> None:
     """Run the project's migrate command against a branch, streaming its output."""
     out = _output(ctx).output
     echo = None if out.json else (lambda line: out.out.print(line, markup=False, highlight=False))
-    result = _with_provider(ctx, lambda config, db: migrate(config, db, name, on_line=echo))
+    result = _run_kit(ctx, lambda kit: migrate(kit.config, kit.database, name, on_line=echo))
     data = {
         "branch": name,
         "ok": result.ok,
@@ -237,7 +231,7 @@ def preflight_cmd(ctx: typer.Context) -> None:
     out = _output(ctx).output
     _progress(ctx, "copying production into a throw-away branch and migrating it")
     echo = None if out.json else (lambda line: out.err.print(line, markup=False, highlight=False))
-    result = _with_provider(ctx, lambda config, db: preflight(config, db, on_line=echo))
+    result = _run_kit(ctx, lambda kit: preflight(kit.config, kit.database, on_line=echo))
     data = result.as_dict()
 
     def human(console: Console) -> None:
@@ -265,7 +259,7 @@ def preflight_cmd(ctx: typer.Context) -> None:
 def diff(ctx: typer.Context, a: str, b: str) -> None:
     """Compare two branches' schemas (a unified diff; --json lists the changes)."""
 
-    async def work(_c: Config, db: DatabaseProvider) -> tuple[str, dict[str, Any]]:
+    async def work(db: DatabaseProvider) -> tuple[str, dict[str, Any]]:
         text = unified_diff(
             normalize_dump(await db.schema_dump(a)), normalize_dump(await db.schema_dump(b)), a, b
         )
@@ -275,7 +269,7 @@ def diff(ctx: typer.Context, a: str, b: str) -> None:
                 schemas.append(await describe_schema(c))
         return text, diff_schemas(schemas[0], schemas[1]).as_dict()
 
-    text, changes = _with_provider(ctx, work)
+    text, changes = _run(ctx, work)
     _output(ctx).output.emit(
         {"a": a, "b": b, "changes": changes, "diff": text},
         lambda c: c.print(text or f"{a} and {b} have the same schema", markup=False),
@@ -292,9 +286,9 @@ def restore(
     moment = parse_moment(to)
     branch_name = name or "emergency-restore-" + moment.strftime("%Y%m%d%H%M%S")
     _progress(ctx, f"restoring production as of {moment.isoformat()} into {branch_name}")
-    _with_provider(
+    _run(
         ctx,
-        lambda _c, db: db.restore(branch_name, moment),
+        lambda db: db.restore(branch_name, moment),
         lambda branch: _show_branch(ctx, branch, f"restored to {moment.isoformat()}:"),
     )
 
@@ -303,30 +297,30 @@ def restore(
 def backup(ctx: typer.Context) -> None:
     """Take a base backup of production now (a restore starts from the latest one)."""
 
-    async def work(_c: Config, db: DatabaseProvider) -> dict[str, str]:
-        take = getattr(db, "take_backup", None)
-        if take is None:
-            raise UsageError("this database provider keeps its own backups")
-        taken = await take()
-        return {"path": str(taken.path), **taken.as_dict()}
+    async def work(db: DatabaseProvider) -> dict[str, str]:
+        if not isinstance(db, Backups):
+            raise UsageError(
+                "this database provider keeps its own backups",
+                hint="Restore to a moment with `branchline db restore --to TIME`.",
+            )
+        return (await db.take_backup()).as_dict()
 
-    data = _with_provider(ctx, work)
-    _output(ctx).output.emit(data, lambda c: c.print(f"base backup taken: {data['path']}"))
+    data = _run(ctx, work)
+    _output(ctx).output.emit(
+        data, lambda c: c.print(f"base backup taken: {data.get('path', data['end_time'])}")
+    )
 
 
 @app.command("gc")
 def gc(ctx: typer.Context) -> None:
     """Delete expired branches, clean up after crashes, refresh and prune backups."""
 
-    async def work(_c: Config, db: DatabaseProvider) -> dict[str, Any]:
-        collect = getattr(db, "gc", None)
-        if collect is None:
+    async def work(db: DatabaseProvider) -> dict[str, Any]:
+        if not isinstance(db, GarbageCollector):
             raise UsageError("this database provider has no local garbage to collect")
-        report = await collect()
-        data: dict[str, Any] = report.as_dict()
-        return data
+        return (await db.gc()).as_dict()
 
-    data = _with_provider(ctx, work)
+    data = _run(ctx, work)
 
     def human(console: Console) -> None:
         done = False

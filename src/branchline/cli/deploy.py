@@ -4,100 +4,39 @@ services running locally behind the edge."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Annotated, Any, TypeVar
+import contextlib
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from branchline import naming
-from branchline.cli.context import AppContext, app_context
+from branchline.cli.context import Session, app_context
 from branchline.config import Config
 from branchline.edge import daemon
+from branchline.environment import Environment
 from branchline.errors import UsageError
 from branchline.health import HealthPolicy, check_health
-from branchline.pipelines.kit import Kit
-from branchline.pipelines.restore import Restored, restore_production
-from branchline.providers.compute import Deployment
-from branchline.providers.compute.local import LocalComputeProvider
-from branchline.providers.registry import compute_provider, database_provider
+from branchline.kit import Kit
+from branchline.masking import LineMasker, mask_url
+from branchline.operations import deploy as operations
+from branchline.operations.restore import restore_production
+from branchline.providers.compute import Deployment, Supervisor
 from branchline.store import Store
-from branchline.store import rollouts as rollout_rows
 from branchline.timespec import parse_moment
 
-T = TypeVar("T")
 deployments_app = typer.Typer(help="Deployments of services.", no_args_is_help=True)
 releases_app = typer.Typer(help="Immutable builds of services.", no_args_is_help=True)
-
-
-def _with_compute(
-    ctx: typer.Context,
-    work: Callable[[Config, LocalComputeProvider, AppContext], Awaitable[T]],
-    *,
-    need_edge: bool = False,
-) -> T:
-    app_ctx = app_context(ctx)
-    config = app_ctx.config()
-    store = app_ctx.store()
-
-    async def main() -> T:
-        await store.start()
-        edge_port = None
-        if need_edge:
-            info, started = await asyncio.to_thread(
-                daemon.ensure_running, store.location.state_dir, config.path
-            )
-            edge_port = info.edge_port
-            if started:
-                app_ctx.output.notice(
-                    f"started the edge in the background on port {info.edge_port} "
-                    f"(DNS on {info.dns_port}); `branchline stop` stops it"
-                )
-        else:
-            running = daemon.read_info(store.location.state_dir)
-            edge_port = running.edge_port if running else None
-        provider = compute_provider(config, store, edge_port=edge_port)
-        try:
-            return await work(config, provider, app_ctx)
-        finally:
-            await provider.aclose()
-
-    return asyncio.run(main())
-
-
-def _branch_for(environment: str) -> str | None:
-    if environment == naming.PRODUCTION:
-        return naming.PRODUCTION
-    if environment.startswith("preview-"):
-        return naming.branch_for_pr(int(environment.removeprefix("preview-")))
-    return None
-
-
-async def _database_vars(
-    config: Config, provider: LocalComputeProvider, env: str
-) -> dict[str, str]:
-    """DATABASE_URL of the environment's database branch, when it has one."""
-    branch = _branch_for(env)
-    if branch is None:
-        return {}
-    async with provider.store.connect() as conn:
-        # After `branchline restore`, production runs on the restored branch.
-        branch = await rollout_rows.branch_of(conn, config.project.name, env) or branch
-    db = database_provider(config, provider.store)
-    if await db.get_branch(branch) is None:
-        return {}
-    return {"DATABASE_URL": await db.connection_uri(branch)}
+EnvOption = Annotated[str, typer.Option("--env", help="production, preview-<pr> or local.")]
 
 
 def _deployment_table(found: list[Deployment]) -> Table:
     table = Table("id", "service", "environment", "release", "status", "url", "since")
     for d in found:
         table.add_row(
-            str(d.id), d.service, d.environment, d.release.name, d.status,
+            str(d.id), d.service, d.environment.name, d.release.name, d.status,
             d.url or "-", d.created_at.strftime("%Y-%m-%d %H:%M:%S"),
         )  # fmt: skip
     return table
@@ -106,35 +45,59 @@ def _deployment_table(found: list[Deployment]) -> Table:
 def deploy(
     ctx: typer.Context,
     service: str,
-    env: Annotated[str, typer.Option("--env", help="production, preview-<pr> or local.")],
+    env: EnvOption,
     commit: Annotated[str, typer.Option(help="Commit or branch to deploy.")] = "HEAD",
 ) -> None:
-    """Build SERVICE at a commit and deploy it blue-green behind the edge."""
-    naming.validate_environment(env)
-
-    async def work(config: Config, provider: LocalComputeProvider, app: AppContext) -> Deployment:
-        app.output.progress(f"building {service} at {commit}")
-        began = time.monotonic()
-        release = await provider.build(service, commit)
-        app.output.progress(f"built {release.name}; starting it and checking its health")
-        vars = await _database_vars(config, provider, env)
-        deployment = await provider.deploy(service, env, release, vars, {})
-        app.output.progress(f"live in {time.monotonic() - began:.1f} s")
-        return deployment
-
-    result = _with_compute(ctx, work, need_edge=True)
-    app_context(ctx).output.emit(
+    """Build SERVICE at a commit and deploy it blue-green behind the edge, with the
+    environment's database, sibling URLs and secrets."""
+    environment = Environment.parse(env)
+    app = app_context(ctx)
+    result = app.run(
+        lambda s: operations.deploy(s.kit, service, environment, commit,
+                                    progress=app.output.progress),
+        edge=True,
+    )  # fmt: skip
+    app.output.emit(
         result.as_dict(),
         lambda c: c.print(f"{result.service} {result.release.name} is live at {result.url}"),
     )
 
 
+def restart(
+    ctx: typer.Context,
+    service: Annotated[str | None, typer.Argument(help="The service (or --all).")] = None,
+    env: EnvOption = "production",
+    every: Annotated[bool, typer.Option("--all", help="Every live service.")] = False,
+) -> None:
+    """Start the live release of SERVICE again with the environment's current
+    variables and secrets (after `secret set` or `secret rotate`), blue-green."""
+    environment = Environment.parse(env)
+    if every == (service is not None):
+        raise UsageError(
+            "name one service or pass --all", hint="e.g. `branchline restart api --env preview-8`"
+        )
+    app = app_context(ctx)
+
+    async def work(session: Session) -> list[Deployment]:
+        if service is not None:
+            return [await operations.restart(session.kit, service, environment,
+                                             progress=app.output.progress)]  # fmt: skip
+        return await operations.restart_all(session.kit, environment,
+                                            progress=app.output.progress)  # fmt: skip
+
+    done = app.run(work, edge=True)
+
+    def human(console: Console) -> None:
+        for d in done:
+            console.print(f"{d.service} {d.release.name} restarted at {d.url}")
+
+    app.output.emit([d.as_dict() for d in done] if every else done[0].as_dict(), human)
+
+
 def rollback(
     ctx: typer.Context,
     service: Annotated[str | None, typer.Argument(help="The service (or --all).")] = None,
-    env: Annotated[
-        str, typer.Option("--env", help="production, preview-<pr> or local.")
-    ] = "production",
+    env: EnvOption = "production",
     to: Annotated[int | None, typer.Option(help="Release id (see `releases list`).")] = None,
     every: Annotated[
         bool, typer.Option("--all", help="Every service to its previous release.")
@@ -142,7 +105,7 @@ def rollback(
 ) -> None:
     """Point SERVICE back at its previous release (or --to a release), blue-green;
     with --all, every service of the environment, in reverse deploy order."""
-    naming.validate_environment(env)
+    environment = Environment.parse(env)
     if every == (service is not None):
         raise UsageError(
             "name one service or pass --all", hint="e.g. `branchline rollback api --env production`"
@@ -150,16 +113,12 @@ def rollback(
     if every and to is not None:
         raise UsageError("--to names a release of one service; it cannot go with --all")
 
-    async def work(config: Config, provider: LocalComputeProvider, _a: AppContext) -> list[Any]:
+    async def work(session: Session) -> list[Deployment]:
         if service is not None:
-            return [await provider.rollback(service, env, to)]
-        live = {d.service for d in await provider.list_deployments(env) if d.status == "live"}
-        names = [s.name for s in reversed(config.services_in_deploy_order()) if s.name in live]
-        if not names:
-            raise UsageError(f"nothing is deployed in {env}", hint="See `deployments list`.")
-        return [await provider.rollback(name, env) for name in names]
+            return [await operations.rollback(session.kit, service, environment, to)]
+        return await operations.rollback_all(session.kit, environment)
 
-    done = _with_compute(ctx, work, need_edge=True)
+    done = app_context(ctx).run(work, edge=True)
 
     def human(console: Console) -> None:
         for d in done:
@@ -175,11 +134,8 @@ def deployments_history(
 ) -> None:
     """Production rollouts, newest first: trigger, commit, releases, duration, outcome."""
 
-    async def work(config: Config, provider: LocalComputeProvider, _a: AppContext) -> list[Any]:
-        async with provider.store.connect() as conn:
-            return await rollout_rows.history(conn, config.project.name, env)
-
-    found = _with_compute(ctx, work)
+    where = Environment.parse(env).name if env is not None else None
+    found = app_context(ctx).run(lambda s: s.kit.rollouts.history(where))
 
     def human(console: Console) -> None:
         table = Table("id", "run", "commit", "triggered by", "outcome", "seconds", "releases",
@@ -202,7 +158,8 @@ def deployments_list(
     env: Annotated[str | None, typer.Option("--env", help="Only this environment.")] = None,
 ) -> None:
     """Every deployment, newest first, with its release and status."""
-    found = _with_compute(ctx, lambda _c, provider, _a: provider.list_deployments(env))
+    environment = Environment.parse(env) if env is not None else None
+    found = app_context(ctx).run(lambda s: s.kit.compute.list_deployments(environment))
     app_context(ctx).output.emit(
         [d.as_dict() for d in found],
         lambda c: c.print(_deployment_table(found) if found else "no deployments yet"),
@@ -212,7 +169,7 @@ def deployments_list(
 @releases_app.command("list")
 def releases_list(ctx: typer.Context, service: str) -> None:
     """The releases of SERVICE kept for rollback, newest first."""
-    found = _with_compute(ctx, lambda _c, provider, _a: provider.releases(service))
+    found = app_context(ctx).run(lambda s: s.kit.compute.releases(service))
 
     def human(console: Console) -> None:
         table = Table("id", "release", "commit", "built")
@@ -226,7 +183,7 @@ def releases_list(ctx: typer.Context, service: str) -> None:
 def logs(
     ctx: typer.Context,
     service: str,
-    env: Annotated[str, typer.Option("--env", help="production, preview-<pr> or local.")],
+    env: EnvOption,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new output.")
     ] = False,
@@ -234,46 +191,25 @@ def logs(
         str | None, typer.Option(help='Include deployments started since, e.g. "1h ago".')
     ] = None,
 ) -> None:
-    """A service's output in an environment (the reference's `wrangler tail`)."""
-    naming.validate_environment(env)
+    """A service's output in an environment (the reference's `wrangler tail`),
+    secrets and database passwords masked."""
+    environment = Environment.parse(env)
     cutoff = parse_moment(since if since.endswith("ago") else f"{since} ago") if since else None
+    app = app_context(ctx)
+    out = app.output
 
-    async def work(_c: Config, provider: LocalComputeProvider, _a: AppContext) -> list[Path]:
-        found = [
-            d
-            for d in await provider.list_deployments(env)
-            if d.service == service and (cutoff is None or d.created_at >= cutoff)
-        ]
-        if not found:
-            raise UsageError(
-                f"{service} has no deployment in {env}", hint="See `branchline deployments list`."
-            )
-        if cutoff is None:
-            found = found[:1]
-        return [Path(str(d.detail["log"])) for d in reversed(found) if "log" in d.detail]
+    async def work(session: Session) -> None:
+        hidden = (await session.kit.deployment_env(environment)).sensitive
+        masker = LineMasker(hidden)
+        chunks = session.kit.compute.logs(service, environment, since=cutoff, follow=follow)
+        async for chunk in chunks:
+            for line in masker.feed(chunk):
+                out.out.print(mask_url(line), markup=False, highlight=False)
+        for line in masker.flush():
+            out.out.print(mask_url(line), markup=False, highlight=False)
 
-    files = _with_compute(ctx, work)
-    out = app_context(ctx).output
-    for path in files:
-        with path.open("rb") as fh:
-            out.out.print(fh.read().decode(errors="replace"), end="", markup=False)
-    if follow and files:
-        _tail(files[-1], out.out)
-
-
-def _tail(path: Path, console: Console) -> None:
-    """Print what the file gains until interrupted (a file has nothing to LISTEN on)."""
-    with path.open("rb") as fh:
-        fh.seek(0, 2)
-        try:
-            while True:
-                chunk = fh.read()
-                if chunk:
-                    console.print(chunk.decode(errors="replace"), end="", markup=False)
-                else:
-                    time.sleep(0.2)
-        except KeyboardInterrupt:
-            return
+    with contextlib.suppress(KeyboardInterrupt):
+        app.run(work)
 
 
 EdgePort = Annotated[int, typer.Option("--port", help="Edge port (a free one if taken).")]
@@ -288,14 +224,27 @@ def run_edge_here(
     """The edge, DNS and supervisor in this process until stopped; `background` (given
     the edge and DNS ports) runs beside them (serve's workers), on the same store."""
 
+    kits: list[Kit] = []
+
+    async def supervise(edge_port: int, dns: int) -> list[str]:
+        # Built once the ports are known: a service started again is told its
+        # siblings' URLs through this edge.
+        if not kits:
+            kits.append(Kit.build(config, store, edge_port=edge_port, dns_port=dns))
+        compute = kits[0].compute
+        return await compute.supervise() if isinstance(compute, Supervisor) else []
+
     async def main() -> None:
         await store.start()
-        provider = compute_provider(config, store)
-        await daemon.run_foreground(
-            store, project=config.project.name, zone=config.project.zone,
-            state_dir=store.location.state_dir, supervise=provider.supervise,
-            edge_port=port, dns_port=dns_port, on_ready=on_ready, background=background,
-        )  # fmt: skip
+        try:
+            await daemon.run_foreground(
+                store, project=config.project.name, zone=config.project.zone,
+                state_dir=store.location.state_dir, supervise=supervise,
+                edge_port=port, dns_port=dns_port, on_ready=on_ready, background=background,
+            )  # fmt: skip
+        finally:
+            for kit in kits:
+                await kit.aclose()
 
     asyncio.run(main())
 
@@ -378,16 +327,8 @@ def restore(
     else:
         app.output.notice(warning)
 
-    async def work(config: Config, provider: LocalComputeProvider, _a: AppContext) -> Restored:
-        info = daemon.read_info(provider.store.location.state_dir)
-        kit = Kit.build(config, provider.store, edge_port=provider.edge_port,
-                        dns_port=info.dns_port if info else None)  # fmt: skip
-        try:
-            return await restore_production(kit, moment, progress=app.output.progress)
-        finally:
-            await kit.aclose()
-
-    done = _with_compute(ctx, work, need_edge=True)
+    done = app.run(lambda s: restore_production(s.kit, moment, progress=app.output.progress),
+                   edge=True)  # fmt: skip
     app.output.emit(
         done.as_dict(),
         lambda c: c.print(

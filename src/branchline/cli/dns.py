@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
@@ -12,26 +11,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from branchline.cli.context import app_context
-from branchline.edge import daemon
-from branchline.providers.dns.local import LocalDnsProvider
-from branchline.providers.registry import dns_provider
+from branchline.environment import Environment
+from branchline.providers.dns import DnsProvider
 
 app = typer.Typer(help="DNS records of the project's zone.", no_args_is_help=True)
 T = TypeVar("T")
 
 
-def _with_dns(ctx: typer.Context, work: Callable[[LocalDnsProvider], Awaitable[T]]) -> T:
-    app_ctx = app_context(ctx)
-    config = app_ctx.config()
-    store = app_ctx.store()
-
-    async def main() -> T:
-        await store.start()
-        info = daemon.read_info(store.location.state_dir)
-        address = ("127.0.0.1", info.dns_port) if info else None
-        return await work(dns_provider(config, store, server_address=address))
-
-    return asyncio.run(main())
+def _run(ctx: typer.Context, work: Callable[[DnsProvider], Awaitable[T]]) -> T:
+    """Run `work` on the zone's provider (verify asks the running DNS server)."""
+    return app_context(ctx).run(lambda session: work(session.kit.dns))
 
 
 @app.command("list")
@@ -40,7 +29,8 @@ def list_records(
     env: Annotated[str | None, typer.Option("--env", help="Only this environment's.")] = None,
 ) -> None:
     """The zone's records."""
-    found = _with_dns(ctx, lambda dns: dns.list_records(env))
+    environment = Environment.parse(env) if env is not None else None
+    found = _run(ctx, lambda dns: dns.list_records(environment))
 
     def human(console: Console) -> None:
         table = Table("name", "type", "content", "proxied", "environment")
@@ -62,9 +52,12 @@ def ensure(
     env: Annotated[str | None, typer.Option("--env", help="Environment it belongs to.")] = None,
 ) -> None:
     """Create or update a record (idempotent)."""
-    record = _with_dns(
-        ctx, lambda dns: dns.ensure_record(name, type, content, proxied=proxied, environment=env)
-    )
+    environment = Environment.parse(env) if env is not None else None
+    record = _run(
+        ctx,
+        lambda dns: dns.ensure_record(name, type, content, proxied=proxied,
+                                      environment=environment),
+    )  # fmt: skip
     app_context(ctx).output.emit(
         record.as_dict(),
         lambda c: c.print(f"{record.name} {record.type} {record.content}", markup=False),
@@ -78,7 +71,7 @@ def delete(
     type: Annotated[str | None, typer.Option("--type", help="Only this type.")] = None,
 ) -> None:
     """Delete a record (succeeds when it is already gone)."""
-    deleted = _with_dns(ctx, lambda dns: dns.delete_record(name, type))
+    deleted = _run(ctx, lambda dns: dns.delete_record(name, type))
     app_context(ctx).output.emit(
         {"name": name, "deleted": deleted},
         lambda c: c.print(f"deleted {name}" if deleted else f"{name} had no such record"),
@@ -94,7 +87,7 @@ def verify(
     timeout: Annotated[float, typer.Option(help="Seconds to keep asking.")] = 10.0,
 ) -> None:
     """Ask the zone's DNS server until it answers as expected (or the timeout)."""
-    result = _with_dns(ctx, lambda dns: dns.verify(name, type=type, expect=expect, timeout=timeout))
+    result = _run(ctx, lambda dns: dns.verify(name, type=type, expect=expect, timeout=timeout))
     data: dict[str, Any] = result.as_dict()
     app_context(ctx).output.emit(
         data,

@@ -15,8 +15,8 @@ from branchline.cli.context import AppContext
 from branchline.config import Config
 from branchline.edge import daemon
 from branchline.engine.engine import EngineOptions
+from branchline.operations.runtime import open_pipelines
 from branchline.pipelines.dispatch import wait_settled
-from branchline.pipelines.worker import open_pipelines
 from branchline.store import Store
 from branchline.store import previews as preview_rows
 from branchline.store import runs as run_rows

@@ -30,7 +30,7 @@ from branchline.cli import token as token_cmd
 from branchline.cli.context import AppContext
 from branchline.cli.output import Output
 from branchline.errors import BranchlineError
-from branchline.store import mask_url
+from branchline.masking import mask_url
 
 app = typer.Typer(
     name="branchline",
@@ -85,6 +85,7 @@ app.add_typer(db_cmd.app, name="db")
 app.add_typer(runs_cmd.app, name="runs")
 app.command("worker")(runs_cmd.worker)
 app.command("deploy")(deploy_cmd.deploy)
+app.command("restart")(deploy_cmd.restart)
 app.command("rollback")(deploy_cmd.rollback)
 app.command("restore")(deploy_cmd.restore)
 app.command("reconcile")(reconcile_cmd.reconcile_command)

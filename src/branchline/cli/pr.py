@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
@@ -11,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from branchline.cli.context import app_context
+from branchline.cli.context import Session, app_context
 from branchline.cli.follow import (
     WAIT_HELP,
     exit_on_failure,
@@ -21,50 +20,43 @@ from branchline.cli.follow import (
 )
 from branchline.edge import daemon
 from branchline.errors import UsageError
-from branchline.providers.forge.local import LocalForge, Recorded
-from branchline.providers.registry import forge_provider
+from branchline.providers.forge import LocalPullRequests, Recorded
 from branchline.store import forge as rows
-from branchline.store import previews as preview_rows
 
 app = typer.Typer(help="Local pull requests.", no_args_is_help=True)
 T = TypeVar("T")
 
 
-def _with_forge(ctx: typer.Context, work: Callable[[LocalForge], Awaitable[T]]) -> T:
-    app_ctx = app_context(ctx)
-    config = app_ctx.config()
-    store = app_ctx.store()
-
-    async def main() -> T:
-        await store.start()
-        return await work(forge_provider(config, store))
-
-    return asyncio.run(main())
+def _local(session: Session) -> LocalPullRequests:
+    forge = session.kit.forge
+    if not isinstance(forge, LocalPullRequests):
+        raise UsageError(
+            "this project's code host keeps its own pull requests",
+            hint="Open, update and close them there; its webhooks start the pipelines.",
+        )
+    return forge
 
 
 def _record_and_run(
-    ctx: typer.Context, work: Callable[[LocalForge], Awaitable[T]], wait: bool,
+    ctx: typer.Context, work: Callable[[LocalPullRequests], Awaitable[T]], wait: bool,
     hook: bool = False,
 ) -> tuple[T, dict[str, Any] | None]:  # fmt: skip
     """Record the event(s), then (unless told not to wait) run the pipelines they start."""
-    app_ctx = app_context(ctx)
-    config = app_ctx.config()
-    store = app_ctx.store()
+    app = app_context(ctx)
 
-    async def main() -> tuple[T, dict[str, Any] | None]:
-        await store.start()
-        done = await work(forge_provider(config, store))
+    async def main(session: Session) -> tuple[T, dict[str, Any] | None]:
+        done = await work(_local(session))
         if not wait:
-            info = daemon.read_info(store.location.state_dir)
+            info = daemon.read_info(session.store.location.state_dir)
             if not hook and (info is None or not info.workers):
-                app_ctx.output.notice(
+                app.output.notice(
                     "recorded; no `branchline serve` runs to act on it: start one with "
                     "`branchline serve --detach` (or run `branchline worker`)"
                 )
             return done, None
-        return done, await run_pipelines(app_ctx, config, store)
+        return done, await run_pipelines(app, session.config, session.store)
 
-    return asyncio.run(main())
+    return app.run(main)
 
 
 def _emit(
@@ -96,10 +88,10 @@ def _pr_dict(pr: rows.PullRequestRow) -> dict[str, Any]:
 def _event_dict(recorded: Recorded) -> dict[str, Any]:
     event = recorded.event
     return {
-        "pr": _pr_dict(recorded.pr) if recorded.pr else None,
+        "pr": recorded.pr.as_dict() if recorded.pr else None,
         "event": None
         if event is None
-        else {"delivery_id": event.delivery_id, "kind": event.kind, "action": event.action},
+        else {"id": recorded.event_id, "kind": event.kind, "action": event.action},
     }
 
 
@@ -169,11 +161,11 @@ def list_prs(
 ) -> None:
     """Pull requests, newest first."""
 
-    async def work(forge: LocalForge) -> list[rows.PullRequestRow]:
-        async with forge.store.connect() as conn:
-            return await rows.list_prs(conn, forge.project, state)
+    async def work(session: Session) -> list[rows.PullRequestRow]:
+        async with session.store.connect() as conn:
+            return await rows.list_prs(conn, session.kit.project, state)
 
-    found = _with_forge(ctx, work)
+    found = app_context(ctx).run(work)
 
     def human(console: Console) -> None:
         table = Table("#", "title", "branch", "commit", "state")
@@ -189,16 +181,17 @@ def list_prs(
 def show(ctx: typer.Context, number: int) -> None:
     """A pull request with the comments and commit statuses pipelines posted."""
 
-    async def work(forge: LocalForge) -> dict[str, Any]:
-        async with forge.store.connect() as conn:
-            pr = await rows.get_pr(conn, forge.project, number)
+    async def work(session: Session) -> dict[str, Any]:
+        project = session.kit.project
+        async with session.store.connect() as conn:
+            pr = await rows.get_pr(conn, project, number)
             if pr is None:
                 raise UsageError(
                     f"there is no pull request #{number}", hint="See `branchline pr list`."
                 )
-            comments = await rows.comments(conn, forge.project, number)
-            statuses = await rows.statuses(conn, forge.project, pr.head_sha)
-            preview = await preview_rows.get(conn, forge.project, number)
+            comments = await rows.comments(conn, project, number)
+            statuses = await rows.statuses(conn, project, pr.head_sha)
+        preview = await session.kit.previews.get(number)
         return {
             **_pr_dict(pr),
             "preview": None if preview is None else preview_dict(preview),
@@ -208,7 +201,7 @@ def show(ctx: typer.Context, number: int) -> None:
                           "description": s.description} for s in statuses],
         }  # fmt: skip
 
-    data = _with_forge(ctx, work)
+    data = app_context(ctx).run(work)
 
     def human(console: Console) -> None:
         where = f"{escape(data['head'])} -> {escape(data['base'])}, {data['state']}"

@@ -11,9 +11,9 @@ from rich.markup import escape
 
 from branchline.cli.context import app_context
 from branchline.edge import daemon
+from branchline.operations.reconcile import Finding, reconcile
+from branchline.operations.runtime import open_pipelines
 from branchline.pipelines.dispatch import wait_settled
-from branchline.pipelines.worker import open_pipelines
-from branchline.reconcile import Finding, reconcile
 
 
 def reconcile_command(

@@ -19,7 +19,8 @@ from branchline.edge import daemon
 from branchline.engine import logs as run_logs
 from branchline.engine.engine import Engine, EngineOptions
 from branchline.errors import UsageError
-from branchline.pipelines.worker import open_pipelines
+from branchline.operations import runs as runs_ops
+from branchline.operations.runtime import open_pipelines
 from branchline.store import artifacts as artifact_rows
 from branchline.store import runs as rows
 
@@ -31,22 +32,8 @@ STATUS_STYLE = {
 }  # fmt: skip
 
 
-def _with_engine(
-    ctx: typer.Context,
-    work: Callable[[Engine], Awaitable[T]],
-    options: EngineOptions | None = None,
-) -> T:
-    app_ctx = app_context(ctx)
-    config = app_ctx.config()
-    store = app_ctx.store()
-
-    async def main() -> T:
-        await store.start()
-        engine = Engine(store, project=config.project.name, options=options)
-        async with engine.open():
-            return await work(engine)
-
-    return asyncio.run(main())
+def _with_engine(ctx: typer.Context, work: Callable[[Engine], Awaitable[T]]) -> T:
+    return app_context(ctx).run(lambda session: work(session.need_engine()), engine=True)
 
 
 def _duration(start: datetime | None, end: datetime | None) -> str:
@@ -212,7 +199,7 @@ def cancel(ctx: typer.Context, run_id: int) -> None:
 
 async def _cancel(engine: Engine, run_id: int) -> bool:
     await _get(engine, run_id)
-    return await engine.cancel(run_id)
+    return (await runs_ops.cancel(engine, run_id)).done
 
 
 @app.command("rerun")
@@ -221,7 +208,9 @@ def rerun(ctx: typer.Context, run_id: int) -> None:
 
     async def work(engine: Engine) -> int:
         await _get(engine, run_id)
-        return await engine.rerun(run_id)
+        started = await runs_ops.rerun(engine, run_id)
+        assert started.run_id is not None
+        return started.run_id
 
     new = _with_engine(ctx, work)
     app_context(ctx).output.emit(

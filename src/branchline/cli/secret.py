@@ -6,7 +6,7 @@ never from the command line, where it would stay in the shell's history.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
@@ -15,9 +15,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from branchline.cli.context import AppContext, app_context
-from branchline.config import Config
+from branchline.cli.context import AppContext, Session, app_context
+from branchline.environment import Environment
 from branchline.errors import UsageError
+from branchline.operations import deploy as deploy_ops
 from branchline.secrets import (
     SCOPES,
     Rotation,
@@ -51,21 +52,16 @@ _PIPE_HINT = (
 
 def _with_secrets(
     ctx: typer.Context,
-    work: Callable[[Secrets, Config], Awaitable[T]],
+    work: Callable[[Secrets, Session], Awaitable[T]],
     *,
     need_key: bool = True,
+    edge: bool = False,
 ) -> T:
     app_ctx = app_context(ctx)
-    config = app_ctx.config()
-    store = app_ctx.store()
-    # The key first: a bad key is reported before the state database is started.
-    key = load_key(store.location.state_dir) if need_key else None
-
-    async def main() -> T:
-        await store.start()
-        return await work(Secrets(store, config.project.name, config.secrets, key), config)
-
-    return asyncio.run(main())
+    if need_key:
+        # The key first: a bad key is reported before the state database is started.
+        load_key(app_ctx.store().location.state_dir)
+    return app_ctx.run(lambda session: work(session.kit.secrets, session), edge=edge)
 
 
 def _read_value(name: str, env: str, app_ctx: AppContext) -> str:
@@ -112,13 +108,22 @@ def _refuse_extra(extra: list[str], name: str, env: str) -> None:
     )
 
 
-def _redeploy_commands(config: Config, environments: list[str]) -> list[str]:
-    return [
-        f"branchline deploy {service} --env {environment}"
-        for environment in environments
-        if environment == "production" or environment.startswith("preview-")
-        for service in config.services
-    ]
+def _running(environments: list[str]) -> list[Environment]:
+    """The environments among secret targets that run services (not `test`, `preview`)."""
+    found = []
+    for target in environments:
+        with contextlib.suppress(UsageError):
+            found.append(Environment.parse(target))
+    return [e for e in found if e.kind != "local"]
+
+
+def _restart_hint(environments: list[Environment]) -> str:
+    commands = [f"branchline restart --all --env {e.name}" for e in environments]
+    return (
+        "services already running keep the old value until they restart; run:\n  "
+        + "\n  ".join(commands)
+        + "\n(or pass --restart)"
+    )
 
 
 @app.command(
@@ -136,7 +141,7 @@ def set_(ctx: typer.Context, name: NameArgument, env: EnvOption) -> None:
     app_ctx.config()  # a broken config is reported before the value is asked for
     value = validate_value(_read_value(name, env, app_ctx))
 
-    async def work(secrets: Secrets, _config: Config) -> tuple[SecretInfo, bool]:
+    async def work(secrets: Secrets, _session: Session) -> tuple[SecretInfo, bool]:
         return await secrets.set(env, name, value), secrets.declares(env, name)
 
     info, declared = _with_secrets(ctx, work)
@@ -148,10 +153,13 @@ def set_(ctx: typer.Context, name: NameArgument, env: EnvOption) -> None:
         )
     data = {**info.as_dict(), "declared": declared}
     out.emit(data, lambda c: c.print(f"set {name} for {env} (encrypted; the value is not shown)"))
-    if env == "production" or env.startswith("preview"):
+    if env == "preview":
         out.notice(
-            f"services already running in {env} keep the old value until they are redeployed"
+            "services already running in previews keep the old value until they restart: "
+            "`branchline restart --all --env preview-<pr>`"
         )
+    elif running := _running([env]):
+        out.notice(_restart_hint(running).removesuffix("\n(or pass --restart)"))
 
 
 @app.command("list")
@@ -167,7 +175,7 @@ def list_(
     if env is not None:
         validate_environment(env)
 
-    async def work(secrets: Secrets, _config: Config) -> list[dict[str, Any]]:
+    async def work(secrets: Secrets, _session: Session) -> list[dict[str, Any]]:
         stored = await secrets.list(env)
         entries: list[dict[str, Any]] = [
             {
@@ -220,7 +228,7 @@ def delete(ctx: typer.Context, name: NameArgument, env: EnvOption) -> None:
     validate_environment(env)
     validate_name(name)
 
-    async def work(secrets: Secrets, _config: Config) -> bool:
+    async def work(secrets: Secrets, _session: Session) -> bool:
         return await secrets.delete(env, name)
 
     deleted = _with_secrets(ctx, work, need_key=False)
@@ -233,19 +241,35 @@ def delete(ctx: typer.Context, name: NameArgument, env: EnvOption) -> None:
 
 
 @app.command("rotate")
-def rotate(ctx: typer.Context, name: NameArgument, env: EnvOption) -> None:
+def rotate(
+    ctx: typer.Context,
+    name: NameArgument,
+    env: EnvOption,
+    restart: Annotated[
+        bool,
+        typer.Option("--restart", help="Restart the services that use it, with the new value."),
+    ] = False,
+) -> None:
     """Replace a generated secret with a new generated value (never for production).
     `--env preview` rotates it in every preview that has one."""
     validate_environment(env)
     validate_name(name)
+    app = app_context(ctx)
 
-    async def work(secrets: Secrets, config: Config) -> tuple[Rotation, list[str]]:
+    async def work(secrets: Secrets, session: Session) -> tuple[Rotation, list[str]]:
         rotation = await secrets.rotate(env, name)
-        return rotation, _redeploy_commands(config, list(rotation.environments))
+        restarted = []
+        if restart:
+            for environment in _running(list(rotation.environments)):
+                done = await deploy_ops.restart_all(
+                    session.kit, environment, progress=app.output.progress
+                )
+                restarted += [f"{d.service}:{environment.name}" for d in done]
+        return rotation, restarted
 
-    rotation, redeploy = _with_secrets(ctx, work)
-    out = app_context(ctx).output
-    data = {**rotation.as_dict(), "redeploy": redeploy}
+    rotation, restarted = _with_secrets(ctx, work, edge=restart)
+    out = app.output
+    data = {**rotation.as_dict(), "restarted": restarted}
 
     def human(console: Console) -> None:
         if not rotation.environments:
@@ -256,10 +280,10 @@ def rotate(ctx: typer.Context, name: NameArgument, env: EnvOption) -> None:
             return
         where = ", ".join(rotation.environments)
         console.print(f"rotated {name} in {where} (a new generated value; it is not shown)")
+        if restarted:
+            console.print(f"restarted with it: {', '.join(restarted)}")
 
     out.emit(data, human)
-    if redeploy:
-        out.notice(
-            "services already running keep the old value until they are redeployed; "
-            "branchline does not redeploy them by itself yet. Run:\n  " + "\n  ".join(redeploy)
-        )
+    running = _running(list(rotation.environments))
+    if running and not restart:
+        out.notice(_restart_hint(running))

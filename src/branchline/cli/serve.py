@@ -12,9 +12,9 @@ from branchline.cli.deploy import DnsPort, EdgePort, run_edge_here
 from branchline.edge import daemon
 from branchline.engine.engine import EngineOptions
 from branchline.errors import UsageError
-from branchline.pipelines.worker import open_pipelines
+from branchline.operations.runtime import open_pipelines
 from branchline.postgres.cluster import port_is_free
-from branchline.server import api
+from branchline.server.actions import OperationActions
 from branchline.server.app import create_app, run_server
 
 
@@ -84,8 +84,9 @@ def serve(
                     app.output.notice(f"port {api_port} is taken: the HTTP server is off")
                 else:
                     server = create_app(
-                        config, store, actions=api.actions_of(pipelines), edge_port=edge_port
-                    )
+                        config, store, kit=pipelines.kit, edge_port=edge_port,
+                        actions=OperationActions(pipelines.kit, pipelines.engine),
+                    )  # fmt: skip
                     work.append(run_server(server, port=free))
             await asyncio.gather(*work)
 

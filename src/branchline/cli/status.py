@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from branchline.cli.context import app_context
+from branchline.operations.environments import list_environments
 from branchline.store import queries
 
 
@@ -24,8 +25,9 @@ def status(ctx: typer.Context) -> None:
         report = await store.start()
         async with store.connect() as conn:
             await queries.register_project(conn, config.project.name, config.root, config.path)
-            envs = await queries.list_environments(conn, config.project.name)
             version = await queries.schema_version(conn)
+        async with app.session(config, store, edge=False, engine=False) as session:
+            envs = await list_environments(session.kit)
         return {
             "project": config.project.name,
             "config": str(config.path),
@@ -41,17 +43,7 @@ def status(ctx: typer.Context) -> None:
                     f"{m.version:04d}_{m.name}" for m in report.migrations_applied
                 ],
             },
-            "environments": [
-                {
-                    "name": e.name,
-                    "kind": e.kind,
-                    "status": e.status,
-                    "branch": e.branch,
-                    "pr": e.pr,
-                    "expires_at": e.expires_at,
-                }
-                for e in envs
-            ],
+            "environments": [e.as_dict() for e in envs],
         }
 
     data = asyncio.run(gather())
@@ -76,13 +68,14 @@ def _render(console: Console, data: dict[str, Any]) -> None:
     if not envs:
         console.print("[bold]environments[/bold] none yet")
         return
-    table = Table("environment", "kind", "status", "database branch", "expires")
+    table = Table("environment", "kind", "status", "database branch", "services", "expires")
     for env in envs:
         table.add_row(
             env["name"],
             env["kind"],
             env["status"],
             env["branch"] or "-",
+            ", ".join(s["service"] for s in env["services"]) or "-",
             str(env["expires_at"] or "-"),
         )
     console.print(table)

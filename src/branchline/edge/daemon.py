@@ -26,15 +26,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from branchline.edge.dns_server import ZoneServer
 from branchline.edge.proxy import EdgeProxy
 from branchline.errors import BranchlineError
+from branchline.masking import mask_url
 from branchline.postgres.cluster import port_is_free
-from branchline.providers.compute.processes import ProcessId, start_time_of
-from branchline.providers.dns.server import ZoneServer
-from branchline.store import Store, mask_url
+from branchline.processes import ProcessId, start_time_of
+from branchline.store import Store
 
 logger = logging.getLogger(__name__)
 Background = Callable[[int, int], Coroutine[Any, Any, None]]
+# One supervision pass, given the edge's and DNS's ports (services started again are
+# told their siblings' URLs through the edge).
+Supervise = Callable[[int, int], Awaitable[list[str]]]
 
 DEFAULT_EDGE_PORT = 8080
 DEFAULT_DNS_PORT = 8053
@@ -85,7 +89,7 @@ async def run_foreground(
     project: str,
     zone: str,
     state_dir: Path,
-    supervise: Callable[[], Awaitable[list[str]]],
+    supervise: Supervise | None,
     edge_port: int = DEFAULT_EDGE_PORT,
     dns_port: int = DEFAULT_DNS_PORT,
     on_ready: Callable[[int, int], None] | None = None,
@@ -116,7 +120,7 @@ async def _serve(
     project: str,
     zone: str,
     state_dir: Path,
-    supervise: Callable[[], Awaitable[list[str]]],
+    supervise: Supervise | None,
     edge_port: int,
     dns_port: int,
     on_ready: Callable[[int, int], None] | None,
@@ -141,7 +145,8 @@ async def _serve(
                 on_ready(edge.port, dns.port)
             while not stopping.is_set():
                 try:
-                    await supervise()
+                    if supervise is not None:
+                        await supervise(edge.port, dns.port)
                 except Exception as exc:  # the store may be restarting; keep serving
                     logger.warning("supervision pass failed: %s", mask_url(str(exc)))
                 with contextlib.suppress(asyncio.TimeoutError):

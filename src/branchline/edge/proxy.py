@@ -57,7 +57,8 @@ from branchline.edge.http import (
 )
 from branchline.edge.pool import Pool, Upstream
 from branchline.errors import StoreError
-from branchline.store import Store, mask_url
+from branchline.masking import mask_url
+from branchline.store import Store
 from branchline.store import routes as route_rows
 from branchline.store.routes import RouteRow, normalize_host
 

@@ -27,12 +27,13 @@ from psycopg.conninfo import conninfo_to_dict
 from branchline.engine import runner
 from branchline.engine.checkout import worktree
 from branchline.engine.decide import JobState, decide
-from branchline.engine.masking import mask
 from branchline.engine.model import Command, Job, RunIf, Workflow
 from branchline.engine.paths import changed_files
 from branchline.errors import BranchlineError, UsageError
+from branchline.events import WorkflowFinished
+from branchline.masking import mask, mask_url
 from branchline.postgres.cluster import process_alive
-from branchline.store import Store, mask_url
+from branchline.store import Store
 from branchline.store import artifacts as artifact_rows
 from branchline.store import forge as forge_rows
 from branchline.store import runs as rows
@@ -230,13 +231,12 @@ class Engine:
                 )
                 # In the same transaction: what follows a run (a preview after testing)
                 # is an event like any other, processed exactly once.
-                await forge_rows.record_event(
-                    conn, self.project, delivery_id=f"run-{run_id}-completed",
-                    kind="workflow_run", action="completed", source="pipeline",
-                    payload={
-                        "run_id": run_id, "workflow": run.workflow, "pr": run.pr,
-                        "sha": run.sha, "ref": run.ref, "conclusion": decision.run_status,
-                    },
+                finished = WorkflowFinished(
+                    run_id, run.workflow, decision.run_status, run.sha, run.ref, run.pr
+                )
+                await forge_rows.record(
+                    conn, self.project, finished, delivery_id=f"run-{run_id}-completed",
+                    source="pipeline",
                 )  # fmt: skip
                 if run.concurrency_group:
                     next_run = await rows.next_waiting(conn, self.project, run.concurrency_group)
@@ -268,21 +268,23 @@ class Engine:
                 return
             spec = Workflow.from_dict(run.definition["workflow"]).job(job.name)
             if run.cancel_requested and spec.run_if is not RunIf.ALWAYS:
-                if await rows.claim_job(conn, job_id, status="cancelled",
-                                        error="the run was cancelled"):  # fmt: skip
-                    await rows.set_job(conn, job_id, finished_at=runner.now())
+                if await rows.claim_job(conn, job_id, status="cancelled"):
+                    await rows.set_job(
+                        conn, job_id, finished_at=runner.now(), error="the run was cancelled",
+                        error_code="cancelled",
+                    )  # fmt: skip
             elif await rows.claim_job(
                 conn, job_id, status="running", worker=f"{self.host}:{os.getpid()}"
             ):
                 try:
-                    status, error = await self._run_steps(conn, run, job, spec)
+                    status, error, code = await self._run_steps(conn, run, job, spec)
                 except Exception as exc:  # a job must end, or its run never reaches cleanup
-                    status, error = "failure", f"{type(exc).__name__}: {exc}"
-                    secrets = await self._secret_values(run)
-                    error = mask(error, secrets)
+                    status, code = "failure", "internal"
+                    error = mask(f"{type(exc).__name__}: {exc}", await self._secret_values(run))
                 await rows.set_job(
-                    conn, job_id, status=status, error=error, finished_at=runner.now()
-                )
+                    conn, job_id, status=status, error=error, error_code=code,
+                    finished_at=runner.now(),
+                )  # fmt: skip
         await self.advance(job.run_id)
 
     async def _secret_values(self, run: rows.RunRow) -> list[str]:
@@ -292,7 +294,7 @@ class Engine:
 
     async def _run_steps(
         self, conn: Conn, run: rows.RunRow, job: rows.JobRow, spec: Job
-    ) -> tuple[str, str | None]:
+    ) -> tuple[str, str | None, str | None]:
         steps = await rows.steps_of(conn, job.id)
         secrets = dict(await self.secrets(run))
         logs = _LogWriter(self.store, run.id, job.id)
@@ -307,7 +309,7 @@ class Engine:
                 with checkout as cwd:
                     return await self._steps_in(conn, run, spec, steps, secrets, logs, cwd)
         except BranchlineError as exc:
-            return "failure", exc.message
+            return "failure", exc.message, exc.code
 
     async def _steps_in(
         self,
@@ -318,8 +320,8 @@ class Engine:
         secrets: dict[str, str],
         logs: _LogWriter,
         cwd: Path | None,
-    ) -> tuple[str, str | None]:
-        result: tuple[str, str | None] = ("success", None)
+    ) -> tuple[str, str | None, str | None]:
+        result: tuple[str, str | None, str | None] = ("success", None, None)
         # A cancel stops a run's work, never its cleanup: `always` jobs run to the end.
         cleanup = spec.run_if is RunIf.ALWAYS
         for row, step in zip(steps, spec.steps, strict=True):
@@ -329,7 +331,7 @@ class Engine:
                 continue
             if cancellable and await self._cancel_requested(run.id):
                 await rows.set_step(conn, row.id, status="cancelled")
-                result = ("cancelled", "the run was cancelled")
+                result = ("cancelled", "the run was cancelled", "cancelled")
                 continue
             await rows.set_step(conn, row.id, status="running", started_at=runner.now())
             logs.step_id = row.id
@@ -341,7 +343,7 @@ class Engine:
                 finished_at=runner.now(), pgid=None,
             )  # fmt: skip
             if outcome.status != "success":
-                result = (outcome.status, f"step {step.name!r}: {outcome.error}")
+                result = (outcome.status, f"step {step.name!r}: {outcome.error}", outcome.code)
         return result
 
     async def _run_step(
@@ -544,6 +546,7 @@ class Engine:
                 await rows.set_job(
                     conn, job_id, status="failure", finished_at=runner.now(),
                     error=f"its worker {job.worker or ''} stopped during the job",
+                    error_code="interrupted",
                 )  # fmt: skip
                 retry = False
         if retry:
@@ -665,6 +668,7 @@ class _Context:
         self.run_id = run.id
         self.project = run.project
         self.workflow = run.workflow
+        self.triggered_by = run.triggered_by
         self.sha = run.sha
         self.ref = run.ref
         self.pr = run.pr
@@ -674,6 +678,11 @@ class _Context:
 
     async def log(self, line: str) -> None:
         await self._logs.write("stdout", mask(line, self.secrets.values()))
+
+    async def jobs(self) -> list[runner.JobOutcome]:
+        async with self.engine.store.connect() as conn:
+            found = await rows.jobs_of(conn, self.run_id)
+        return [runner.JobOutcome(j.name, j.status, j.error, j.error_code) for j in found]
 
     async def publish(
         self, name: str, value: str, *, sensitive: bool = False, days: float = 7

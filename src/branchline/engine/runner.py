@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from branchline.engine.masking import LineMasker, mask
 from branchline.engine.model import Call, Command
 from branchline.errors import BranchlineError
+from branchline.masking import LineMasker, mask
 
 LogSink = Callable[[str, str], Awaitable[None]]  # (stream, masked line)
 FLUSH_SECONDS = 0.05  # how long a log line may wait before it is stored
@@ -29,6 +29,17 @@ class StepOutcome:
     status: str  # success, failure, cancelled
     exit_code: int | None = None
     error: str | None = None
+    code: str | None = None  # a word to decide on: cancelled, timed_out, an action's code
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """How one job of the run stands (for actions that report on the others)."""
+
+    name: str
+    status: str
+    error: str | None = None
+    error_code: str | None = None
 
 
 class StepContext(Protocol):
@@ -37,6 +48,7 @@ class StepContext(Protocol):
     run_id: int
     project: str
     workflow: str
+    triggered_by: str
     sha: str | None
     ref: str | None
     pr: int | None
@@ -44,6 +56,10 @@ class StepContext(Protocol):
     secrets: Mapping[str, str]
 
     async def log(self, line: str) -> None: ...
+
+    async def jobs(self) -> list[JobOutcome]:
+        """Every job of this run, as it stands now."""
+        ...
 
     async def publish(
         self, name: str, value: str, *, sensitive: bool = False, days: float = 7
@@ -114,8 +130,9 @@ async def run_command(
     code = await process.wait()
     if stopped is not None:
         await sink("system", stopped)
-        status = "cancelled" if stopped.startswith("cancelled") else "failure"
-        return StepOutcome(status, code, stopped)
+        if stopped.startswith("cancelled"):
+            return StepOutcome("cancelled", code, stopped, "cancelled")
+        return StepOutcome("failure", code, stopped, "timed_out")
     if code != 0:
         return StepOutcome("failure", code, f"exited with code {code}")
     return StepOutcome("success", 0)
@@ -207,7 +224,7 @@ async def run_call(
     except BranchlineError as exc:
         message = mask(f"{exc.message} (hint: {exc.hint})", context.secrets.values())
         await sink("system", message)
-        return StepOutcome("failure", None, mask(exc.message, context.secrets.values()))
+        return StepOutcome("failure", None, mask(exc.message, context.secrets.values()), exc.code)
     except Exception as exc:  # an action's bug must fail its step, not the worker
         message = mask(f"{type(exc).__name__}: {exc}", context.secrets.values())
         await sink("system", message)

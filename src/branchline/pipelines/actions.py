@@ -1,23 +1,22 @@
 """The provider work pipeline steps call by name, shared by several pipelines.
 
-An action is `async def action(kit, ctx, **params)`; `registry(kit)` binds the
-kit so the engine can call `action(ctx, **params)`. Parameters are plain JSON
+An action is `async def action(kit, ctx, **params)`; `catalog.bound(kit)` binds
+the kit so the engine can call `action(ctx, **params)`. Parameters are plain JSON
 (they are stored with the run), and every action is safe to run twice.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from branchline import migrations
 from branchline.engine.checkout import worktree
-from branchline.engine.runner import Action, StepContext
+from branchline.engine.runner import StepContext
 from branchline.errors import BranchlineError
-from branchline.pipelines.kit import Kit
+from branchline.kit import Kit
 
 KitAction = Callable[..., Awaitable[Any]]
 DATABASE_URL = "database_url"  # the artifact holding a branch's connection URI
@@ -79,13 +78,3 @@ SHARED: Mapping[str, KitAction] = {
     "branch.delete": delete_branches,
     "forge.status": set_status,
 }
-
-
-def registry(kit: Kit) -> dict[str, Action]:
-    """Every pipeline's actions, bound to `kit`."""
-    from branchline.pipelines import cleanup, preview, production, testing  # they import this
-
-    table: dict[str, KitAction] = {
-        **SHARED, **testing.ACTIONS, **preview.ACTIONS, **cleanup.ACTIONS, **production.ACTIONS,
-    }  # fmt: skip
-    return {name: functools.partial(action, kit) for name, action in table.items()}

@@ -15,16 +15,17 @@ from typing import Protocol
 from branchline import naming
 from branchline.engine.model import Call, Job, Step, Workflow
 from branchline.engine.runner import StepContext
+from branchline.environment import Environment
+from branchline.kit import Kit
 from branchline.pipelines.actions import KitAction
-from branchline.pipelines.kit import Kit
-from branchline.store import previews as preview_rows
 
 NAME = "cleanup"
 COMMENT_KEY = "preview"
 
 
 def group(pr: int) -> str:
-    return f"preview-{pr}"
+    """The concurrency group a preview's runs share: `preview-<n>`."""
+    return Environment.preview(pr).name
 
 
 def workflow(pr: int, *, reason: str = "closed") -> Workflow:
@@ -43,9 +44,8 @@ class Log(Protocol):
 
 async def teardown(kit: Kit, pr: int, log: Log) -> dict[str, list[str]]:
     """Remove everything preview `pr` may have: what it removed, by kind."""
-    environment = naming.environment_for_pr(pr)
-    async with kit.store.connect() as conn:
-        await preview_rows.set_status(conn, kit.project, pr, "deleting")
+    environment = Environment.preview(pr)
+    await kit.previews.set_status(pr, "deleting")
     removed: dict[str, list[str]] = {"services": [], "dns": [], "branches": [], "secrets": []}
     for service in reversed(kit.config.services_in_deploy_order()):
         if await kit.compute.delete(service.name, environment):
@@ -57,8 +57,7 @@ async def teardown(kit: Kit, pr: int, log: Log) -> dict[str, list[str]]:
         if await kit.database.delete_branch(branch):
             removed["branches"].append(branch)
     removed["secrets"] = await kit.secrets.drop_preview(pr)
-    async with kit.store.connect() as conn:
-        await preview_rows.set_status(conn, kit.project, pr, "deleted", {"removed": removed})
+    await kit.previews.set_status(pr, "deleted", {"removed": removed})
     for kind, names in removed.items():
         await log.log(f"removed {kind}: {', '.join(names) or 'none'}")
     return removed
@@ -66,8 +65,7 @@ async def teardown(kit: Kit, pr: int, log: Log) -> dict[str, list[str]]:
 
 async def run(kit: Kit, ctx: StepContext, *, reason: str) -> None:
     assert ctx.pr is not None, "cleanup runs for a pull request"
-    async with kit.store.connect() as conn:
-        had_preview = await preview_rows.get(conn, kit.project, ctx.pr) is not None
+    had_preview = await kit.previews.get(ctx.pr) is not None
     removed = await teardown(kit, ctx.pr, ctx)
     if not had_preview and not any(removed.values()):
         return  # the pull request never had a preview: nothing to tell

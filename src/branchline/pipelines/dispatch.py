@@ -21,21 +21,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from branchline import naming
+from branchline import events
 from branchline.engine.engine import Engine
 from branchline.engine.model import Workflow
+from branchline.environment import PRODUCTION, TEST, Environment
 from branchline.errors import BranchlineError, UsageError
+from branchline.kit import Kit
+from branchline.masking import mask_url
 from branchline.pipelines import cleanup, preview, production, testing
-from branchline.pipelines.kit import Kit
-from branchline.store import Store, mask_url
+from branchline.providers.forge import PullRequest
+from branchline.store import Store
 from branchline.store import forge as forge_rows
-from branchline.store import previews as preview_rows
 from branchline.store import runs as run_rows
 
 logger = logging.getLogger(__name__)
-ZERO = "0" * 40
-PR_UPDATES = ("opened", "synchronize", "reopened")
-TEST_SCOPE = "test"  # the secrets testing runs get
 _COMMIT = re.compile(r"[0-9a-f]{7,64}")
 
 
@@ -71,121 +70,115 @@ class Dispatcher:
 
     async def expire_previews(self) -> int:
         """Record a `preview_expired` event for every preview past its TTL."""
+        expired = await self.kit.previews.expired()
         async with self.kit.store.connect() as conn:
-            expired = await preview_rows.expired(conn, self.kit.project)
             for row in expired:
                 assert row.expires_at is not None
-                await forge_rows.record_event(
-                    conn, self.kit.project,
+                await forge_rows.record(
+                    conn, self.kit.project, events.PreviewExpired(row.pr, row.expires_at),
                     delivery_id=f"ttl-{self.kit.project}-{row.pr}-{row.expires_at.timestamp()}",
-                    kind="preview_expired", action=None, source="pipeline",
-                    payload={"number": row.pr, "expired_at": row.expires_at.isoformat()},
+                    source="pipeline",
                 )  # fmt: skip
         return len(expired)
 
     # -- routing ------------------------------------------------------------------
 
-    async def _route(self, event: forge_rows.EventRow) -> list[tuple[int, str]]:
-        payload = event.payload
-        if event.kind == "push":
-            return await self._push(event, payload)
-        if event.kind == "pull_request":
-            return await self._pull_request(event, payload)
-        if event.kind == "workflow_run":
-            return await self._workflow_run(event, payload)
-        if event.kind == "preview_expired":
-            pr = int(payload["number"])
-            expired = cleanup.workflow(pr, reason="expired")
-            return [await self._submit(event, expired, pr=pr, triggered_by=f"#{pr} expired")]
-        return []  # ping and other kinds start nothing
-
-    async def _push(self, event: forge_rows.EventRow, payload: Mapping[str, Any]) -> list[Any]:
-        after = str(payload.get("after") or "")
-        if payload.get("deleted") or after == ZERO:
-            return []  # a deleted branch has nothing to test
-        branch = naming.git_ref_to_branch(str(payload.get("ref") or ""))
-        before = str(payload.get("before") or "")
-        await self.kit.secrets.ensure_generated_in(TEST_SCOPE)
-        workflow = testing.workflow(self.kit.config, sha=after, branch=branch,
-                                    prefix=self.kit.prefix)  # fmt: skip
-        run = await self._submit(
-            event, workflow, sha=after, base_sha=before if before and before != ZERO else None,
-            ref=branch, secret_scope=TEST_SCOPE, triggered_by=f"push to {branch} ({after[:8]})",
-        )  # fmt: skip
-        return [run]
-
-    async def _pull_request(
-        self, event: forge_rows.EventRow, payload: Mapping[str, Any]
-    ) -> list[Any]:
-        pull = payload.get("pull_request") or {}
-        number = int(payload.get("number") or pull.get("number") or 0)
-        if event.action in PR_UPDATES:
-            sha = str(pull["head"]["sha"])
-            base = pull.get("base", {}).get("sha")
-            await self.kit.secrets.ensure_generated_in(TEST_SCOPE)
-            workflow = testing.workflow(self.kit.config, sha=sha, pr=number,
-                                        prefix=self.kit.prefix)  # fmt: skip
-            run = await self._submit(
-                event, workflow, sha=sha, base_sha=base, pr=number,
-                ref=str(pull["head"].get("ref") or ""), secret_scope=TEST_SCOPE,
-                triggered_by=f"pull request #{number} {event.action} ({sha[:8]})",
-            )  # fmt: skip
-            return [run]
-        if event.action == "closed":
+    async def _route(self, row: forge_rows.EventRow) -> list[tuple[int, str]]:
+        event = row.event
+        if event is None:
+            return []  # ping and other kinds start nothing
+        if isinstance(event, events.PullRequestChanged) and event.action == "closed":
+            # Its testing is pointless now: stopped before the cleanup starts.
             async with self.kit.store.connect() as conn:
                 active = await run_rows.active_runs(
-                    conn, self.kit.project, pr=number, workflows=(testing.NAME,)
+                    conn, self.kit.project, pr=event.number, workflows=(testing.NAME,)
                 )
             for stale in active:
                 await self.engine.cancel(stale.id)
-            how = "merged" if pull.get("merged") else "closed"
-            return [await self._submit(event, cleanup.workflow(number, reason=how), pr=number,
-                                       triggered_by=f"pull request #{number} {how}")]  # fmt: skip
-        return []
+        pull = None
+        if isinstance(event, events.WorkflowFinished) and event.pr:
+            pull = await self.kit.forge.pull_request(event.pr)
+        plans = plan(event, self.kit, pull)
+        if any(p.secret_scope == TEST for p in plans):
+            await self.kit.secrets.ensure_generated_in(TEST)
+        return [await self._submit(row, p) for p in plans]
 
-    async def _workflow_run(
-        self, event: forge_rows.EventRow, payload: Mapping[str, Any]
-    ) -> list[Any]:
-        if payload.get("workflow") != testing.NAME or payload.get("conclusion") != "success":
-            return []
-        number, sha = payload.get("pr"), payload.get("sha")
-        if not sha:
-            return []
-        if not number:
-            if payload.get("ref") != self.kit.config.project.production_branch:
-                return []  # a feature branch's push: tested, nothing to deploy
-            run = await self._submit(
-                event, production.workflow(), sha=str(sha), ref=str(payload.get("ref")),
-                secret_scope=production.ENVIRONMENT,
-                triggered_by=f"testing run {payload.get('run_id')} passed on "
-                f"{payload.get('ref')}",
-            )  # fmt: skip
-            return [run]
+    async def _submit(self, row: forge_rows.EventRow, planned: Planned) -> tuple[int, str]:
+        if planned.sha:
+            await asyncio.to_thread(ensure_commit, self.kit.repo, planned.sha)
         async with self.kit.store.connect() as conn:
-            pull = await forge_rows.get_pr(conn, self.kit.project, int(number))
-        if pull is None or pull.state != "open" or pull.head_sha != sha:
-            return []  # closed, or a newer commit is being tested: no preview of this one
-        run = await self._submit(
-            event, preview.workflow(int(number)), sha=str(sha), pr=int(number),
-            ref=pull.head_branch, secret_scope=naming.environment_for_pr(int(number)),
-            triggered_by=f"testing run {payload.get('run_id')} passed",
-        )  # fmt: skip
-        return [run]
-
-    async def _submit(
-        self, event: forge_rows.EventRow, workflow: Workflow, **kwargs: Any
-    ) -> tuple[int, str]:
-        if kwargs.get("sha"):
-            await asyncio.to_thread(ensure_commit, self.kit.repo, str(kwargs["sha"]))
-        async with self.kit.store.connect() as conn:
-            existing = await run_rows.run_for_event(conn, event.id, workflow.name)
+            existing = await run_rows.run_for_event(conn, row.id, planned.workflow.name)
         if existing is not None:
-            return existing, workflow.name
+            return existing, planned.workflow.name
         run_id = await self.engine.submit(
-            workflow, repo=self.kit.repo if kwargs.get("sha") else None, event_id=event.id,
-            **kwargs,
+            planned.workflow, repo=self.kit.repo if planned.sha else None, event_id=row.id,
+            sha=planned.sha, base_sha=planned.base_sha, ref=planned.ref, pr=planned.pr,
+            secret_scope=planned.secret_scope, triggered_by=planned.triggered_by,
         )  # fmt: skip
-        return run_id, workflow.name
+        return run_id, planned.workflow.name
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A run an event starts: its workflow and what it is about."""
+
+    workflow: Workflow
+    triggered_by: str
+    sha: str | None = None
+    base_sha: str | None = None
+    ref: str | None = None
+    pr: int | None = None
+    secret_scope: str | None = None
+
+
+def plan(event: events.Event, kit: Kit, pull: PullRequest | None = None) -> list[Planned]:
+    """The runs `event` starts: the reference's routing, and nothing else.
+
+    `pull` is the pull request a finished run was for, as the code host has it now
+    (a preview is made only when it is still open at the tested commit).
+    """
+    config = kit.config
+    if isinstance(event, events.Push):
+        if event.deleted:
+            return []  # a deleted branch has nothing to test
+        workflow = testing.workflow(config, sha=event.after, branch=event.branch,
+                                    prefix=kit.prefix)  # fmt: skip
+        return [Planned(
+            workflow, f"push to {event.branch} ({event.after[:8]})", sha=event.after,
+            base_sha=event.before, ref=event.branch, secret_scope=TEST,
+        )]  # fmt: skip
+    if isinstance(event, events.PullRequestChanged):
+        if event.is_update:
+            workflow = testing.workflow(config, sha=event.head_sha, pr=event.number,
+                                        prefix=kit.prefix)  # fmt: skip
+            return [Planned(
+                workflow, f"pull request #{event.number} {event.action} ({event.head_sha[:8]})",
+                sha=event.head_sha, base_sha=event.base_sha, ref=event.head_branch,
+                pr=event.number, secret_scope=TEST,
+            )]  # fmt: skip
+        how = "merged" if event.merged else "closed"
+        return [Planned(cleanup.workflow(event.number, reason=how),
+                        f"pull request #{event.number} {how}", pr=event.number)]  # fmt: skip
+    if isinstance(event, events.WorkflowFinished):
+        if event.workflow != testing.NAME or not event.succeeded or not event.sha:
+            return []
+        if event.pr is None:
+            if event.ref != config.project.production_branch:
+                return []  # a feature branch's push: tested, nothing to deploy
+            return [Planned(
+                production.workflow(), f"testing run {event.run_id} passed on {event.ref}",
+                sha=event.sha, ref=event.ref, secret_scope=PRODUCTION,
+            )]  # fmt: skip
+        if pull is None or not pull.is_open or pull.head_sha != event.sha:
+            return []  # closed, or a newer commit is being tested: no preview of this one
+        return [Planned(
+            preview.workflow(event.pr), f"testing run {event.run_id} passed", sha=event.sha,
+            pr=event.pr, ref=pull.head_branch, secret_scope=Environment.preview(event.pr).name,
+        )]  # fmt: skip
+    if isinstance(event, events.PreviewExpired):
+        return [Planned(cleanup.workflow(event.pr, reason="expired"),
+                        f"#{event.pr} expired", pr=event.pr)]  # fmt: skip
+    return []
 
 
 def ensure_commit(repo: Path, sha: str) -> None:

@@ -24,29 +24,36 @@ from typing import Any
 from branchline import naming
 from branchline.engine.model import Call, Job, RunIf, Step, Workflow
 from branchline.engine.runner import StepContext
+from branchline.environment import Environment
 from branchline.errors import BranchlineError
+from branchline.kit import Kit
 from branchline.pipelines import cleanup
 from branchline.pipelines.actions import KitAction, migrate_branch
-from branchline.pipelines.kit import Kit
 from branchline.pipelines.testing import NAME as TESTING
 from branchline.pipelines.testing import REPORT
+from branchline.providers.forge import PullRequest
 from branchline.schemadiff import normalize_dump, unified_diff
-from branchline.store import forge as forge_rows
-from branchline.store import previews as preview_rows
-from branchline.store import runs as run_rows
 
 NAME = "preview"
 COMMENT_KEY = cleanup.COMMENT_KEY
 MAX_DIFF_LINES = 120
-INTERRUPTED = "its worker"  # how the engine words a job whose worker died
+# Jobs that ended so are not a preview's failure to comment on: refused for lack of
+# room (its own comment says so), or interrupted (a crash: reconcile makes it again).
+NOT_A_FAILURE = ("refused", "interrupted")
 
 
 class PreviewClosedError(BranchlineError):
     default_hint = "Nothing is left of this preview; reopen the pull request to get one."
+    code = "closed"
+
+
+class PreviewRefusedError(BranchlineError):
+    default_hint = "Close a pull request with a preview, or raise [preview] max_live."
+    code = "refused"
 
 
 def workflow(pr: int) -> Workflow:
-    naming.environment_for_pr(pr)  # a valid pull request number, or a clear error
+    Environment.preview(pr)  # a valid pull request number, or a clear error
 
     def call(step: str, action: str, **params: Any) -> Step:
         return Step(step, Call(action, params))
@@ -86,10 +93,9 @@ async def require_tested(kit: Kit, ctx: StepContext) -> None:
     await ctx.log(f"tested in run {json.loads(report).get('run_id')}: {_summary(jobs)}")
 
 
-async def _open_pr(kit: Kit, ctx: StepContext) -> forge_rows.PullRequestRow | None:
-    async with kit.store.connect() as conn:
-        found = await forge_rows.get_pr(conn, kit.project, _pr(ctx))
-    return found if found is not None and found.state == "open" else None
+async def _open_pr(kit: Kit, ctx: StepContext) -> PullRequest | None:
+    found = await kit.forge.pull_request(_pr(ctx))
+    return found if found is not None and found.is_open else None
 
 
 async def check_open(kit: Kit, ctx: StepContext) -> None:
@@ -107,11 +113,9 @@ async def check_open(kit: Kit, ctx: StepContext) -> None:
 async def reserve(kit: Kit, ctx: StepContext) -> None:
     pr = _pr(ctx)
     limits = kit.config.preview
-    async with kit.store.connect() as conn:
-        reserved, others = await preview_rows.reserve(
-            conn, kit.project, pr, sha=ctx.sha or "", max_live=limits.max_live,
-            ttl_seconds=limits.ttl.total_seconds(),
-        )  # fmt: skip
+    reserved, others = await kit.previews.reserve(
+        pr, sha=ctx.sha or "", max_live=limits.max_live, ttl_seconds=limits.ttl.total_seconds()
+    )
     if not reserved:
         listed = ", ".join(f"#{n}" for n in others)
         await kit.forge.upsert_comment(
@@ -120,10 +124,7 @@ async def reserve(kit: Kit, ctx: StepContext) -> None:
             f"({listed}). Close one of those pull requests, or raise `max_live` under "
             "[preview] in branchline.toml, then push again.\n",
         )  # fmt: skip
-        raise BranchlineError(
-            f"all {limits.max_live} preview places are taken ({listed})",
-            hint="Close a pull request with a preview, or raise [preview] max_live.",
-        )
+        raise PreviewRefusedError(f"all {limits.max_live} preview places are taken ({listed})")
     await ctx.log(f"preview-{pr} reserved; it expires {limits.ttl} after its last update")
 
 
@@ -143,7 +144,7 @@ async def ensure_branch(kit: Kit, ctx: StepContext) -> None:
 
 
 async def ensure_dns(kit: Kit, ctx: StepContext) -> None:
-    environment = naming.environment_for_pr(_pr(ctx))
+    environment = Environment.preview(_pr(ctx))
     for host in kit.hosts(environment).values():
         await kit.dns.ensure_record(host, "CNAME", "@", proxied=True, environment=environment)
     for host in kit.hosts(environment).values():
@@ -170,18 +171,6 @@ async def prepare(kit: Kit, ctx: StepContext) -> None:
     await asyncio.gather(migrate_branch(kit, ctx, name=branch), build_all(), ensure_dns(kit, ctx))
 
 
-def service_vars(kit: Kit, environment: str, database_url: str) -> dict[str, str]:
-    """What every service of `environment` is told: its database, and how to reach the
-    others through the edge (AUTH_URL + AUTH_HOST, API_URL + API_HOST, ...)."""
-    env = {"DATABASE_URL": database_url}
-    base = f"http://127.0.0.1:{kit.edge_port}" if kit.edge_port else ""
-    for name, host in kit.hosts(environment).items():
-        key = naming.sql_identifier(name).upper()
-        env[f"{key}_URL"] = base
-        env[f"{key}_HOST"] = host
-    return env
-
-
 async def deploy(kit: Kit, ctx: StepContext) -> None:
     pr = _pr(ctx)
     if not kit.edge_port:
@@ -189,16 +178,14 @@ async def deploy(kit: Kit, ctx: StepContext) -> None:
             "the edge is not running, so a preview could not be reached",
             hint="Start it with `branchline edge` (the CLI does so when it runs pipelines).",
         )
-    environment = naming.environment_for_pr(pr)
-    uri = await kit.database.connection_uri(naming.branch_for_pr(pr))
-    vars = service_vars(kit, environment, uri)
-    secrets = await kit.secrets.get_all(environment)
+    environment = Environment.preview(pr)
+    env = await kit.deployment_env(environment)
     services = kit.config.services_in_deploy_order()
     # A preview has no traffic to protect: every service builds and starts at once
     # (production deploys one by one, in order).
     releases = await asyncio.gather(*(kit.compute.build(s.name, ctx.sha or "") for s in services))
     outcomes = await asyncio.gather(*(
-        kit.compute.deploy(s.name, environment, release, vars, secrets, position=position)
+        kit.compute.deploy(s.name, environment, release, env, position=position)
         for position, (s, release) in enumerate(zip(services, releases, strict=True))
     ), return_exceptions=True)  # fmt: skip
     for service, release, outcome in zip(services, releases, outcomes, strict=True):
@@ -217,7 +204,7 @@ async def finish(kit: Kit, ctx: StepContext) -> None:
         # Closed while the preview was being made: what was just made must go too.
         await cleanup.teardown(kit, pr, ctx)
         raise PreviewClosedError(f"pull request #{pr} closed during its preview; removed it")
-    environment = naming.environment_for_pr(pr)
+    environment = Environment.preview(pr)
     deployments = {
         d.service: d for d in await kit.compute.list_deployments(environment) if d.status == "live"
     }
@@ -228,7 +215,7 @@ async def finish(kit: Kit, ctx: StepContext) -> None:
         kit.config.database.parent, naming.branch_for_pr(pr),
     )  # fmt: skip
     rows = [
-        (name, naming.worker_name(name, environment), kit.url(host),
+        (name, environment.worker_name(name), kit.url(host),
          deployments[name].release.name if name in deployments else "-")
         for name, host in kit.hosts(environment).items()
     ]  # fmt: skip
@@ -237,11 +224,9 @@ async def finish(kit: Kit, ctx: StepContext) -> None:
         tests=report.get("jobs", {}), diff=diff,
     )  # fmt: skip
     await kit.forge.upsert_comment(pr, COMMENT_KEY, body)
-    async with kit.store.connect() as conn:
-        await preview_rows.set_status(
-            conn, kit.project, pr, "live",
-            {"sha": ctx.sha, "urls": {name: url for name, _w, url, _r in rows}},
-        )  # fmt: skip
+    await kit.previews.set_status(
+        pr, "live", {"sha": ctx.sha, "urls": {name: url for name, _w, url, _r in rows}}
+    )
     for name, _worker, url, _release in rows:
         await ctx.log(f"{name}: {url}")
 
@@ -250,15 +235,11 @@ async def failed(kit: Kit, ctx: StepContext) -> None:
     pr = _pr(ctx)
     if await _open_pr(kit, ctx) is None:
         return  # closed: cleanup speaks for it
-    async with kit.store.connect() as conn:
-        jobs = await run_rows.jobs_of(conn, ctx.run_id)
-        if any((job.error or "").startswith("step 'reserve'") for job in jobs):
-            return  # refused for lack of room: its comment says so already
-        if any((job.error or "").startswith(INTERRUPTED) for job in jobs):
-            return  # a crash, not a failure: it stays `creating`; reconcile makes it again
-        row = await preview_rows.get(conn, kit.project, pr)
-        if row is not None and row.status == "creating":
-            await preview_rows.set_status(conn, kit.project, pr, "failed")
+    if any(job.error_code in NOT_A_FAILURE for job in await ctx.jobs()):
+        return
+    row = await kit.previews.get(pr)
+    if row is not None and row.status == "creating":
+        await kit.previews.set_status(pr, "failed")
     await kit.forge.upsert_comment(
         pr, COMMENT_KEY,
         f"### Preview failed\n\nThe preview of {(ctx.sha or '')[:8]} failed; see "

@@ -24,20 +24,19 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from branchline import migrations, naming
+from branchline import migrations
 from branchline.engine.checkout import worktree
 from branchline.engine.model import Call, Job, RunIf, Step, Workflow
 from branchline.engine.runner import StepContext
+from branchline.environment import Environment
 from branchline.errors import BranchlineError
-from branchline.pipelines.actions import KitAction
-from branchline.pipelines.kit import Kit
-from branchline.pipelines.preview import service_vars
-from branchline.providers.compute import UnhealthyError
-from branchline.store import rollouts as rollout_rows
-from branchline.store import runs as run_rows
+from branchline.kit import Kit
+from branchline.pipelines.actions import KitAction, migrate_branch
+from branchline.providers.compute import TrialRuns, UnhealthyError
+from branchline.providers.database import Backups
 
 NAME = "production"
-ENVIRONMENT = naming.PRODUCTION
+ENVIRONMENT = Environment.production()
 STATUS_CONTEXT = "branchline/production"
 
 
@@ -74,13 +73,11 @@ def _sha(ctx: StepContext) -> str:
 
 
 async def _note(kit: Kit, ctx: StepContext, **detail: Any) -> None:
-    async with kit.store.connect() as conn:
-        await rollout_rows.note(conn, ctx.run_id, **detail)
+    await kit.rollouts.note(ctx.run_id, **detail)
 
 
 async def _detail(kit: Kit, ctx: StepContext) -> dict[str, Any]:
-    async with kit.store.connect() as conn:
-        row = await rollout_rows.of_run(conn, ctx.run_id)
+    row = await kit.rollouts.get(ctx.run_id)
     return dict(row.detail) if row else {}
 
 
@@ -88,12 +85,7 @@ async def _detail(kit: Kit, ctx: StepContext) -> dict[str, Any]:
 
 
 async def start(kit: Kit, ctx: StepContext) -> None:
-    async with kit.store.connect() as conn:
-        run = await run_rows.get_run(conn, ctx.run_id)
-        await rollout_rows.start(
-            conn, kit.project, run_id=ctx.run_id, sha=_sha(ctx),
-            triggered_by=run.triggered_by if run else "unknown",
-        )  # fmt: skip
+    await kit.rollouts.start(ctx.run_id, sha=_sha(ctx), triggered_by=ctx.triggered_by)
     await kit.forge.set_status(_sha(ctx), STATUS_CONTEXT, "pending", None, "rolling out")
     await ctx.log(f"rollout of {_sha(ctx)[:12]} to production started")
 
@@ -113,7 +105,7 @@ async def dns(kit: Kit, ctx: StepContext) -> None:
 
 
 async def build(kit: Kit, ctx: StepContext) -> None:
-    missing = await kit.secrets.missing(ENVIRONMENT)
+    missing = await kit.secrets.missing(ENVIRONMENT.name)
     if missing:
         raise BranchlineError(
             f"production secrets are not set: {', '.join(missing)}",
@@ -130,7 +122,7 @@ async def build(kit: Kit, ctx: StepContext) -> None:
 async def preflight(kit: Kit, ctx: StepContext) -> None:
     if ctx.repo is None:
         raise BranchlineError("a rollout needs the project's repository")
-    secrets = await kit.secrets.get_all(ENVIRONMENT)
+    compute = kit.compute
     live = {
         d.service: d.release
         for d in await kit.compute.list_deployments(ENVIRONMENT)
@@ -138,11 +130,13 @@ async def preflight(kit: Kit, ctx: StepContext) -> None:
     }
 
     async def old_code_on_new_schema(branch: str) -> dict[str, str]:
+        if not isinstance(compute, TrialRuns):
+            return {service: "not checked: this compute provider has no trial runs"
+                    for service in live}  # fmt: skip
         uri = await kit.database.connection_uri(branch)
-        vars = service_vars(kit, ENVIRONMENT, uri)
+        env = await kit.deployment_env(ENVIRONMENT, database_url=uri)
         results = await asyncio.gather(*(
-            kit.compute.trial(service, ENVIRONMENT, release, vars, secrets)
-            for service, release in live.items()
+            compute.trial(service, ENVIRONMENT, release, env) for service, release in live.items()
         ))  # fmt: skip
         verdicts = {}
         for (service, release), result in zip(live.items(), results, strict=True):
@@ -154,7 +148,7 @@ async def preflight(kit: Kit, ctx: StepContext) -> None:
     with worktree(ctx.repo, _sha(ctx)) as checkout:
         result = await migrations.preflight(
             kit.config, kit.database, on_line=lines.append, cwd=kit.in_checkout(checkout),
-            check=old_code_on_new_schema, parent=await kit.database_branch(ENVIRONMENT),
+            check=old_code_on_new_schema, parent=await _production_branch(kit),
         )  # fmt: skip
     for line in lines[-40:]:
         await ctx.log(line)
@@ -166,7 +160,7 @@ async def preflight(kit: Kit, ctx: StepContext) -> None:
             hint="Production was not touched. Fix the migration and merge again.",
         )
     verdicts: dict[str, str] = result.check or {}
-    compatible = all(v == "ok" for v in verdicts.values())
+    compatible = all(v == "ok" or v.startswith("not checked") for v in verdicts.values())
     await _note(kit, ctx, preflight={
         "ok": True, "compatible": compatible, "live_releases": verdicts,
         "schema_changes": result.schema_changes,
@@ -185,31 +179,32 @@ async def preflight(kit: Kit, ctx: StepContext) -> None:
 
 
 async def restore_point(kit: Kit, ctx: StepContext) -> None:
-    take = getattr(kit.database, "take_backup", None)
-    if callable(take):
-        backup = await take()
+    if isinstance(kit.database, Backups):  # the cloud keeps its own history
+        backup = await kit.database.take_backup()
         await ctx.log(f"base backup taken ({backup.end_time.isoformat()})")
     moment = datetime.now(UTC).isoformat()
     await _note(kit, ctx, restore_point=moment)
     await ctx.log(f"restore point: {moment}")
 
 
-async def migrate(kit: Kit, ctx: StepContext) -> None:
-    from branchline.pipelines.actions import migrate_branch
+async def _production_branch(kit: Kit) -> str:
+    branch = await kit.database_branch(ENVIRONMENT)
+    assert branch is not None, "production always has a branch"
+    return branch
 
-    await migrate_branch(kit, ctx, name=await kit.database_branch(ENVIRONMENT))
+
+async def migrate(kit: Kit, ctx: StepContext) -> None:
+    await migrate_branch(kit, ctx, name=await _production_branch(kit))
 
 
 async def deploy(kit: Kit, ctx: StepContext) -> None:
-    uri = await kit.database.connection_uri(await kit.database_branch(ENVIRONMENT))
-    vars = service_vars(kit, ENVIRONMENT, uri)
-    secrets = await kit.secrets.get_all(ENVIRONMENT)
+    env = await kit.deployment_env(ENVIRONMENT)
     switched: list[str] = []
     for position, service in enumerate(kit.config.services_in_deploy_order()):
         release = await kit.compute.build(service.name, _sha(ctx))
         try:
             deployment = await kit.compute.deploy(
-                service.name, ENVIRONMENT, release, vars, secrets, position=position
+                service.name, ENVIRONMENT, release, env, position=position
             )
         except BranchlineError as exc:
             await ctx.log(f"{service.name} {release.name} failed: {exc.message}")
@@ -250,27 +245,24 @@ async def _roll_back(
         ),
         ["incident", "production"],
     )  # fmt: skip
-    async with kit.store.connect() as conn:
-        await rollout_rows.finish(
-            conn, ctx.run_id, "rolled_back", failed_service=failed, error=error,
-            health=dict(health), rolled_back=rolled_back, issue=issue,
-        )  # fmt: skip
+    await kit.rollouts.finish(
+        ctx.run_id, "rolled_back", failed_service=failed, error=error, health=dict(health),
+        rolled_back=rolled_back, issue=issue,
+    )  # fmt: skip
     await ctx.log(f"opened issue #{issue}")
 
 
 async def finish(kit: Kit, ctx: StepContext) -> None:
-    async with kit.store.connect() as conn:
-        await rollout_rows.finish(conn, ctx.run_id, "success")
+    await kit.rollouts.finish(ctx.run_id, "success")
     await kit.forge.set_status(_sha(ctx), STATUS_CONTEXT, "success", None, "live in production")
     await ctx.log("production rollout succeeded")
 
 
 async def failed(kit: Kit, ctx: StepContext) -> None:
-    async with kit.store.connect() as conn:
-        jobs = await run_rows.jobs_of(conn, ctx.run_id)
-        error = next((j.error for j in jobs if j.name == "rollout" and j.error), "failed")
-        await rollout_rows.finish(conn, ctx.run_id, "failed", error=error)
-        row = await rollout_rows.of_run(conn, ctx.run_id)
+    jobs = await ctx.jobs()
+    error = next((j.error for j in jobs if j.name == "rollout" and j.error), "failed")
+    await kit.rollouts.finish(ctx.run_id, "failed", error=error)
+    row = await kit.rollouts.get(ctx.run_id)
     if ctx.sha:
         state = "rolled back" if row and row.status == "rolled_back" else "stopped"
         await kit.forge.set_status(ctx.sha, STATUS_CONTEXT, "failure", None, f"{state}: {error}")

@@ -18,9 +18,8 @@ from branchline import naming
 from branchline.config import Config, JobConfig, ServiceConfig
 from branchline.engine.model import Call, Command, Job, RunIf, Step, Workflow
 from branchline.engine.runner import StepContext
+from branchline.kit import Kit
 from branchline.pipelines.actions import DATABASE_URL, KitAction
-from branchline.pipelines.kit import Kit
-from branchline.store import runs as run_rows
 
 NAME = "testing"
 REPORT = "testing-report"  # the artifact the preview pipeline requires
@@ -121,8 +120,7 @@ def _test_job(
 async def report(kit: Kit, ctx: StepContext, *, tests: list[str]) -> None:
     """Set the commit status from the jobs' outcomes; on success publish the report
     the preview pipeline requires (kept 7 days)."""
-    async with kit.store.connect() as conn:
-        jobs = {job.name: job.status for job in await run_rows.jobs_of(conn, ctx.run_id)}
+    jobs = {job.name: job.status for job in await ctx.jobs()}
     outcome = {name: jobs.get(name, "missing") for name in tests}
     failed = sorted(n for n, s in outcome.items() if s not in ("success", "skipped"))
     if failed:

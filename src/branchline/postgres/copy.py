@@ -151,6 +151,7 @@ class BaseBackup:
 
     def as_dict(self) -> dict[str, str]:
         return {
+            "path": str(self.path),
             "start_wal_file": self.start_wal_file,
             "start_time": self.start_time.isoformat(),
             "end_time": self.end_time.isoformat(),

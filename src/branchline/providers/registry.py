@@ -1,23 +1,23 @@
 """Choosing providers by name, once, at the edge: the rest of branchline is
-handed the instances and never picks one."""
+handed the instances, typed by their protocols, and never picks one."""
 
 from __future__ import annotations
 
 from branchline.config import Config
 from branchline.errors import UsageError
 from branchline.postgres import find_binaries
-from branchline.providers.compute.local import LocalComputeProvider
+from branchline.providers.compute import ComputeProvider, EnvironmentSource
 from branchline.providers.database import DatabaseProvider
-from branchline.providers.database.local import LocalDatabaseProvider
-from branchline.providers.dns.local import LocalDnsProvider
-from branchline.providers.forge.local import LocalForge
-from branchline.secrets import Secrets
+from branchline.providers.dns import DnsProvider
+from branchline.providers.forge import ForgeProvider
 from branchline.store import Store
 
 
 def database_provider(config: Config, store: Store) -> DatabaseProvider:
     provider = config.database.provider
     if provider == "local":
+        from branchline.providers.database.local import LocalDatabaseProvider
+
         pg_bin = config.database.local.pg_bin
         return LocalDatabaseProvider(
             project=config.project.name,
@@ -27,53 +27,60 @@ def database_provider(config: Config, store: Store) -> DatabaseProvider:
             database=config.database.local.database,
             binaries=find_binaries({"BRANCHLINE_PG_BIN": pg_bin}) if pg_bin else None,
         )
-    raise UsageError(
-        f"the {provider!r} database provider is not available in this version of branchline",
-        hint='Set `provider = "local"` under [database] in branchline.toml.',
-    )
+    raise _unavailable("database", provider)
 
 
 def compute_provider(
-    config: Config, store: Store, *, edge_port: int | None = None
-) -> LocalComputeProvider:
+    config: Config,
+    store: Store,
+    *,
+    edge_port: int | None = None,
+    environment: EnvironmentSource | None = None,
+) -> ComputeProvider:
+    """`environment` gives a service's current DeploymentEnv when compute starts one
+    by itself (a restart, a rollback); without it such a start gets no variables."""
     if config.compute.provider == "local":
-        # Restarts and rollbacks start processes again: with the environment's secrets.
-        secrets = Secrets.for_project(store, config)
+        from branchline.providers.compute.local import LocalComputeProvider
+
         return LocalComputeProvider(
             config=config,
             store=store,
             state_dir=store.location.project_dir(config.project.name),
             edge_port=edge_port,
-            secrets=secrets.get_all,
+            environment=environment,
         )
-    raise UsageError(
-        f"the {config.compute.provider!r} compute provider is not available in this version",
-        hint='Set `provider = "local"` under [compute] in branchline.toml.',
-    )
+    raise _unavailable("compute", config.compute.provider)
 
 
 def dns_provider(
     config: Config, store: Store, *, server_address: tuple[str, int] | None = None
-) -> LocalDnsProvider:
+) -> DnsProvider:
     if config.dns.provider == "local":
+        from branchline.providers.dns.local import LocalDnsProvider
+
         return LocalDnsProvider(
             config.project.name, config.project.zone, store, server_address=server_address
         )
-    raise UsageError(
-        f"the {config.dns.provider!r} DNS provider is not available in this version",
-        hint='Set `provider = "local"` under [dns] in branchline.toml.',
-    )
+    raise _unavailable("dns", config.dns.provider)
 
 
-def forge_provider(config: Config, store: Store) -> LocalForge:
+def forge_provider(config: Config, store: Store) -> ForgeProvider:
     if config.forge.provider == "local":
+        from branchline.providers.forge.local import LocalForge
+
         return LocalForge(
             project=config.project.name,
             store=store,
             repo=config.root,
             production_branch=config.project.production_branch,
         )
-    raise UsageError(
-        f"the {config.forge.provider!r} code host is not available in this version",
-        hint='Set `provider = "local"` under [forge] in branchline.toml.',
+    raise _unavailable("forge", config.forge.provider)
+
+
+def _unavailable(section: str, provider: str) -> UsageError:
+    what = {"database": "database provider", "compute": "compute provider",
+            "dns": "DNS provider", "forge": "code host"}[section]  # fmt: skip
+    return UsageError(
+        f"the {provider!r} {what} is not available in this version of branchline",
+        hint=f'Set `provider = "local"` under [{section}] in branchline.toml.',
     )

@@ -17,23 +17,23 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from branchline import naming
-from branchline.config import Config
 from branchline.engine import logs as run_logs
+from branchline.environment import PRODUCTION
 from branchline.errors import BranchlineError, UsageError
-from branchline.pipelines import cleanup
-from branchline.store import Store, mask_url
+from branchline.kit import Kit
+from branchline.masking import mask_url
+from branchline.operations.environments import list_environments
+from branchline.operations.previews import Started
+from branchline.server.actions import Actions
+from branchline.store import Store
 from branchline.store import branches as branch_rows
-from branchline.store import compute as compute_rows
 from branchline.store import dns as dns_rows
 from branchline.store import forge as forge_rows
-from branchline.store import previews as preview_rows
 from branchline.store import rollouts as rollout_rows
 from branchline.store import runs as run_rows
 from branchline.store import secrets as secret_rows
 from branchline.store import tokens as token_rows
-from branchline.timespec import parse_expiry
 
-Action = Callable[..., Awaitable[Any]]
 # Ids are Postgres bigints: anything larger is a 422, not a database error.
 RunId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 PrNumber = Annotated[int, Path(ge=1, le=naming.MAX_PR)]
@@ -185,13 +185,10 @@ ACTION_PROBLEMS = _problems(400, 401, 403, 409, 503)
 bearer = HTTPBearer(auto_error=False, description="a token from `branchline token create`")
 
 
-def router(
-    config: Config, store: Store, actions: dict[str, Action] | None = None,
-    edge_port: int | None = None,
-) -> APIRouter:  # fmt: skip
+def router(kit: Kit, actions: Actions | None = None) -> APIRouter:
+    """The API over `kit`; its actions are a running `serve`'s (503 without)."""
+    config, store = kit.config, kit.store
     project = config.project.name
-    act = actions or {}
-    port = f":{edge_port}" if edge_port and edge_port != 80 else ""
 
     async def token(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None,
@@ -274,36 +271,14 @@ def router(
 
     @routes.get("/environments", dependencies=read)
     async def environments() -> list[Environment]:
-        async with store.connect() as conn:
-            live = await compute_rows.deployments(conn, project, statuses=("live",))
-            previews = await preview_rows.list_previews(conn, project)
-            production = await rollout_rows.branch_of(conn, project, naming.PRODUCTION)
-            releases = {d.release_id: await compute_rows.get_release(conn, d.release_id)
-                        for d in live}  # fmt: skip
-
-        def services(environment: str) -> list[ServiceState]:
-            found = []
-            for d in live:
-                release = releases.get(d.release_id)
-                if d.environment != environment or release is None:
-                    continue
-                found.append(ServiceState(
-                    service=d.service, status=d.status, commit=release.commit_sha,
-                    release=release.name,
-                    url=f"http://{d.detail['host']}{port}/" if d.detail.get("host") else None,
-                ))  # fmt: skip
-            return found
-
-        found = [Environment(name=naming.PRODUCTION, status="live" if services(
-            naming.PRODUCTION) else "empty", branch=production or config.database.parent,
-            expires_at=None, services=services(naming.PRODUCTION))]  # fmt: skip
-        for p in previews:
-            if p.status == "deleted":
-                continue
-            name = naming.environment_for_pr(p.pr)
-            found.append(Environment(name=name, status=p.status, branch=f"pr-{p.pr}",
-                                     expires_at=p.expires_at, services=services(name)))  # fmt: skip
-        return found
+        return [
+            Environment(
+                name=e.name, status=e.status, branch=e.branch, expires_at=e.expires_at,
+                services=[ServiceState(service=s.service, status=s.status, release=s.release,
+                                       commit=s.commit, url=s.url) for s in e.services],
+            )
+            for e in await list_environments(kit)
+        ]  # fmt: skip
 
     @routes.get("/deployments/history", dependencies=read)
     async def history() -> list[Rollout]:
@@ -344,51 +319,53 @@ def router(
             for p in found
         ]  # fmt: skip
 
-    async def perform(action_name: str, /, **params: Any) -> Accepted:
-        action = act.get(action_name)
-        if action is None:
+    def act() -> Actions:
+        if actions is None:
             raise HTTPException(503, "no workers run in this process (`branchline serve`)")
+        return actions
+
+    async def perform(work: Callable[[Actions], Awaitable[Started]]) -> Accepted:
         try:
-            return Accepted(**await action(**params))
+            done = await work(act())
         except BranchlineError as exc:
             # A provider's error may quote a connection URI: never its password.
             said = mask_url(f"{exc.message} ({exc.hint})" if exc.hint else exc.message)
             raise HTTPException(400 if isinstance(exc, UsageError) else 409, said) from None
+        return Accepted(message=done.message, run_id=done.run_id)
 
     acting: dict[str, Any] = {"dependencies": write, "responses": ACTION_PROBLEMS}
 
     @routes.post("/runs/{run_id}/cancel", **acting)
     async def cancel(run_id: RunId) -> Accepted:
-        return await perform("cancel", run_id=run_id)
+        return await perform(lambda a: a.cancel(run_id))
 
     @routes.post("/runs/{run_id}/rerun", **acting)
     async def rerun(run_id: RunId) -> Accepted:
-        return await perform("rerun", run_id=run_id)
+        return await perform(lambda a: a.rerun(run_id))
 
     @routes.post("/services/{service}/rollback", **acting)
-    async def rollback(service: str, environment: str = naming.PRODUCTION) -> Accepted:
-        return await perform("rollback", service=service, environment=environment)
+    async def rollback(service: str, environment: str = PRODUCTION) -> Accepted:
+        return await perform(lambda a: a.rollback(service, environment))
 
     @routes.post("/previews/{pr}/close", **acting)
     async def close_preview(pr: PrNumber) -> Accepted:
-        return await perform("close_preview", pr=pr)
+        return await perform(lambda a: a.close_preview(pr))
 
     @routes.post("/pipelines/testing", **acting)
     async def trigger(branch: str) -> Accepted:
-        return await perform("push", branch=branch)
+        return await perform(lambda a: a.push(branch))
 
     @routes.post("/branches", **acting)
     async def create_branch(branch: NewBranch) -> Accepted:
-        return await perform("create_branch", name=branch.name, parent=branch.parent,
-                             expires=branch.expires)  # fmt: skip
+        return await perform(lambda a: a.create_branch(branch.name, branch.parent, branch.expires))
 
     @routes.delete("/branches/{name}", **acting)
     async def delete_branch(name: str) -> Accepted:
-        return await perform("delete_branch", name=name)
+        return await perform(lambda a: a.delete_branch(name))
 
     @routes.post("/branches/{name}/reset", **acting)
     async def reset_branch(name: str) -> Accepted:
-        return await perform("reset_branch", name=name)
+        return await perform(lambda a: a.reset_branch(name))
 
     return routes
 
@@ -415,72 +392,3 @@ def _run(r: run_rows.RunRow) -> Run:
     return Run(id=r.id, workflow=r.workflow, status=r.status, triggered_by=r.triggered_by,
                ref=r.ref, sha=r.sha, pr=r.pr, created_at=r.created_at,
                started_at=r.started_at, finished_at=r.finished_at)  # fmt: skip
-
-
-def actions_of(pipelines: Any) -> dict[str, Action]:
-    """The actions, done by a running `serve`'s pipelines (a Pipelines)."""
-    kit, engine = pipelines.kit, pipelines.engine
-
-    async def cancel(run_id: int) -> dict[str, Any]:
-        done = await engine.cancel(run_id)
-        return {"message": "cancel requested" if done else "the run was over", "run_id": run_id}
-
-    async def rerun(run_id: int) -> dict[str, Any]:
-        return {"message": "rerun started", "run_id": await engine.rerun(run_id)}
-
-    async def rollback(service: str, environment: str) -> dict[str, Any]:
-        back = await kit.compute.rollback(service, naming.validate_environment(environment))
-        return {"message": f"{service} rolled back to {back.release.name}"}
-
-    async def close_preview(pr: int) -> dict[str, Any]:
-        naming.environment_for_pr(pr)  # a clear error for a number no PR can have
-        run_id = await engine.submit(cleanup.workflow(pr, reason="closed from the API"),
-                                     triggered_by="api", pr=pr)  # fmt: skip
-        return {"message": f"preview-{pr} is being removed", "run_id": run_id}
-
-    async def push(branch: str) -> dict[str, Any]:
-        recorded = await kit.forge.push(branch, source="api")
-        return {"message": "push recorded" if recorded.event else "recorded before"}
-
-    async def create_branch(name: str, parent: str | None, expires: str | None) -> dict[str, Any]:
-        name = naming.validate_branch_id(name)
-        expires_at = parse_expiry(expires) if expires else None
-        branch = await kit.database.create_branch(name, parent, expires=expires_at)
-        return {"message": f"branch {branch.name} is ready (copied from {branch.parent})"}
-
-    async def delete_branch(name: str) -> dict[str, Any]:
-        await _refuse_in_use(kit, naming.validate_branch_id(name), "delete")
-        deleted = await kit.database.delete_branch(name)
-        return {"message": f"deleted {name}" if deleted else f"{name} was already gone"}
-
-    async def reset_branch(name: str) -> dict[str, Any]:
-        await _refuse_in_use(kit, naming.validate_branch_id(name), "reset")
-        branch = await kit.database.reset_branch(name)
-        return {"message": f"{branch.name} now holds {branch.parent}'s current data"}
-
-    return {"cancel": cancel, "rerun": rerun, "rollback": rollback,
-            "close_preview": close_preview, "push": push, "create_branch": create_branch,
-            "delete_branch": delete_branch, "reset_branch": reset_branch}  # fmt: skip
-
-
-async def _refuse_in_use(kit: Any, name: str, verb: str) -> None:
-    """Production's branch is never deleted or reset from the API; a preview's branch
-    goes with its preview (deleting it under running services would break them)."""
-    if name == await kit.database_branch(naming.PRODUCTION):
-        raise UsageError(
-            f"refusing to {verb} {name!r}: production's services use it",
-            hint="Use `branchline restore` to bring production's data back to a moment.",
-        )
-    if verb == "delete" and (pr := _preview_pr(name)) is not None:
-        async with kit.store.connect() as conn:
-            preview = await preview_rows.get(conn, kit.project, pr)
-        if preview is not None and preview.status != "deleted":
-            raise UsageError(
-                f"refusing to delete {name!r}: preview-{pr}'s services use it",
-                hint=f"Close the preview instead (POST /api/previews/{pr}/close).",
-            )
-
-
-def _preview_pr(name: str) -> int | None:
-    prefix, _, number = name.partition("-")
-    return int(number) if prefix == "pr" and number.isdigit() else None

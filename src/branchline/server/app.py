@@ -12,7 +12,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse,
 
 from branchline import __version__
 from branchline.config import Config
+from branchline.kit import Kit
 from branchline.server import api, dashboard, metrics, webhooks
+from branchline.server.actions import Actions
 from branchline.store import Store
 
 
@@ -30,9 +32,14 @@ def create_app(
     store: Store,
     *,
     secret: bytes | None = None,
-    actions: dict[str, api.Action] | None = None,
+    kit: Kit | None = None,
+    actions: Actions | None = None,
     edge_port: int | None = None,
 ) -> FastAPI:
+    """The server. `kit` and `actions` are a running `serve`'s; without actions the
+    API and dashboard only read."""
+    kit = kit or Kit.build(config, store, edge_port=edge_port)
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         async with store.pooled(max_size=10):  # a burst of deliveries shares ten
@@ -47,8 +54,8 @@ def create_app(
         store=store,
     )
     app.include_router(webhooks.router(settings))
-    app.include_router(api.router(config, store, actions, edge_port))
-    app.include_router(dashboard.router(config, store, actions, dashboard.Sessions(), edge_port))
+    app.include_router(api.router(kit, actions))
+    app.include_router(dashboard.router(kit, actions, dashboard.Sessions()))
 
     @app.exception_handler(HTTPException)
     async def redirects(_request: Request, exc: HTTPException) -> Response:

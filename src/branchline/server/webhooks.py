@@ -3,9 +3,11 @@
 The signature (`X-Hub-Signature-256: sha256=<hex>`, HMAC-SHA256 of the raw body with
 the webhook secret) is checked in constant time first: a bad or missing one is 401
 and nothing is read. Then the body must be a JSON object (else 400). `ping` is
-answered; `push` and `pull_request` are recorded as events (a replayed delivery id
-is recorded once) for the dispatcher to act on; anything else, or a delivery for a
-repository this project is not, is acknowledged (202) and ignored. The answer never
+answered; `push` and `pull_request` deliveries are parsed into branchline's own
+events (`providers.forge.github_events`) and recorded (a replayed delivery id is
+recorded once) for the dispatcher to act on; anything else (a tag, a label change),
+or a delivery for a repository this project is not, is acknowledged (202) and
+ignored. The answer never
 waits for the work: recording is one insert.
 """
 
@@ -22,11 +24,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from branchline import events
+from branchline.providers.forge import github_events
 from branchline.store import Store
 from branchline.store import forge as forge_rows
 
 logger = logging.getLogger(__name__)
-HANDLED = ("push", "pull_request")
 _DELIVERY = re.compile(r"[A-Za-z0-9._:-]{1,100}")
 _SIGNATURE = re.compile(r"sha256=([0-9a-f]{64})")
 
@@ -84,15 +87,18 @@ def router(settings: WebhookSettings) -> APIRouter:
             return _answer(400, "the body is not a JSON object")
         if event == "ping":
             return _answer(200, "pong", zen=str(payload.get("zen", "")))
-        if event not in HANDLED:
+        if event not in github_events.HANDLED:
             return _answer(202, f"{event!r} events are ignored")
-        repository = str((payload.get("repository") or {}).get("full_name") or "")
+        repository = github_events.repository(payload)
         if settings.repository and repository.lower() != settings.repository.lower():
             return _answer(202, f"no project here is configured for {repository or 'it'}")
         try:
-            recorded = await _record(settings, event, delivery, payload)
-        except (KeyError, TypeError, ValueError) as exc:
-            return _answer(400, f"the {event} payload lacks a field: {exc}")
+            parsed = github_events.parse(event, payload)
+        except github_events.MalformedDeliveryError as exc:
+            return _answer(400, f"the {event} payload is malformed: {exc}")
+        if parsed is None:
+            return _answer(202, f"this {event} starts nothing here")
+        recorded = await _record(settings, parsed, delivery)
         if recorded is None:
             return _answer(200, "this delivery was recorded before", delivery=delivery)
         return _answer(202, "recorded", delivery=delivery, event_id=recorded.id)
@@ -101,20 +107,15 @@ def router(settings: WebhookSettings) -> APIRouter:
 
 
 async def _record(
-    settings: WebhookSettings, event: str, delivery: str, payload: dict[str, Any]
+    settings: WebhookSettings, event: events.Event, delivery: str
 ) -> forge_rows.EventRow | None:
-    action = payload.get("action")
     async with settings.store.connect() as conn, conn.transaction():
-        if event == "pull_request":
-            pull = payload["pull_request"]
-            merged = bool(pull.get("merged"))
-            state = "open" if pull["state"] == "open" else ("merged" if merged else "closed")
+        if isinstance(event, events.PullRequestChanged):
             await forge_rows.mirror_pr(
-                conn, settings.project, number=int(payload["number"]),
-                title=str(pull.get("title") or ""), head=str(pull["head"]["ref"]),
-                base=str(pull["base"]["ref"]), sha=str(pull["head"]["sha"]), state=state,
+                conn, settings.project, number=event.number, title=event.title,
+                head=event.head_branch, base=event.base_branch, sha=event.head_sha,
+                state=github_events.state_of(event),
             )  # fmt: skip
-        return await forge_rows.record_event(
-            conn, settings.project, delivery_id=f"github-{delivery}", kind=event,
-            action=str(action) if action else None, source="webhook", payload=payload,
-        )  # fmt: skip
+        return await forge_rows.record(
+            conn, settings.project, event, delivery_id=f"github-{delivery}", source="webhook"
+        )

@@ -1,5 +1,5 @@
 """The control-plane state: SQL migrations and query functions (psycopg 3)."""
 
-from branchline.store.state import StartReport, StateLocation, Store, locate_state, mask_url
+from branchline.store.state import StartReport, StateLocation, Store, locate_state
 
-__all__ = ["StartReport", "StateLocation", "Store", "locate_state", "mask_url"]
+__all__ = ["StartReport", "StateLocation", "Store", "locate_state"]

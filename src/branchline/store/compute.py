@@ -63,6 +63,16 @@ async def get_release(conn: Conn, release_id: int) -> ReleaseRow | None:
         return await cur.fetchone()
 
 
+async def releases_by_id(conn: Conn, ids: list[int]) -> dict[int, ReleaseRow]:
+    """Several releases in one query, by id."""
+    async with conn.cursor(row_factory=class_row(ReleaseRow)) as cur:
+        await cur.execute(
+            f"SELECT {_RELEASE} FROM branchline.releases WHERE id = ANY(%s)",  # noqa: S608
+            (ids,),
+        )
+        return {row.id: row for row in await cur.fetchall()}
+
+
 async def releases_of(conn: Conn, project: str, service: str) -> list[ReleaseRow]:
     async with conn.cursor(row_factory=class_row(ReleaseRow)) as cur:
         await cur.execute(
@@ -146,3 +156,12 @@ async def deployments(
              list(statuses) if statuses else None, list(statuses) if statuses else None),
         )  # fmt: skip
         return await cur.fetchall()
+
+
+async def get_deployment(conn: Conn, deployment_id: int) -> DeploymentRow | None:
+    async with conn.cursor(row_factory=class_row(DeploymentRow)) as cur:
+        await cur.execute(
+            f"SELECT {_DEPLOYMENT} FROM branchline.deployments WHERE id = %s",  # noqa: S608
+            (deployment_id,),
+        )
+        return await cur.fetchone()

@@ -9,6 +9,7 @@ from typing import Any
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
+from branchline import events as typed
 from branchline.store.queries import Conn
 
 
@@ -22,6 +23,11 @@ class EventRow:
     payload: dict[str, Any]
     received_at: datetime
     processed_at: datetime | None
+
+    @property
+    def event(self) -> typed.Event | None:
+        """The typed event this row holds (None for kinds that start nothing)."""
+        return typed.from_stored(self.kind, self.action, self.payload)
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,16 @@ async def record_event(
             (project, delivery_id, kind, action, source, Jsonb(payload)),
         )
         return await cur.fetchone()
+
+
+async def record(
+    conn: Conn, project: str, event: typed.Event, *, delivery_id: str, source: str
+) -> EventRow | None:
+    """Record a typed event; None when this delivery was recorded before (a replay)."""
+    return await record_event(
+        conn, project, delivery_id=delivery_id, kind=event.kind, action=event.action,
+        source=source, payload=event.to_payload(),
+    )  # fmt: skip
 
 
 _PR = "number, title, head_branch, base_branch, head_sha, state, created_at, updated_at, closed_at"

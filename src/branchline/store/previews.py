@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from branchline.store.queries import Conn
+
+if TYPE_CHECKING:
+    from branchline.store.state import Store
 
 LIVE = ("creating", "live", "failed")  # what counts against `[preview] max_live`
 
@@ -103,3 +107,53 @@ async def expired(conn: Conn, project: str) -> list[PreviewRow]:
             (project, list(LIVE)),
         )
         return await cur.fetchall()
+
+
+class PreviewLedger(Protocol):
+    """What pipelines read and write about previews (the store keeps it; tests fake it)."""
+
+    async def get(self, pr: int) -> PreviewRow | None: ...
+
+    async def list(self) -> builtins.list[PreviewRow]: ...
+
+    async def reserve(
+        self, pr: int, *, sha: str, max_live: int, ttl_seconds: float
+    ) -> tuple[bool, builtins.list[int]]: ...
+
+    async def set_status(
+        self, pr: int, status: str, detail: dict[str, Any] | None = None
+    ) -> None: ...
+
+    async def expired(self) -> builtins.list[PreviewRow]: ...
+
+
+class Previews:
+    """One project's previews in the store."""
+
+    def __init__(self, store: Store, project: str) -> None:
+        self.store = store
+        self.project = project
+
+    async def get(self, pr: int) -> PreviewRow | None:
+        async with self.store.connect() as conn:
+            return await get(conn, self.project, pr)
+
+    async def list(self) -> builtins.list[PreviewRow]:
+        async with self.store.connect() as conn:
+            return await list_previews(conn, self.project)
+
+    async def reserve(
+        self, pr: int, *, sha: str, max_live: int, ttl_seconds: float
+    ) -> tuple[bool, builtins.list[int]]:
+        async with self.store.connect() as conn:
+            return await reserve(
+                conn, self.project, pr, sha=sha, max_live=max_live, ttl_seconds=ttl_seconds
+            )
+
+    async def set_status(self, pr: int, status: str, detail: dict[str, Any] | None = None) -> None:
+        async with self.store.connect() as conn:
+            await set_status(conn, self.project, pr, status, detail)
+
+    async def expired(self) -> builtins.list[PreviewRow]:
+        async with self.store.connect() as conn:
+            return await expired(conn, self.project)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from branchline.store.queries import Conn
+
+if TYPE_CHECKING:
+    from branchline.store.state import Store
 
 
 @dataclass(frozen=True)
@@ -112,3 +115,59 @@ async def set_branch(conn: Conn, project: str, environment: str, branch: str) ->
            SET branch = EXCLUDED.branch, updated_at = now()""",
         (project, environment, branch),
     )
+
+
+class RolloutLedger(Protocol):
+    """What pipelines read and write about rollouts and environments' branches."""
+
+    async def start(self, run_id: int, *, sha: str, triggered_by: str) -> int: ...
+
+    async def get(self, run_id: int) -> RolloutRow | None: ...
+
+    async def note(self, run_id: int, **detail: Any) -> None: ...
+
+    async def finish(self, run_id: int, status: str, **detail: Any) -> None: ...
+
+    async def history(self, environment: str | None = None) -> list[RolloutRow]: ...
+
+    async def branch_of(self, environment: str) -> str | None: ...
+
+    async def set_branch(self, environment: str, branch: str) -> None: ...
+
+
+class Rollouts:
+    """One project's rollouts and environment branches in the store."""
+
+    def __init__(self, store: Store, project: str) -> None:
+        self.store = store
+        self.project = project
+
+    async def start(self, run_id: int, *, sha: str, triggered_by: str) -> int:
+        async with self.store.connect() as conn:
+            return await start(conn, self.project, run_id=run_id, sha=sha,
+                               triggered_by=triggered_by)  # fmt: skip
+
+    async def get(self, run_id: int) -> RolloutRow | None:
+        async with self.store.connect() as conn:
+            found = await of_run(conn, run_id)
+        return found if found is not None and found.project == self.project else None
+
+    async def note(self, run_id: int, **detail: Any) -> None:
+        async with self.store.connect() as conn:
+            await note(conn, run_id, **detail)
+
+    async def finish(self, run_id: int, status: str, **detail: Any) -> None:
+        async with self.store.connect() as conn:
+            await finish(conn, run_id, status, **detail)
+
+    async def history(self, environment: str | None = None) -> list[RolloutRow]:
+        async with self.store.connect() as conn:
+            return await history(conn, self.project, environment)
+
+    async def branch_of(self, environment: str) -> str | None:
+        async with self.store.connect() as conn:
+            return await branch_of(conn, self.project, environment)
+
+    async def set_branch(self, environment: str, branch: str) -> None:
+        async with self.store.connect() as conn:
+            await set_branch(conn, self.project, environment, branch)

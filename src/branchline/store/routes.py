@@ -18,6 +18,7 @@ import psycopg
 from psycopg.rows import class_row
 
 from branchline import naming
+from branchline.environment import Environment
 from branchline.errors import UsageError
 from branchline.store.queries import Conn
 
@@ -116,7 +117,7 @@ async def set_route(
     the edges. Requests already in flight finish on the upstream they started with;
     the next one goes to the new port."""
     host = validate_host(host)
-    naming.validate_environment(environment)
+    Environment.parse(environment)  # a route belongs to a real environment
     _validate_upstream(upstream_host, port)
     async with conn.transaction():
         async with conn.cursor(row_factory=class_row(RouteRow)) as cur:

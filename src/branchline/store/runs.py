@@ -52,6 +52,7 @@ class JobRow:
     worker: str | None
     started_at: datetime | None
     finished_at: datetime | None
+    error_code: str | None = None  # interrupted, cancelled, or an action's error code
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,10 @@ class LogRow:
 _RUN = """id, project, workflow, triggered_by, ref, sha, base_sha, pr, concurrency_group,
           cancel_in_progress, status, definition, repo, cancel_requested, secret_scope,
           rerun_of, created_at, started_at, finished_at"""
-_JOB = "id, run_id, name, needs, run_if, status, attempt, error, worker, started_at, finished_at"
+_JOB = (
+    "id, run_id, name, needs, run_if, status, attempt, error, worker, started_at, finished_at, "
+    "error_code"
+)
 _STEP = "id, job_id, position, name, status, exit_code, pgid, host, started_at, finished_at"
 
 
@@ -203,6 +207,7 @@ async def claim_job(conn: Conn, job_id: int, *, status: str, **changes: Any) -> 
     cur = await conn.execute(
         """UPDATE branchline.jobs
            SET status = %s, started_at = %s, attempt = attempt + 1, error = NULL,
+               error_code = NULL,
                worker = coalesce(%s, worker)
            WHERE id = %s AND status IN ('queued', 'pending') RETURNING id""",
         (status, started, changes.get("worker"), job_id),
@@ -229,7 +234,16 @@ async def set_step(conn: Conn, step_id: int, **changes: Any) -> None:
 
 _COLUMNS = {
     "runs": {"status", "started_at", "finished_at", "cancel_requested"},
-    "jobs": {"status", "started_at", "finished_at", "attempt", "error", "worker", "enqueued_at"},
+    "jobs": {
+        "status",
+        "started_at",
+        "finished_at",
+        "attempt",
+        "error",
+        "worker",
+        "enqueued_at",
+        "error_code",
+    },
     "steps": {"status", "started_at", "finished_at", "exit_code", "pgid", "host"},
 }
 

@@ -9,10 +9,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING, Protocol
 
 from psycopg.rows import class_row
 
 from branchline.store.queries import Conn
+
+if TYPE_CHECKING:
+    from branchline.store.state import Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,3 +151,81 @@ async def delete_environment(conn: Conn, project: str, environment: str) -> list
         (project, environment),
     )
     return sorted(str(row[0]) for row in await cur.fetchall())
+
+
+class SealedStore(Protocol):
+    """Where one project's sealed values live (the state database; memory in tests).
+    It never sees a value in clear."""
+
+    async def upsert(
+        self, environment: str, name: str, *, nonce: bytes, ciphertext: bytes, key_id: str,
+        generated: bool,
+    ) -> datetime: ...  # fmt: skip
+
+    async def insert_if_absent(
+        self, environment: str, name: str, *, nonce: bytes, ciphertext: bytes, key_id: str,
+        generated: bool,
+    ) -> bool: ...  # fmt: skip
+
+    async def fetch(self, environments: Sequence[str]) -> list[SealedRow]: ...
+
+    async def list_meta(self, environment: str | None = None) -> list[SecretMeta]: ...
+
+    async def environments_with(self, name: str, prefix: str) -> list[str]: ...
+
+    async def delete(self, environment: str, name: str) -> bool: ...
+
+    async def delete_environment(self, environment: str) -> list[str]: ...
+
+
+class SecretRows:
+    """One project's sealed values in the state database."""
+
+    def __init__(self, store: Store, project: str) -> None:
+        self.store = store
+        self.project = project
+
+    async def upsert(
+        self, environment: str, name: str, *, nonce: bytes, ciphertext: bytes, key_id: str,
+        generated: bool,
+    ) -> datetime:  # fmt: skip
+        async with self.store.connect() as conn:
+            return await upsert(
+                conn, self.project, environment, name, nonce=nonce, ciphertext=ciphertext,
+                key_id=key_id, generated=generated,
+            )  # fmt: skip
+
+    async def insert_if_absent(
+        self, environment: str, name: str, *, nonce: bytes, ciphertext: bytes, key_id: str,
+        generated: bool,
+    ) -> bool:  # fmt: skip
+        async with self.store.connect() as conn:
+            return await insert_if_absent(
+                conn, self.project, environment, name, nonce=nonce, ciphertext=ciphertext,
+                key_id=key_id, generated=generated,
+            )  # fmt: skip
+
+    async def fetch(self, environments: Sequence[str]) -> list[SealedRow]:
+        async with self.store.connect() as conn:
+            return await fetch(conn, self.project, environments)
+
+    async def list_meta(self, environment: str | None = None) -> list[SecretMeta]:
+        async with self.store.connect() as conn:
+            return await list_meta(conn, self.project, environment)
+
+    async def environments_with(self, name: str, prefix: str) -> list[str]:
+        async with self.store.connect() as conn:
+            return await environments_with(conn, self.project, name, _like_prefix(prefix))
+
+    async def delete(self, environment: str, name: str) -> bool:
+        async with self.store.connect() as conn:
+            return await delete(conn, self.project, environment, name)
+
+    async def delete_environment(self, environment: str) -> list[str]:
+        async with self.store.connect() as conn:
+            return await delete_environment(conn, self.project, environment)
+
+
+def _like_prefix(prefix: str) -> str:
+    """A LIKE pattern matching what starts with `prefix` (its own % and _ escaped)."""
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"

@@ -12,7 +12,6 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import re
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -24,20 +23,13 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from branchline.errors import StoreError
+from branchline.masking import mask_url
 from branchline.postgres import Cluster, ClusterState
 from branchline.postgres.runas import current_run_as
 from branchline.store.migrate import Migration, apply_migrations
 
 STATE_DIRNAME = ".branchline"
 STATE_DATABASE = "branchline"
-
-
-def mask_url(url: str) -> str:
-    """Text fit for output: any connection password in it replaced by ***. Handles
-    URLs (`postgresql://u:pw@h/db`, `?password=`) and key=value strings."""
-    masked = re.sub(r"(://[^:/@\s]*:)[^/\s]*@", r"\1***@", url)
-    masked = re.sub(r"([?&]password=)[^&\s]*", r"\1***", masked)
-    return re.sub(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", masked)
 
 
 @dataclass(frozen=True)

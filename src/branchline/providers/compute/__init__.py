@@ -1,14 +1,54 @@
-"""Compute: immutable releases of services and the deployments that run them."""
+"""Compute: immutable releases of services and the deployments that run them.
+
+`ComputeProvider` is what every backend does. Optional capabilities, checked with
+`isinstance`: `TrialRuns` (start a release against another database, check it,
+stop it: the production pre-flight), `Supervisor` (a long-running process that
+restarts crashed services and adopts running ones: local processes; the cloud
+supervises its own Workers).
+
+What a service is told (its database, its siblings' URLs, the environment's
+secrets) is a `DeploymentEnv`, built in one place (`Kit.deployment_env`). A
+provider that must start a service again by itself (a restart, a rollback) asks
+the `EnvironmentSource` it was given for the current one, instead of keeping a
+copy of the values.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from branchline import naming
+from branchline.environment import Environment
 from branchline.errors import BranchlineError
+from branchline.health import HealthResult
+from branchline.providers.compute.envtemplate import database_facts
+
+
+@dataclass(frozen=True)
+class DeploymentEnv:
+    """What a service of an environment is given: plain variables (DATABASE_URL, the
+    siblings' URLs) and the environment's secrets. Values never show in a repr."""
+
+    vars: Mapping[str, str] = field(default_factory=dict, repr=False)
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    def __repr__(self) -> str:
+        return f"DeploymentEnv(vars={sorted(self.vars)}, secrets={sorted(self.secrets)})"
+
+    @property
+    def sensitive(self) -> list[str]:
+        """Values to mask wherever output is shown: the secrets, and the database
+        password inside DATABASE_URL."""
+        hidden = list(self.secrets.values())
+        password = database_facts(self.vars.get("DATABASE_URL")).get("db.password")
+        return [*hidden, password] if password else hidden
+
+
+EnvironmentSource = Callable[[Environment], Awaitable[DeploymentEnv]]
+"""The current DeploymentEnv of an environment (for restarts and rollbacks)."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +83,7 @@ class Deployment:
 
     id: int
     service: str
-    environment: str
+    environment: Environment
     release: Release
     status: str  # starting, live, draining, stopped, failed, rolled_back
     url: str | None
@@ -54,7 +94,7 @@ class Deployment:
         return {
             "id": self.id,
             "service": self.service,
-            "environment": self.environment,
+            "environment": self.environment.name,
             "release": self.release.as_dict(),
             "status": self.status,
             "url": self.url,
@@ -84,18 +124,67 @@ class ComputeProvider(Protocol):
     async def deploy(
         self,
         service: str,
-        environment: str,
+        environment: Environment,
         release: Release,
-        vars: Mapping[str, str],
-        secrets: Mapping[str, str],
+        env: DeploymentEnv,
+        *,
+        position: int = 0,
     ) -> Deployment:
-        """Start `release`, wait until it is healthy, route to it, retire the old one."""
+        """Start `release` with `env`, wait until it is healthy (the health policy's
+        first wait depends on `position`, the service's place in the rollout), route
+        to it, retire the old one. An unhealthy release raises UnhealthyError and
+        the old one keeps serving."""
         ...
 
-    async def rollback(self, service: str, environment: str, to: int | None = None) -> Deployment:
-        """Back to the previous release (or release id `to`) through the same path."""
+    async def rollback(
+        self, service: str, environment: Environment, to: int | None = None
+    ) -> Deployment:
+        """Back to the previous release (or release id `to`) through the same path,
+        with the environment's current DeploymentEnv."""
         ...
 
-    async def delete(self, service: str, environment: str) -> bool: ...
+    async def delete(self, service: str, environment: Environment) -> bool:
+        """Stop and remove the service in the environment; False when nothing ran."""
+        ...
 
-    async def list_deployments(self, environment: str | None = None) -> list[Deployment]: ...
+    async def list_deployments(self, environment: Environment | None = None) -> list[Deployment]:
+        """Deployments, newest first (all environments when None)."""
+        ...
+
+    async def releases(self, service: str) -> list[Release]:
+        """Releases of `service` kept for rollback, newest first."""
+        ...
+
+    def logs(
+        self, service: str, environment: Environment, *, since: datetime | None = None,
+        follow: bool = False,
+    ) -> AsyncIterator[str]:  # fmt: skip
+        """The service's output, oldest first: of its latest deployment, or of every
+        deployment started since `since`; with `follow`, new output as it comes."""
+        ...
+
+    async def aclose(self) -> None:
+        """Finish background work (draining retired releases) before exiting."""
+        ...
+
+
+# -- optional capabilities ------------------------------------------------------------
+
+
+@runtime_checkable
+class TrialRuns(Protocol):
+    async def trial(
+        self, service: str, environment: Environment, release: Release, env: DeploymentEnv,
+        *, retries: int = 4,
+    ) -> HealthResult:  # fmt: skip
+        """Start `release` with `env` (another database, say), check its health, stop
+        it: no route, no deployment."""
+        ...
+
+
+@runtime_checkable
+class Supervisor(Protocol):
+    async def supervise(self) -> list[str]:
+        """One pass: restart live services whose process is gone, adopt running ones
+        nobody recorded. Returns `service:environment` of what was restarted."""
+        ...

@@ -20,41 +20,46 @@ import dataclasses
 import os
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from branchline import naming
+from branchline import processes
 from branchline.config import Config, ServiceConfig
-from branchline.engine.masking import mask
+from branchline.environment import Environment
 from branchline.errors import BranchlineError, UsageError
 from branchline.health import HealthPolicy, HealthResult, check_health
+from branchline.masking import mask, mask_url
 from branchline.postgres.cluster import free_port
 from branchline.providers.compute import (
     Deployment,
+    DeploymentEnv,
+    EnvironmentSource,
     Release,
     UnhealthyError,
     envtemplate,
-    processes,
     releases,
 )
-from branchline.store import Store, locks, mask_url, resources, routes
+from branchline.providers.reconciling import Finding
+from branchline.store import Store, locks, resources, routes
 from branchline.store import compute as rows
 from branchline.store.queries import Conn
 
-SecretSource = Callable[[str], Awaitable[Mapping[str, str]]]  # environment -> values
 LIVE = ("live",)
 RUNNING = ("starting", "live", "draining")
 # What delete stops: also failed deploys, whose process an interruption may have left.
 STOPPABLE = (*RUNNING, "failed")
 LOG_TAIL = 2000
+STRAY_AGE = 10.0  # seconds: a process this young may be a deploy about to record it
+TRIAL_AGE = 300.0  # a pre-flight trial older than this outlived its rollout
+FOLLOW_POLL = 0.2  # how often a followed log is read again (a file has nothing to wait on)
 
 
-async def _no_secrets(_environment: str) -> Mapping[str, str]:
-    return {}
+async def _nothing(_environment: Environment) -> DeploymentEnv:
+    return DeploymentEnv()
 
 
 class LocalComputeProvider:
@@ -72,7 +77,7 @@ class LocalComputeProvider:
         edge_port: int | None = None,
         drain: float = 1.0,
         keep_releases: int = 5,
-        secrets: SecretSource = _no_secrets,
+        environment: EnvironmentSource | None = None,
     ) -> None:
         self.config = config
         self.project = config.project.name
@@ -82,7 +87,7 @@ class LocalComputeProvider:
         self.edge_port = edge_port
         self.drain = drain
         self.keep_releases = keep_releases
-        self.secrets = secrets
+        self.environment_of = environment or _nothing
         self._background: list[asyncio.Task[None]] = []
         self._http: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient] | None = None
 
@@ -185,43 +190,56 @@ class LocalComputeProvider:
     async def deploy(
         self,
         service: str,
-        environment: str,
+        environment: Environment,
         release: Release,
-        vars: Mapping[str, str],
-        secrets: Mapping[str, str],
+        env: DeploymentEnv,
+        *,
+        position: int = 0,
+    ) -> Deployment:
+        return await self._deploy(service, environment, release, env, position=position)
+
+    async def _deploy(
+        self,
+        service: str,
+        environment: Environment,
+        release: Release,
+        env: DeploymentEnv,
         *,
         position: int = 0,
         retire_as: str = "stopped",
     ) -> Deployment:
         spec = self._service(service)
-        environment = naming.validate_environment(environment)
-        host = naming.host_name(spec.subdomain, environment, self.config.project.zone)
-        async with self._locked(f"deploy:{service}:{environment}") as conn:
+        where = environment.name
+        host = environment.host_name(spec.subdomain, self.config.project.zone)
+        async with self._locked(f"deploy:{service}:{where}") as conn:
             previous = await rows.deployments(
-                conn, self.project, environment=environment, service=service, statuses=LIVE
+                conn, self.project, environment=where, service=service, statuses=LIVE
             )
             await resources.record(
-                conn, self.project, "deployment", f"{service}:{environment}", "creating",
-                environment=environment,
+                conn, self.project, "deployment", f"{service}:{where}", "creating",
+                environment=where,
             )  # fmt: skip
+            # Names only: the values (a password in DATABASE_URL, the secrets) are
+            # asked for again whenever the service starts.
             deployment_id = await rows.insert_deployment(
-                conn, self.project, service, environment, release.id,
-                {"vars": dict(vars), "secret_names": sorted(secrets), "host": host},
+                conn, self.project, service, where, release.id,
+                {"var_names": sorted(env.vars), "secret_names": sorted(env.secrets),
+                 "host": host},
             )  # fmt: skip
             try:
                 port, _pid, result = await self._start_healthy(
-                    spec, environment, release, vars, secrets, deployment_id, position
+                    spec, environment, release, env, deployment_id, position
                 )
             except BaseException:
                 await rows.update_deployment(conn, deployment_id, status="failed")
                 await resources.record(
-                    conn, self.project, "deployment", f"{service}:{environment}",
+                    conn, self.project, "deployment", f"{service}:{where}",
                     "ready" if previous else "failed",
                 )  # fmt: skip
                 raise
             # The switch: one row update, picked up by the edge through NOTIFY.
             await routes.set_route(
-                conn, host=host, project=self.project, environment=environment,
+                conn, host=host, project=self.project, environment=where,
                 service=service, port=port, deployment_id=deployment_id,
             )  # fmt: skip
             await rows.update_deployment(
@@ -230,9 +248,7 @@ class LocalComputeProvider:
             )  # fmt: skip
             for old in previous:
                 await rows.update_deployment(conn, old.id, status="draining")
-            await resources.record(
-                conn, self.project, "deployment", f"{service}:{environment}", "ready"
-            )
+            await resources.record(conn, self.project, "deployment", f"{service}:{where}", "ready")
         if previous:
             self._background.append(asyncio.create_task(self._retire(previous, retire_as)))
         return await self._deployment(deployment_id)
@@ -240,19 +256,20 @@ class LocalComputeProvider:
     async def _start_healthy(
         self,
         spec: ServiceConfig,
-        environment: str,
+        environment: Environment,
         release: Release,
-        vars: Mapping[str, str],
-        secrets: Mapping[str, str],
+        env: DeploymentEnv,
         deployment_id: int,
         position: int,
     ) -> tuple[int, processes.ProcessId, HealthResult]:
         port = free_port()
-        env = self._env(spec, environment, release, port, vars, secrets, deployment_id)
+        variables = self._env(spec, environment, release, port, env, deployment_id)
         log = self.log_path(environment, spec.name, deployment_id)
         log.parent.mkdir(parents=True, exist_ok=True)
         service_dir = Path(release.location) / "tree" / spec.path
-        pid = await asyncio.to_thread(processes.start, spec.run, cwd=service_dir, env=env, log=log)
+        pid = await asyncio.to_thread(
+            processes.start, spec.run, cwd=service_dir, env=variables, log=log
+        )
         try:
             async with self.store.connect() as conn:
                 await rows.update_deployment(
@@ -268,13 +285,13 @@ class LocalComputeProvider:
         if not result.healthy:
             await asyncio.to_thread(processes.stop, pid, grace=2.0)
             # The log may print the connection URL or a secret: mask before showing.
-            shown = mask(mask_url(_tail(log)), secrets.values())
+            shown = mask(mask_url(_tail(log)), env.sensitive)
             async with self.store.connect() as conn:
                 await rows.update_deployment(
                     conn, deployment_id, detail={"health": result.as_dict()}
                 )
             raise UnhealthyError(
-                f"{spec.name} ({release.name}) in {environment} did not become healthy: "
+                f"{spec.name} ({release.name}) in {environment.name} did not become healthy: "
                 f"{result.verdict}",
                 hint=f"The old release keeps serving. Its log ends: {shown}",
                 health=result.as_dict(),
@@ -340,19 +357,18 @@ class LocalComputeProvider:
     def _env(
         self,
         spec: ServiceConfig,
-        environment: str,
+        environment: Environment,
         release: Release,
         port: int,
-        vars: Mapping[str, str],
-        secrets: Mapping[str, str],
+        given: DeploymentEnv,
         deployment_id: int | None = None,
     ) -> dict[str, str]:
-        host = naming.host_name(spec.subdomain, environment, self.config.project.zone)
+        host = environment.host_name(spec.subdomain, self.config.project.zone)
         url = f"http://{host}:{self.edge_port}/" if self.edge_port else f"http://{host}/"
-        db = envtemplate.database_facts(vars.get("DATABASE_URL"))
+        db = envtemplate.database_facts(given.vars.get("DATABASE_URL"))
         facts = {
             **db, "port": str(port), "release": release.name, "commit": release.commit,
-            "environment": environment, "service": spec.name, "url": url,
+            "environment": environment.name, "service": spec.name, "url": url,
         }  # fmt: skip
         env = {
             k: v
@@ -360,8 +376,8 @@ class LocalComputeProvider:
             if not k.startswith(("BRANCHLINE_", "PG")) and k != "DATABASE_URL"
         }
         env.update(envtemplate.render(spec.env, facts, service=spec.name))
-        env.update(vars)
-        env.update(secrets)
+        env.update(given.vars)
+        env.update(given.secrets)
         if db:
             env.update(
                 DATABASE_URL=db["db.uri"], PGHOST=db["db.host"], PGPORT=db["db.port"],
@@ -369,7 +385,7 @@ class LocalComputeProvider:
             )  # fmt: skip
         env.update(
             PORT=str(port), BRANCHLINE_RELEASE=release.name, BRANCHLINE_COMMIT=release.commit,
-            BRANCHLINE_ENVIRONMENT=environment, BRANCHLINE_SERVICE=spec.name,
+            BRANCHLINE_ENVIRONMENT=environment.name, BRANCHLINE_SERVICE=spec.name,
             BRANCHLINE_PROJECT=self.project, BRANCHLINE_STATE=str(self.state_dir),
             BRANCHLINE_DEPLOYMENT=str(deployment_id or ""),
         )  # fmt: skip
@@ -390,10 +406,9 @@ class LocalComputeProvider:
     async def trial(
         self,
         service: str,
-        environment: str,
+        environment: Environment,
         release: Release,
-        vars: Mapping[str, str],
-        secrets: Mapping[str, str],
+        env: DeploymentEnv,
         *,
         retries: int = 4,
     ) -> HealthResult:
@@ -403,34 +418,38 @@ class LocalComputeProvider:
         retries: that release is known to start, so a failure is not a slow warm-up."""
         spec = self._service(service)
         port = free_port()
-        env = self._env(spec, environment, release, port, vars, secrets)
-        env["BRANCHLINE_TRIAL"] = "1"  # reconcile leaves a running trial alone
+        variables = self._env(spec, environment, release, port, env)
+        variables["BRANCHLINE_TRIAL"] = "1"  # reconcile leaves a running trial alone
         log = self.state_dir / "trials" / f"{spec.name}-{release.id}-{port}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         service_dir = Path(release.location) / "tree" / spec.path
-        pid = await asyncio.to_thread(processes.start, spec.run, cwd=service_dir, env=env, log=log)
+        pid = await asyncio.to_thread(
+            processes.start, spec.run, cwd=service_dir, env=variables, log=log
+        )
         try:
             return await self._health(spec, port, release, pid, 0, retries)
         finally:
             await asyncio.shield(asyncio.to_thread(processes.stop, pid, grace=2.0))
 
-    async def rollback(self, service: str, environment: str, to: int | None = None) -> Deployment:
-        """Back to the release before the live one (or release id `to`), blue-green."""
+    async def rollback(
+        self, service: str, environment: Environment, to: int | None = None
+    ) -> Deployment:
+        """Back to the release before the live one (or release id `to`), blue-green,
+        with the environment's current DeploymentEnv."""
         self._service(service)
         async with self.store.connect() as conn:
             history = await rows.deployments(
-                conn, self.project, environment=environment, service=service
+                conn, self.project, environment=environment.name, service=service
             )
             live = next((d for d in history if d.status == "live"), None)
             if live is None:
                 raise UsageError(
-                    f"{service} has no live deployment in {environment}",
+                    f"{service} has no live deployment in {environment.name}",
                     hint="See `branchline deployments list`.",
                 )
             target = await self._rollback_target(conn, history, live, service, to)
-        secrets = await self.secrets(environment)
-        deployment = await self.deploy(
-            service, environment, target, live.detail.get("vars", {}), secrets,
+        deployment = await self._deploy(
+            service, environment, target, await self.environment_of(environment),
             retire_as="rolled_back",
         )  # fmt: skip
         async with self.store.connect() as conn:
@@ -467,35 +486,67 @@ class LocalComputeProvider:
             hint=f"Deploy a release explicitly: `branchline deploy {service} --commit SHA`.",
         )
 
-    async def delete(self, service: str, environment: str) -> bool:
+    async def delete(self, service: str, environment: Environment) -> bool:
         """Stop and remove every deployment of the service in the environment."""
-        async with self._locked(f"deploy:{service}:{environment}") as conn:
+        where = environment.name
+        async with self._locked(f"deploy:{service}:{where}") as conn:
             running = await rows.deployments(
-                conn, self.project, environment=environment, service=service, statuses=STOPPABLE
+                conn, self.project, environment=where, service=service, statuses=STOPPABLE
             )
             await resources.record(
-                conn, self.project, "deployment", f"{service}:{environment}", "deleting"
+                conn, self.project, "deployment", f"{service}:{where}", "deleting"
             )
-            await routes.delete_routes(
-                conn, project=self.project, environment=environment, service=service
-            )
+            await routes.delete_routes(conn, project=self.project, environment=where,
+                                       service=service)  # fmt: skip
             for deployment in running:
                 pid = processes.recorded(deployment.detail)
                 if pid is not None:
                     await asyncio.to_thread(processes.stop, pid, grace=2.0)
                 await rows.update_deployment(conn, deployment.id, status="stopped")
             await resources.record(
-                conn, self.project, "deployment", f"{service}:{environment}", "deleted"
+                conn, self.project, "deployment", f"{service}:{where}", "deleted"
             )
         return bool(running)
 
-    async def list_deployments(self, environment: str | None = None) -> list[Deployment]:
+    async def list_deployments(self, environment: Environment | None = None) -> list[Deployment]:
+        where = environment.name if environment is not None else None
         async with self.store.connect() as conn:
-            found = await rows.deployments(conn, self.project, environment=environment)
-        return [await self._deployment(d.id, d) for d in found]
+            found = await rows.deployments(conn, self.project, environment=where)
+            built = await rows.releases_by_id(conn, sorted({d.release_id for d in found}))
+        return [self._to_deployment(d, built[d.release_id]) for d in found]
 
-    def log_path(self, environment: str, service: str, deployment_id: int) -> Path:
-        return self.state_dir / "deployments" / environment / service / f"{deployment_id}.log"
+    def log_path(self, environment: Environment, service: str, deployment_id: int) -> Path:
+        return self.state_dir / "deployments" / environment.name / service / f"{deployment_id}.log"
+
+    async def logs(
+        self, service: str, environment: Environment, *, since: datetime | None = None,
+        follow: bool = False,
+    ) -> AsyncIterator[str]:  # fmt: skip
+        """The output files of the latest deployment (or of every one since `since`),
+        in order; with `follow`, what the last one gains until cancelled."""
+        found = [
+            d for d in await self.list_deployments(environment)
+            if d.service == service and (since is None or d.created_at >= since)
+        ]  # fmt: skip
+        if not found:
+            raise UsageError(
+                f"{service} has no deployment in {environment.name}",
+                hint="See `branchline deployments list`.",
+            )
+        files = [Path(str(d.detail["log"])) for d in reversed(found) if "log" in d.detail]
+        if since is None:
+            files = files[-1:]
+        offset = 0
+        for path in files:
+            text, offset = await asyncio.to_thread(_read_from, path, 0)
+            if text:
+                yield text
+        while follow and files:
+            text, offset = await asyncio.to_thread(_read_from, files[-1], offset)
+            if text:
+                yield text
+            else:
+                await asyncio.sleep(FOLLOW_POLL)
 
     # -- supervision ------------------------------------------------------------
 
@@ -530,6 +581,125 @@ class LocalComputeProvider:
             )
         return True
 
+    # -- reconciling -----------------------------------------------------------
+
+    async def reconcile(self, *, dry_run: bool = False) -> list[Finding]:
+        """Compute's own leftovers: deploys nobody finishes, retired releases still
+        running, processes no deployment knows (or knows but never recorded), and
+        routes that point at a deployment that is not live."""
+        found = await self._interrupted_deployments(dry_run)
+        found += await self._stray_processes(dry_run)
+        found += await self._stale_routes(dry_run)
+        return found
+
+    async def _interrupted_deployments(self, dry_run: bool) -> list[Finding]:
+        found = []
+        async with self.store.connect() as conn:
+            rows_found = await rows.deployments(
+                conn, self.project, statuses=("starting", "draining")
+            )
+        for row in rows_found:
+            key = f"branchline:compute:{self.project}:deploy:{row.service}:{row.environment}"
+            async with locks.if_free(self.store, key) as conn:
+                if conn is None:
+                    continue  # a deploy of this service is running right now
+                if row.status == "draining" and time.time() - row.updated_at.timestamp() < 30:
+                    continue  # being retired by the deploy that replaced it
+                target = f"{row.service} in {row.environment} (deployment {row.id})"
+                reason = (
+                    "its deploy was interrupted" if row.status == "starting" else "left draining"
+                )
+                finding = Finding("deployment", target, "stop", reason)
+                if not dry_run:
+                    pid = processes.recorded(row.detail)
+                    if pid is not None:
+                        await asyncio.to_thread(processes.stop, pid, grace=2.0)
+                    await rows.update_deployment(
+                        conn, row.id, status="failed" if row.status == "starting" else "stopped"
+                    )
+                    finding.done = True
+                found.append(finding)
+        return found
+
+    async def service_processes(self) -> list[tuple[int, dict[str, str], float]]:
+        """(pid, environment, age in seconds) of every process this branchline started
+        for the project: matched by its environment (BRANCHLINE_STATE and project),
+        never by command line, so two state directories never take each other's."""
+        return await asyncio.to_thread(
+            processes.started_for, {"BRANCHLINE_PROJECT": self.project,
+                                    "BRANCHLINE_STATE": str(self.state_dir)}
+        )  # fmt: skip
+
+    async def _stray_processes(self, dry_run: bool) -> list[Finding]:
+        async with self.store.connect() as conn:
+            running = await rows.deployments(conn, self.project, statuses=RUNNING)
+        known = {int(r.detail["pid"]) for r in running if "pid" in r.detail}
+        by_id = {r.id: r for r in running}
+        found = []
+        for pid, env, age in await self.service_processes():
+            if pid in known:
+                continue
+            owner = by_id.get(int(env.get("BRANCHLINE_DEPLOYMENT") or 0))
+            recorded = processes.recorded(owner.detail) if owner is not None else None
+            if owner is not None and (recorded is None or not recorded.alive()):
+                # Started for a live deployment whose recorded process is gone: its
+                # starter died before recording it. Adopt it rather than start another.
+                finding = Finding(
+                    "process", f"pid {pid} ({owner.service} in {owner.environment})",
+                    "adopt", "started for its deployment, never recorded",
+                )  # fmt: skip
+                if not dry_run and await self.adopt(owner):
+                    finding.done = True
+                found.append(finding)
+                continue
+            trial = env.get("BRANCHLINE_TRIAL") == "1"
+            if age < (TRIAL_AGE if trial else STRAY_AGE):
+                continue
+            what = (
+                f"{env.get('BRANCHLINE_SERVICE', '?')} in {env.get('BRANCHLINE_ENVIRONMENT', '?')}"
+            )
+            finding = Finding("process", f"pid {pid} ({what})", "stop", "no deployment knows it")
+            if not dry_run:
+                started = processes.start_time_of(pid)
+                if started is not None:
+                    await asyncio.to_thread(
+                        processes.stop, processes.ProcessId(pid, started), grace=2.0
+                    )
+                finding.done = True
+            found.append(finding)
+        return found
+
+    async def _stale_routes(self, dry_run: bool) -> list[Finding]:
+        found = []
+        async with self.store.connect() as conn:
+            live = {
+                (d.service, d.environment): d
+                for d in await rows.deployments(conn, self.project, statuses=LIVE)
+            }
+            for route in await routes.list_routes(conn, self.project):
+                current = live.get((route.service, route.environment))
+                if current is not None and route.deployment_id == current.id:
+                    continue
+                if current is not None and "port" in current.detail:
+                    finding = Finding(
+                        "route", route.host, "point at the live deployment",
+                        f"it pointed at deployment {route.deployment_id}",
+                    )  # fmt: skip
+                    if not dry_run:
+                        await routes.set_route(
+                            conn, host=route.host, project=self.project,
+                            environment=route.environment, service=route.service,
+                            port=int(current.detail["port"]), deployment_id=current.id,
+                        )  # fmt: skip
+                        finding.done = True
+                else:
+                    finding = Finding("route", route.host, "remove", "no live deployment behind it")
+                    if not dry_run:
+                        await routes.delete_route(conn, route.host)
+                        finding.done = True
+                found.append(finding)
+        return found
+
     def _due(self, detail: Mapping[str, Any]) -> bool:
         crashes = int(detail.get("crashes", 0))
         last = float(detail.get("last_crash_at", 0.0))
@@ -542,12 +712,13 @@ class LocalComputeProvider:
         assert found is not None
         release = _release(found)
         port = int(deployment.detail["port"])
-        secrets = await self.secrets(deployment.environment)
-        env = self._env(spec, deployment.environment, release, port,
-                        deployment.detail.get("vars", {}), secrets, deployment.id)  # fmt: skip
+        environment = Environment.parse(deployment.environment)
+        given = await self.environment_of(environment)
+        env = self._env(spec, environment, release, port, given, deployment.id)
         log = Path(deployment.detail["log"])
-        with log.open("a") as fh:
-            fh.write(f"\n[branchline] process exited; restarting at {_now()}\n")
+        await asyncio.to_thread(
+            _append, log, f"\n[branchline] process exited; restarting at {_now()}\n"
+        )
         service_dir = Path(release.location) / "tree" / spec.path
         pid = await asyncio.to_thread(processes.start, spec.run, cwd=service_dir, env=env, log=log)
         async with self.store.connect() as conn:
@@ -570,23 +741,24 @@ class LocalComputeProvider:
 
     # -- internals ------------------------------------------------------------
 
-    async def _deployment(
-        self, deployment_id: int, row: rows.DeploymentRow | None = None
-    ) -> Deployment:
+    async def _deployment(self, deployment_id: int) -> Deployment:
         async with self.store.connect() as conn:
-            if row is None:
-                found = await rows.deployments(conn, self.project)
-                row = next(d for d in found if d.id == deployment_id)
+            row = await rows.get_deployment(conn, deployment_id)
+            assert row is not None
             release = await rows.get_release(conn, row.release_id)
         assert release is not None
+        return self._to_deployment(row, release)
+
+    def _to_deployment(self, row: rows.DeploymentRow, release: rows.ReleaseRow) -> Deployment:
         host = row.detail.get("host")
         url = None
         if host:
             url = f"http://{host}:{self.edge_port}/" if self.edge_port else f"http://{host}/"
         return Deployment(
-            id=row.id, service=row.service, environment=row.environment,
+            id=row.id, service=row.service, environment=Environment.parse(row.environment),
             release=_release(release), status=row.status, url=url, created_at=row.created_at,
-            detail={k: v for k, v in row.detail.items() if k not in ("vars", "secret_names")},
+            detail={k: v for k, v in row.detail.items()
+                    if k not in ("vars", "var_names", "secret_names")},
         )  # fmt: skip
 
     def _locked(self, what: str) -> contextlib.AbstractAsyncContextManager[Conn]:
@@ -598,6 +770,22 @@ def _release(row: rows.ReleaseRow) -> Release:
         id=row.id, service=row.service, commit=row.commit_sha, build_number=row.build_number,
         location=row.location or "", created_at=row.created_at,
     )  # fmt: skip
+
+
+def _read_from(path: Path, offset: int) -> tuple[str, int]:
+    """What `path` holds past `offset`, and the new offset."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+    except OSError:
+        return "", offset
+    return data.decode(errors="replace"), offset + len(data)
+
+
+def _append(path: Path, text: str) -> None:
+    with path.open("a") as fh:
+        fh.write(text)
 
 
 def _tail(log: Path) -> str:

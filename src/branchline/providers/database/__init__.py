@@ -1,4 +1,12 @@
-"""Database branches: the `DatabaseProvider` interface and what it returns."""
+"""Database branches: the `DatabaseProvider` interface, what it returns, and the
+optional capabilities a provider may have (checked with `isinstance`).
+
+Capabilities: `RootInitializer` (the provider makes its root branch itself, as the
+local one does; Neon's exists with the project), `Backups` (base backups taken on
+demand; Neon keeps its own history), `GarbageCollector` (expired branches, crash
+leftovers, backups), `ServerLogs` (the branch server's own log, to explain a
+failed statement).
+"""
 
 from __future__ import annotations
 
@@ -60,8 +68,9 @@ class DatabaseProvider(Protocol):
         given (point in time); return the existing branch if it is already there."""
         ...
 
-    async def delete_branch(self, name: str) -> bool:
-        """Delete `name`; False when it was already gone."""
+    async def delete_branch(self, name: str, *, force: bool = False) -> bool:
+        """Delete `name`; False when it was already gone. The root branch only
+        with `force`."""
         ...
 
     async def reset_branch(self, name: str) -> Branch:
@@ -90,4 +99,69 @@ class DatabaseProvider(Protocol):
 
     async def restore(self, name: str, at: datetime) -> Branch:
         """A new branch `name` holding the parent as it was at `at`."""
+        ...
+
+
+# -- optional capabilities ------------------------------------------------------------
+
+
+class Backup(Protocol):
+    """A base backup: when it ends (a restore starts from one older than its moment)."""
+
+    @property
+    def end_time(self) -> datetime: ...
+
+    def as_dict(self) -> dict[str, str]: ...
+
+
+@dataclass
+class GcReport:
+    """What a garbage collection did."""
+
+    expired_deleted: list[str] = field(default_factory=list)
+    interrupted_cleaned: list[str] = field(default_factory=list)
+    orphan_clusters_removed: list[str] = field(default_factory=list)
+    stale_rows_removed: list[str] = field(default_factory=list)
+    backup_taken: bool = False
+    backups_pruned: list[str] = field(default_factory=list)
+    spare_rebuilt: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "expired_deleted": self.expired_deleted,
+            "interrupted_cleaned": self.interrupted_cleaned,
+            "orphan_clusters_removed": self.orphan_clusters_removed,
+            "stale_rows_removed": self.stale_rows_removed,
+            "backup_taken": self.backup_taken,
+            "backups_pruned": self.backups_pruned,
+            "spare_rebuilt": self.spare_rebuilt,
+        }
+
+
+@runtime_checkable
+class RootInitializer(Protocol):
+    async def init_root(self) -> Branch:
+        """Create the root branch (production) if it is not there; idempotent."""
+        ...
+
+
+@runtime_checkable
+class Backups(Protocol):
+    async def take_backup(self) -> Backup:
+        """A base backup of the root branch, now."""
+        ...
+
+
+@runtime_checkable
+class GarbageCollector(Protocol):
+    async def gc(self) -> GcReport:
+        """Delete expired branches, finish or undo interrupted work, remove what no
+        record explains, keep backups fresh."""
+        ...
+
+
+@runtime_checkable
+class ServerLogs(Protocol):
+    async def server_log(self, name: str, size: int = 65536) -> str:
+        """The end of the branch server's own log."""
         ...

@@ -20,7 +20,6 @@ import os
 import shutil
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ from branchline.postgres.copy import (
     standby_is_streaming,
     take_base_backup,
 )
-from branchline.providers.database import Branch, BranchStatus
+from branchline.providers.database import Branch, BranchStatus, GcReport
 from branchline.store import Store, locks, resources
 from branchline.store import branches as branch_rows
 from branchline.store.queries import Conn
@@ -84,7 +83,7 @@ class LocalDatabaseProvider:
         project: str,
         state_dir: Path,
         store: Store,
-        root: str = naming.PRODUCTION,
+        root: str = naming.PRODUCTION_BRANCH,
         database: str = "app",
         binaries: PgBinaries | None = None,
     ) -> None:
@@ -634,28 +633,6 @@ class LocalDatabaseProvider:
 
     def _compute_state(self, name: str) -> str:
         return self.cluster(name).state().value
-
-
-@dataclass
-class GcReport:
-    expired_deleted: list[str] = field(default_factory=list)
-    interrupted_cleaned: list[str] = field(default_factory=list)
-    orphan_clusters_removed: list[str] = field(default_factory=list)
-    stale_rows_removed: list[str] = field(default_factory=list)
-    backup_taken: bool = False
-    backups_pruned: list[str] = field(default_factory=list)
-    spare_rebuilt: bool = False
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "expired_deleted": self.expired_deleted,
-            "interrupted_cleaned": self.interrupted_cleaned,
-            "orphan_clusters_removed": self.orphan_clusters_removed,
-            "stale_rows_removed": self.stale_rows_removed,
-            "backup_taken": self.backup_taken,
-            "backups_pruned": self.backups_pruned,
-            "spare_rebuilt": self.spare_rebuilt,
-        }
 
 
 def _to_branch(row: branch_rows.BranchRow, compute: str) -> Branch:

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from branchline import naming
+from branchline.environment import Environment
 from branchline.errors import UsageError
 
 RECORD_TYPES = ("A", "AAAA", "CNAME", "TXT")
@@ -56,11 +57,6 @@ def record_type(type: str) -> str:
     return canonical
 
 
-def in_zone(name: str, zone: str) -> bool:
-    """Whether the (normalised, dot-less) `name` is the zone apex or below it."""
-    return name == zone or name.endswith("." + zone)
-
-
 def record_name(name: str, zone: str, *, type: str | None = None) -> str:
     """The record's full name (lower-case, no trailing dot), validated.
 
@@ -79,7 +75,7 @@ def record_name(name: str, zone: str, *, type: str | None = None) -> str:
     text = text.removesuffix(".")
     if "." not in text and not name.endswith("."):
         text = f"{text}.{zone}"  # one relative label
-    if not in_zone(text, zone):
+    if not naming.in_zone(text, zone):
         raise UsageError(
             f"{_preview(name)} is outside the zone {zone!r}.",
             hint=f"Name a record inside {zone} (like `api-preview-8.{zone}`), "
@@ -235,7 +231,7 @@ class DnsProvider(Protocol):
         content: str,
         *,
         proxied: bool = False,
-        environment: str | None = None,
+        environment: Environment | None = None,
     ) -> DnsRecord:
         """Create the record, or update it in place when its content, `proxied` or
         environment differ; return it. `name` is a full name in the zone, one label
@@ -249,7 +245,7 @@ class DnsProvider(Protocol):
 
     async def get_record(self, name: str, type: str) -> DnsRecord | None: ...
 
-    async def list_records(self, environment: str | None = None) -> list[DnsRecord]:
+    async def list_records(self, environment: Environment | None = None) -> list[DnsRecord]:
         """Every record of the zone, or only those of `environment`."""
         ...
 

@@ -25,6 +25,7 @@ import dns.rrset
 import psycopg
 
 from branchline import naming
+from branchline.environment import Environment
 from branchline.errors import UsageError
 from branchline.providers.dns import (
     DnsRecord,
@@ -74,13 +75,12 @@ class LocalDnsProvider:
         content: str,
         *,
         proxied: bool = False,
-        environment: str | None = None,
+        environment: Environment | None = None,
     ) -> DnsRecord:
         kind = record_type(type)
         fqdn = record_name(name, self.zone, type=kind)
         value = record_content(kind, content, self.zone)
-        if environment is not None:
-            environment = naming.validate_environment(environment)
+        label = environment.name if environment is not None else None
         if kind == "CNAME" and fqdn == self.zone:
             raise UsageError(
                 f"The zone apex {fqdn!r} cannot be a CNAME: it holds the zone's SOA and NS.",
@@ -102,7 +102,7 @@ class LocalDnsProvider:
                 existing is not None
                 and existing.content == value
                 and existing.proxied == proxied
-                and (environment is None or existing.environment == environment)
+                and (label is None or existing.environment == label)
             ):
                 # Idempotent: already as asked. Finish the intent log if a crash
                 # interrupted an earlier call between the change and its outcome.
@@ -123,7 +123,7 @@ class LocalDnsProvider:
                 RESOURCE_KIND,
                 resource,
                 "creating",
-                environment=environment,
+                environment=label,
                 detail={"content": value, "proxied": proxied},
             )
             try:
@@ -135,7 +135,7 @@ class LocalDnsProvider:
                         kind,
                         value,
                         proxied=proxied,
-                        environment=environment,
+                        environment=label,
                     )
                     await dns_rows.notify(conn, self.project)
             except BaseException:
@@ -179,13 +179,12 @@ class LocalDnsProvider:
             row = await dns_rows.get(conn, self.project, fqdn, kind)
         return _to_record(row) if row is not None else None
 
-    async def list_records(self, environment: str | None = None) -> list[DnsRecord]:
+    async def list_records(self, environment: Environment | None = None) -> list[DnsRecord]:
         async with self.store.connect() as conn:
             if environment is None:
                 rows = await dns_rows.list_all(conn, self.project)
             else:
-                env = naming.validate_environment(environment)
-                rows = await dns_rows.list_by_environment(conn, self.project, env)
+                rows = await dns_rows.list_by_environment(conn, self.project, environment.name)
         return [_to_record(row) for row in rows]
 
     async def verify(

@@ -1,8 +1,39 @@
-"""The code host: pull requests, sticky comments, issues and commit statuses."""
+"""The code host: pull requests, sticky comments, issues and commit statuses.
+
+`ForgeProvider` is what pipelines post back and ask. A forge whose pull requests
+branchline itself keeps (the local one) also has `LocalPullRequests`: pushes and
+pull requests recorded from the command line or a git hook, each an event.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from branchline import events
+
+PullRequestState = Literal["open", "closed", "merged"]
+STATUS_STATES = ("pending", "success", "failure", "error")
+
+
+@dataclass(frozen=True)
+class PullRequest:
+    number: int
+    title: str
+    head_branch: str
+    base_branch: str
+    head_sha: str
+    state: PullRequestState
+    updated_at: datetime | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.state == "open"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"number": self.number, "title": self.title, "head": self.head_branch,
+                "base": self.base_branch, "sha": self.head_sha, "state": self.state}  # fmt: skip
 
 
 @runtime_checkable
@@ -21,3 +52,36 @@ class ForgeProvider(Protocol):
     ) -> None:  # fmt: skip
         """A commit status: pending, success, failure or error."""
         ...
+
+    async def pull_request(self, number: int) -> PullRequest | None:
+        """The pull request as the code host has it now (None: there is none)."""
+        ...
+
+    async def pull_requests(self) -> list[PullRequest]:
+        """Every pull request the code host knows of this project (open ones at least)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What a local forge command did: the pull request (if any) and the event
+    recorded (None: nothing changed, or a replayed delivery)."""
+
+    pr: PullRequest | None
+    event: events.Event | None
+    event_id: int | None = None
+
+
+@runtime_checkable
+class LocalPullRequests(Protocol):
+    """Pushes and pull requests kept by branchline itself."""
+
+    async def push(
+        self, branch: str | None = None, *, source: str = "cli", before: str | None = None
+    ) -> Recorded: ...
+
+    async def open_pr(self, branch: str, title: str | None = None) -> Recorded: ...
+
+    async def sync_pr(self, number: int) -> Recorded: ...
+
+    async def close_pr(self, number: int, *, merge: bool = False) -> list[Recorded]: ...

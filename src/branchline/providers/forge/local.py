@@ -1,8 +1,8 @@
 """The local code host: pull requests of a local git repository, and the
 comments, issues and statuses pipelines post, kept in the store.
 
-Every change records an event shaped like GitHub's webhook payloads, with a
-delivery id, so pipelines treat local and GitHub events the same way and a
+Every change records a typed event (`branchline.events`) with a delivery id, the
+same events a GitHub webhook produces, so pipelines treat both alike and a
 replayed delivery is recorded once.
 """
 
@@ -10,24 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from branchline import events
 from branchline.errors import UsageError
-from branchline.providers.forge import git
+from branchline.providers.forge import STATUS_STATES, PullRequest, Recorded, git
 from branchline.store import Store
 from branchline.store import forge as rows
 
-ZERO = "0" * 40
 
-
-@dataclass(frozen=True)
-class Recorded:
-    """What a forge command did: the pull request (if any) and the event."""
-
-    pr: rows.PullRequestRow | None
-    event: rows.EventRow | None  # None: nothing changed, or a replayed delivery
+def pull_request(row: rows.PullRequestRow) -> PullRequest:
+    state = row.state if row.state in ("open", "closed", "merged") else "closed"
+    return PullRequest(
+        number=row.number, title=row.title, head_branch=row.head_branch,
+        base_branch=row.base_branch, head_sha=row.head_sha, state=state,  # type: ignore[arg-type]
+        updated_at=row.updated_at,
+    )  # fmt: skip
 
 
 class LocalForge:
@@ -51,9 +49,7 @@ class LocalForge:
         after = await asyncio.to_thread(git.head_of, self.repo, name)
         # A hook firing twice for one commit is one delivery.
         delivery = f"{source}-push-{name}-{after}" if source == "hook" else str(uuid.uuid4())
-        payload = _push_payload(name, before or ZERO, after, self.project)
-        event = await self._record(delivery, "push", None, source, payload)
-        return Recorded(None, event)
+        return await self._record(delivery, events.push(name, after, before), source)
 
     # -- pull requests ------------------------------------------------------
 
@@ -76,37 +72,35 @@ class LocalForge:
                 conn, self.project, title=title or branch, head=branch, base=self.base, sha=sha
             )
         base_sha = await asyncio.to_thread(git.head_of, self.repo, self.base)
-        payload = self._pr_payload("opened", pr, base_sha=base_sha)
-        event = await self._record(str(uuid.uuid4()), "pull_request", "opened", "cli", payload)
-        return Recorded(pr, event)
+        change = _changed("opened", pr, base_sha=base_sha)
+        return await self._record(str(uuid.uuid4()), change, "cli", pr)
 
     async def sync_pr(self, number: int) -> Recorded:
         pr = await self._open(number)
         sha = await asyncio.to_thread(git.head_of, self.repo, pr.head_branch)
         if sha == pr.head_sha:
-            return Recorded(pr, None)  # nothing new to test or preview
+            return Recorded(pull_request(pr), None)  # nothing new to test or preview
         async with self.store.connect() as conn:
             await rows.update_pr(conn, self.project, number, sha=sha)
             updated = await rows.get_pr(conn, self.project, number)
         assert updated is not None
         base_sha = await asyncio.to_thread(git.head_of, self.repo, self.base)
-        payload = self._pr_payload("synchronize", updated, before=pr.head_sha, base_sha=base_sha)
-        event = await self._record(str(uuid.uuid4()), "pull_request", "synchronize", "cli", payload)
-        return Recorded(updated, event)
+        change = _changed("synchronize", updated, base_sha=base_sha)
+        return await self._record(str(uuid.uuid4()), change, "cli", updated)
 
     async def close_pr(self, number: int, *, merge: bool = False) -> list[Recorded]:
         """Close (or merge, for real, into the production branch) a pull request.
         A merge also records the push to the production branch it produces."""
         pr = await self._open(number)
         recorded = []
-        push_event = None
+        merged: events.Push | None = None
         if merge:
             sha = await asyncio.to_thread(git.head_of, self.repo, pr.head_branch)
             message = f"Merge pull request #{number} from {pr.head_branch}\n\n{pr.title}"
             before, after = await asyncio.to_thread(
                 git.merge, self.repo, pr.head_branch, pr.base_branch, message
             )
-            push_event = _push_payload(pr.base_branch, before, after, self.project)
+            merged = events.push(pr.base_branch, after, before)
             async with self.store.connect() as conn:
                 await rows.update_pr(conn, self.project, number, sha=sha, state="merged")
         else:
@@ -115,12 +109,10 @@ class LocalForge:
         async with self.store.connect() as conn:
             closed = await rows.get_pr(conn, self.project, number)
         assert closed is not None
-        payload = self._pr_payload("closed", closed, merged=merge)
-        event = await self._record(str(uuid.uuid4()), "pull_request", "closed", "cli", payload)
-        recorded.append(Recorded(closed, event))
-        if push_event is not None:
-            pushed = await self._record(str(uuid.uuid4()), "push", None, "cli", push_event)
-            recorded.append(Recorded(None, pushed))
+        change = _changed("closed", closed, merged=merge)
+        recorded.append(await self._record(str(uuid.uuid4()), change, "cli", closed))
+        if merged is not None:
+            recorded.append(await self._record(str(uuid.uuid4()), merged, "cli"))
         return recorded
 
     async def _open(self, number: int) -> rows.PullRequestRow:
@@ -136,6 +128,15 @@ class LocalForge:
 
     # -- what pipelines post --------------------------------------------------
 
+    async def pull_request(self, number: int) -> PullRequest | None:
+        async with self.store.connect() as conn:
+            found = await rows.get_pr(conn, self.project, number)
+        return pull_request(found) if found is not None else None
+
+    async def pull_requests(self) -> list[PullRequest]:
+        async with self.store.connect() as conn:
+            return [pull_request(row) for row in await rows.list_prs(conn, self.project)]
+
     async def upsert_comment(self, pr: int, key: str, body: str) -> None:
         async with self.store.connect() as conn:
             await rows.upsert_comment(conn, self.project, pr, key, body)
@@ -148,7 +149,7 @@ class LocalForge:
         self, sha: str, context: str, state: str, url: str | None = None,
         description: str | None = None,
     ) -> None:  # fmt: skip
-        if state not in ("pending", "success", "failure", "error"):
+        if state not in STATUS_STATES:
             raise UsageError(f"unknown commit status {state!r}")
         async with self.store.connect() as conn:
             await rows.set_status(conn, self.project, sha, context, state, url, description)
@@ -156,48 +157,23 @@ class LocalForge:
     # -- internals ----------------------------------------------------------------
 
     async def _record(
-        self, delivery: str, kind: str, action: str | None, source: str, payload: dict[str, Any]
-    ) -> rows.EventRow | None:
+        self, delivery: str, event: events.Event, source: str,
+        pr: rows.PullRequestRow | None = None,
+    ) -> Recorded:  # fmt: skip
         async with self.store.connect() as conn:
-            return await rows.record_event(
-                conn, self.project, delivery_id=delivery, kind=kind, action=action,
-                source=source, payload=payload,
-            )  # fmt: skip
-
-    def _pr_payload(
-        self,
-        action: str,
-        pr: rows.PullRequestRow,
-        *,
-        before: str | None = None,
-        merged: bool = False,
-        base_sha: str | None = None,
-    ) -> dict[str, Any]:
-        payload: dict[str, Any] = {
-            "action": action,
-            "number": pr.number,
-            "pull_request": {
-                "number": pr.number,
-                "title": pr.title,
-                "state": "closed" if pr.state != "open" else "open",
-                "merged": merged,
-                "head": {"ref": pr.head_branch, "sha": pr.head_sha},
-                "base": {"ref": pr.base_branch, "sha": base_sha},
-            },
-            "repository": {"full_name": self.project},
-        }
-        if before is not None:
-            payload["before"] = before
-            payload["after"] = pr.head_sha
-        return payload
+            row = await rows.record(conn, self.project, event, delivery_id=delivery, source=source)
+        return Recorded(
+            pull_request(pr) if pr is not None else None,
+            event if row is not None else None,
+            row.id if row is not None else None,
+        )
 
 
-def _push_payload(branch: str, before: str, after: str, project: str) -> dict[str, Any]:
-    return {
-        "ref": f"refs/heads/{branch}",
-        "before": before,
-        "after": after,
-        "created": before == ZERO,
-        "deleted": after == ZERO,
-        "repository": {"full_name": project},
-    }
+def _changed(
+    action: events.PullRequestAction, pr: rows.PullRequestRow, *, merged: bool = False,
+    base_sha: str | None = None,
+) -> events.PullRequestChanged:  # fmt: skip
+    return events.PullRequestChanged(
+        action=action, number=pr.number, head_branch=pr.head_branch, head_sha=pr.head_sha,
+        base_branch=pr.base_branch, base_sha=base_sha, merged=merged, title=pr.title,
+    )  # fmt: skip

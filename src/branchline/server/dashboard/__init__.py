@@ -14,7 +14,7 @@ import hmac
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,17 +25,17 @@ from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from branchline import naming
-from branchline.config import Config
 from branchline.engine import logs as run_logs
+from branchline.environment import Environment as EnvironmentValue
 from branchline.errors import BranchlineError
-from branchline.server.api import Action, RunId, project_run
-from branchline.store import Store, mask_url
+from branchline.kit import Kit
+from branchline.masking import mask_url
+from branchline.operations.environments import list_environments
+from branchline.operations.previews import Started
+from branchline.server.actions import Actions
+from branchline.server.api import RunId, project_run
 from branchline.store import branches as branch_rows
-from branchline.store import compute as compute_rows
 from branchline.store import forge as forge_rows
-from branchline.store import previews as preview_rows
-from branchline.store import rollouts as rollout_rows
 from branchline.store import runs as run_rows
 from branchline.store import tokens as token_rows
 
@@ -107,19 +107,10 @@ async def _probe(client: httpx.AsyncClient, url: str | None) -> str:
     return "healthy" if answer.status_code == 200 else f"unhealthy (HTTP {answer.status_code})"
 
 
-def router(
-    config: Config, store: Store, actions: dict[str, Action] | None, sessions: Sessions,
-    edge_port: int | None = None,
-) -> APIRouter:  # fmt: skip
+def router(kit: Kit, actions: Actions | None, sessions: Sessions) -> APIRouter:
+    config, store = kit.config, kit.store
     project = config.project.name
     routes = APIRouter(prefix="/dashboard", include_in_schema=False)
-
-    def health_url(d: compute_rows.DeploymentRow) -> str | None:
-        service = config.services.get(d.service)
-        port = d.detail.get("port")
-        if service is None or not port:
-            return None
-        return f"http://127.0.0.1:{int(port)}{service.health_path}"
 
     def page(request: Request, name: str, **context: Any) -> HTMLResponse:
         cookie = request.cookies.get(COOKIE, "")
@@ -168,43 +159,23 @@ def router(
     @routes.get("/")
     async def environments(request: Request, notice: str | None = None) -> HTMLResponse:
         user(request)
-        async with store.connect() as conn:
-            live = await compute_rows.deployments(conn, project, statuses=("live",))
-            previews = [p for p in await preview_rows.list_previews(conn, project)
-                        if p.status != "deleted"]  # fmt: skip
-            branches = {b.name: b for b in await branch_rows.list_all(conn, project)}
-            production = await rollout_rows.branch_of(conn, project, naming.PRODUCTION)
-            releases = {d.release_id: await compute_rows.get_release(conn, d.release_id)
-                        for d in live}  # fmt: skip
-        port = f":{edge_port}" if edge_port and edge_port != 80 else ""
+        found = await list_environments(kit)
         # Health as it is now, not as it was at deploy time: every service asked at once.
         # A short timeout, since the page waits on them.
+        every = [service for environment in found for service in environment.services]
         async with httpx.AsyncClient(timeout=1.0, trust_env=False) as probes:
-            checks = await asyncio.gather(*(_probe(probes, health_url(d)) for d in live))
-        health = {d.id: found for d, found in zip(live, checks, strict=True)}
-
-        def env(
-            name: str, status: str, branch: str, expires: datetime | None, pr: int | None = None
-        ) -> dict[str, Any]:
-            services = []
-            for d in sorted((d for d in live if d.environment == name), key=lambda d: d.service):
-                release = releases.get(d.release_id)
-                services.append({
-                    "service": d.service, "url": f"http://{d.detail.get('host')}{port}/",
-                    "release": release.name if release else "-",
-                    "commit": release.commit_sha if release else "",
-                    "health": health[d.id],
-                })  # fmt: skip
-            row = branches.get(branch)
-            return {"name": name, "status": status, "branch": branch, "expires_at": expires,
-                    "pr": pr,
-                    "size": _size(row.size_bytes) if row else "",
-                    "age": _ago(row.created_at) if row else "", "services": services}  # fmt: skip
-
-        found = [env(naming.PRODUCTION, "live", production or config.database.parent, None)]
-        found += [env(naming.environment_for_pr(p.pr), p.status, f"pr-{p.pr}", p.expires_at,
-                      p.pr) for p in previews]  # fmt: skip
-        return page(request, "environments.html", title="Environments", environments=found,
+            checks = await asyncio.gather(*(_probe(probes, s.health_url) for s in every))
+        health = dict(zip((id(s) for s in every), checks, strict=True))
+        shown = [
+            {"name": e.name, "status": e.status, "branch": e.branch or "-",
+             "expires_at": e.expires_at, "pr": e.environment.pr,
+             "size": _size(e.branch_size), "age": _ago(e.branch_created_at),
+             "services": [{"service": s.service, "url": s.url or "-", "release": s.release,
+                           "commit": s.commit, "health": health[id(s)]}
+                          for s in e.services]}
+            for e in found
+        ]  # fmt: skip
+        return page(request, "environments.html", title="Environments", environments=shown,
                     notice=notice)  # fmt: skip
 
     @routes.get("/runs")
@@ -249,35 +220,29 @@ def router(
     @routes.get("/deployments")
     async def deployments(request: Request, notice: str | None = None) -> HTMLResponse:
         user(request)
-        async with store.connect() as conn:
-            live = await compute_rows.deployments(conn, project, statuses=("live",))
-            rollouts = await rollout_rows.history(conn, project)
-            releases = {d.release_id: await compute_rows.get_release(conn, d.release_id)
-                        for d in live}  # fmt: skip
-        rows = []
-        for d in sorted(live, key=lambda d: (d.environment, d.service)):
-            release = releases.get(d.release_id)
-            name = release.name if release else "-"
-            rows.append({"environment": d.environment, "service": d.service, "release": name})
+        live = [d for d in await kit.compute.list_deployments() if d.status == "live"]
+        rollouts = await kit.rollouts.history()
+        rows = [
+            {"environment": d.environment.name, "service": d.service, "release": d.release.name}
+            for d in sorted(live, key=lambda d: (d.environment.name, d.service))
+        ]
         history = [{**r.__dict__, "seconds": _seconds(r.started_at, r.finished_at)}
                    for r in rollouts]  # fmt: skip
         return page(request, "deployments.html", title="Deployments", live=rows,
                     rollouts=history, notice=notice)  # fmt: skip
 
     async def act(
-        request: Request, csrf: str, back: str, action_name: str, **params: Any
+        request: Request, csrf: str, back: str, work: Callable[[Actions], Awaitable[Started]]
     ) -> Response:
         """Every button: a session, the form's CSRF token, a token that may write; then
         the action, and back to the page with what happened."""
         session = checked(request, csrf)
         if session["s"] != "write":
             raise HTTPException(403, "this token may only read")
-        action = (actions or {}).get(action_name)
-        if action is None:
+        if actions is None:
             raise HTTPException(503, "no workers run in this process (`branchline serve`)")
         try:
-            done = await action(**params)
-            notice = str(done["message"])
+            notice = (await work(actions)).message
         except BranchlineError as exc:
             notice = mask_url(f"{exc.message} ({exc.hint})" if exc.hint else exc.message)
         return RedirectResponse(f"{back}?notice={quote(notice)}", status_code=303)
@@ -287,34 +252,39 @@ def router(
         request: Request, service: str = Form(...), environment: str = Form(...),
         csrf: str = Form(""),
     ) -> Response:  # fmt: skip
-        return await act(request, csrf, "/dashboard/deployments", "rollback",
-                         service=service, environment=environment)  # fmt: skip
+        return await act(request, csrf, "/dashboard/deployments",
+                         lambda a: a.rollback(service, environment))  # fmt: skip
 
     @routes.post("/branches/create")
     async def create_branch(
         request: Request, name: str = Form(...), parent: str = Form(""),
         expires: str = Form(""), csrf: str = Form(""),
     ) -> Response:  # fmt: skip
-        return await act(request, csrf, "/dashboard/branches", "create_branch", name=name,
-                         parent=parent or None, expires=expires or None)  # fmt: skip
+        return await act(
+            request, csrf, "/dashboard/branches",
+            lambda a: a.create_branch(name, parent or None, expires or None),
+        )  # fmt: skip
 
     @routes.post("/branches/delete")
     async def delete_branch(
         request: Request, name: str = Form(...), csrf: str = Form("")
     ) -> Response:
-        return await act(request, csrf, "/dashboard/branches", "delete_branch", name=name)
+        return await act(request, csrf, "/dashboard/branches",
+                         lambda a: a.delete_branch(name))  # fmt: skip
 
     @routes.post("/branches/reset")
     async def reset_branch(
         request: Request, name: str = Form(...), csrf: str = Form("")
     ) -> Response:
-        return await act(request, csrf, "/dashboard/branches", "reset_branch", name=name)
+        return await act(request, csrf, "/dashboard/branches",
+                         lambda a: a.reset_branch(name))  # fmt: skip
 
     @routes.post("/previews/close")
     async def close_preview(
         request: Request, pr: int = Form(...), csrf: str = Form("")
     ) -> Response:
-        return await act(request, csrf, "/dashboard/", "close_preview", pr=pr)
+        return await act(request, csrf, "/dashboard/",
+                         lambda a: a.close_preview(pr))  # fmt: skip
 
     @routes.get("/branches")
     async def branches(request: Request, notice: str | None = None) -> HTMLResponse:
@@ -335,10 +305,9 @@ def router(
             siblings: list[dict[str, Any]] = parent["children"] if parent else roots
             siblings.append(nodes[b.name])
         # Production's branch gets no buttons: the API refuses to reset or delete it.
-        async with store.connect() as conn:
-            production = await rollout_rows.branch_of(conn, project, naming.PRODUCTION)
+        production = await kit.database_branch(EnvironmentValue.production())
         return page(request, "branches.html", title="Branches", roots=roots, notice=notice,
-                    production=production or config.database.parent)  # fmt: skip
+                    production=production)  # fmt: skip
 
     @routes.get("/prs")
     async def prs(request: Request) -> HTMLResponse:

@@ -1,5 +1,6 @@
-"""Running the pipelines: an engine with every pipeline action, its workers and
-the dispatcher, for `branchline worker` and for CLI commands that wait."""
+"""Running the pipelines: an engine with every pipeline action, its workers, the
+dispatcher and the periodic reconcile, for `branchline serve`, `branchline worker`
+and the CLI commands that wait for what they started."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from dataclasses import dataclass
 
 from branchline.config import Config
 from branchline.engine.engine import Engine, EngineOptions
-from branchline.pipelines.actions import registry
+from branchline.kit import Kit
+from branchline.masking import mask_url
+from branchline.operations.reconcile import reconcile
+from branchline.pipelines import catalog
 from branchline.pipelines.dispatch import Dispatcher, Started, secrets_for, settle
-from branchline.pipelines.kit import Kit
-from branchline.store import Store, mask_url
+from branchline.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +69,6 @@ class Pipelines:
                 await dispatching
 
     async def reconcile(self) -> None:
-        from branchline.reconcile import reconcile
-
         for finding in await reconcile(self.kit, engine=self.engine):
             logger.warning("reconcile: %s", finding.describe())
 
@@ -99,7 +100,7 @@ async def open_pipelines(
 ) -> AsyncIterator[Pipelines]:
     kit = Kit.build(config, store, edge_port=edge_port, dns_port=dns_port)
     engine = Engine(
-        store, project=config.project.name, actions=registry(kit), secrets=secrets_for(kit),
+        store, project=config.project.name, actions=catalog.bound(kit), secrets=secrets_for(kit),
         options=options,
     )  # fmt: skip
     try:

@@ -102,6 +102,19 @@ def with_environment(needle: str) -> Iterator[tuple[ProcessId, dict[str, str]]]:
         yield ProcessId(int(entry.name), started), env
 
 
+def started_for(markers: Mapping[str, str]) -> list[tuple[int, dict[str, str], float]]:
+    """(pid, environment, age in seconds) of every live process whose environment
+    holds every `markers` item."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    first, *rest = markers.items()
+    return [
+        (pid.pid, env, uptime - pid.start_time / ticks)
+        for pid, env in with_environment(f"{first[0]}={first[1]}")
+        if all(env.get(k) == v for k, v in rest)
+    ]
+
+
 def find_by_env(markers: Mapping[str, str]) -> ProcessId | None:
     """A live process whose environment holds every `markers` item (a service whose
     start was not recorded: its starter died between starting it and saying so)."""

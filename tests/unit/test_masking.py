@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from branchline.engine import masking
-from branchline.engine.masking import MASK, MAX_LINE, MIN_SECRET_LENGTH, LineMasker, mask
+from branchline import masking
+from branchline.masking import MASK, MAX_LINE, MIN_SECRET_LENGTH, LineMasker, mask
 
 
 def stream(masker: LineMasker, chunks: list[str]) -> list[str]:

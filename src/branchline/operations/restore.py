@@ -8,13 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from branchline import naming
+from branchline.environment import Environment
 from branchline.errors import UsageError
-from branchline.pipelines.kit import Kit
-from branchline.pipelines.preview import service_vars
-from branchline.store import rollouts as rollout_rows
+from branchline.kit import Kit
 
-ENVIRONMENT = naming.PRODUCTION
+ENVIRONMENT = Environment.production()
 
 
 @dataclass
@@ -39,22 +37,19 @@ async def restore_production(
     kit: Kit, at: datetime, *, progress: Callable[[str], None] = lambda _m: None
 ) -> Restored:
     live = [d for d in await kit.compute.list_deployments(ENVIRONMENT) if d.status == "live"]
-    previous = await kit.database_branch(ENVIRONMENT)
+    previous = await kit.database_branch(ENVIRONMENT) or kit.config.database.parent
     name = branch_name(at)
     progress(f"restoring {kit.config.database.parent} as of {at.isoformat()} into {name}")
     branch = await kit.database.restore(name, at)
-    async with kit.store.connect() as conn:
-        # From here on production's services (and later rollouts) use the restored branch.
-        await rollout_rows.set_branch(conn, kit.project, ENVIRONMENT, branch.name)
-    uri = await kit.database.connection_uri(branch.name)
-    vars = service_vars(kit, ENVIRONMENT, uri)
-    secrets = await kit.secrets.get_all(ENVIRONMENT)
+    # From here on production's services (and later rollouts) use the restored branch.
+    await kit.rollouts.set_branch(ENVIRONMENT.name, branch.name)
+    env = await kit.deployment_env(ENVIRONMENT)
     redeployed = {}
     order = {s.name: i for i, s in enumerate(kit.config.services_in_deploy_order())}
     for position, deployment in enumerate(sorted(live, key=lambda d: order.get(d.service, 99))):
         progress(f"redeploying {deployment.service} ({deployment.release.name}) on {name}")
         again = await kit.compute.deploy(
-            deployment.service, ENVIRONMENT, deployment.release, vars, secrets, position=position
+            deployment.service, ENVIRONMENT, deployment.release, env, position=position
         )
         redeployed[again.service] = again.release.name
     if not live:

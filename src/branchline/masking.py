@@ -1,8 +1,10 @@
-"""Secret values never reach a stored log line: masked before storage, also
-when a value arrives split across two chunks of output."""
+"""Every redaction rule in one place: secret values in log lines and error texts
+(masked before anything is stored, also when a value arrives split across two
+chunks of output), and passwords inside connection URIs and key=value strings."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 MASK = "***"
@@ -72,3 +74,16 @@ class LineMasker:
 def _pieces(line: str) -> list[str]:
     """A masked line in pieces of at most MAX_LINE (an empty line stays one line)."""
     return [line[i : i + MAX_LINE] for i in range(0, len(line) or 1, MAX_LINE)]
+
+
+def mask_url(url: str) -> str:
+    """Text fit for output: any connection password in it replaced by ***. Handles
+    URLs (`postgresql://u:pw@h/db`, `?password=`) and key=value strings."""
+    masked = re.sub(r"(://[^:/@\s]*:)[^/\s]*@", r"\1***@", url)
+    masked = re.sub(r"([?&]password=)[^&\s]*", r"\1***", masked)
+    return re.sub(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", masked)
+
+
+def mask_all(text: str, secrets: Iterable[str] = ()) -> str:
+    """Both rules at once: connection passwords and the given secret values."""
+    return mask(mask_url(text), secrets)

@@ -58,8 +58,8 @@ from dnslib.server import BaseResolver, DNSHandler, DNSServer
 
 from branchline import naming
 from branchline.errors import StoreError
-from branchline.providers.dns import in_zone
-from branchline.store import Store, mask_url
+from branchline.masking import mask_url
+from branchline.store import Store
 from branchline.store import dns as dns_rows
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def build_snapshot(
     stored = sorted(
         (row.name, row.type, row.content)
         for row in rows
-        if in_zone(row.name, zone) and row.type in _TYPES
+        if naming.in_zone(row.name, zone) and row.type in _TYPES
     )
     fingerprint = tuple(stored)
     if previous is None:
@@ -212,7 +212,7 @@ class ZoneResolver(BaseResolver):  # type: ignore[misc]
             snapshot is None
             or qname is None
             or request.q.qclass not in (CLASS.IN, QCLASS_ANY)
-            or not in_zone(qname, snapshot.zone)
+            or not naming.in_zone(qname, snapshot.zone)
         ):
             reply.header.aa = 0
             reply.header.rcode = RCODE.REFUSED
@@ -233,7 +233,7 @@ class ZoneResolver(BaseResolver):  # type: ignore[misc]
             if cname:
                 reply.add_answer(*cname)
                 target = str(cname[0].rdata.label).removesuffix(".").lower()
-                if not in_zone(target, snapshot.zone) or target in seen:
+                if not naming.in_zone(target, snapshot.zone) or target in seen:
                     return reply  # the rest of the chain is someone else's (or a loop)
                 seen.add(target)
                 name = target

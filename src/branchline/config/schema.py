@@ -1,0 +1,305 @@
+"""`Config`, the whole of branchline.toml, with the checks that span its tables.
+
+Besides `Config` this holds the small tables `[project]`, `[preview]`, `[production]`,
+`[health]` and `[secrets]` (the provider tables are in `providers`, services and test
+jobs in `services`), and the checks that need more than one table: defaults that depend
+on other keys, the names of services and jobs, unique sub-domains, the services test
+jobs refer to, and which service variables are secret.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Self
+
+from pydantic import Field, PrivateAttr, field_validator, model_validator
+
+from branchline.config.base import _assign_masks, _collect_secrets, _Model, is_secret_name
+from branchline.config.fields import (
+    Domain,
+    Duration,
+    NonEmpty,
+    Repository,
+    SecretName,
+    Slug,
+    _slug_problem,
+)
+from branchline.config.interpolation import _Secrets
+from branchline.config.problems import Loc, _did_you_mean, _invalid
+from branchline.config.providers import ComputeConfig, DatabaseConfig, DnsConfig, ForgeConfig
+from branchline.config.services import JobConfig, ServiceConfig, _default_glob
+
+CONFIG_FILENAME = "branchline.toml"
+
+
+class ProjectConfig(_Model):
+    """`[project]`: the project's name and the domain its environments live under."""
+
+    name: Slug
+    zone: Domain  # e.g. "revelations.studio"; locally "codex.localhost"
+    production_branch: NonEmpty = "main"
+    github_repository: Repository | None = None  # "owner/name", for the github forge
+
+
+class PreviewConfig(_Model):
+    """`[preview]`: how long previews live and how many may run at once."""
+
+    ttl: Duration = timedelta(hours=72)
+    max_live: int = Field(default=10, ge=1)
+
+
+class ProductionConfig(_Model):
+    """`[production]`: how careful the production rollout is."""
+
+    # A migration the live release cannot run against makes a code-only rollback
+    # impossible; the rollout refuses it unless this says it is intended.
+    allow_breaking_migrations: bool = False
+
+
+# The reference waits for TLS certificates and edge propagation on the cloud.
+CLOUD_HEALTH_DEFAULTS: dict[str, object] = {
+    "first_wait": "30s",
+    "later_wait": "15s",
+    "retries": 10,
+    "backoff_base": "5s",
+    "service_timeout": "5m",
+}
+# Locally a service listens on loopback behind our own proxy: there is nothing to
+# wait for. A small Python service needs ~75 ms to listen, so the first check is
+# often refused; a 100 ms backoff base (measured: rollback 0.7 s with 500 ms)
+# keeps "PR opened -> preview healthy" and rollbacks fast.
+LOCAL_HEALTH_DEFAULTS: dict[str, object] = {
+    "first_wait": "0s",
+    "later_wait": "0s",
+    "retries": 10,
+    "backoff_base": "100ms",
+    "service_timeout": "5m",
+}
+
+
+class HealthConfig(_Model):
+    """`[health]`: checks after each deploy. Defaults depend on `[compute] provider`."""
+
+    first_wait: Duration = timedelta(0)  # before checking the first service deployed
+    later_wait: Duration = timedelta(0)  # before checking each later service
+    retries: int = Field(default=10, ge=0)
+    backoff_base: Duration = timedelta(milliseconds=500)  # waits are base * 2**attempt
+    service_timeout: Duration = timedelta(minutes=5)  # at most this long per service
+
+    @field_validator("service_timeout")
+    @classmethod
+    def _positive_timeout(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise _invalid("must be longer than zero", 'write for example `{key} = "5m"`')
+        return value
+
+    def wait_before(self, position: int) -> timedelta:
+        """The wait before checking the service deployed at `position` (0 = first)."""
+        return self.first_wait if position == 0 else self.later_wait
+
+    def backoff_schedule(self) -> tuple[timedelta, ...]:
+        """The waits between retries: base, 2*base, 4*base, ... (5s, 10s, 20s on the cloud)."""
+        return tuple(self.backoff_base * 2**attempt for attempt in range(self.retries))
+
+
+class SecretScope(_Model):
+    """`[secrets.<environment>]`: the secret names an environment needs."""
+
+    names: tuple[SecretName, ...] = ()
+    generate: tuple[SecretName, ...] = ()  # made up (32 random bytes, base64) when missing
+
+    @model_validator(mode="after")
+    def _generate_subset_of_names(self) -> Self:
+        seen: set[str] = set()
+        for index, name in enumerate(self.names):
+            if name in seen:
+                raise _invalid(
+                    f"`{name}` is listed twice", "list each name once", loc=("names", index)
+                )
+            seen.add(name)
+        for index, name in enumerate(self.generate):
+            if name not in seen:
+                raise _invalid(
+                    f"`{name}` is in `generate` but not in `names`",
+                    f'add "{name}" to `names`, or remove it from `generate`',
+                    loc=("generate", index),
+                )
+        return self
+
+
+class SecretsConfig(_Model):
+    """`[secrets]`: names per environment; values live in branchline's encrypted store."""
+
+    production: SecretScope = Field(default_factory=SecretScope)
+    preview: SecretScope = Field(default_factory=SecretScope)
+    test: SecretScope = Field(default_factory=SecretScope)
+
+    @model_validator(mode="after")
+    def _production_is_never_generated(self) -> Self:
+        if self.production.generate:
+            name = self.production.generate[0]
+            raise _invalid(
+                "production secrets cannot be generated",
+                f"remove `generate` from `[secrets.production]` and set the value with "
+                f"`branchline secret set {name} --env production`",
+                loc=("production", "generate"),
+            )
+        return self
+
+
+class Config(_Model):
+    """A loaded, validated branchline.toml. Build it with `load_config()`."""
+
+    project: ProjectConfig
+    database: DatabaseConfig
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
+    dns: DnsConfig = Field(default_factory=DnsConfig)
+    forge: ForgeConfig = Field(default_factory=ForgeConfig)
+    services: dict[str, ServiceConfig] = Field(default_factory=dict)
+    tests: dict[str, JobConfig] = Field(default_factory=dict)
+    preview: PreviewConfig = Field(default_factory=PreviewConfig)
+    production: ProductionConfig = Field(default_factory=ProductionConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    secrets: SecretsConfig = Field(default_factory=SecretsConfig)
+
+    _path: Path = PrivateAttr(default_factory=lambda: Path(CONFIG_FILENAME))
+    # Values substituted from secret-looking variables (they may be inside a command).
+    _secret_values: frozenset[str] = PrivateAttr(default_factory=frozenset)
+
+    @property
+    def path(self) -> Path:
+        """The absolute path of branchline.toml."""
+        return self._path
+
+    @property
+    def root(self) -> Path:
+        """The directory holding branchline.toml; service paths are relative to it."""
+        return self._path.parent
+
+    def service_dir(self, service: ServiceConfig | str) -> Path:
+        """The absolute directory of a service."""
+        config = self.services[service] if isinstance(service, str) else service
+        return self.root / config.path
+
+    def services_in_deploy_order(self) -> list[ServiceConfig]:
+        """Services sorted by (order, name): the order production deploys them in."""
+        return sorted(self.services.values(), key=lambda service: (service.order, service.name))
+
+    def secret_values(self) -> set[str]:
+        """Every secret value in the config (to mask in logs); never print these."""
+        found = set(self._secret_values)
+        _collect_secrets(self, (), self._masked, found)
+        return {value for value in found if value}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_defaults(cls, data: Any) -> Any:
+        # Defaults that depend on other keys are filled in before validation, so that
+        # the validated model holds only concrete values.
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if isinstance(data.get("health", {}), dict):
+            data["health"] = {**_health_defaults(data.get("compute")), **data.get("health", {})}
+        for section in ("services", "tests"):
+            tables = data.get(section)
+            if isinstance(tables, dict):
+                _check_table_names(section, tables)
+        services = data.get("services")
+        if isinstance(services, dict):
+            data["services"] = {
+                name: _service_defaults(name, table, position)
+                for position, (name, table) in enumerate(services.items(), start=1)
+            }
+        return data
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Self:
+        for name, service in self.services.items():
+            service._name = name
+        for name, job in self.tests.items():
+            job._name = name
+        _check_unique_subdomains(self.services)
+        _check_job_services(self.tests, self.services)
+        _assign_masks(self, self._masked | _secret_env_paths(self.services))
+        return self
+
+    def _attach(self, path: Path, secrets: _Secrets) -> None:
+        self._path = path
+        self._secret_values = frozenset(secrets.values)
+        _assign_masks(self, self._masked | frozenset(secrets.paths))
+
+
+def _health_defaults(compute: object) -> dict[str, object]:
+    provider = compute.get("provider", "local") if isinstance(compute, dict) else "local"
+    return dict(LOCAL_HEALTH_DEFAULTS if provider == "local" else CLOUD_HEALTH_DEFAULTS)
+
+
+def _check_table_names(section: str, tables: dict[str, Any]) -> None:
+    for name in tables:
+        problem = _slug_problem(name)
+        if problem:
+            kind = "service" if section == "services" else "test job"
+            raise _invalid(
+                f"{kind} name {problem}",
+                f"rename `[{section}.{name}]`, e.g. `[{section}.{_suggest_slug(name)}]`",
+                loc=(section, name),
+            )
+
+
+def _suggest_slug(name: str) -> str:
+    slug = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:40].rstrip("-")
+    if not slug or not slug[0].isalpha():
+        slug = f"s-{slug}".rstrip("-")
+    return slug
+
+
+def _service_defaults(name: str, table: object, position: int) -> object:
+    if not isinstance(table, dict):
+        return table
+    filled = {"subdomain": name, "order": position, **table}
+    if "paths" not in table and isinstance(table.get("path"), str):
+        filled["paths"] = [_default_glob(table["path"])]
+    return filled
+
+
+def _check_unique_subdomains(services: Mapping[str, ServiceConfig]) -> None:
+    owners: dict[str, str] = {}
+    for name, service in services.items():
+        first = owners.setdefault(service.subdomain, name)
+        if first != name:
+            raise _invalid(
+                f"sub-domain `{service.subdomain}` is used by both `{first}` and `{name}`",
+                f'each service needs its own host name: set `subdomain = "..."` under '
+                f"`[services.{name}]` to one no other service uses",
+                loc=("services", name, "subdomain"),
+            )
+
+
+def _check_job_services(jobs: Mapping[str, JobConfig], services: Mapping[str, Any]) -> None:
+    for name, job in jobs.items():
+        if job.per_service and job.service is not None:
+            raise _invalid(
+                "`per_service = true` and `service` contradict each other",
+                "keep `per_service` to test every service in its own job, or `service` "
+                "for a job about one service",
+                loc=("tests", name, "per_service"),
+            )
+        if job.service is not None and job.service not in services:
+            raise _invalid(
+                f"unknown service `{job.service}`",
+                _did_you_mean(job.service, list(services), noun="services"),
+                loc=("tests", name, "service"),
+            )
+
+
+def _secret_env_paths(services: Mapping[str, ServiceConfig]) -> frozenset[Loc]:
+    return frozenset(
+        ("services", name, "env", key)
+        for name, service in services.items()
+        for key in service.env
+        if is_secret_name(key)
+    )

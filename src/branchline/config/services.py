@@ -1,0 +1,125 @@
+"""`[services.<name>]` and `[tests.<job>]`: the services a change deploys, and the jobs
+of the testing pipeline that run against it.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path, PurePosixPath
+from typing import Self
+
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+
+from branchline.config.base import _Model
+from branchline.config.fields import Command, Duration, EnvName, HealthPath, Label, NonEmpty
+from branchline.config.problems import _invalid
+
+# Set by branchline for each service process; a value in the file would be wrong.
+_RESERVED_ENV = frozenset({"PORT", "DATABASE_URL"})
+
+
+class ServiceConfig(_Model):
+    """`[services.<name>]`: one deployable unit (the reference's "worker").
+
+    `build` and `run` execute in the service's directory (`path`); `run` reads PORT
+    and DATABASE_URL from its environment. `paths` are globs relative to the
+    project root that mark the service as changed (default `<path>/**`; empty means
+    always changed). `subdomain` defaults to the name and `order` to the position in
+    the file; deploys go by (order, name).
+    """
+
+    path: str
+    build: Command | None = None
+    run: Command
+    health_path: HealthPath = "/health"
+    subdomain: Label
+    order: int = 0
+    paths: tuple[NonEmpty, ...] = ()
+    env: dict[EnvName, str] = Field(default_factory=dict)
+
+    _name: str = PrivateAttr(default="")
+
+    @property
+    def name(self) -> str:
+        """The service's name: the key of its `[services.<name>]` table."""
+        return self._name
+
+    @field_validator("path")
+    @classmethod
+    def _path_is_directory(cls, value: str, info: ValidationInfo) -> str:
+        if PurePosixPath(value).is_absolute():
+            raise _invalid(
+                f"path `{value}` is absolute",
+                "write it relative to the directory of branchline.toml, "
+                'e.g. `path = "services/api"`',
+            )
+        path = _normalize_path(value)
+        root = (info.context or {}).get("root")
+        if root is not None and not (Path(root) / path).is_dir():
+            state = "is not a directory" if (Path(root) / path).exists() else "does not exist"
+            raise _invalid(
+                f"path `{path}` {state} in {root}",
+                f"create the directory {Path(root) / path}, or set `path` to the service's "
+                "directory relative to branchline.toml",
+            )
+        return path
+
+    @field_validator("env")
+    @classmethod
+    def _no_reserved_env(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if name in _RESERVED_ENV:
+                raise _invalid(
+                    f"`{name}` is set by branchline when the service starts",
+                    f"remove `{name}` from `env`; the service reads it from its environment",
+                    loc=(name,),
+                )
+        return value
+
+
+def _normalize_path(value: str) -> str:
+    """`./services/api/` -> `services/api`; the project root is `.`."""
+    return PurePosixPath(value).as_posix()
+
+
+def _default_glob(path: str) -> str:
+    path = _normalize_path(path)
+    return "**" if path == "." else f"{path}/**"
+
+
+class JobConfig(_Model):
+    """`[tests.<job>]`: one job of the testing pipeline, run at the project root.
+
+    `paths` are globs that decide whether the job runs (empty: always). With
+    `database = true` the job gets DATABASE_URL of the run's ephemeral branch; with
+    `own_branch = true` a branch of its own (the reference's separate E2E branch).
+    """
+
+    command: Command
+    paths: tuple[NonEmpty, ...] = ()
+    database: bool = False
+    own_branch: bool = False
+    timeout: Duration = timedelta(minutes=15)
+    service: str | None = None  # the service this job tests, if any
+    # One job per service (`unit-api`, `unit-auth`, ...), each run only when that
+    # service's `paths` (or the job's own) changed; `{service}` and `{service_path}`
+    # in `command` become the service's name and directory.
+    per_service: bool = False
+
+    _name: str = PrivateAttr(default="")
+
+    @property
+    def name(self) -> str:
+        """The job's name: the key of its `[tests.<job>]` table."""
+        return self._name
+
+    @model_validator(mode="after")
+    def _own_branch_needs_database(self) -> Self:
+        if self.own_branch and not self.database:
+            raise _invalid(
+                "`own_branch = true` needs `database = true`",
+                "a job gets its own database branch only when it uses a database: "
+                "add `database = true`, or remove `own_branch`",
+                loc=("own_branch",),
+            )
+        return self

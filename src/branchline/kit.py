@@ -1,0 +1,155 @@
+"""Everything the use cases and pipelines work with: the config, the store, one
+instance of each provider (typed by its protocol, never by a concrete class), the
+secrets, and the records pipelines keep (previews, rollouts).
+
+It is also the one home of what a deployed service is told: `deployment_env`
+builds an environment's DeploymentEnv (its database, the siblings' URLs, its
+secrets) for every path that starts a service: the pipelines, `deploy`,
+`restart`, `rollback`, `restore` and the supervisor's restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from branchline import naming
+from branchline.config import Config
+from branchline.environment import Environment
+from branchline.providers import registry
+from branchline.providers.compute import ComputeProvider, DeploymentEnv
+from branchline.providers.database import DatabaseProvider
+from branchline.providers.dns import DnsProvider
+from branchline.providers.forge import ForgeProvider
+from branchline.secrets import Secrets
+from branchline.store import Store
+from branchline.store.previews import PreviewLedger, Previews
+from branchline.store.rollouts import RolloutLedger, Rollouts
+
+
+@dataclass
+class Kit:
+    config: Config
+    store: Store
+    database: DatabaseProvider
+    compute: ComputeProvider
+    dns: DnsProvider
+    forge: ForgeProvider
+    secrets: Secrets
+    previews: PreviewLedger
+    rollouts: RolloutLedger
+    edge_port: int | None = None
+    _prefix: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def build(
+        cls,
+        config: Config,
+        store: Store,
+        *,
+        edge_port: int | None = None,
+        dns_port: int | None = None,
+    ) -> Kit:
+        """The providers the config names. Construction does no I/O."""
+        address = ("127.0.0.1", dns_port) if dns_port else None
+        kit: Kit
+
+        async def current_env(environment: Environment) -> DeploymentEnv:
+            return await kit.deployment_env(environment)
+
+        kit = cls(
+            config=config,
+            store=store,
+            database=registry.database_provider(config, store),
+            compute=registry.compute_provider(
+                config, store, edge_port=edge_port, environment=current_env
+            ),
+            dns=registry.dns_provider(config, store, server_address=address),
+            forge=registry.forge_provider(config, store),
+            secrets=Secrets.for_project(store, config),
+            previews=Previews(store, config.project.name),
+            rollouts=Rollouts(store, config.project.name),
+            edge_port=edge_port,
+        )
+        return kit
+
+    @property
+    def project(self) -> str:
+        return self.config.project.name
+
+    @property
+    def repo(self) -> Path:
+        return self.config.root
+
+    @property
+    def prefix(self) -> str:
+        """Where the project sits inside its git repository ("" at the top, "app/" below)."""
+        if self._prefix is None:
+            self._prefix = _prefix_in_repo(self.config.root)
+        return self._prefix
+
+    def in_checkout(self, checkout: Path) -> Path:
+        """The project's directory inside a checkout of its repository."""
+        return checkout / self.prefix if self.prefix else checkout
+
+    def hosts(self, environment: Environment) -> dict[str, str]:
+        """Each service's host name in `environment`."""
+        zone = self.config.project.zone
+        return {
+            name: environment.host_name(spec.subdomain, zone)
+            for name, spec in self.config.services.items()
+        }
+
+    def url(self, host: str) -> str:
+        port = f":{self.edge_port}" if self.edge_port and self.edge_port != 80 else ""
+        return f"http://{host}{port}/"
+
+    async def database_branch(self, environment: Environment) -> str | None:
+        """The branch `environment`'s services use: `pr-<n>` for a preview; for
+        production its branch, or the one `branchline restore` pointed it at; none
+        for `local`."""
+        if environment.is_production:
+            chosen = await self.rollouts.branch_of(environment.name)
+            return chosen or self.config.database.parent
+        return environment.branch(self.config.database.parent)
+
+    async def deployment_env(
+        self, environment: Environment, *, database_url: str | None = None
+    ) -> DeploymentEnv:
+        """What every service of `environment` is given, built here and nowhere else:
+
+        - DATABASE_URL of the environment's branch (or `database_url`: a pre-flight
+          runs the live release against a migrated copy), when it has one;
+        - each service's URL through the edge and host name (AUTH_URL + AUTH_HOST,
+          API_URL + API_HOST, ...), so services reach each other as users do;
+        - the environment's secrets (a preview's own over the shared `preview` ones).
+        """
+        vars: dict[str, str] = {}
+        if database_url is None:
+            branch = await self.database_branch(environment)
+            if branch is not None and await self.database.get_branch(branch) is not None:
+                database_url = await self.database.connection_uri(branch)
+        if database_url is not None:
+            vars["DATABASE_URL"] = database_url
+        base = f"http://127.0.0.1:{self.edge_port}" if self.edge_port else ""
+        for name, host in self.hosts(environment).items():
+            key = naming.sql_identifier(name).upper()
+            vars[f"{key}_URL"] = base
+            vars[f"{key}_HOST"] = host
+        secrets = await self.secrets.get_all(environment.name)
+        return DeploymentEnv(vars=vars, secrets=secrets)
+
+    async def aclose(self) -> None:
+        await asyncio.gather(self.database.aclose(), self.compute.aclose())
+
+
+def _prefix_in_repo(root: Path) -> str:
+    """`app/` when the project's root is `app/` of its git work tree (where `.git`
+    is); "" at the top or outside any repository."""
+    resolved = root.resolve()
+    for top in (resolved, *resolved.parents):
+        if (top / ".git").exists():
+            relative = resolved.relative_to(top).as_posix()
+            return "" if relative == "." else f"{relative}/"
+    return ""
