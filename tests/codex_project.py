@@ -3,14 +3,13 @@ and a check of what a preview left behind: shared by the pipeline tests."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
+from branchline import processes
 from branchline.environment import Environment
 from branchline.processes import ProcessId
 from branchline.store import routes
@@ -56,10 +55,10 @@ def stop_serve_and_services(root: Path, env: dict[str, str]) -> None:
     run_cli("stop", cwd=root, env=env)
     listed = run_cli("--json", "deployments", "list", cwd=root, env=env)
     for deployment in json.loads(listed.stdout or "[]") if listed.returncode == 0 else []:
-        pid = deployment["detail"].get("pid")
-        if pid and deployment["status"] in ("live", "starting", "draining"):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), 15)
+        detail = deployment["detail"]
+        if "pid" in detail and deployment["status"] in ("live", "starting", "draining"):
+            # The whole group: a sandboxed service's own processes too.
+            processes.stop(ProcessId(int(detail["pid"]), int(detail.get("start_time") or -1)))
 
 
 def commit_on(repo: Path, branch: str, files: dict[str, str], message: str) -> str:

@@ -24,7 +24,7 @@ TESTS = REPO / "tests"
 T = TypeVar("T")
 # Where every test starts clusters or processes (the CLI in a subprocess included),
 # and the fixtures that do: all of them are `integration`, out of the fast lane.
-REAL_DIRECTORIES = ("integration", "e2e", "chaos")
+REAL_DIRECTORIES = ("integration", "e2e", "chaos", "security")
 REAL_FIXTURES = frozenset({"pg_cluster", "state_dir", "shared_store"})
 
 
@@ -45,6 +45,8 @@ def cluster_root() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="branchline-test-"))
     path.chmod(0o755)
     yield path
+    for state in path.glob("state-*"):  # what a test's own state fixture did not remove
+        remove_state_dir(state)
     leaked = stop_leftovers(path)
     shutil.rmtree(path, ignore_errors=True)
     assert not leaked, f"processes outlived the tests that started them: {leaked}"
@@ -68,8 +70,8 @@ def state_dir(cluster_root: Path, tmp_path: Path) -> Iterator[Path]:
     service or serve still running for it fails the test (and is stopped)."""
     path = new_state_dir(cluster_root)
     yield path
+    remove_state_dir(path)  # its clusters (they carry the variable too) stop here
     leaked = stop_leftovers(path)
-    remove_state_dir(path)
     assert not leaked, f"the test left processes running: {leaked}"
 
 

@@ -174,6 +174,8 @@ async def _phase(demo: Demo, name: str, work: Callable[[], Awaitable[str]]) -> N
 async def _setup(demo: Demo, config: Config, store: Store) -> str:
     await store.start()
     kit = Kit.build(config, store)
+    kit.sandbox.check()  # code from the example's branches runs boxed, or not at all
+    demo.say(f"  {escape(kit.sandbox.describe())}")
     if isinstance(kit.database, RootInitializer):
         await kit.database.init_root()
     await kit.aclose()

@@ -19,6 +19,7 @@ __all__ = [
     "ZERO_SHA",
     "Event",
     "PreviewExpired",
+    "PullRequestApproved",
     "PullRequestChanged",
     "Push",
     "WorkflowFinished",
@@ -81,6 +82,7 @@ class PullRequestChanged:
     base_sha: str | None = None
     merged: bool = False
     title: str = ""
+    fork: bool = False  # its head is in another repository: untrusted code
 
     kind = "pull_request"
 
@@ -92,7 +94,23 @@ class PullRequestChanged:
     def to_payload(self) -> dict[str, Any]:
         return {"v": VERSION, "number": self.number, "head_branch": self.head_branch,
                 "head_sha": self.head_sha, "base_branch": self.base_branch,
-                "base_sha": self.base_sha, "merged": self.merged, "title": self.title}  # fmt: skip
+                "base_sha": self.base_sha, "merged": self.merged, "title": self.title,
+                "fork": self.fork}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PullRequestApproved:
+    """A writer approved a fork's pull request at one commit (a preview may follow)."""
+
+    number: int
+    sha: str
+    by: str
+
+    kind = "approval"
+    action = None
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"v": VERSION, "number": self.number, "sha": self.sha, "by": self.by}
 
 
 @dataclass(frozen=True)
@@ -133,7 +151,7 @@ class PreviewExpired:
         return {"v": VERSION, "number": self.pr, "expired_at": self.expired_at.isoformat()}
 
 
-Event = Push | PullRequestChanged | WorkflowFinished | PreviewExpired
+Event = Push | PullRequestChanged | PullRequestApproved | WorkflowFinished | PreviewExpired
 
 
 def push(branch: str, after: str, before: str | None = None) -> Push:
@@ -159,7 +177,10 @@ def from_stored(kind: str, action: str | None, payload: dict[str, Any]) -> Event
             action, int(payload["number"]), str(payload["head_branch"]),
             str(payload["head_sha"]), str(payload["base_branch"]), payload.get("base_sha"),
             bool(payload.get("merged")), str(payload.get("title") or ""),
+            bool(payload.get("fork")),
         )  # fmt: skip
+    if kind == "approval":
+        return PullRequestApproved(int(payload["number"]), str(payload["sha"]), str(payload["by"]))
     if kind == "workflow_run":
         pr = payload.get("pr")
         return WorkflowFinished(

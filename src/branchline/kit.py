@@ -21,9 +21,11 @@ from branchline.providers import registry
 from branchline.providers.compute import ComputeProvider, DeploymentEnv
 from branchline.providers.database import DatabaseProvider
 from branchline.providers.dns import DnsProvider
-from branchline.providers.forge import ForgeProvider
+from branchline.providers.forge import ForgeProvider, PullRequest
+from branchline.sandbox import Sandbox
 from branchline.secrets import Secrets
 from branchline.store import Store
+from branchline.store.approvals import ApprovalLedger, Approvals
 from branchline.store.previews import PreviewLedger, Previews
 from branchline.store.rollouts import RolloutLedger, Rollouts
 
@@ -39,6 +41,8 @@ class Kit:
     secrets: Secrets
     previews: PreviewLedger
     rollouts: RolloutLedger
+    approvals: ApprovalLedger
+    sandbox: Sandbox
     edge_port: int | None = None
     _prefix: str | None = field(default=None, repr=False)
 
@@ -53,6 +57,7 @@ class Kit:
     ) -> Kit:
         """The providers the config names. Construction does no I/O."""
         address = ("127.0.0.1", dns_port) if dns_port else None
+        sandbox = Sandbox.for_project(config, store.location.state_dir)
         kit: Kit
 
         async def current_env(environment: Environment) -> DeploymentEnv:
@@ -63,13 +68,15 @@ class Kit:
             store=store,
             database=registry.database_provider(config, store),
             compute=registry.compute_provider(
-                config, store, edge_port=edge_port, environment=current_env
+                config, store, edge_port=edge_port, environment=current_env, sandbox=sandbox
             ),
             dns=registry.dns_provider(config, store, server_address=address),
             forge=registry.forge_provider(config, store),
             secrets=Secrets.for_project(store, config),
             previews=Previews(store, config.project.name),
             rollouts=Rollouts(store, config.project.name),
+            approvals=Approvals(store, config.project.name),
+            sandbox=sandbox,
             edge_port=edge_port,
         )
         return kit
@@ -88,6 +95,20 @@ class Kit:
         if self._prefix is None:
             self._prefix = _prefix_in_repo(self.config.root)
         return self._prefix
+
+    def trusts(self, pull: PullRequest) -> bool:
+        """Whether code of `pull` may have secrets and a preview without an approval:
+        any pull request but a fork's, unless `[forge] untrusted = "trusted"`."""
+        return not pull.fork or self.config.forge.untrusted == "trusted"
+
+    async def may_preview(self, pull: PullRequest, sha: str) -> bool:
+        """A fork's pull request is previewed only once a writer approved this very
+        commit (`require-approval`), or never (`no-secrets`)."""
+        if self.trusts(pull):
+            return True
+        if self.config.forge.untrusted == "no-secrets":
+            return False
+        return await self.approvals.approved(pull.number, sha)
 
     def in_checkout(self, checkout: Path) -> Path:
         """The project's directory inside a checkout of its repository."""

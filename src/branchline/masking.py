@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterable
 
 MASK = "***"
+SEALED_PREFIX = "sealed:"  # a value stored encrypted (secrets.ValueSealer): never shown
 MIN_SECRET_LENGTH = 4  # shorter values would mask ordinary words everywhere
 MAX_LINE = 16 * 1024  # a line longer than this is stored in pieces
 

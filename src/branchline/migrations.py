@@ -27,6 +27,7 @@ from branchline.config import Config
 from branchline.errors import BranchlineError, UsageError
 from branchline.masking import LineMasker
 from branchline.providers.database import DatabaseProvider, ServerLogs
+from branchline.sandbox import Box, Sandbox
 from branchline.schemadiff import describe_schema, diff_schemas, fingerprint, normalize_dump
 
 # Journal tables of common migration tools, and the column naming each migration.
@@ -80,26 +81,33 @@ async def migrate(
     on_line: OnLine | None = None,
     cwd: Path | None = None,
     fingerprint: bool = True,
+    sandbox: Sandbox | None = None,
+    readable: tuple[Path, ...] = (),
 ) -> MigrateResult:
     """Run the project's migrate command against `branch`, streaming masked output.
-    It runs at the project root, or in `cwd` (a checkout of the commit being tested).
+    It runs at the project root (read-only, its `.branchline/` hidden), or in `cwd`
+    (a checkout of the commit being tested, writable), in `sandbox` when given.
     `fingerprint=False` skips the schema dump behind `schema_fingerprint` (about a
     tenth of a second), which pipelines, diffing schemas later anyway, do not need."""
     uri = await provider.connection_uri(branch)
     password = str(conninfo_to_dict(uri).get("password") or "")
     began = time.monotonic()
-    # Project code gets the branch, never branchline's own state database.
-    inherited = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("BRANCHLINE_", "PG")) and k != "DATABASE_URL"
-    }
-    env = {**inherited, **database_env(uri)}
-    command = list(config.database.migrate)
+    # Declared only: the branch, never branchline's own state or environment.
+    box = sandbox or Sandbox.configure(
+        enabled=False, protected=(), path=os.environ.get("PATH", os.defpath).split(os.pathsep)
+    )
+    env = {**box.base_env(), **database_env(uri)}
+    workdir = cwd or config.root
+    shown = (
+        Box(writable=(workdir,), readable=readable)
+        if cwd is not None
+        else Box(readable=(workdir, *readable))
+    )
+    command = box.wrap(list(config.database.migrate), shown, cwd=workdir)
     try:
         process = await asyncio.create_subprocess_exec(
             *command,
-            cwd=cwd or config.root,
+            cwd=workdir,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
@@ -224,6 +232,8 @@ async def preflight(
     cwd: Path | None = None,
     check: Callable[[str], Awaitable[Any]] | None = None,
     parent: str | None = None,
+    sandbox: Sandbox | None = None,
+    readable: tuple[Path, ...] = (),
 ) -> PreflightResult:
     """Migrate a throw-away copy of production; report; always delete the copy.
     `check(branch)` runs on the migrated copy before it goes (the production pipeline
@@ -234,7 +244,9 @@ async def preflight(
     expires = datetime.now(UTC) + timedelta(hours=1)
     await provider.create_branch(name, parent, expires=expires)
     try:
-        result = await migrate(config, provider, name, on_line=on_line, cwd=cwd)
+        result = await migrate(
+            config, provider, name, on_line=on_line, cwd=cwd, sandbox=sandbox, readable=readable
+        )
         error = statement = None
         changes = checked = None
         if not result.ok:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, cast
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,15 @@ def recorded(detail: Mapping[str, object]) -> ProcessId | None:
     return ProcessId(int(str(detail["pid"])), int(str(detail.get("start_time") or -1)))
 
 
+def group_of(pid: int) -> int | None:
+    """The process group of `pid` (None when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[2])
+
+
 def start_time_of(pid: int) -> int | None:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -39,9 +49,18 @@ def start_time_of(pid: int) -> int | None:
     return int(fields[19])  # field 22 of stat; fields here start at field 3
 
 
+def private_log(path: Path, mode: str = "ab") -> BinaryIO:
+    """A log file only branchline's user may read (mode 0600): what a service prints
+    may hold a secret, whoever looks at it later."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if "a" in mode else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    os.fchmod(fd, 0o600)  # one made before, with looser rights
+    return cast(BinaryIO, os.fdopen(fd, mode))
+
+
 def start(command: Sequence[str], *, cwd: Path, env: Mapping[str, str], log: Path) -> ProcessId:
     """Start a service that outlives the command that started it."""
-    with log.open("ab") as out:
+    with private_log(log) as out:
         process = subprocess.Popen(
             list(command), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
@@ -51,8 +70,10 @@ def start(command: Sequence[str], *, cwd: Path, env: Mapping[str, str], log: Pat
 
 
 def stop(pid: ProcessId, *, grace: float = 5.0) -> None:
-    """SIGTERM to its process group, SIGKILL after `grace`. No-op when it is gone."""
-    if not pid.alive():
+    """SIGTERM to its process group, SIGKILL after `grace`; returns once every process
+    of the group is gone (a sandboxed service outlives its sandbox's first process by
+    as long as it takes to shut down). No-op when it is gone."""
+    if not pid.alive() and not group_alive(pid.pid):
         _reap(pid.pid)  # it may be our exited child, not yet collected
         return
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -70,11 +91,30 @@ def _gone_within(pid: ProcessId, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while True:
         _reap(pid.pid)  # it may be our child: a zombie until collected
-        if not pid.alive():
+        if not pid.alive() and not group_alive(pid.pid):
             return True
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.02)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the group still runs. Zombies do not count: an orphan
+    whose parent died may wait a long time for init to reap it."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":  # fields: state, ppid, pgrp, ...
+            return True
+    return False
 
 
 def _reap(pid: int) -> None:
@@ -104,14 +144,16 @@ def with_environment(needle: str) -> Iterator[tuple[ProcessId, dict[str, str]]]:
 
 def started_for(markers: Mapping[str, str]) -> list[tuple[int, dict[str, str], float]]:
     """(pid, environment, age in seconds) of every live process whose environment
-    holds every `markers` item."""
+    holds every `markers` item and that leads its process group: what was started.
+    Its children (a server's workers, a sandbox's own processes) inherit the markers
+    and stay in its group; they are part of it, never strays of their own."""
     ticks = os.sysconf("SC_CLK_TCK")
     uptime = float(Path("/proc/uptime").read_text().split()[0])
     first, *rest = markers.items()
     return [
         (pid.pid, env, uptime - pid.start_time / ticks)
         for pid, env in with_environment(f"{first[0]}={first[1]}")
-        if all(env.get(k) == v for k, v in rest)
+        if all(env.get(k) == v for k, v in rest) and group_of(pid.pid) == pid.pid
     ]
 
 
@@ -120,6 +162,6 @@ def find_by_env(markers: Mapping[str, str]) -> ProcessId | None:
     start was not recorded: its starter died between starting it and saying so)."""
     first, *rest = markers.items()
     for pid, env in with_environment(f"{first[0]}={first[1]}"):
-        if all(env.get(k) == v for k, v in rest):
+        if all(env.get(k) == v for k, v in rest) and group_of(pid.pid) == pid.pid:
             return pid
     return None

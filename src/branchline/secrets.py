@@ -53,7 +53,7 @@ from branchline.environment import (
     secret_target,
 )
 from branchline.errors import BranchlineError, UsageError
-from branchline.masking import MIN_SECRET_LENGTH
+from branchline.masking import MIN_SECRET_LENGTH, SEALED_PREFIX
 from branchline.store import Store
 from branchline.store import secrets as rows
 
@@ -589,3 +589,33 @@ class Secrets:
         directory's key file."""
         state_dir = store.location.state_dir
         return cls(store, config.project.name, config.secrets, lambda: load_key(state_dir, env))
+
+
+class ValueSealer:
+    """Seals values that are not secrets but must not sit in the state database in
+    plain text (a branch's DATABASE_URL published for the next job), with the
+    project's key: `sealed:<key id>:<nonce>:<ciphertext>` (base64)."""
+
+    def __init__(self, secrets: Secrets) -> None:
+        self.secrets = secrets
+
+    def seal(self, value: str, label: str) -> str:
+        sealed = self.secrets.box.seal(
+            value, project=self.secrets.project, environment=_SEALED_SCOPE, name=label
+        )
+        nonce = base64.b64encode(sealed.nonce).decode()
+        text = base64.b64encode(sealed.ciphertext).decode()
+        return f"{SEALED_PREFIX}{sealed.key_id}:{nonce}:{text}"
+
+    def unseal(self, value: str, label: str) -> str:
+        try:
+            key, nonce, text = value.removeprefix(SEALED_PREFIX).split(":")
+            sealed = Sealed(base64.b64decode(nonce), base64.b64decode(text), key)
+        except ValueError:
+            raise SecretError(f"the sealed value of {label} is damaged") from None
+        return self.secrets.box.unseal(
+            sealed, project=self.secrets.project, environment=_SEALED_SCOPE, name=label
+        )
+
+
+_SEALED_SCOPE = "sealed-value"  # not an environment: binds a sealed value to its use

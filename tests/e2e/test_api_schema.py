@@ -181,5 +181,5 @@ def test_every_operation_answers_as_documented(served: Served) -> None:
     # Every documented operation was exercised, with invalid input where it takes any.
     assert sorted(unparameterised) == ["GET /healthz", "GET /metrics", "POST /webhooks/github"]
     operations = {label.rsplit(" ", 1)[0] for label in tried}
-    assert len(operations) == 21, sorted(operations)
+    assert len(operations) == 22, sorted(operations)
     assert not failures, "\n\n".join(failures)

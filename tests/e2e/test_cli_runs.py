@@ -111,8 +111,10 @@ def test_logs_follow_a_run_live_and_show_its_tree(
     listed = json.loads(run_cli("--json", "runs", "list", cwd=root, env=env).stdout)
     assert listed[0]["id"] == run_id
     only = run_cli("--json", "runs", "logs", str(run_id), "--job", "unit", cwd=root, env=env)
-    lines = [json.loads(line)["line"] for line in only.stdout.splitlines()]
-    assert lines == [f"tick {i}" for i in range(5)]
+    records = [json.loads(line) for line in only.stdout.splitlines()]
+    # First, how the job's code runs (boxed); then its output.
+    assert records[0]["stream"] == "system" and records[0]["line"].startswith("sandbox: ")
+    assert [r["line"] for r in records[1:]] == [f"tick {i}" for i in range(5)]
     bad = run_cli("runs", "logs", str(run_id), "--job", "nope", cwd=root, env=env)
     assert bad.returncode == 2 and "unit" in bad.stderr
 

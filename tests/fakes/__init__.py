@@ -18,10 +18,16 @@ from tests.fakes.database import MemoryDatabase
 from tests.fakes.dns import MemoryDns
 from tests.fakes.forge import MemoryForge
 from tests.fakes.kit import memory_kit
-from tests.fakes.records import MemoryPreviews, MemoryRollouts, MemorySealedStore
+from tests.fakes.records import (
+    MemoryApprovals,
+    MemoryPreviews,
+    MemoryRollouts,
+    MemorySealedStore,
+)
 
 __all__ = [
     "FakeStepContext",
+    "MemoryApprovals",
     "MemoryCompute",
     "MemoryDatabase",
     "MemoryDns",

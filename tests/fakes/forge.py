@@ -19,8 +19,10 @@ class MemoryForge:
 
     # -- test helpers -----------------------------------------------------------------
 
-    def open(self, number: int, head_sha: str, branch: str = "feature") -> PullRequest:
-        pr = PullRequest(number, branch, branch, "main", head_sha, "open")
+    def open(
+        self, number: int, head_sha: str, branch: str = "feature", *, fork: bool = False
+    ) -> PullRequest:
+        pr = PullRequest(number, branch, branch, "main", head_sha, "open", fork=fork)
         self.prs[number] = pr
         return pr
 

@@ -7,13 +7,19 @@ from typing import Any, cast
 
 from branchline.config import Config, load_config
 from branchline.kit import Kit
+from branchline.sandbox import Sandbox
 from branchline.secrets import Secrets
 from branchline.store import Store
 from tests.fakes.compute import MemoryCompute
 from tests.fakes.database import MemoryDatabase
 from tests.fakes.dns import MemoryDns
 from tests.fakes.forge import MemoryForge
-from tests.fakes.records import MemoryPreviews, MemoryRollouts, MemorySealedStore
+from tests.fakes.records import (
+    MemoryApprovals,
+    MemoryPreviews,
+    MemoryRollouts,
+    MemorySealedStore,
+)
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "examples" / "codex" / "branchline.toml"
 KEY = b"k" * 32
@@ -46,6 +52,9 @@ def memory_kit(config: Config | None = None, *, edge_port: int | None = 8080) ->
         secrets=Secrets(MemorySealedStore(), config.project.name, config.secrets, KEY),
         previews=MemoryPreviews(config.project.name),
         rollouts=MemoryRollouts(config.project.name),
+        approvals=MemoryApprovals(),
+        # Nothing runs code here: the sandbox is off, and says so if asked.
+        sandbox=Sandbox.configure(enabled=False, protected=(), path=()),
         edge_port=edge_port,
         _prefix="",
     )

@@ -148,3 +148,17 @@ class MemorySealedStore:
         for name in names:
             del self.rows[(environment, name)]
         return names
+
+
+class MemoryApprovals:
+    def __init__(self) -> None:
+        self.approved_commits: dict[tuple[int, str], str] = {}
+
+    async def approve(self, pr: int, sha: str, by: str) -> bool:
+        if (pr, sha) in self.approved_commits:
+            return False
+        self.approved_commits[(pr, sha)] = by
+        return True
+
+    async def approved(self, pr: int, sha: str) -> bool:
+        return (pr, sha) in self.approved_commits

@@ -77,7 +77,7 @@ class Recording:
 
 PARAMS = {
     "cancel": ("run_id",), "rerun": ("run_id",), "rollback": ("service", "environment"),
-    "close_preview": ("pr",), "push": ("branch",),
+    "close_preview": ("pr",), "push": ("branch",), "approve": ("pr", "by"),
     "create_branch": ("name", "parent", "expires"), "delete_branch": ("name",),
     "reset_branch": ("name",),
 }  # fmt: skip

@@ -19,8 +19,8 @@ from psycopg import sql
 
 from branchline.engine.engine import ArtifactMissingError, Engine, EngineOptions
 from branchline.engine.model import Call, Command, Job, RunIf, Step, Workflow
-from branchline.engine.runner import group_alive
 from branchline.postgres import Cluster
+from branchline.processes import group_alive
 from branchline.store import Store, locate_state
 from branchline.store import runs as rows
 from tests.conftest import REPO

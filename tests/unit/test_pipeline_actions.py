@@ -72,16 +72,60 @@ def test_a_passed_testing_run_makes_a_preview_only_for_the_open_pr_at_that_commi
 ) -> None:
     passed = events.WorkflowFinished(5, testing.NAME, "success", SHA, "feature", 7)
     pull = kit.forge.open(7, SHA)  # type: ignore[attr-defined]
-    (planned,) = plan(passed, kit, pull)
+    (planned,) = plan(passed, kit, pull, approved=True)
     assert planned.workflow.name == preview.NAME
     assert planned.secret_scope == "preview-7" and planned.ref == "feature"
+    assert plan(passed, kit, pull, approved=False) == []  # a fork's, not approved
     kit.forge.set_state(7, "open", head_sha=OTHER)  # type: ignore[attr-defined]
-    assert plan(passed, kit, run(kit.forge.pull_request(7))) == []  # moved on
+    moved = run(kit.forge.pull_request(7))
+    assert plan(passed, kit, moved, approved=True) == []  # moved on
     kit.forge.set_state(7, "closed", head_sha=SHA)  # type: ignore[attr-defined]
-    assert plan(passed, kit, run(kit.forge.pull_request(7))) == []
-    assert plan(passed, kit, None) == []
+    assert plan(passed, kit, run(kit.forge.pull_request(7)), approved=True) == []
+    assert plan(passed, kit, None, approved=True) == []
     failed = events.WorkflowFinished(5, testing.NAME, "failure", SHA, "feature", 7)
-    assert plan(failed, kit, pull) == []
+    assert plan(failed, kit, pull, approved=True) == []
+
+
+def test_a_forks_code_is_tested_without_secrets_and_previewed_once_approved(kit: Kit) -> None:
+    fork = kit.forge.open(7, SHA, fork=True)  # type: ignore[attr-defined]
+    opened = events.PullRequestChanged("opened", 7, "feature", SHA, "main", fork=True)
+    (tested,) = plan(opened, kit, fork)
+    assert tested.workflow.name == testing.NAME and tested.secret_scope is None
+    assert "from a fork" in tested.triggered_by
+    # The testing run passes: no preview yet, unless approved at that very commit.
+    assert run(kit.may_preview(fork, SHA)) is False
+    passed = events.WorkflowFinished(5, testing.NAME, "success", SHA, "feature", 7)
+    assert plan(passed, kit, fork, approved=False) == []
+    approval = events.PullRequestApproved(7, SHA, "a writer")
+    assert plan(approval, kit, fork, approved=True, tested=False) == []  # tests not done
+    (previewed,) = plan(approval, kit, fork, approved=True, tested=True)
+    assert previewed.workflow.name == preview.NAME and previewed.secret_scope == "preview-7"
+    run(kit.approvals.approve(7, SHA, "a writer"))
+    assert run(kit.may_preview(fork, SHA)) is True
+    assert run(kit.may_preview(fork, OTHER)) is False  # a new commit needs a new approval
+    stale = events.PullRequestApproved(7, OTHER, "a writer")
+    assert plan(stale, kit, fork, approved=True, tested=True) == []
+
+
+def test_the_preview_itself_refuses_an_unapproved_fork(kit: Kit) -> None:
+    kit.forge.open(7, SHA, fork=True)  # type: ignore[attr-defined]
+    with pytest.raises(PreviewRefusedError, match="comes from a fork") as refused:
+        run(preview.check_open(kit, context()))
+    assert "pr approve 7" in refused.value.hint
+    run(kit.approvals.approve(7, SHA, "a writer"))
+    run(preview.check_open(kit, context()))
+
+
+@pytest.mark.parametrize("policy", ["no-secrets", "trusted"])
+def test_the_fork_policy_can_refuse_every_preview_or_trust_forks(kit: Kit, policy: str) -> None:
+    forge = kit.config.forge.model_copy(update={"untrusted": policy})
+    kit.config = kit.config.model_copy(update={"forge": forge})
+    fork = kit.forge.open(7, SHA, fork=True)  # type: ignore[attr-defined]
+    run(kit.approvals.approve(7, SHA, "a writer"))
+    assert run(kit.may_preview(fork, SHA)) is (policy == "trusted")
+    opened = events.PullRequestChanged("opened", 7, "feature", SHA, "main", fork=True)
+    (tested,) = plan(opened, kit, fork)
+    assert tested.secret_scope == ("test" if policy == "trusted" else None)
 
 
 def test_a_passed_testing_run_on_the_production_branch_rolls_out(kit: Kit) -> None:

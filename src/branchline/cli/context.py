@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import typer
 
+from branchline import gitguard
 from branchline.cli.output import Output
 from branchline.config import Config, find_config, load_config
 from branchline.edge import daemon
@@ -66,8 +67,12 @@ class AppContext:
         return self._config
 
     def store(self) -> Store:
+        """The state database. Refused while git tracks branchline's state directory."""
         if self._store is None:
-            self._store = Store(locate_state(self.config().root, os.environ))
+            config = self.config()
+            location = locate_state(config.root, os.environ)
+            gitguard.refuse_if_tracked(location.state_dir, config.root)
+            self._store = Store(location)
         return self._store
 
     def run(

@@ -12,11 +12,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from branchline import naming
+from branchline import gitguard, naming
 from branchline.cli.context import AppContext, app_context
+from branchline.engine.checkout import staged_copy
 from branchline.errors import BranchlineError, UsageError
 from branchline.kit import Kit
-from branchline.migrations import database_env, migrate, preflight
+from branchline.migrations import MigrateResult, PreflightResult, database_env, migrate, preflight
 from branchline.operations import branches
 from branchline.postgres import find_binaries
 from branchline.providers.database import (
@@ -109,6 +110,10 @@ def _show_branch(ctx: typer.Context, branch: Branch, verb: str) -> None:
 def init(ctx: typer.Context) -> None:
     """Create the production branch (WAL archiving on, first base backup). Idempotent."""
     _progress(ctx, "creating the production branch (initdb, first base backup)")
+    app = app_context(ctx)
+    config = app.config()
+    if gitguard.ignore(app.store().location.state_dir, config.root):
+        app.output.notice("added branchline's state directory to .gitignore (never commit it)")
     branch = _run(ctx, _init_root)
     _show_branch(ctx, branch, "ready:")
 
@@ -199,7 +204,16 @@ def migrate_cmd(ctx: typer.Context, name: str) -> None:
     """Run the project's migrate command against a branch, streaming its output."""
     out = _output(ctx).output
     echo = None if out.json else (lambda line: out.out.print(line, markup=False, highlight=False))
-    result = _run_kit(ctx, lambda kit: migrate(kit.config, kit.database, name, on_line=echo))
+
+    async def work(kit: Kit) -> MigrateResult:
+        # The project's files as they are, copied where the boxed migrate can read
+        # them (the checkout itself may be private, and holds branchline's state).
+        async with staged_copy(kit.config.root, prepare=kit.sandbox.hand_over) as copy:
+            return await migrate(
+                kit.config, kit.database, name, on_line=echo, sandbox=kit.sandbox, cwd=copy
+            )
+
+    result = _run_kit(ctx, work)
     data = {
         "branch": name,
         "ok": result.ok,
@@ -231,7 +245,14 @@ def preflight_cmd(ctx: typer.Context) -> None:
     out = _output(ctx).output
     _progress(ctx, "copying production into a throw-away branch and migrating it")
     echo = None if out.json else (lambda line: out.err.print(line, markup=False, highlight=False))
-    result = _run_kit(ctx, lambda kit: preflight(kit.config, kit.database, on_line=echo))
+
+    async def work(kit: Kit) -> PreflightResult:
+        async with staged_copy(kit.config.root, prepare=kit.sandbox.hand_over) as copy:
+            return await preflight(
+                kit.config, kit.database, on_line=echo, sandbox=kit.sandbox, cwd=copy
+            )
+
+    result = _run_kit(ctx, work)
     data = result.as_dict()
 
     def human(console: Console) -> None:

@@ -8,10 +8,12 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from branchline import gitguard
 from branchline.cli.context import app_context
 from branchline.errors import UsageError
 from branchline.providers.forge.hooks import install as install_hooks
 from branchline.scaffold import detect_services, render_starter_config
+from branchline.store import locate_state
 
 
 def init(
@@ -53,9 +55,12 @@ def init(
     tmp.write_text(render_starter_config(root, services))
     tmp.replace(target)  # never leave half a file behind
     written = install_hooks(root, target) if hooks else []
+    # The state (live databases, the secret key) must never be committed.
+    ignored = gitguard.ignore(locate_state(root).state_dir, root)
     data = {
         "path": str(target),
         "hooks": [str(p) for p in written],
+        "gitignore": ignored,
         "services": [{"name": s.name, "path": s.path, "marker": s.marker} for s in services],
     }
 
@@ -65,6 +70,8 @@ def init(
             console.print(f"  service {s.name}: {s.path} (from {s.marker})")
         if not services:
             console.print("  no services detected: describe them under [services.<name>]")
+        if ignored:
+            console.print("added branchline's state directory to .gitignore")
         console.print("next: review it, then run `branchline config check`")
 
     app.output.emit(data, human)

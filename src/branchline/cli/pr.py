@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
@@ -81,7 +82,7 @@ def _pr_dict(pr: rows.PullRequestRow) -> dict[str, Any]:
     return {
         "number": pr.number, "title": pr.title, "head": pr.head_branch, "base": pr.base_branch,
         "sha": pr.head_sha, "state": pr.state, "created_at": pr.created_at,
-        "updated_at": pr.updated_at, "closed_at": pr.closed_at,
+        "updated_at": pr.updated_at, "closed_at": pr.closed_at, "fork": pr.fork,
     }  # fmt: skip
 
 
@@ -115,11 +116,21 @@ def open_pr(
     ctx: typer.Context,
     branch: str,
     title: Annotated[str | None, typer.Option(help="Title (default: the branch name).")] = None,
+    from_fork: Annotated[
+        bool,
+        typer.Option(
+            "--from-fork",
+            help="As if BRANCH were in another repository: tested without secrets, "
+            "previewed once approved (`pr approve`).",
+        ),
+    ] = False,
     no_wait: NoWait = False,
 ) -> None:
     """Open a pull request from BRANCH into the production branch: testing, then its
     preview environment."""
-    done, outcome = _record_and_run(ctx, lambda forge: forge.open_pr(branch, title), not no_wait)
+    done, outcome = _record_and_run(
+        ctx, lambda forge: forge.open_pr(branch, title, fork=from_fork), not no_wait
+    )
     assert done.pr is not None
     number = done.pr.number
     _emit(ctx, _event_dict(done), f"opened pull request #{number} ({branch})", outcome, number)
@@ -152,6 +163,26 @@ def close(
     )
     said = f"{'merged' if merge else 'closed'} pull request #{number}"
     _emit(ctx, [_event_dict(d) for d in done], said, outcome, number)
+
+
+@app.command("approve")
+def approve(
+    ctx: typer.Context,
+    number: int,
+    by: Annotated[str, typer.Option(help="Who approves (recorded).")] = "",
+    no_wait: NoWait = False,
+) -> None:
+    """Approve a fork's pull request at its head commit: its code may get the
+    preview's secrets and a preview. A new commit needs a new approval."""
+    who = by or getpass.getuser()
+    done, outcome = _record_and_run(ctx, lambda forge: forge.approve_pr(number, who), not no_wait)
+    sha = done.pr.head_sha[:12] if done.pr else "?"
+    said = (
+        f"approved pull request #{number} at {sha}"
+        if done.event
+        else f"pull request #{number} was approved at {sha} before"
+    )
+    _emit(ctx, _event_dict(done), said, outcome, number)
 
 
 @app.command("list")

@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from branchline.cli.context import app_context
@@ -28,6 +29,7 @@ def status(ctx: typer.Context) -> None:
             version = await queries.schema_version(conn)
         async with app.session(config, store, edge=False, engine=False) as session:
             envs = await list_environments(session.kit)
+            sandbox = session.kit.sandbox.describe()
         return {
             "project": config.project.name,
             "config": str(config.path),
@@ -43,6 +45,7 @@ def status(ctx: typer.Context) -> None:
                     f"{m.version:04d}_{m.name}" for m in report.migrations_applied
                 ],
             },
+            "sandbox": sandbox,
             "environments": [e.as_dict() for e in envs],
         }
 
@@ -64,6 +67,7 @@ def _render(console: Console, data: dict[str, Any]) -> None:
     applied = state["migrations_applied_now"]
     note = f" (applied now: {', '.join(applied)})" if applied else ""
     console.print(f"[bold]schema[/bold]   version {state['schema_version']}{note}")
+    console.print(f"[bold]code[/bold]     {escape(data['sandbox'])}")
     envs = data["environments"]
     if not envs:
         console.print("[bold]environments[/bold] none yet")

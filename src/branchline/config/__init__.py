@@ -53,6 +53,7 @@ from branchline.config.schema import (
     ProjectConfig,
     SecretsConfig,
     SecretScope,
+    SecurityConfig,
 )
 from branchline.config.services import JobConfig, ServiceConfig
 
@@ -77,6 +78,7 @@ __all__ = [
     "ProjectConfig",
     "SecretScope",
     "SecretsConfig",
+    "SecurityConfig",
     "ServiceConfig",
     "find_config",
     "format_duration",

@@ -109,6 +109,10 @@ class ForgeConfig(_Model):
 
     provider: Literal["local", "github"] = "local"
     github: GithubForgeConfig | None = None
+    # Pull requests from forks: tested without secrets and previewed only once a
+    # writer approves ("require-approval"), never previewed ("no-secrets"), or
+    # treated like any other ("trusted").
+    untrusted: Literal["no-secrets", "require-approval", "trusted"] = "require-approval"
 
     @model_validator(mode="after")
     def _provider_table(self) -> Self:

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
@@ -150,6 +150,18 @@ class SecretsConfig(_Model):
         return self
 
 
+class SecurityConfig(_Model):
+    """`[security]`: how code from branches and pull requests (tests, builds,
+    migrations, services) runs: in a bubblewrap sandbox unless `sandbox = "off"`."""
+
+    sandbox: Literal["bubblewrap", "off"] = "bubblewrap"
+    # PATH of boxed code (its directories are shown read-only); default: the PATH
+    # branchline runs with, minus anything inside branchline's state.
+    path: tuple[NonEmpty, ...] | None = None
+    # More read-only directories boxed code may see (tools installed off PATH).
+    expose: tuple[NonEmpty, ...] = ()
+
+
 class Config(_Model):
     """A loaded, validated branchline.toml. Build it with `load_config()`."""
 
@@ -164,6 +176,7 @@ class Config(_Model):
     production: ProductionConfig = Field(default_factory=ProductionConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     secrets: SecretsConfig = Field(default_factory=SecretsConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
 
     _path: Path = PrivateAttr(default_factory=lambda: Path(CONFIG_FILENAME))
     # Values substituted from secret-looking variables (they may be inside a command).

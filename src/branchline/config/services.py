@@ -98,6 +98,9 @@ class JobConfig(_Model):
     command: Command
     paths: tuple[NonEmpty, ...] = ()
     database: bool = False
+    # The job's database role may create databases (Django's test runner makes its
+    # own `test_<name>` database).
+    createdb: bool = False
     own_branch: bool = False
     timeout: Duration = timedelta(minutes=15)
     service: str | None = None  # the service this job tests, if any

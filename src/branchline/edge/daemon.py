@@ -31,7 +31,7 @@ from branchline.edge.proxy import EdgeProxy
 from branchline.errors import BranchlineError
 from branchline.masking import mask_url
 from branchline.postgres.cluster import port_is_free
-from branchline.processes import ProcessId, start_time_of
+from branchline.processes import ProcessId, private_log, start_time_of
 from branchline.store import Store
 
 logger = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ def ensure_running(
 
 
 def _spawn(state_dir: Path, config_path: Path, timeout: float, workers: bool) -> EdgeInfo:
-    log = (state_dir / "edge.log").open("ab")
+    log = private_log(state_dir / "edge.log")
     env = {**os.environ, "BRANCHLINE_STATE_DIR": str(state_dir)}
     command = "serve" if workers else "edge"
     subprocess.Popen(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 from branchline.errors import BranchlineError
@@ -36,3 +37,72 @@ def worktree(repo: Path, sha: str, *, parent: Path | None = None) -> Iterator[Pa
         _git(repo, "worktree", "remove", "--force", str(path))
         shutil.rmtree(base, ignore_errors=True)
         _git(repo, "worktree", "prune")
+
+
+@contextlib.asynccontextmanager
+async def checked_out(
+    repo: Path,
+    sha: str,
+    *,
+    parent: Path | None = None,
+    prepare: Callable[[Path], None] | None = None,
+) -> AsyncIterator[Path]:
+    """`worktree` for async code: git runs in a thread, never on the event loop.
+    `prepare` (handing it to the sandbox user, say) runs on the fresh checkout."""
+    manager = worktree(repo, sha, parent=parent)
+    path = await asyncio.to_thread(manager.__enter__)
+    try:
+        if prepare is not None:
+            await asyncio.to_thread(prepare, path)
+        yield path
+    finally:
+        await asyncio.to_thread(manager.__exit__, None, None, None)
+
+
+def git_dir(repo: Path) -> Path | None:
+    """The repository's shared git directory (where a worktree's history lives)."""
+    found = _git(repo, "rev-parse", "--path-format=absolute", "--git-common-dir")
+    return Path(found.stdout.strip()) if found.returncode == 0 else None
+
+
+@contextlib.contextmanager
+def staged(root: Path, *, skip: tuple[str, ...] = (".branchline",)) -> Iterator[Path]:
+    """A private copy of the project at `root` as it is on disk (uncommitted changes
+    included): what git tracks or would (not what it ignores), or, outside git, the
+    whole directory but `skip`. Removed when the block ends."""
+    base = Path(tempfile.mkdtemp(prefix="branchline-stage-"))
+    dest = base / "src"
+    try:
+        listed = _git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+        if listed.returncode == 0:
+            dest.mkdir()
+            for name in filter(None, listed.stdout.split("\0")):
+                if name.split("/", 1)[0] in skip:
+                    continue
+                source = root / name
+                if source.is_file() and not source.is_symlink():
+                    (dest / name).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(source, dest / name)
+                elif source.is_symlink():
+                    (dest / name).parent.mkdir(parents=True, exist_ok=True)
+                    (dest / name).symlink_to(source.readlink())
+        else:
+            shutil.copytree(root, dest, symlinks=True, ignore=shutil.ignore_patterns(*skip))
+        yield dest
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def staged_copy(
+    root: Path, *, prepare: Callable[[Path], None] | None = None
+) -> AsyncIterator[Path]:
+    """`staged` for async code (the copying runs in a thread)."""
+    manager = staged(root)
+    path = await asyncio.to_thread(manager.__enter__)
+    try:
+        if prepare is not None:
+            await asyncio.to_thread(prepare, path)
+        yield path
+    finally:
+        await asyncio.to_thread(manager.__exit__, None, None, None)

@@ -18,21 +18,22 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import procrastinate
 from procrastinate.jobs import Status
 from psycopg.conninfo import conninfo_to_dict
 
 from branchline.engine import runner
-from branchline.engine.checkout import worktree
+from branchline.engine.checkout import checked_out, git_dir
 from branchline.engine.decide import JobState, decide
 from branchline.engine.model import Command, Job, RunIf, Workflow
 from branchline.engine.paths import changed_files
 from branchline.errors import BranchlineError, UsageError
 from branchline.events import WorkflowFinished
-from branchline.masking import mask, mask_url
+from branchline.masking import SEALED_PREFIX, mask, mask_url
 from branchline.postgres.cluster import process_alive
+from branchline.sandbox import Box, Sandbox
 from branchline.store import Store
 from branchline.store import artifacts as artifact_rows
 from branchline.store import forge as forge_rows
@@ -44,6 +45,15 @@ _COMMIT = re.compile(r"[0-9a-f]{7,64}")
 QUEUE = "branchline"
 TASK = "branchline.run_job"
 SecretSource = Callable[[rows.RunRow], Awaitable[Mapping[str, str]]]
+
+
+class Sealer(Protocol):
+    """Seals a sensitive artifact (a branch's DATABASE_URL) before it is stored, so the
+    state database never holds it in plain text; `label` binds it to its place."""
+
+    def seal(self, value: str, label: str) -> str: ...
+
+    def unseal(self, value: str, label: str) -> str: ...
 
 
 async def no_secrets(_run: rows.RunRow) -> Mapping[str, str]:
@@ -80,12 +90,19 @@ class Engine:
         actions: Mapping[str, runner.Action] | None = None,
         secrets: SecretSource = no_secrets,
         options: EngineOptions | None = None,
+        sandbox: Sandbox | None = None,
+        sealer: Sealer | None = None,
     ) -> None:
         self.store = store
         self.project = project
         self.actions = dict(actions or {})
         self.secrets = secrets
         self.options = options or EngineOptions()
+        self.sealer = sealer
+        # Command steps run code from the run's commit: boxed (off only on purpose).
+        self.sandbox = sandbox or Sandbox.configure(
+            enabled=False, protected=(), path=os.environ.get("PATH", os.defpath).split(os.pathsep)
+        )
         self.host = socket.gethostname()
         self.app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=store.url))
         self.app.task(name=TASK, queue=QUEUE, pass_context=True)(self._task)
@@ -301,12 +318,17 @@ class Engine:
         needs_checkout = spec.checkout and any(isinstance(s.run, Command) for s in spec.steps)
         try:
             async with logs:
-                checkout: contextlib.AbstractContextManager[Path | None]
+                checkout: contextlib.AbstractAsyncContextManager[Path | None]
                 if needs_checkout and run.repo and run.sha:
-                    checkout = worktree(Path(run.repo), run.sha, parent=self.options.workdir)
+                    checkout = checked_out(
+                        Path(run.repo), run.sha, parent=self.options.workdir,
+                        prepare=self.sandbox.hand_over,
+                    )  # fmt: skip
                 else:
                     checkout = contextlib.nullcontext(None)
-                with checkout as cwd:
+                async with checkout as cwd:
+                    if cwd is not None:
+                        await logs.write("system", self.sandbox.describe())
                     return await self._steps_in(conn, run, spec, steps, secrets, logs, cwd)
         except BranchlineError as exc:
             return "failure", exc.message, exc.code
@@ -372,16 +394,22 @@ class Engine:
                 cancellable=cancellable,
             )
             try:
-                env = _step_env(run, what, secrets)
+                self.sandbox.check()
+                env = _step_env(self.sandbox.base_env(), run, what, secrets)
                 outputs, hidden = await self._outputs(run, what)
             except BranchlineError as exc:
-                await logs.write("system", exc.message)
+                await logs.write("system", f"{exc.message} ({exc.hint})")
                 return runner.StepOutcome("failure", None, exc.message)
             env.update(outputs)
             masked = {**secrets, **hidden}
+            # Its worktree, writable; the repository's history read-only (tests and
+            # builds ask git for the commit), never the checkout it belongs to.
+            history = await asyncio.to_thread(git_dir, Path(run.repo)) if run.repo else None
+            box = Box(writable=(cwd,), readable=(history,) if history else (), with_parent=True)
             return await runner.run_command(
-                what, cwd=cwd, env=env, secrets=masked, sink=logs.write, watch=watch
-            )
+                what, cwd=cwd, env=env, secrets=masked, sink=logs.write, watch=watch,
+                wrap=lambda argv, workdir: self.sandbox.wrap(argv, box, cwd=workdir),
+            )  # fmt: skip
         context = _Context(self, run, secrets, logs)
         return await runner.run_call(what, self.actions, context, logs.write)
 
@@ -400,13 +428,21 @@ class Engine:
                         f"run {run.id} published",
                         hint="A job that reads an artifact must `need` the job publishing it.",
                     )
-                env[var] = live.value
+                value = self._opened(live)
+                env[var] = value
                 if live.sensitive:
-                    hidden[f"artifact:{name}"] = live.value
-                    password = _password_in(live.value)
+                    hidden[f"artifact:{name}"] = value
+                    password = _password_in(value)
                     if password:
                         hidden[f"artifact:{name}:password"] = password
         return env, hidden
+
+    def _opened(self, artifact: artifact_rows.ArtifactRow) -> str:
+        """An artifact's value, unsealed when it was stored sealed."""
+        assert artifact.value is not None
+        if artifact.sensitive and self.sealer is not None and is_sealed(artifact.value):
+            return self.sealer.unseal(artifact.value, f"artifact:{artifact.name}")
+        return artifact.value
 
     async def _cancel_requested(self, run_id: int) -> bool:
         async with self.store.connect() as conn:
@@ -569,7 +605,7 @@ class Engine:
                 conn, self.project, name, sha=sha, workflow=workflow, run_id=run_id
             )
         if live is not None and live.value is not None:
-            return live.value
+            return self._opened(live)
         scope = " ".join(
             f"{k} {v}" for k, v in (("workflow", workflow), ("commit", sha), ("run", run_id)) if v
         )
@@ -578,6 +614,10 @@ class Engine:
                 f"artifact {name!r} ({scope or 'any run'}) expired at {expired.expires_at:%c}"
             )
         raise ArtifactMissingError(f"no artifact {name!r} ({scope or 'any run'})")
+
+
+def is_sealed(value: str) -> bool:
+    return value.startswith(SEALED_PREFIX)
 
 
 def _password_in(value: str) -> str | None:
@@ -594,10 +634,13 @@ def _by_paths(error: str | None) -> bool:
     return bool(error and error.startswith("no changes under"))
 
 
-def _step_env(run: rows.RunRow, command: Command, secrets: Mapping[str, str]) -> dict[str, str]:
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("BRANCHLINE_", "PG", "DATABASE"))
-    }
+def _step_env(
+    base: Mapping[str, str], run: rows.RunRow, command: Command, secrets: Mapping[str, str]
+) -> dict[str, str]:
+    """What a step is given: the sandbox's base (PATH, HOME, locale), the run's facts,
+    the step's own variables and the secrets it names. Nothing of branchline's own
+    environment reaches code from the run's commit."""
+    env = dict(base)
     env.update(
         CI="true",
         BRANCHLINE_RUN_ID=str(run.id),
@@ -608,6 +651,8 @@ def _step_env(run: rows.RunRow, command: Command, secrets: Mapping[str, str]) ->
     env.update(command.env)
     for name in command.secrets:
         if name not in secrets:
+            if run.secret_scope is None:
+                continue  # a run that gets no secrets (a fork's code): its steps run without
             raise BranchlineError(
                 f"secret {name!r} is not set for this run",
                 hint=f"Set it with `branchline secret set {name} --env ...`.",
@@ -687,6 +732,9 @@ class _Context:
     async def publish(
         self, name: str, value: str, *, sensitive: bool = False, days: float = 7
     ) -> None:
+        sealer = self.engine.sealer
+        if sensitive and sealer is not None:
+            value = sealer.seal(value, f"artifact:{name}")  # never stored in plain text
         async with self.engine.store.connect() as conn:
             await artifact_rows.publish(
                 conn, run_id=self.run_id, project=self.project, workflow=self.workflow,

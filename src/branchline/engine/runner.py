@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from branchline.engine.model import Call, Command
 from branchline.errors import BranchlineError
 from branchline.masking import LineMasker, mask
+from branchline.processes import group_alive
 
 LogSink = Callable[[str, str], Awaitable[None]]  # (stream, masked line)
 FLUSH_SECONDS = 0.05  # how long a log line may wait before it is stored
@@ -93,12 +94,15 @@ async def run_command(
     secrets: Mapping[str, str],
     sink: LogSink,
     watch: ProcessWatch,
+    wrap: Callable[[list[str], Path], list[str]] | None = None,
 ) -> StepOutcome:
-    """Run an argument list (never a shell string) and stream its masked output."""
+    """Run an argument list (never a shell string) and stream its masked output.
+    `wrap` turns the argument list into the one that runs it (in a sandbox)."""
     workdir = cwd / command.cwd if command.cwd else cwd
+    argv = list(command.args) if wrap is None else wrap(list(command.args), workdir)
     try:
         process = await asyncio.create_subprocess_exec(
-            *command.args,
+            *argv,
             cwd=workdir,
             env=dict(env),
             stdin=asyncio.subprocess.DEVNULL,
@@ -172,25 +176,6 @@ async def kill_group(pgid: int, grace: float, waiter: asyncio.Future[Any] | None
         await asyncio.sleep(0.05)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
-
-
-def group_alive(pgid: int) -> bool:
-    """Whether any process of the group still runs. Zombies do not count: an orphan
-    whose parent died may wait a long time for init to reap it."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":  # fields: state, ppid, pgrp, ...
-            return True
-    return False
 
 
 async def _pump(

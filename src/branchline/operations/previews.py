@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from branchline import events
 from branchline.engine.engine import Engine
 from branchline.environment import Environment
 from branchline.errors import UsageError
 from branchline.kit import Kit
 from branchline.pipelines import cleanup
 from branchline.providers.forge import LocalPullRequests
+from branchline.store import forge as forge_rows
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,27 @@ async def close(kit: Kit, engine: Engine, pr: int, *, by: str = "api") -> Starte
         cleanup.workflow(pr, reason=f"closed from the {by}"), triggered_by=by, pr=pr
     )
     return Started(f"preview-{pr} is being removed", run_id)
+
+
+async def approve(kit: Kit, pr: int, *, by: str) -> Started:
+    """Approve a fork's pull request at its head commit: once its tests pass (or now,
+    if they have), its preview is made with the preview's secrets."""
+    pull = await kit.forge.pull_request(pr)
+    if pull is None or not pull.is_open:
+        raise UsageError(f"there is no open pull request #{pr}", hint="See `branchline pr list`.")
+    if isinstance(kit.forge, LocalPullRequests):
+        recorded = await kit.forge.approve_pr(pr, by)
+        fresh = recorded.event is not None
+    else:
+        fresh = await kit.approvals.approve(pr, pull.head_sha, by)
+        if fresh:
+            async with kit.store.connect() as conn:
+                await forge_rows.record(
+                    conn, kit.project, events.PullRequestApproved(pr, pull.head_sha, by),
+                    delivery_id=f"approval-{kit.project}-{pr}-{pull.head_sha}", source="api",
+                )  # fmt: skip
+    said = "approved" if fresh else "approved before"
+    return Started(f"pull request #{pr} {said} at {pull.head_sha[:12]}", done=fresh)
 
 
 async def record_push(kit: Kit, branch: str, *, source: str = "api") -> Started:

@@ -18,6 +18,7 @@ from branchline.masking import mask_url
 from branchline.operations.reconcile import reconcile
 from branchline.pipelines import catalog
 from branchline.pipelines.dispatch import Dispatcher, Started, secrets_for, settle
+from branchline.secrets import ValueSealer
 from branchline.store import Store
 
 logger = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ async def open_pipelines(
     kit = Kit.build(config, store, edge_port=edge_port, dns_port=dns_port)
     engine = Engine(
         store, project=config.project.name, actions=catalog.bound(kit), secrets=secrets_for(kit),
-        options=options,
+        options=options, sandbox=kit.sandbox, sealer=ValueSealer(kit.secrets),
     )  # fmt: skip
     try:
         async with engine.open():

@@ -13,10 +13,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from branchline import migrations
-from branchline.engine.checkout import worktree
+from branchline.engine.checkout import checked_out, git_dir
 from branchline.engine.runner import StepContext
 from branchline.errors import BranchlineError
 from branchline.kit import Kit
+from branchline.providers.database import CreateDbGrants
 
 KitAction = Callable[..., Awaitable[Any]]
 DATABASE_URL = "database_url"  # the artifact holding a branch's connection URI
@@ -25,14 +26,18 @@ STATUS_CONTEXT = "branchline/testing"
 
 async def create_branch(
     kit: Kit, ctx: StepContext, *, name: str, hours: float | None = None,
-    publish: str = DATABASE_URL,
+    publish: str = DATABASE_URL, createdb: bool = False,
 ) -> None:  # fmt: skip
-    """Copy the parent (production) into `name` and publish its URI, masked."""
+    """Copy the parent (production) into `name` and publish its URI, masked. With
+    `createdb`, its application role may create databases (a test runner's own)."""
     expires = datetime.now(UTC) + timedelta(hours=hours) if hours else None
     began = asyncio.get_running_loop().time()
     branch = await kit.database.create_branch(name, kit.config.database.parent, expires=expires)
     took = asyncio.get_running_loop().time() - began
     await ctx.log(f"branch {branch.name} copied from {branch.parent} in {took:.2f} s")
+    if createdb and isinstance(kit.database, CreateDbGrants):
+        await kit.database.allow_createdb(name)
+        await ctx.log(f"{branch.name}: its role may create databases")
     await ctx.publish(publish, await kit.database.connection_uri(name), sensitive=True, days=1)
 
 
@@ -41,10 +46,11 @@ async def migrate_branch(kit: Kit, ctx: StepContext, *, name: str) -> None:
     if ctx.repo is None or ctx.sha is None:
         raise BranchlineError("a migration needs the run's repository and commit")
     lines: list[str] = []
-    with worktree(ctx.repo, ctx.sha) as checkout:
+    history = await asyncio.to_thread(git_dir, ctx.repo)
+    async with checked_out(ctx.repo, ctx.sha, prepare=kit.sandbox.hand_over) as checkout:
         result = await migrations.migrate(
             kit.config, kit.database, name, on_line=lines.append, cwd=kit.in_checkout(checkout),
-            fingerprint=False,
+            fingerprint=False, sandbox=kit.sandbox, readable=(history,) if history else (),
         )  # fmt: skip
     for line in lines:
         await ctx.log(line)

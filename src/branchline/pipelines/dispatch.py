@@ -31,6 +31,7 @@ from branchline.masking import mask_url
 from branchline.pipelines import cleanup, preview, production, testing
 from branchline.providers.forge import PullRequest
 from branchline.store import Store
+from branchline.store import artifacts as artifact_rows
 from branchline.store import forge as forge_rows
 from branchline.store import runs as run_rows
 
@@ -95,10 +96,21 @@ class Dispatcher:
                 )
             for stale in active:
                 await self.engine.cancel(stale.id)
-        pull = None
-        if isinstance(event, events.WorkflowFinished) and event.pr:
+        pull, approved, tested = None, False, False
+        if isinstance(event, events.WorkflowFinished) and event.pr and event.sha:
             pull = await self.kit.forge.pull_request(event.pr)
-        plans = plan(event, self.kit, pull)
+            approved = pull is not None and await self.kit.may_preview(pull, event.sha)
+        if isinstance(event, events.PullRequestChanged):
+            pull = await self.kit.forge.pull_request(event.number)
+        if isinstance(event, events.PullRequestApproved):
+            pull = await self.kit.forge.pull_request(event.number)
+            approved = pull is not None and await self.kit.may_preview(pull, event.sha)
+            async with self.kit.store.connect() as conn:
+                report, _expired = await artifact_rows.find(
+                    conn, self.kit.project, testing.REPORT, sha=event.sha, workflow=testing.NAME
+                )
+            tested = report is not None
+        plans = plan(event, self.kit, pull, approved=approved, tested=tested)
         if any(p.secret_scope == TEST for p in plans):
             await self.kit.secrets.ensure_generated_in(TEST)
         return [await self._submit(row, p) for p in plans]
@@ -131,11 +143,16 @@ class Planned:
     secret_scope: str | None = None
 
 
-def plan(event: events.Event, kit: Kit, pull: PullRequest | None = None) -> list[Planned]:
+def plan(
+    event: events.Event, kit: Kit, pull: PullRequest | None = None, *,
+    approved: bool = False, tested: bool = False,
+) -> list[Planned]:  # fmt: skip
     """The runs `event` starts: the reference's routing, and nothing else.
 
-    `pull` is the pull request a finished run was for, as the code host has it now
-    (a preview is made only when it is still open at the tested commit).
+    `pull` is the pull request the event is about, as the code host has it now (a
+    preview is made only when it is still open at the tested commit); `approved`:
+    it may be previewed at that commit (always true but for an unapproved fork);
+    `tested`: the commit an approval names passed its tests already.
     """
     config = kit.config
     if isinstance(event, events.Push):
@@ -151,10 +168,13 @@ def plan(event: events.Event, kit: Kit, pull: PullRequest | None = None) -> list
         if event.is_update:
             workflow = testing.workflow(config, sha=event.head_sha, pr=event.number,
                                         prefix=kit.prefix)  # fmt: skip
+            fork = event.fork or (pull is not None and pull.fork)
+            trusted = not fork or config.forge.untrusted == "trusted"
             return [Planned(
-                workflow, f"pull request #{event.number} {event.action} ({event.head_sha[:8]})",
+                workflow, f"pull request #{event.number} {event.action} ({event.head_sha[:8]})"
+                + ("" if trusted else ", from a fork: no secrets"),
                 sha=event.head_sha, base_sha=event.base_sha, ref=event.head_branch,
-                pr=event.number, secret_scope=TEST,
+                pr=event.number, secret_scope=TEST if trusted else None,
             )]  # fmt: skip
         how = "merged" if event.merged else "closed"
         return [Planned(cleanup.workflow(event.number, reason=how),
@@ -171,9 +191,21 @@ def plan(event: events.Event, kit: Kit, pull: PullRequest | None = None) -> list
             )]  # fmt: skip
         if pull is None or not pull.is_open or pull.head_sha != event.sha:
             return []  # closed, or a newer commit is being tested: no preview of this one
+        if not approved:
+            return []  # a fork's commit nobody approved yet: its approval starts it
         return [Planned(
             preview.workflow(event.pr), f"testing run {event.run_id} passed", sha=event.sha,
             pr=event.pr, ref=pull.head_branch, secret_scope=Environment.preview(event.pr).name,
+        )]  # fmt: skip
+    if isinstance(event, events.PullRequestApproved):
+        if pull is None or not pull.is_open or pull.head_sha != event.sha:
+            return []  # approved an older commit: the new one needs its own approval
+        if not (approved and tested):
+            return []  # its testing run, when it passes, makes the preview
+        return [Planned(
+            preview.workflow(event.number), f"pull request #{event.number} approved by "
+            f"{event.by}", sha=event.sha, pr=event.number, ref=pull.head_branch,
+            secret_scope=Environment.preview(event.number).name,
         )]  # fmt: skip
     if isinstance(event, events.PreviewExpired):
         return [Planned(cleanup.workflow(event.pr, reason="expired"),

@@ -108,6 +108,13 @@ async def check_open(kit: Kit, ctx: StepContext) -> None:
             f"{(ctx.sha or '')[:8]} is superseded",
             hint="The newer commit's testing run makes its preview.",
         )
+    if not await kit.may_preview(pr, ctx.sha or ""):
+        raise PreviewRefusedError(
+            f"pull request #{ctx.pr} comes from a fork and {(ctx.sha or '')[:8]} is not "
+            "approved: its code gets no secrets and no preview",
+            hint=f"A writer approves it: `branchline pr approve {ctx.pr}` (or the "
+            "`safe-to-preview` label on GitHub).",
+        )
 
 
 async def reserve(kit: Kit, ctx: StepContext) -> None:

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from branchline import migrations
-from branchline.engine.checkout import worktree
+from branchline.engine.checkout import checked_out
 from branchline.engine.model import Call, Job, RunIf, Step, Workflow
 from branchline.engine.runner import StepContext
 from branchline.environment import Environment
@@ -145,10 +145,11 @@ async def preflight(kit: Kit, ctx: StepContext) -> None:
         return verdicts
 
     lines: list[str] = []
-    with worktree(ctx.repo, _sha(ctx)) as checkout:
+    async with checked_out(ctx.repo, _sha(ctx), prepare=kit.sandbox.hand_over) as checkout:
         result = await migrations.preflight(
             kit.config, kit.database, on_line=lines.append, cwd=kit.in_checkout(checkout),
             check=old_code_on_new_schema, parent=await _production_branch(kit),
+            sandbox=kit.sandbox,
         )  # fmt: skip
     for line in lines[-40:]:
         await ctx.log(line)

@@ -39,11 +39,23 @@ def workflow(
         assert branch is not None, "a testing run is for a pull request or a branch"
         ephemeral = naming.branch_for_push(branch, sha)
         e2e, group = naming.e2e_branch_for(ephemeral), f"testing-{naming.slug(branch)}"
+    # The shared branch's role may create databases when a job on it asks for that.
+    createdb = any(s.database and s.createdb and not s.own_branch for s in config.tests.values())
     database = Job(
         "database",
         (
             Step("status", Call("forge.status", {"state": "pending", "description": "testing"})),
-            Step("branch", Call("branch.create", {"name": ephemeral, "hours": EPHEMERAL_HOURS})),
+            Step(
+                "branch",
+                Call(
+                    "branch.create",
+                    {
+                        "name": ephemeral,
+                        "hours": EPHEMERAL_HOURS,
+                        "createdb": createdb,
+                    },
+                ),
+            ),
             Step("migrate", Call("branch.migrate", {"name": ephemeral})),
         ),
         checkout=False,
@@ -108,6 +120,7 @@ def _test_job(
         steps += [
             Step("branch", Call("branch.create", {
                 "name": e2e_branch, "hours": EPHEMERAL_HOURS, "publish": f"{name}:{DATABASE_URL}",
+                "createdb": spec.createdb,
             })),
             Step("migrate", Call("branch.migrate", {"name": e2e_branch})),
         ]  # fmt: skip

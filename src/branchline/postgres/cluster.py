@@ -52,9 +52,13 @@ class ClusterMeta:
     """What branchline knows of a cluster; the settings are applied at every start."""
 
     superuser: str
-    password: str
+    password: str  # new and random per cluster: never the parent's, never handed out
     port: int
     settings: Mapping[str, str] = field(default_factory=dict)
+    # The application role: what apps, tests and migrations connect as. Not a
+    # superuser; owns the app database; its password is the cluster's own too.
+    app_user: str | None = None
+    app_password: str | None = None
 
     def with_port(self, port: int) -> ClusterMeta:
         return replace(self, port=port)
@@ -158,7 +162,10 @@ class Cluster:
         try:
             raw = json.loads(self.meta_file.read_text())
             settings = {str(k): str(v) for k, v in raw.get("settings", {}).items()}
-            return ClusterMeta(raw["superuser"], raw["password"], int(raw["port"]), settings)
+            return ClusterMeta(
+                raw["superuser"], raw["password"], int(raw["port"]), settings,
+                raw.get("app_user"), raw.get("app_password"),
+            )  # fmt: skip
         except (OSError, ValueError, KeyError) as exc:
             raise PostgresError(
                 f"cluster metadata {self.meta_file} is unreadable: {exc}",
@@ -177,6 +184,8 @@ class Cluster:
                     "password": meta.password,
                     "port": meta.port,
                     "settings": dict(meta.settings),
+                    "app_user": meta.app_user,
+                    "app_password": meta.app_password,
                 },
                 fh,
             )
@@ -245,7 +254,9 @@ class Cluster:
                     meta.superuser,
                     f"--pwfile={pwfile}",
                     "--auth-host=scram-sha-256",
-                    "--auth-local=trust",  # the socket directory is private (0700)
+                    # No `trust` anywhere: a password over the socket too (its
+                    # directory is private to the cluster's user besides).
+                    "--auth-local=scram-sha-256",
                     "-E",
                     "UTF8",
                     "--locale=C",
@@ -284,6 +295,7 @@ class Cluster:
             self._wait_ready(timeout, process=None)
             return self.meta()
         self._prepare_socket_dir()
+        self._no_trust()
         meta = self.meta()
         attempt = 0
         settle_until = time.monotonic() + timeout
@@ -350,9 +362,23 @@ class Cluster:
     # -- connections ------------------------------------------------------
 
     def uri(self, dbname: str = "postgres") -> str:
+        """The superuser's URI: for branchline's own work on the cluster only."""
         meta = self.meta()
         return (
             f"postgresql://{quote(meta.superuser, safe='')}:{quote(meta.password, safe='')}"
+            f"@127.0.0.1:{meta.port}/{quote(dbname, safe='')}"
+        )
+
+    def app_uri(self, dbname: str) -> str:
+        """The application role's URI: what apps, tests and migrations are given."""
+        meta = self.meta()
+        if meta.app_user is None or meta.app_password is None:
+            raise PostgresError(
+                f"the cluster in {self.home} has no application role yet",
+                hint="Its branch is being made; try again in a moment.",
+            )
+        return (
+            f"postgresql://{quote(meta.app_user, safe='')}:{quote(meta.app_password, safe='')}"
             f"@127.0.0.1:{meta.port}/{quote(dbname, safe='')}"
         )
 
@@ -373,6 +399,24 @@ class Cluster:
         path.chmod(0o700)
         self.run_as.own(path)
         (self.home / SOCKET_FILE).write_text(str(path))
+
+    def _no_trust(self) -> None:
+        """Clusters made before every login needed a password let local connections in
+        with `trust`: they ask for the password from now on."""
+        hba = self.data_dir / "pg_hba.conf"
+        try:
+            text = hba.read_text()
+        except OSError:
+            return
+        lines = text.splitlines()
+        hardened = [
+            re.sub(r"\btrust\s*$", "scram-sha-256", line) if not line.lstrip().startswith("#")
+            else line
+            for line in lines
+        ]  # fmt: skip
+        if hardened != lines:
+            hba.write_text("\n".join(hardened) + "\n")
+            self.run_as.own(hba)
 
     def rewrite_managed_conf(self) -> None:
         """Bring the settings file in line with the metadata (read at the next start)."""

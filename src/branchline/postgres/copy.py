@@ -67,8 +67,10 @@ def clone(
         env=password_env(parent),
     )
     source = parent.meta()
-    # Roles, and so the password, are copied with the data (as on Neon).
-    meta = ClusterMeta(source.superuser, source.password, port or free_port(), dict(settings))
+    # Roles and their passwords come with the data: the copy opens with its parent's
+    # until `roles.replace_passwords` gives it its own (once it runs).
+    meta = ClusterMeta(source.superuser, source.password, port or free_port(), dict(settings),
+                       source.app_user, source.app_password)  # fmt: skip
     child.write_meta(meta)
     return meta
 
@@ -217,6 +219,7 @@ def restore_to_time(
     settings: Mapping[str, str],
     superuser: str,
     password: str,
+    app_user: str | None = None,
     timeout: float = 120.0,
 ) -> ClusterMeta:
     """Start `child` from `backup` plus archived WAL replayed up to exactly `target`."""
@@ -233,7 +236,7 @@ def restore_to_time(
         "recovery_target_time": target.astimezone(UTC).isoformat(sep=" "),
         "recovery_target_action": "promote",
     }
-    meta = ClusterMeta(superuser, password, free_port(), {**settings, **recovery})
+    meta = ClusterMeta(superuser, password, free_port(), {**settings, **recovery}, app_user)
     child.write_meta(meta)
     meta = child.start(timeout=timeout)
     _wait_promoted(child, timeout)

@@ -10,6 +10,7 @@ from branchline.providers.compute import ComputeProvider, EnvironmentSource
 from branchline.providers.database import DatabaseProvider
 from branchline.providers.dns import DnsProvider
 from branchline.providers.forge import ForgeProvider
+from branchline.sandbox import Sandbox
 from branchline.store import Store
 
 
@@ -36,9 +37,11 @@ def compute_provider(
     *,
     edge_port: int | None = None,
     environment: EnvironmentSource | None = None,
+    sandbox: Sandbox | None = None,
 ) -> ComputeProvider:
     """`environment` gives a service's current DeploymentEnv when compute starts one
-    by itself (a restart, a rollback); without it such a start gets no variables."""
+    by itself (a restart, a rollback); without it such a start gets no variables.
+    Builds and services run in `sandbox` (the project's, by default)."""
     if config.compute.provider == "local":
         from branchline.providers.compute.local import LocalComputeProvider
 
@@ -48,6 +51,7 @@ def compute_provider(
             state_dir=store.location.project_dir(config.project.name),
             edge_port=edge_port,
             environment=environment,
+            sandbox=sandbox or Sandbox.for_project(config, store.location.state_dir),
         )
     raise _unavailable("compute", config.compute.provider)
 

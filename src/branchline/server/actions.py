@@ -29,6 +29,8 @@ class Actions(Protocol):
 
     async def push(self, branch: str) -> Started: ...
 
+    async def approve(self, pr: int, by: str) -> Started: ...
+
     async def create_branch(
         self, name: str, parent: str | None, expires: str | None
     ) -> Started: ...
@@ -60,6 +62,9 @@ class OperationActions:
 
     async def push(self, branch: str) -> Started:
         return await previews.record_push(self.kit, branch)
+
+    async def approve(self, pr: int, by: str) -> Started:
+        return await previews.approve(self.kit, pr, by=by)
 
     async def create_branch(self, name: str, parent: str | None, expires: str | None) -> Started:
         expires_at = parse_expiry(expires) if expires else None

@@ -192,7 +192,7 @@ def router(kit: Kit, actions: Actions | None = None) -> APIRouter:
 
     async def token(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None,
-    ) -> str:
+    ) -> token_rows.TokenRow:
         value = credentials.credentials.strip() if credentials else ""
         if not value:
             raise HTTPException(401, "a bearer token is required (`branchline token create`)",
@@ -201,13 +201,16 @@ def router(kit: Kit, actions: Actions | None = None) -> APIRouter:
             found = await token_rows.find(conn, project, value)
         if found is None:
             raise HTTPException(401, "unknown token", headers={"WWW-Authenticate": "Bearer"})
-        return found.scope
+        return found
 
     # A default, not an annotation: `token` is local, which a string annotation cannot name.
-    async def writer(scope: str = Depends(token)) -> str:
-        if scope != "write":
+    async def writer(found: token_rows.TokenRow = Depends(token)) -> token_rows.TokenRow:
+        if found.scope != "write":
             raise HTTPException(403, "this token may only read")
-        return scope
+        return found
+
+    async def writer_name(found: token_rows.TokenRow = Depends(writer)) -> str:
+        return f"token {found.name}"
 
     read = [Depends(token)]
     write = [Depends(writer)]
@@ -350,6 +353,11 @@ def router(kit: Kit, actions: Actions | None = None) -> APIRouter:
     @routes.post("/previews/{pr}/close", **acting)
     async def close_preview(pr: PrNumber) -> Accepted:
         return await perform(lambda a: a.close_preview(pr))
+
+    @routes.post("/prs/{pr}/approve", **acting)
+    async def approve(pr: PrNumber, who: str = Depends(writer_name)) -> Accepted:
+        """Approve a fork's pull request at its head commit (its preview may follow)."""
+        return await perform(lambda a: a.approve(pr, who))
 
     @routes.post("/pipelines/testing", **acting)
     async def trigger(branch: str) -> Accepted:

@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse
 
 from branchline import events
 from branchline.providers.forge import github_events
-from branchline.store import Store
+from branchline.store import Store, approvals
 from branchline.store import forge as forge_rows
 
 logger = logging.getLogger(__name__)
@@ -114,8 +114,10 @@ async def _record(
             await forge_rows.mirror_pr(
                 conn, settings.project, number=event.number, title=event.title,
                 head=event.head_branch, base=event.base_branch, sha=event.head_sha,
-                state=github_events.state_of(event),
+                state=github_events.state_of(event), fork=event.fork,
             )  # fmt: skip
+        if isinstance(event, events.PullRequestApproved):
+            await approvals.approve(conn, settings.project, event.number, event.sha, event.by)
         return await forge_rows.record(
             conn, settings.project, event, delivery_id=f"github-{delivery}", source="webhook"
         )

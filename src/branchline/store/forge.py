@@ -41,6 +41,7 @@ class PullRequestRow:
     created_at: datetime
     updated_at: datetime
     closed_at: datetime | None
+    fork: bool = False  # its head is in another repository
 
 
 @dataclass(frozen=True)
@@ -96,11 +97,14 @@ async def record(
     )  # fmt: skip
 
 
-_PR = "number, title, head_branch, base_branch, head_sha, state, created_at, updated_at, closed_at"
+_PR = (
+    "number, title, head_branch, base_branch, head_sha, state, created_at, updated_at, closed_at, "
+    "fork"
+)
 
 
 async def open_pr(
-    conn: Conn, project: str, *, title: str, head: str, base: str, sha: str
+    conn: Conn, project: str, *, title: str, head: str, base: str, sha: str, fork: bool = False
 ) -> PullRequestRow:
     async with conn.transaction():
         # Numbers are per project, like GitHub's; the lock makes them gap-free.
@@ -110,11 +114,11 @@ async def open_pr(
         async with conn.cursor(row_factory=class_row(PullRequestRow)) as cur:
             await cur.execute(
                 f"""INSERT INTO branchline.pull_requests
-                        (project, number, title, head_branch, base_branch, head_sha)
-                    SELECT %s, coalesce(max(number), 0) + 1, %s, %s, %s, %s
+                        (project, number, title, head_branch, base_branch, head_sha, fork)
+                    SELECT %s, coalesce(max(number), 0) + 1, %s, %s, %s, %s, %s
                     FROM branchline.pull_requests WHERE project = %s
                     RETURNING {_PR}""",  # noqa: S608 - fixed column list
-                (project, title, head, base, sha, project),
+                (project, title, head, base, sha, fork, project),
             )
             row = await cur.fetchone()
     assert row is not None
@@ -301,18 +305,20 @@ async def issues(conn: Conn, project: str, number: int | None = None) -> list[Is
 
 async def mirror_pr(
     conn: Conn, project: str, *, number: int, title: str, head: str, base: str, sha: str,
-    state: str,
+    state: str, fork: bool = False,
 ) -> None:  # fmt: skip
     """Keep a GitHub pull request's row as its latest delivery describes it (the
     pipelines read PRs from the store, whichever code host they live on)."""
     await conn.execute(
         """INSERT INTO branchline.pull_requests
-               (project, number, title, head_branch, base_branch, head_sha, state, closed_at)
+               (project, number, title, head_branch, base_branch, head_sha, state, closed_at,
+                fork)
            VALUES (%s, %s, %s, %s, %s, %s, %s,
-                   CASE WHEN %s = 'open' THEN NULL ELSE now() END)
+                   CASE WHEN %s = 'open' THEN NULL ELSE now() END, %s)
            ON CONFLICT (project, number) DO UPDATE
            SET title = EXCLUDED.title, head_branch = EXCLUDED.head_branch,
                base_branch = EXCLUDED.base_branch, head_sha = EXCLUDED.head_sha,
-               state = EXCLUDED.state, closed_at = EXCLUDED.closed_at, updated_at = now()""",
-        (project, number, title, head, base, sha, state, state),
+               state = EXCLUDED.state, closed_at = EXCLUDED.closed_at, fork = EXCLUDED.fork,
+               updated_at = now()""",
+        (project, number, title, head, base, sha, state, state, fork),
     )

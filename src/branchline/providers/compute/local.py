@@ -44,6 +44,7 @@ from branchline.providers.compute import (
     releases,
 )
 from branchline.providers.reconciling import Finding
+from branchline.sandbox import Box, Sandbox
 from branchline.store import Store, locks, resources, routes
 from branchline.store import compute as rows
 from branchline.store.queries import Conn
@@ -56,6 +57,9 @@ LOG_TAIL = 2000
 STRAY_AGE = 10.0  # seconds: a process this young may be a deploy about to record it
 TRIAL_AGE = 300.0  # a pre-flight trial older than this outlived its rollout
 FOLLOW_POLL = 0.2  # how often a followed log is read again (a file has nothing to wait on)
+# Kept on the sandbox process (how reconcile and the supervisor find a service), never
+# handed to the service: a path into branchline's state.
+SANDBOX_ONLY = ("BRANCHLINE_STATE",)
 
 
 async def _nothing(_environment: Environment) -> DeploymentEnv:
@@ -78,6 +82,7 @@ class LocalComputeProvider:
         drain: float = 1.0,
         keep_releases: int = 5,
         environment: EnvironmentSource | None = None,
+        sandbox: Sandbox | None = None,
     ) -> None:
         self.config = config
         self.project = config.project.name
@@ -88,6 +93,11 @@ class LocalComputeProvider:
         self.drain = drain
         self.keep_releases = keep_releases
         self.environment_of = environment or _nothing
+        # Builds and services are code from a branch: boxed, unless configured off.
+        self.sandbox = sandbox or Sandbox.configure(
+            enabled=False, protected=(state_dir,),
+            path=os.environ.get("PATH", os.defpath).split(os.pathsep),
+        )  # fmt: skip
         self._background: list[asyncio.Task[None]] = []
         self._http: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient] | None = None
 
@@ -159,8 +169,13 @@ class LocalComputeProvider:
         location.mkdir(parents=True)
         service_dir = releases.export_tree(self.repo, commit, spec.path, location / "tree")
         if spec.build:
-            env = {k: v for k, v in os.environ.items() if not k.startswith("BRANCHLINE_")}
-            releases.run_build(spec.build, service_dir, location / "build.log", env)
+            self.sandbox.check()
+            tree = location / "tree"
+            self.sandbox.hand_over(tree)  # the build writes its output into the release
+            argv = self.sandbox.wrap(spec.build, Box(writable=(tree,)), cwd=service_dir)
+            env = {**self.sandbox.base_env(), "BRANCHLINE_COMMIT": commit,
+                   "BRANCHLINE_SERVICE": spec.name}  # fmt: skip
+            releases.run_build(argv, service_dir, location / "build.log", env)
 
     async def _prune_releases(self, service: str) -> None:
         """Keep the newest releases (and any release a deployment still runs)."""
@@ -266,10 +281,7 @@ class LocalComputeProvider:
         variables = self._env(spec, environment, release, port, env, deployment_id)
         log = self.log_path(environment, spec.name, deployment_id)
         log.parent.mkdir(parents=True, exist_ok=True)
-        service_dir = Path(release.location) / "tree" / spec.path
-        pid = await asyncio.to_thread(
-            processes.start, spec.run, cwd=service_dir, env=variables, log=log
-        )
+        pid = await asyncio.to_thread(self._launch, spec, release, variables, log)
         try:
             async with self.store.connect() as conn:
                 await rows.update_deployment(
@@ -370,11 +382,8 @@ class LocalComputeProvider:
             **db, "port": str(port), "release": release.name, "commit": release.commit,
             "environment": environment.name, "service": spec.name, "url": url,
         }  # fmt: skip
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("BRANCHLINE_", "PG")) and k != "DATABASE_URL"
-        }
+        # Declared only: nothing of the environment branchline itself runs with.
+        env = self.sandbox.base_env()
         env.update(envtemplate.render(spec.env, facts, service=spec.name))
         env.update(given.vars)
         env.update(given.secrets)
@@ -422,10 +431,7 @@ class LocalComputeProvider:
         variables["BRANCHLINE_TRIAL"] = "1"  # reconcile leaves a running trial alone
         log = self.state_dir / "trials" / f"{spec.name}-{release.id}-{port}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        service_dir = Path(release.location) / "tree" / spec.path
-        pid = await asyncio.to_thread(
-            processes.start, spec.run, cwd=service_dir, env=variables, log=log
-        )
+        pid = await asyncio.to_thread(self._launch, spec, release, variables, log)
         try:
             return await self._health(spec, port, release, pid, 0, retries)
         finally:
@@ -564,7 +570,24 @@ class LocalComputeProvider:
                 continue  # its process runs: started by a supervisor that died before saying so
             if not self._due(deployment.detail):
                 continue
-            await self._restart(deployment)
+            # Under the deploy's own lock, and only if it is still live: a deploy,
+            # rollback or delete of the service may be stopping this very process.
+            key = f"deploy:{deployment.service}:{deployment.environment}"
+            async with locks.if_free(self.store, self._lock_key(key)) as conn:
+                if conn is None:
+                    continue  # being deployed or stopped right now
+                current = await rows.get_deployment(conn, deployment.id)
+                if current is None or current.status != "live":
+                    continue
+                recorded = processes.recorded(current.detail)
+                if recorded is not None and recorded.alive():
+                    continue
+                if recorded is not None:
+                    # Its first process is gone, but what it started may still run (a
+                    # sandbox's own processes, a server's workers): all of it goes
+                    # first, or the new one would find its port taken.
+                    await asyncio.to_thread(processes.stop, recorded, grace=2.0)
+                await self._restart(current)
             restarted.append(f"{deployment.service}:{deployment.environment}")
         return restarted
 
@@ -719,8 +742,7 @@ class LocalComputeProvider:
         await asyncio.to_thread(
             _append, log, f"\n[branchline] process exited; restarting at {_now()}\n"
         )
-        service_dir = Path(release.location) / "tree" / spec.path
-        pid = await asyncio.to_thread(processes.start, spec.run, cwd=service_dir, env=env, log=log)
+        pid = await asyncio.to_thread(self._launch, spec, release, env, log)
         async with self.store.connect() as conn:
             await rows.update_deployment(
                 conn, deployment.id,
@@ -761,8 +783,24 @@ class LocalComputeProvider:
                     if k not in ("vars", "var_names", "secret_names")},
         )  # fmt: skip
 
+    def _launch(
+        self, spec: ServiceConfig, release: Release, env: Mapping[str, str], log: Path
+    ) -> processes.ProcessId:
+        """Start `release` of `spec` in the sandbox: its release directory read-only,
+        outliving this process (the next supervisor adopts it). The variables that
+        find it again (BRANCHLINE_STATE) stay with the sandbox, not the service."""
+        self.sandbox.check()
+        tree = Path(release.location) / "tree"
+        service_dir = tree / spec.path
+        box = Box(readable=(tree,), with_parent=False, unset=SANDBOX_ONLY)
+        argv = self.sandbox.wrap(spec.run, box, cwd=service_dir)
+        return processes.start(argv, cwd=service_dir, env=env, log=log)
+
     def _locked(self, what: str) -> contextlib.AbstractAsyncContextManager[Conn]:
-        return locks.held(self.store, f"branchline:compute:{self.project}:{what}")
+        return locks.held(self.store, self._lock_key(what))
+
+    def _lock_key(self, what: str) -> str:
+        return f"branchline:compute:{self.project}:{what}"
 
 
 def _release(row: rows.ReleaseRow) -> Release:
@@ -784,8 +822,8 @@ def _read_from(path: Path, offset: int) -> tuple[str, int]:
 
 
 def _append(path: Path, text: str) -> None:
-    with path.open("a") as fh:
-        fh.write(text)
+    with processes.private_log(path) as fh:
+        fh.write(text.encode())
 
 
 def _tail(log: Path) -> str:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from branchline.errors import BranchlineError
+from branchline.processes import private_log
 
 BUILD_TIMEOUT = 900.0
 
@@ -42,7 +43,7 @@ def export_tree(repo: Path, commit: str, path: str, dest: Path) -> Path:
 
 def run_build(command: Sequence[str], cwd: Path, log: Path, env: dict[str, str]) -> None:
     """Run the build command (an argument list); on failure raise with its output."""
-    with log.open("wb") as out:
+    with private_log(log, "wb") as out:
         try:
             result = subprocess.run(
                 list(command), cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env,

@@ -5,7 +5,11 @@ Capabilities: `RootInitializer` (the provider makes its root branch itself, as t
 local one does; Neon's exists with the project), `Backups` (base backups taken on
 demand; Neon keeps its own history), `GarbageCollector` (expired branches, crash
 leftovers, backups), `ServerLogs` (the branch server's own log, to explain a
-failed statement).
+failed statement), `CreateDbGrants` (a branch's application role may be allowed
+to create databases; a provider without it has roles that may already).
+
+`connection_uri` always names the branch's application role: it owns the app
+database and opens nothing else (not the parent, not another branch).
 """
 
 from __future__ import annotations
@@ -157,6 +161,13 @@ class GarbageCollector(Protocol):
     async def gc(self) -> GcReport:
         """Delete expired branches, finish or undo interrupted work, remove what no
         record explains, keep backups fresh."""
+        ...
+
+
+@runtime_checkable
+class CreateDbGrants(Protocol):
+    async def allow_createdb(self, name: str) -> None:
+        """Let the branch's application role create databases (a test runner's own)."""
         ...
 
 

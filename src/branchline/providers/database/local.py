@@ -29,7 +29,7 @@ from psycopg import sql
 
 from branchline import naming
 from branchline.errors import BranchlineError, PostgresError, UsageError
-from branchline.postgres import Cluster, ClusterState, PgBinaries
+from branchline.postgres import Cluster, ClusterState, PgBinaries, roles
 from branchline.postgres.cluster import FAST_SETTINGS
 from branchline.postgres.copy import (
     BaseBackup,
@@ -165,6 +165,7 @@ class LocalDatabaseProvider:
         cluster.start()
         with psycopg.connect(cluster.uri(), autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.database)))
+        roles.ensure_app_role(cluster, self.database)
         self._take_backup_sync()
 
     async def create_branch(
@@ -207,6 +208,9 @@ class LocalDatabaseProvider:
                     await self._restore(name, at)
                 elif not (parent == self.root and await self._adopt_spare(name)):
                     await asyncio.to_thread(self._clone_sync, parent, name)
+                # Passwords of its own: its parent's open nothing here, and its own
+                # open nothing else (not the parent, not another branch).
+                await asyncio.to_thread(self._own_credentials, name)
             except BaseException:
                 await self._undo_create(conn, name)
                 raise
@@ -246,7 +250,13 @@ class LocalDatabaseProvider:
             settings=self._branch_settings(),
             superuser=meta.superuser,
             password=meta.password,
+            app_user=meta.app_user,
         )
+
+    def _own_credentials(self, name: str, *, app_password: str | None = None) -> None:
+        cluster = self.cluster(name)
+        roles.ensure_app_role(cluster, self.database)  # a copy of a cluster made before roles
+        roles.replace_passwords(cluster, app_password=app_password)
 
     async def delete_branch(self, name: str, *, force: bool = False) -> bool:
         name = naming.validate_branch_id(name)
@@ -290,7 +300,8 @@ class LocalDatabaseProvider:
 
     def _reset_sync(self, parent: str, name: str) -> None:
         cluster = self.cluster(name)
-        port = cluster.meta().port  # same port, so the same URI, afterwards
+        before = cluster.meta()
+        port = before.port  # same port and application password: the same URI afterwards
         cluster.stop()
         aside = cluster.home / "data.before-reset"
         if aside.exists():
@@ -298,11 +309,15 @@ class LocalDatabaseProvider:
         cluster.data_dir.rename(aside)
         try:
             self._clone_sync(parent, name, port=port)
+            self._own_credentials(name, app_password=before.app_password)
         except BaseException:
             # Put the old data back so a failed reset loses nothing.
+            with contextlib.suppress(BranchlineError):
+                cluster.stop()
             if cluster.data_dir.exists():
                 shutil.rmtree(cluster.data_dir)
             aside.rename(cluster.data_dir)
+            cluster.write_meta(before)
             with contextlib.suppress(BranchlineError):
                 cluster.start()
             raise
@@ -328,7 +343,14 @@ class LocalDatabaseProvider:
         cluster = self.cluster(name)
         # Like a Neon compute, a stopped branch starts when someone asks for it.
         await asyncio.to_thread(cluster.start)
-        return cluster.uri(self.database)
+        if cluster.meta().app_user is None:  # a cluster made before roles existed
+            await asyncio.to_thread(roles.ensure_app_role, cluster, self.database)
+        # The application role: never the superuser, whose password stays here.
+        return cluster.app_uri(self.database)
+
+    async def allow_createdb(self, name: str) -> None:
+        await self.connection_uri(name)  # ready, running, with its application role
+        await asyncio.to_thread(roles.allow_createdb, self.cluster(name))
 
     async def schema_dump(self, name: str) -> str:
         from branchline.schemadiff import dump_schema

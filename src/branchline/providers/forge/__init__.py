@@ -26,6 +26,7 @@ class PullRequest:
     head_sha: str
     state: PullRequestState
     updated_at: datetime | None = None
+    fork: bool = False  # its head is in another repository: untrusted code
 
     @property
     def is_open(self) -> bool:
@@ -33,7 +34,8 @@ class PullRequest:
 
     def as_dict(self) -> dict[str, Any]:
         return {"number": self.number, "title": self.title, "head": self.head_branch,
-                "base": self.base_branch, "sha": self.head_sha, "state": self.state}  # fmt: skip
+                "base": self.base_branch, "sha": self.head_sha, "state": self.state,
+                "fork": self.fork}  # fmt: skip
 
 
 @runtime_checkable
@@ -80,7 +82,13 @@ class LocalPullRequests(Protocol):
         self, branch: str | None = None, *, source: str = "cli", before: str | None = None
     ) -> Recorded: ...
 
-    async def open_pr(self, branch: str, title: str | None = None) -> Recorded: ...
+    async def open_pr(
+        self, branch: str, title: str | None = None, *, fork: bool = False
+    ) -> Recorded: ...
+
+    async def approve_pr(self, number: int, by: str) -> Recorded:
+        """Approve a fork's pull request at its head commit (its preview may start)."""
+        ...
 
     async def sync_pr(self, number: int) -> Recorded: ...
 

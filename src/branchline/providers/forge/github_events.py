@@ -15,6 +15,7 @@ from branchline import events
 from branchline.errors import UsageError
 
 HANDLED = ("push", "pull_request")
+APPROVAL_LABEL = "safe-to-preview"  # a writer's label that approves a fork's head commit
 
 
 class MalformedDeliveryError(ValueError):
@@ -63,12 +64,20 @@ def _push(payload: Mapping[str, Any]) -> events.Push | None:
     return events.push(branch, after, payload.get("before"))
 
 
-def _pull_request(payload: Mapping[str, Any]) -> events.PullRequestChanged | None:
+def _pull_request(
+    payload: Mapping[str, Any],
+) -> events.PullRequestChanged | events.PullRequestApproved | None:
     action = _field(payload, "action")
-    if action not in events.PR_ACTIONS:
-        return None  # labeled, edited, review_requested ...: nothing to test
+    approval = action == "labeled" and _label(payload) == APPROVAL_LABEL
+    if action not in events.PR_ACTIONS and not approval:
+        return None  # edited, other labels, review_requested ...: nothing to test
     pull = _field(payload, "pull_request")
     number = int(payload.get("number") or _field(payload, "pull_request", "number"))
+    if approval:
+        sender = payload.get("sender")
+        who = str(sender.get("login") or "") if isinstance(sender, Mapping) else ""
+        head = events.commit_id(_field(payload, "pull_request", "head", "sha"), "head")
+        return events.PullRequestApproved(number, head, who or "github")
     return events.PullRequestChanged(
         action=action,
         number=number,
@@ -78,7 +87,26 @@ def _pull_request(payload: Mapping[str, Any]) -> events.PullRequestChanged | Non
         base_sha=_base_sha(pull),
         merged=bool(pull.get("merged")),
         title=str(pull.get("title") or ""),
+        fork=_from_fork(pull),
     )
+
+
+def _label(payload: Mapping[str, Any]) -> str:
+    label = payload.get("label")
+    return str(label.get("name") or "") if isinstance(label, Mapping) else ""
+
+
+def _from_fork(pull: Mapping[str, Any]) -> bool:
+    """Whether the head lives in another repository than the base."""
+
+    def repository_of(side: str) -> str:
+        part = pull.get(side)
+        repo = part.get("repo") if isinstance(part, Mapping) else None
+        return str(repo.get("full_name") or "") if isinstance(repo, Mapping) else ""
+
+    head, base = repository_of("head"), repository_of("base")
+    # A deleted fork has no repository: treat it as a stranger too.
+    return bool(base) and head.lower() != base.lower()
 
 
 def _base_sha(pull: Mapping[str, Any]) -> str | None:

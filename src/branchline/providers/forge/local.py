@@ -15,7 +15,7 @@ from pathlib import Path
 from branchline import events
 from branchline.errors import UsageError
 from branchline.providers.forge import STATUS_STATES, PullRequest, Recorded, git
-from branchline.store import Store
+from branchline.store import Store, approvals
 from branchline.store import forge as rows
 
 
@@ -24,7 +24,7 @@ def pull_request(row: rows.PullRequestRow) -> PullRequest:
     return PullRequest(
         number=row.number, title=row.title, head_branch=row.head_branch,
         base_branch=row.base_branch, head_sha=row.head_sha, state=state,  # type: ignore[arg-type]
-        updated_at=row.updated_at,
+        updated_at=row.updated_at, fork=row.fork,
     )  # fmt: skip
 
 
@@ -53,7 +53,11 @@ class LocalForge:
 
     # -- pull requests ------------------------------------------------------
 
-    async def open_pr(self, branch: str, title: str | None = None) -> Recorded:
+    async def open_pr(
+        self, branch: str, title: str | None = None, *, fork: bool = False
+    ) -> Recorded:
+        """Open a pull request from `branch`; `fork`: as if its head were in another
+        repository (its tests get no secrets, its preview waits for an approval)."""
         if branch == self.base:
             raise UsageError(
                 f"{branch!r} is the production branch; a pull request merges another branch "
@@ -69,8 +73,9 @@ class LocalForge:
                     hint=f"After new commits, run `branchline pr sync {existing.number}`.",
                 )
             pr = await rows.open_pr(
-                conn, self.project, title=title or branch, head=branch, base=self.base, sha=sha
-            )
+                conn, self.project, title=title or branch, head=branch, base=self.base, sha=sha,
+                fork=fork,
+            )  # fmt: skip
         base_sha = await asyncio.to_thread(git.head_of, self.repo, self.base)
         change = _changed("opened", pr, base_sha=base_sha)
         return await self._record(str(uuid.uuid4()), change, "cli", pr)
@@ -114,6 +119,18 @@ class LocalForge:
         if merged is not None:
             recorded.append(await self._record(str(uuid.uuid4()), merged, "cli"))
         return recorded
+
+    async def approve_pr(self, number: int, by: str) -> Recorded:
+        """Approve pull request `number` at its head commit. Idempotent: approving a
+        commit twice records nothing new."""
+        pr = await self._open(number)
+        async with self.store.connect() as conn:
+            fresh = await approvals.approve(conn, self.project, number, pr.head_sha, by)
+        if not fresh:
+            return Recorded(pull_request(pr), None)
+        delivery = f"approval-{self.project}-{number}-{pr.head_sha}"
+        event = events.PullRequestApproved(number, pr.head_sha, by)
+        return await self._record(delivery, event, "cli", pr)
 
     async def _open(self, number: int) -> rows.PullRequestRow:
         async with self.store.connect() as conn:
@@ -176,4 +193,5 @@ def _changed(
     return events.PullRequestChanged(
         action=action, number=pr.number, head_branch=pr.head_branch, head_sha=pr.head_sha,
         base_branch=pr.base_branch, base_sha=base_sha, merged=merged, title=pr.title,
+        fork=pr.fork,
     )  # fmt: skip
