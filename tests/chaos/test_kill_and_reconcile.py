@@ -12,6 +12,7 @@ Seeded and repeatable: BRANCHLINE_CHAOS_SEED (default 7), BRANCHLINE_CHAOS_ITERA
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -61,7 +62,8 @@ def project(tmp_path: Path, state_dir: Path) -> Iterator[tuple[Path, dict[str, s
         ours = str(state_dir / "projects" / "codex")
         for pid, _env, _age in started_for({"BRANCHLINE_PROJECT": "codex",
                                             "BRANCHLINE_STATE": ours}):  # fmt: skip
-            subprocess.run(["kill", "-9", str(pid)], check=False)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)  # the service's whole group: its sandbox too
 
 
 def cli(project: tuple[Path, dict[str, str]], *args: str) -> subprocess.CompletedProcess[str]:
