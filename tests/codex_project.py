@@ -3,9 +3,13 @@ and a check of what a preview left behind: shared by the pipeline tests."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +51,24 @@ def make_project(dest: Path, *, quick_tests: bool = False) -> Path:
     git(dest, "add", ".")
     git(dest, "commit", "-qm", "codex")
     return dest
+
+
+def cli_env(state_dir: Path) -> dict[str, str]:
+    """What the CLI of a test project runs with: its own state directory, and a PATH
+    whose `python` (the example's services and tests run it) has psycopg."""
+    return {
+        "BRANCHLINE_STATE_DIR": str(state_dir),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+
+
+@contextlib.contextmanager
+def served(root: Path, env: dict[str, str]) -> Iterator[tuple[Path, dict[str, str]]]:
+    """The project for a test; its serve and services stopped afterwards."""
+    try:
+        yield root, env
+    finally:
+        stop_serve_and_services(root, env)
 
 
 def stop_serve_and_services(root: Path, env: dict[str, str]) -> None:

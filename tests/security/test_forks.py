@@ -4,15 +4,19 @@ until a writer approves its head commit, and a new commit needs a new approval."
 from __future__ import annotations
 
 import json
-import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.codex_project import commit_on, git, make_project, stop_serve_and_services
+from tests.codex_project import (
+    cli_env,
+    commit_on,
+    git,
+    make_project,
+    served,
+)
 from tests.conftest import run_cli
 
 SAYS = ["python", "-c", "import os; print('has secret:', bool(os.environ.get('AUTH_SECRET')))"]
@@ -26,14 +30,8 @@ def project(tmp_path: Path, state_dir: Path) -> Iterator[tuple[Path, dict[str, s
         """command = ["python", "-c", "print('quick test ok')"]""", f"command = {json.dumps(SAYS)}"
     ))  # fmt: skip
     git(root, "commit", "-qam", "a test that says whether it got a secret")
-    env = {
-        "BRANCHLINE_STATE_DIR": str(state_dir),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    }
-    try:
-        yield root, env
-    finally:
-        stop_serve_and_services(root, env)
+    with served(root, cli_env(state_dir)) as project:
+        yield project
 
 
 def cli(project: tuple[Path, dict[str, str]], *args: str) -> Any:

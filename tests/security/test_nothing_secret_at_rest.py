@@ -5,16 +5,14 @@ password in plain text after a whole testing run and a deploy."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from branchline.postgres import Cluster
-from tests.codex_project import git, make_project, stop_serve_and_services
+from tests.codex_project import cli_env, git, make_project, served
 from tests.conftest import run_cli
 
 LEAKY_SERVICE = """\
@@ -74,14 +72,8 @@ def project(tmp_path: Path, state_dir: Path) -> Iterator[tuple[Path, dict[str, s
     root = make_project(tmp_path / "codex", quick_tests=True)
     (root / "services" / "api" / "app.py").write_text(LEAKY_SERVICE)
     git(root, "commit", "-qam", "a service that prints its secrets")
-    env = {
-        "BRANCHLINE_STATE_DIR": str(state_dir),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    }
-    try:
-        yield root, env
-    finally:
-        stop_serve_and_services(root, env)
+    with served(root, cli_env(state_dir)) as project:
+        yield project
 
 
 def test_logs_and_the_state_database_hold_no_secret(

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.codex_project import commit_on, make_project, stop_serve_and_services
+from tests.codex_project import cli_env, commit_on, make_project, served
 from tests.conftest import run_cli
 
 HUNT = r"""
@@ -93,14 +93,8 @@ def project(tmp_path: Path, state_dir: Path) -> Iterator[tuple[Path, dict[str, s
 
     git(root, "add", ".")
     git(root, "commit", "-qm", "a test that hunts")
-    env = {
-        "BRANCHLINE_STATE_DIR": str(state_dir),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    }
-    try:
-        yield root, env
-    finally:
-        stop_serve_and_services(root, env)
+    with served(root, cli_env(state_dir)) as project:
+        yield project
 
 
 def cli(project: tuple[Path, dict[str, str]], *args: str) -> Any:

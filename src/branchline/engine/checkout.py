@@ -49,14 +49,8 @@ async def checked_out(
 ) -> AsyncIterator[Path]:
     """`worktree` for async code: git runs in a thread, never on the event loop.
     `prepare` (handing it to the sandbox user, say) runs on the fresh checkout."""
-    manager = worktree(repo, sha, parent=parent)
-    path = await asyncio.to_thread(manager.__enter__)
-    try:
-        if prepare is not None:
-            await asyncio.to_thread(prepare, path)
+    async with _in_threads(worktree(repo, sha, parent=parent), prepare) as path:
         yield path
-    finally:
-        await asyncio.to_thread(manager.__exit__, None, None, None)
 
 
 def git_dir(repo: Path) -> Path | None:
@@ -98,7 +92,15 @@ async def staged_copy(
     root: Path, *, prepare: Callable[[Path], None] | None = None
 ) -> AsyncIterator[Path]:
     """`staged` for async code (the copying runs in a thread)."""
-    manager = staged(root)
+    async with _in_threads(staged(root), prepare) as path:
+        yield path
+
+
+@contextlib.asynccontextmanager
+async def _in_threads(
+    manager: contextlib.AbstractContextManager[Path], prepare: Callable[[Path], None] | None
+) -> AsyncIterator[Path]:
+    """A blocking context manager entered and left in threads, then `prepare`d."""
     path = await asyncio.to_thread(manager.__enter__)
     try:
         if prepare is not None:
