@@ -20,6 +20,7 @@ from branchline.store import routes
 from tests.conftest import REPO, run_cli
 
 EXAMPLE = REPO / "examples" / "codex"
+PYTHON_BIN = str(Path(sys.executable).parent)
 QUICK_TESTS = """
 [tests.quick]
 command = ["python", "-c", "print('quick test ok')"]
@@ -47,6 +48,10 @@ def make_project(dest: Path, *, quick_tests: bool = False) -> Path:
             if not in_tests:
                 kept.append(line)
         config.write_text("\n".join(kept) + "\n" + QUICK_TESTS)
+    # The example's code needs a `python` with psycopg: this interpreter's, named
+    # in its `[security] path` (by default code from a branch gets the system's).
+    config = dest / "branchline.toml"
+    config.write_text(config.read_text().replace("${CODEX_PYTHON_BIN:-/usr/local/bin}", PYTHON_BIN))
     git(dest, "init", "-q", "-b", "main")
     git(dest, "add", ".")
     git(dest, "commit", "-qm", "codex")
@@ -71,16 +76,25 @@ def served(root: Path, env: dict[str, str]) -> Iterator[tuple[Path, dict[str, st
         stop_serve_and_services(root, env)
 
 
+def json_cli(project: tuple[Path, dict[str, str]], *args: str) -> Any:
+    """`branchline --json ARGS` in the project; it must succeed. Its answer."""
+    root, env = project
+    done = run_cli("--json", *args, cwd=root, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout)
+
+
 def stop_serve_and_services(root: Path, env: dict[str, str]) -> None:
     """`branchline stop` ends serve but leaves services running (the next serve adopts
     them): a test ends those too."""
-    run_cli("stop", cwd=root, env=env)
+    run_cli("stop", "--all", cwd=root, env=env)
     listed = run_cli("--json", "deployments", "list", cwd=root, env=env)
     for deployment in json.loads(listed.stdout or "[]") if listed.returncode == 0 else []:
         detail = deployment["detail"]
-        if "pid" in detail and deployment["status"] in ("live", "starting", "draining"):
-            # The whole group: a sandboxed service's own processes too.
-            processes.stop(ProcessId(int(detail["pid"]), int(detail.get("start_time") or -1)))
+        pid = processes.recorded(detail)
+        if pid is not None and deployment["status"] in ("live", "starting", "draining"):
+            # The whole tree: a sandboxed service's own processes too.
+            processes.stop(pid)
 
 
 def commit_on(repo: Path, branch: str, files: dict[str, str], message: str) -> str:

@@ -95,14 +95,28 @@ def leftover_processes(root: Path) -> list[tuple[int, str]]:
         for item in items:
             key, _, value = item.decode(errors="replace").partition("=")
             if key in STATE_VARIABLES and (value == prefix or value.startswith(prefix + "/")):
-                found.append((int(entry.name), f"{key}={value}"))
+                found.append((int(entry.name), f"{key}={value} {_described(entry)}"))
                 break
     return found
 
 
-def stop_leftovers(root: Path) -> list[tuple[int, str]]:
-    """Kill (group and all) what still runs for `root`; returns what that was."""
-    leaked = leftover_processes(root)
+def _described(entry: Path) -> str:
+    """What a leaked process is, for the failure message: its command and parent."""
+    try:
+        command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        fields = (entry / "stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return "(gone meanwhile)"
+    return f"[{command.strip()[:200]}] state {fields[0]}, parent {fields[1]}"
+
+
+def stop_leftovers(root: Path, grace: float = 3.0) -> list[tuple[int, str]]:
+    """Kill (group and all) what still runs for `root`; returns what that was. A
+    process that ends within `grace` seconds was already on its way out (killed a
+    moment ago, or a server's child that noticed its parent die): not a leak."""
+    deadline = time.monotonic() + grace
+    while (leaked := leftover_processes(root)) and time.monotonic() < deadline:
+        time.sleep(0.1)
     for pid, _why in leaked:
         for kill in (os.killpg, os.kill):
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -125,11 +139,22 @@ def remove_state_dir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+# Tests run side by side: each serve takes any free port, unless a test sets one
+# (a project's ports are otherwise fixed, and a taken one is an error).
+ANY_FREE_PORT = {
+    "BRANCHLINE_EDGE_PORT": "0", "BRANCHLINE_DNS_PORT": "0", "BRANCHLINE_API_PORT": "0",
+}  # fmt: skip
+for _variable, _value in ANY_FREE_PORT.items():
+    os.environ.setdefault(_variable, _value)  # what a test starts in-process inherits it
+
+
 def run_cli(
     *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, input: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real `branchline` command in a subprocess."""
+    """Run the real `branchline` command in a subprocess (any free ports unless `env`
+    names them)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("BRANCHLINE_")}
+    full_env.update(ANY_FREE_PORT)
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "branchline", *args],

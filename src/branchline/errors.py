@@ -7,6 +7,7 @@ rest of the code raises them and never prints.
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 
@@ -96,3 +97,47 @@ class StoreError(BranchlineError):
         "Check BRANCHLINE_DATABASE_URL (or the embedded state under .branchline/) "
         "and run `branchline status`."
     )
+
+
+class StateUnavailableError(StoreError):
+    """The state database does not answer right now (restarting, or an external one
+    is down): the request may be tried again in a moment."""
+
+    default_hint = (
+        "branchline serve restarts the embedded state database by itself (an external "
+        "one is waited for); try again in a few seconds, and see `branchline status`."
+    )
+
+
+_EXEC_HINT = (
+    "Check that it exists (committed, for code from a branch) and is executable "
+    "(`chmod +x`, `git update-index --chmod=+x`), and that the command in branchline.toml "
+    "names it rightly: a bare name is looked up on `[security] path`, a relative path "
+    "from the service's directory or the project's root."
+)
+
+
+def exec_error(exc: OSError, what: str, argv0: str) -> BranchlineError:
+    """The error for a command that could not be started (missing, not executable)."""
+    return BranchlineError(f"cannot run the {what} command {argv0!r}: {exc.strerror}",
+                           hint=_EXEC_HINT)  # fmt: skip
+
+
+def from_os_error(exc: BaseException) -> BranchlineError | None:
+    """An operating-system failure a user can fix (a program that cannot be started,
+    a port in use), said as one with a hint; None for anything else. The last net
+    under the CLI: a known failure is never reported as a bug in branchline. (A full
+    disk has its own error, with what `db gc` could free.)"""
+    if not isinstance(exc, OSError):
+        return None
+    if exc.errno == errno.EADDRINUSE:
+        return BranchlineError(
+            f"a port is already in use: {exc.strerror}",
+            hint="Stop the program that holds it, or give branchline other ports "
+            "(`[edge] port`, `dns_port`, `api_port` in branchline.toml).",
+        )
+    if isinstance(exc, FileNotFoundError | PermissionError) and exc.filename:
+        return BranchlineError(
+            f"cannot run or open {str(exc.filename)!r}: {exc.strerror}", hint=_EXEC_HINT
+        )
+    return None

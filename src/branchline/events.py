@@ -61,13 +61,14 @@ class Push:
     after: str
     before: str | None = None
     deleted: bool = False
+    deploy: bool = True  # False: tested only, even on the production branch (--no-deploy)
 
     kind = "push"
     action = None
 
     def to_payload(self) -> dict[str, Any]:
         return {"v": VERSION, "branch": self.branch, "after": self.after,
-                "before": self.before, "deleted": self.deleted}  # fmt: skip
+                "before": self.before, "deleted": self.deleted, "deploy": self.deploy}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -154,11 +155,12 @@ class PreviewExpired:
 Event = Push | PullRequestChanged | PullRequestApproved | WorkflowFinished | PreviewExpired
 
 
-def push(branch: str, after: str, before: str | None = None) -> Push:
+def push(branch: str, after: str, before: str | None = None, *, deploy: bool = True) -> Push:
     """A push, checked: commit ids, and a deleted branch when `after` is all zeros."""
     if after == ZERO_SHA:
         return Push(branch, after, _optional_sha(before, "before"), deleted=True)
-    return Push(branch, commit_id(after, "after"), _optional_sha(before, "before"))
+    return Push(branch, commit_id(after, "after"), _optional_sha(before, "before"),
+                deploy=deploy)  # fmt: skip
 
 
 def from_stored(kind: str, action: str | None, payload: dict[str, Any]) -> Event | None:
@@ -168,8 +170,8 @@ def from_stored(kind: str, action: str | None, payload: dict[str, Any]) -> Event
     if payload.get("v") != VERSION:
         return _legacy(kind, action, payload)
     if kind == "push":
-        return Push(str(payload["branch"]), str(payload["after"]),
-                    payload.get("before"), bool(payload.get("deleted")))  # fmt: skip
+        return Push(str(payload["branch"]), str(payload["after"]), payload.get("before"),
+                    bool(payload.get("deleted")), bool(payload.get("deploy", True)))  # fmt: skip
     if kind == "pull_request":
         if action not in PR_ACTIONS:
             return None

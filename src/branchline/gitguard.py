@@ -35,18 +35,27 @@ def _inside(state_dir: Path, root: Path) -> str | None:
 
 def ignore(state_dir: Path, root: Path) -> bool:
     """Add the state directory to `.gitignore` at the top of the work tree (created
-    if missing); True when a line was added."""
+    if missing; outside a repository, in `root`, ready for `git init`); True when a
+    line was added, False when it was ignored already or is outside the project."""
     relative = _inside(state_dir, root)
-    if relative is None:
-        return False
-    top = Path(_git(root, "rev-parse", "--show-toplevel").stdout.strip())
+    in_git = relative is not None
+    if relative is not None:
+        top = Path(_git(root, "rev-parse", "--show-toplevel").stdout.strip())
+    else:
+        try:
+            relative = state_dir.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            return False
+        top = root
     gitignore = top / ".gitignore"
     entry = f"/{relative}/"
-    existing = gitignore.read_text().splitlines() if gitignore.exists() else []
-    if any(line.strip() in (entry, entry.lstrip("/"), entry.rstrip("/"), f"{relative}")
-           for line in existing):  # fmt: skip
-        return False
     text = gitignore.read_text() if gitignore.exists() else ""
+    if any(line.strip() in (entry, entry.lstrip("/"), entry.rstrip("/"), relative)
+           for line in text.splitlines()):  # fmt: skip
+        return False
+    # A broader pattern (`.*`, `.branchline/*`) may cover it already.
+    if in_git and _git(top, "check-ignore", "-q", "--no-index", f"{relative}/key").returncode == 0:
+        return False
     prefix = "" if not text or text.endswith("\n") else "\n"
     gitignore.write_text(
         f"{text}{prefix}# branchline's state: live databases, keys (never commit it)\n{entry}\n"

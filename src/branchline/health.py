@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import ipaddress
 import json
@@ -37,12 +38,13 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
-from typing import Any, Protocol
-
-import httpx
+from typing import TYPE_CHECKING, Any, Protocol
 
 from branchline.config import HealthConfig, format_duration
 from branchline.errors import UsageError
+
+if TYPE_CHECKING:  # httpx is imported by the checks: commands that only read do not load it
+    import httpx
 
 __all__ = [
     "COMMIT_HEADER",
@@ -61,6 +63,13 @@ COMMIT_HEADER = "X-Branchline-Commit"
 RELEASE_HEADER = "X-Branchline-Release"
 
 _MAX_BODY = 64 * 1024  # a health answer is small; never read more than this
+_SHOWN_BODY = 300  # bytes of a failed answer's body kept to show (an error page's start)
+# The same answer this many times in a row is the release's answer, not a warm-up: the
+# check stops there (a 400 from a host check, a redirect to a login page, a 500 on
+# every request) instead of retrying for minutes. 502, 503 and 504 say "not ready
+# yet" (a proxy in front, a readiness endpoint): those are retried to the end.
+_DETERMINISTIC_AFTER = 3
+_NOT_READY = frozenset({502, 503, 504})
 _MAX_REPORTED = 200  # characters kept of a reported commit or release
 _MIN_SHA = 7
 _SHA = re.compile(r"[0-9a-f]{7,64}")
@@ -208,6 +217,8 @@ class Attempt:
     reported_release: str | None
     elapsed_ms: float
     ok: bool
+    location: str | None = None  # where a redirect pointed
+    body: str | None = None  # the start of a failed answer's body
 
     def describe(self) -> str:
         """One line for logs: `#2 at 5.0 s: HTTP 200: answered commit ..., expected ...`."""
@@ -330,6 +341,8 @@ def _seconds(value: float) -> str:
 
 def _no_answer_reason(exc: BaseException, timeout: float) -> str:
     """A short reason for "HTTP 000": connection refused, timed out after 5s, ..."""
+    import httpx
+
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
         return f"timed out after {_seconds(timeout)}"
     for cause in _causes(exc):
@@ -386,6 +399,8 @@ def _is_loopback(host: str) -> bool:
 
 
 def _validate_url(url: str) -> httpx.URL:
+    import httpx
+
     hint = "pass a full URL such as http://127.0.0.1:8080/health"
     try:
         parsed = httpx.URL(url)
@@ -441,6 +456,8 @@ async def check_health(
 async def _client_scope(
     client: httpx.AsyncClient | None, target: httpx.URL
 ) -> AsyncIterator[httpx.AsyncClient]:
+    import httpx
+
     if client is not None:
         yield client
         return
@@ -476,12 +493,22 @@ class _Check:
             self.attempts.append(attempt)
             if self.on_attempt is not None:
                 self.on_attempt(attempt)
-            if attempt.ok or last or number == self.policy.max_attempts:
+            if attempt.ok or last or number == self.policy.max_attempts or self._same_answer():
                 break
             go, last = await self._backoff_wait(self.policy.jittered(number - 1, self.rng))
             if not go:
                 break
         return self._result()
+
+    def _same_answer(self) -> bool:
+        """The last attempts all got the same failing answer: it will not change."""
+        recent = self.attempts[-_DETERMINISTIC_AFTER:]
+        if len(recent) < _DETERMINISTIC_AFTER:
+            return False
+        first = recent[0]
+        if first.status < 300 or first.status in _NOT_READY:
+            return False  # no answer (still starting), or one that says "not yet"
+        return all((a.status, a.location) == (first.status, first.location) for a in recent)
 
     # -- waits: never past the deadline; the last attempt's timeout ends by it
 
@@ -519,6 +546,8 @@ class _Check:
         return min(self.policy.timeout_per_attempt, max(remaining, _MIN_ATTEMPT_TIMEOUT))
 
     async def _attempt(self, http: httpx.AsyncClient, number: int) -> Attempt:
+        import httpx
+
         began = self.clock.now()
         timeout = self._attempt_timeout()
         try:
@@ -529,7 +558,11 @@ class _Check:
             return self._record(number, began, 0, f"HTTP 000 ({why})", why, None, None)
         commit, release = _reported(answer_headers, body)
         if not 200 <= status < 300:
-            return self._record(number, began, status, f"HTTP {status}", None, commit, release)
+            attempt = self._record(number, began, status, f"HTTP {status}", None, commit, release)
+            shown = body[:_SHOWN_BODY].decode(errors="replace").strip()
+            return dataclasses.replace(
+                attempt, location=answer_headers.get("location"), body=shown or None
+            )
         mismatches, notes = self.expectation.problems(commit, release)
         note = "; ".join(mismatches + notes) or None
         return self._record(
@@ -595,6 +628,12 @@ class _Check:
         if last.status and last.reason:  # answered, but not the version being deployed
             mismatch = _deployed_phrase(last.reason)
             return f"unhealthy: {mismatch} ({tries} in {elapsed:.1f} s)"
+        if self._same_answer():
+            where = f" to {last.location}" if last.location else ""
+            return (
+                f"unhealthy: {last.display}{where} {count} times in a row in {elapsed:.1f} s: "
+                "the release answers this way, not a warm-up"
+            )
         if self.deadline_hit:
             deadline = format_duration(timedelta(seconds=self.policy.deadline))
             return f"unhealthy: deadline of {deadline} reached after {tries}; last: {last.display}"

@@ -11,14 +11,22 @@ secrets) for every path that starts a service: the pipelines, `deploy`,
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from branchline import naming
-from branchline.config import Config
+from branchline.config import (
+    CONFIG_FILENAME,
+    Config,
+    load_config_text,
+)
 from branchline.environment import Environment
+from branchline.errors import ConfigError
 from branchline.providers import registry
-from branchline.providers.compute import ComputeProvider, DeploymentEnv
+from branchline.providers.compute import ComputeProvider, DeploymentEnv, Reconfigurable
 from branchline.providers.database import DatabaseProvider
 from branchline.providers.dns import DnsProvider
 from branchline.providers.forge import ForgeProvider, PullRequest
@@ -28,6 +36,8 @@ from branchline.store import Store
 from branchline.store.approvals import ApprovalLedger, Approvals
 from branchline.store.previews import PreviewLedger, Previews
 from branchline.store.rollouts import RolloutLedger, Rollouts
+
+CONFIGS_KEPT = 256  # commits' configs kept in memory
 
 
 @dataclass
@@ -45,6 +55,9 @@ class Kit:
     sandbox: Sandbox
     edge_port: int | None = None
     _prefix: str | None = field(default=None, repr=False)
+    # Each commit's config, read once (a commit never changes).
+    _at_commit: dict[str, Config] = field(default_factory=dict, repr=False)
+    _trusted_prs: dict[int, bool] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(
@@ -109,6 +122,88 @@ class Kit:
         if self.config.forge.untrusted == "no-secrets":
             return False
         return await self.approvals.approved(pull.number, sha)
+
+    async def config_at(self, sha: str | None, *, trusted: bool = True) -> Config:
+        """The config a run of commit `sha` works with: the served config adopting
+        the commit's services, tests and checks (`Config.adopt`), so a branch can
+        change them. Code nobody trusts yet (an unapproved fork's) and a commit with
+        no branchline.toml get the served config as it is."""
+        if sha is None or not trusted:
+            return self.config
+        cached = self._at_commit.get(sha)
+        if cached is None:
+            cached = await asyncio.to_thread(self._read_config_at, sha)
+            if len(self._at_commit) >= CONFIGS_KEPT:  # a long-running serve: the oldest go
+                del self._at_commit[next(iter(self._at_commit))]
+            self._at_commit[sha] = cached
+        return cached
+
+    async def for_run(self, sha: str | None, pr: int | None) -> Kit:
+        """This kit with the config of the run's commit (see `config_at`)."""
+        trusted = True
+        if pr is not None:
+            trusted = self._trusted_prs.get(pr, False)
+            if pr not in self._trusted_prs:
+                pull = await self.forge.pull_request(pr)
+                trusted = pull is not None and self.trusts(pull)
+                if pull is not None:  # where a pull request comes from never changes
+                    self._trusted_prs[pr] = trusted
+        return self.with_config(await self.config_at(sha, trusted=trusted))
+
+    def with_config(self, config: Config) -> Kit:
+        """This kit working with `config` (its compute too, where it can)."""
+        if config is self.config:
+            return self
+        compute = self.compute
+        if isinstance(compute, Reconfigurable):
+            compute = compute.with_config(config)
+        return dataclasses.replace(self, config=config, compute=compute)
+
+    def reload(self, newer: Config) -> list[str]:
+        """Work with `newer` from now on (a running serve's branchline.toml changed),
+        but for the tables serve was started with: returns those that changed, to
+        say they wait for a restart."""
+        pending = self.config.changed_at_start(newer)
+        self.config = self.config.reloaded(newer)
+        self._at_commit.clear()  # commits' configs adopt the served one
+        if isinstance(self.compute, Reconfigurable):
+            self.compute = self.compute.with_config(self.config)
+        self.secrets.config = self.config.secrets
+        return pending
+
+    def _read_config_at(self, sha: str) -> Config:
+        name = f"{self.prefix}{CONFIG_FILENAME}"
+        shown = subprocess.run(
+            ["git", "-C", str(self.repo), "show", f"{sha}:{name}"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if shown.returncode != 0:
+            return self.config  # the commit predates branchline.toml (or lost it)
+        # Only the variables the served config refers to: serve's own environment
+        # (its tokens, say) is not a branch's to read.
+        env = {k: v for k in self.config.variables if (v := os.environ.get(k)) is not None}
+        try:
+            committed = load_config_text(
+                shown.stdout, self.config.path, env,
+                is_directory=lambda path: self._is_directory_at(sha, path),
+            )  # fmt: skip
+        except ConfigError as exc:
+            raise ConfigError(
+                exc.detail,
+                file=f"{name} at commit {sha[:12]}",
+                key=exc.key,
+                line=exc.line,
+                hint=exc.hint or "fix branchline.toml on the branch and push again",
+            ) from None
+        return self.config.adopt(committed)
+
+    def _is_directory_at(self, sha: str, path: str) -> bool:
+        inside = f"{self.prefix}{'' if path == '.' else path}"  # "." is the project's root
+        listed = subprocess.run(
+            ["git", "-C", str(self.repo), "cat-file", "-t", f"{sha}:{inside}"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        return listed.stdout.strip() == "tree"
 
     def in_checkout(self, checkout: Path) -> Path:
         """The project's directory inside a checkout of its repository."""

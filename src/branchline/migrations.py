@@ -2,8 +2,10 @@
 
 `migrate` runs the project's own command (from `[database] migrate`) with the
 branch's DATABASE_URL and the libpq variables, streaming its output with the
-password masked. `preflight` is the reference guide's "test migration safely"
-recipe as one call: copy production, migrate the copy, report, delete the copy.
+password masked. `run_on_branch` is that step for any command of the project's
+(a seed, a preview's pre-destroy hook): the same sandbox, the same environment.
+`preflight` is the reference guide's "test migration safely" recipe as one call:
+copy production, migrate the copy, report, delete the copy.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import codecs
 import contextlib
 import os
 import re
+import secrets as secrets_module
+import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,24 +27,23 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from branchline import processes
+from branchline.branchdata import JOURNALS
 from branchline.config import Config
+from branchline.config.limits import human_duration
 from branchline.errors import BranchlineError, UsageError
 from branchline.masking import LineMasker
 from branchline.providers.database import DatabaseProvider, ServerLogs
 from branchline.sandbox import Box, Sandbox
 from branchline.schemadiff import describe_schema, diff_schemas, fingerprint, normalize_dump
 
-# Journal tables of common migration tools, and the column naming each migration.
-JOURNALS = {
-    "schema_migrations": "version",  # Rails, golang-migrate, dbmate, many hand-rolled
-    "alembic_version": "version_num",  # Alembic
-    "django_migrations": "name",  # Django
-    "_prisma_migrations": "migration_name",  # Prisma
-    "flyway_schema_history": "version",  # Flyway
-    "knex_migrations": "name",  # Knex
-}
-
 OnLine = Callable[[str], None]
+
+
+class CommandTimeoutError(BranchlineError):
+    """A project command (migrate, a hook) ran past its deadline and was stopped."""
+
+    code = "timed_out"
 
 
 @dataclass
@@ -83,58 +86,23 @@ async def migrate(
     fingerprint: bool = True,
     sandbox: Sandbox | None = None,
     readable: tuple[Path, ...] = (),
+    secrets: Mapping[str, str] | None = None,
 ) -> MigrateResult:
     """Run the project's migrate command against `branch`, streaming masked output.
     It runs at the project root (read-only, its `.branchline/` hidden), or in `cwd`
     (a checkout of the commit being tested, writable), in `sandbox` when given.
+    `secrets` are the environment's (never printed: masked in every line).
     `fingerprint=False` skips the schema dump behind `schema_fingerprint` (about a
     tenth of a second), which pipelines, diffing schemas later anyway, do not need."""
-    uri = await provider.connection_uri(branch)
-    password = str(conninfo_to_dict(uri).get("password") or "")
-    began = time.monotonic()
-    # Declared only: the branch, never branchline's own state or environment.
-    box = sandbox or Sandbox.configure(
-        enabled=False, protected=(), path=os.environ.get("PATH", os.defpath).split(os.pathsep)
-    )
-    env = {**box.base_env(), **database_env(uri)}
-    workdir = cwd or config.root
-    shown = (
-        Box(writable=(workdir,), readable=readable)
-        if cwd is not None
-        else Box(readable=(workdir, *readable))
-    )
-    command = box.wrap(list(config.database.migrate), shown, cwd=workdir)
-    try:
-        process = await asyncio.create_subprocess_exec(
-            *command,
-            cwd=workdir,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-    except OSError as exc:
-        raise UsageError(
-            f"cannot run the migrate command {command[0]!r}: {exc.strerror}",
-            hint="Check `[database] migrate` in branchline.toml.",
-        ) from exc
-    tail: list[str] = []
-    assert process.stdout is not None
-    # Chunked reads: a line longer than the stream's limit must not end the command.
-    masker = LineMasker([password] if password else [])
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    while chunk := await process.stdout.read(65536):
-        for line in masker.feed(decoder.decode(chunk)):
-            tail = [*tail[-199:], line]
-            if on_line is not None:
-                on_line(line)
-    for line in masker.flush():
-        tail = [*tail[-199:], line]
-        if on_line is not None:
-            on_line(line)
-    exit_code = await process.wait()
-    result = MigrateResult(branch, exit_code, time.monotonic() - began, tail)
+    exit_code, seconds, tail = await run_on_branch(
+        config, provider, branch, config.database.migrate, on_line=on_line, cwd=cwd,
+        sandbox=sandbox, readable=readable, what="migrate", secrets=secrets,
+        timeout=config.database.migrate_timeout.total_seconds(),
+        timeout_setting="migrate_timeout",
+    )  # fmt: skip
+    result = MigrateResult(branch, exit_code, seconds, tail)
     if result.ok:
+        uri = await provider.connection_uri(branch)
         result.applied = await asyncio.to_thread(read_journal, uri)
         if fingerprint:
             result.schema_fingerprint = await _fingerprint(provider, branch)
@@ -146,6 +114,124 @@ async def migrate(
             detail["schema_fingerprint"] = result.schema_fingerprint
         await provider.annotate(branch, detail)
     return result
+
+
+async def run_on_branch(
+    config: Config,
+    provider: DatabaseProvider,
+    branch: str,
+    argv: Sequence[str],
+    *,
+    on_line: OnLine | None = None,
+    cwd: Path | None = None,
+    sandbox: Sandbox | None = None,
+    readable: tuple[Path, ...] = (),
+    timeout: float | None = None,
+    what: str = "command",
+    secrets: Mapping[str, str] | None = None,
+    timeout_setting: str | None = None,
+) -> tuple[int, float, list[str]]:
+    """Run the project's command `argv` against `branch` as the migrate step runs:
+    at the project root (read-only) or in `cwd` (a checkout, writable), in `sandbox`
+    when given, with only the sandbox's base environment and the branch's variables,
+    and the environment's `secrets`, its output streamed masked. Past `timeout`
+    seconds its whole process tree is killed: with `timeout_setting` (the key that
+    sets it) that raises CommandTimeoutError, without it the exit code is -9. A cancel of
+    the calling task kills the tree too. Returns (exit code, seconds, the last 200
+    lines)."""
+    uri = await provider.connection_uri(branch)
+    password = str(conninfo_to_dict(uri).get("password") or "")
+    began = time.monotonic()
+    # Declared only: the branch, never branchline's own state or environment.
+    box = sandbox or Sandbox.configure(
+        enabled=False, protected=(), path=os.environ.get("PATH", os.defpath).split(os.pathsep)
+    )
+    # The environment's secrets (an API key a data migration needs), masked in output.
+    env = {**box.base_env(own=cwd), **(secrets or {}), **database_env(uri)}
+    # Its tree tag: how its processes are found even after they left its group.
+    tree = f"{what}.{secrets_module.token_hex(6)}"
+    env[processes.TREE_VARIABLE] = tree
+    workdir = cwd or config.root
+    shown = (
+        Box(writable=(workdir,), readable=readable)
+        if cwd is not None
+        else Box(readable=(workdir, *readable))
+    )
+    command = box.wrap(list(argv), shown, cwd=workdir)
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            cwd=workdir,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # its whole group goes on a timeout or a cancel
+        )
+    except OSError as exc:
+        raise UsageError(
+            f"cannot run the {what} command {command[0]!r}: {exc.strerror}",
+            hint="Check `[database] migrate` in branchline.toml."
+            if what == "migrate"
+            else f"Check the {what} command in branchline.toml.",
+        ) from exc
+    tail: list[str] = []
+
+    def shown_line(line: str) -> None:
+        nonlocal tail
+        tail = [*tail[-199:], line]
+        if on_line is not None:
+            on_line(line)
+
+    async def stream() -> None:
+        assert process.stdout is not None
+        # Chunked reads: a line longer than the stream's limit must not end the command.
+        masker = LineMasker([*([password] if password else []), *(secrets or {}).values()])
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        while chunk := await process.stdout.read(65536):
+            for line in masker.feed(decoder.decode(chunk)):
+                shown_line(line)
+        for line in masker.flush():
+            shown_line(line)
+
+    started = processes.start_time_of(process.pid)
+    whole = processes.ProcessId(process.pid, started if started is not None else -1, tree)
+    try:
+        await asyncio.wait_for(stream(), timeout)
+    except TimeoutError:
+        await _stop_tree(process, whole)
+        took = human_duration(timeout or 0)
+        why = f"timed out after {took}" + (f" ({timeout_setting})" if timeout_setting else "")
+        shown_line(f"{what}: {why}; its processes were stopped")
+        if timeout_setting is not None:
+            raise CommandTimeoutError(
+                f"{what} {why}",
+                hint=f"Raise `{timeout_setting}` in branchline.toml if it needs longer, or "
+                "find what it waits for (its last lines are in the log).",
+            ) from None
+    except BaseException:
+        # Cancelled (a `runs cancel`, a step's deadline) or failing: nothing it
+        # started may outlive it.
+        await asyncio.shield(_stop_tree(process, whole))
+        raise
+    exit_code = await process.wait()
+    return exit_code, time.monotonic() - began, tail
+
+
+async def _stop_tree(process: asyncio.subprocess.Process, whole: processes.ProcessId) -> None:
+    """Kill the command's process group and whatever of its tree left the group
+    (found by its tree tag; it may hold the output pipe open), then collect the
+    leader here (asyncio's child watcher must be the one to reap it)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    await asyncio.to_thread(_kill_tagged, whole)
+    await process.wait()
+
+
+def _kill_tagged(whole: processes.ProcessId) -> None:
+    for member, _env in processes.with_environment(f"{processes.TREE_VARIABLE}={whole.tree}"):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(member.pid, signal.SIGKILL)
 
 
 def read_journal(uri: str) -> list[str]:

@@ -46,10 +46,14 @@ __all__ = [
     "MAX_HOST_NAME",
     "MAX_LABEL",
     "MAX_PR",
+    "MAX_REF",
     "MIN_MAX_LEN",
     "PRODUCTION_BRANCH",
     "branch_for_pr",
     "branch_for_push",
+    "branch_name_problem",
+    "check_git_branch",
+    "check_pr_number",
     "dev_branch",
     "dns_label",
     "e2e_branch_for_pr",
@@ -58,7 +62,9 @@ __all__ = [
     "in_zone",
     "is_secret_name",
     "normalize_zone",
+    "printable",
     "quote_ident",
+    "ref_problem",
     "slug",
     "sql_identifier",
     "validate_branch_id",
@@ -198,7 +204,7 @@ _SQL_RESERVED = frozenset(
     ]
 )
 
-_PR_HINT = "PR numbers are positive whole numbers, like 8."
+_PR_HINT = f"PR numbers are positive whole numbers up to {MAX_PR} (2^31 - 1), like 8."
 _ZONE_HINT = (
     "Use a DNS zone like `preview.example.com` or `codex.localhost`: labels of a-z, "
     "0-9 and '-' (not at either end), each at most 63 characters, 253 in all."
@@ -282,10 +288,16 @@ def validate_branch_id(name: str) -> str:
     )
 
 
-def _check_pr(pr: int) -> int:
+def check_pr_number(pr: object) -> int:
+    """``pr`` when it can number a pull request: an ``int`` (not a ``bool``) from 1 to
+    :data:`MAX_PR` (GitHub's are 32-bit), else ``UsageError``."""
     if isinstance(pr, bool) or not isinstance(pr, int) or not 0 < pr <= MAX_PR:
-        raise UsageError(f"Invalid pull request number {pr!r}.", hint=_PR_HINT)
+        shown = _preview(repr(pr), 40)[1:-1] if not isinstance(pr, int) else str(pr)[:40]
+        raise UsageError(f"Invalid pull request number {shown}.", hint=_PR_HINT)
     return pr
+
+
+_check_pr = check_pr_number
 
 
 def branch_for_pr(pr: int) -> str:
@@ -366,6 +378,99 @@ def dev_branch(name: str) -> str:
         )
     prefix = "dev-"
     return prefix + slug(name, MAX_LABEL - len(prefix))
+
+
+# -- git refs --------------------------------------------------------------------------
+
+MAX_REF = 255
+"""Longest branch name accepted, in UTF-8 bytes (a ref is a file name in .git too)."""
+
+# What git's refname_disposition table refuses anywhere in a ref: ASCII control
+# characters, DEL, space, '~', '^', ':', '?', '*', '[' and '\\'.
+_GIT_BAD_CHARS = frozenset([chr(c) for c in range(0x20)] + ["\x7f", " ", "~", "^", ":", "?",
+                                                          "*", "[", "\\"])  # fmt: skip
+# Stricter than git: characters that can hide or reorder what a listing shows (C1
+# controls, line and paragraph separators, bidirectional overrides and isolates).
+_HIDING = frozenset(
+    [chr(c) for c in range(0x80, 0xA0)]
+    + ["\u061c", "\u200e", "\u200f", "\u2028", "\u2029"]
+    + [chr(c) for c in range(0x202A, 0x202F)]
+    + [chr(c) for c in range(0x2066, 0x206A)]
+)
+GIT_REF_HINT = (
+    "Branch names follow `git check-ref-format`: no space, control character, '..', "
+    "'@{', '~', '^', ':', '?', '*', '[' or '\\'; no part starting with '.' or ending "
+    "with '.lock'; not starting with '-' or '/', not ending with '/' or '.'."
+)
+
+
+def _char_name(char: str) -> str:
+    if char == " ":
+        return "a space"
+    if char.isprintable():
+        return repr(char)
+    return f"the non-printing character U+{ord(char):04X}"
+
+
+def ref_problem(ref: str) -> str | None:
+    """Why ``ref`` (a full ref such as ``refs/heads/main``) breaks git's rules for ref
+    names (``git check-ref-format``, from refs.c), or None when it keeps them."""
+    if not ref:
+        return "it is empty"
+    if ref == "@":
+        return "it is '@'"
+    for char in ref:
+        if char in _GIT_BAD_CHARS:
+            return f"it contains {_char_name(char)}"
+        if char in _HIDING or "\ud800" <= char <= "\udfff":
+            return f"it contains {_char_name(char)}"
+    for sequence in ("..", "@{", "//"):
+        if sequence in ref:
+            return f"it contains {sequence!r}"
+    if ref.startswith("/") or ref.endswith("/"):
+        return "it starts or ends with '/'"
+    if ref.endswith("."):
+        return "it ends with '.'"
+    for part in ref.split("/"):
+        if part.startswith("."):
+            return "a part of it starts with '.'"
+        if part.endswith(".lock"):
+            return "a part of it ends with '.lock'"
+    return None
+
+
+def branch_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a git branch (``git check-ref-format --branch``, plus a
+    length cap and no characters that hide text), or None when it can."""
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_REF:
+        return f"it is longer than {MAX_REF} bytes"
+    if name.startswith("-"):
+        return "it starts with '-'"
+    if name in ("HEAD", "@"):  # git reads both as the current commit
+        return f"it is {name!r}"
+    return ref_problem(f"refs/heads/{name}") if name else "it is empty"
+
+
+def check_git_branch(name: str, what: str = "git branch name") -> str:
+    """``name`` when it can be a git branch, else ``UsageError`` saying which rule it
+    breaks (the name is quoted back escaped and cut to 80 characters)."""
+    problem = branch_name_problem(name)
+    if problem is not None:
+        raise UsageError(f"'{printable(name, 80)}' is not a {what}: {problem}", hint=GIT_REF_HINT)
+    return name
+
+
+def printable(text: str, limit: int | None = None) -> str:
+    """``text`` safe on one line of a listing or message: control, separator and
+    bidirectional characters written as escapes (``\\n``, ``\\x1b``, ``\\u202e``), cut
+    to ``limit`` characters. Names refused at the door never need it; rows older than
+    that rule might."""
+    shown = text if limit is None or len(text) <= limit else text[:limit] + "..."
+    if shown.isprintable() and not any(char in _HIDING for char in shown):
+        return shown
+    return "".join(
+        char if char.isprintable() and char not in _HIDING else repr(char)[1:-1] for char in shown
+    )
 
 
 # -- secret names ------------------------------------------------------------------

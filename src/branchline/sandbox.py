@@ -21,6 +21,9 @@ runs it boxed:
 
 Where bubblewrap is missing nothing untrusted runs: the error says how to install
 it. `[security] sandbox = "off"` runs code unboxed, on purpose, and says so.
+
+Linux only: bubblewrap is built on Linux namespaces. On any other system (a Mac)
+nothing untrusted runs either: the error says so, and what to do instead.
 """
 
 from __future__ import annotations
@@ -57,6 +60,14 @@ class SandboxUnavailableError(UsageError):
     default_hint = INSTALL_HINT
 
 
+NOT_LINUX_HINT = (
+    "Run branchline on Linux (a Linux virtual machine or container will do, e.g. with "
+    "Docker Desktop, Colima, Lima or OrbStack on a Mac) to run code from branches "
+    'boxed. Only if every branch\'s code is trusted, set `sandbox = "off"` under '
+    "[security] in branchline.toml: it then runs unboxed, as you."
+)
+
+
 @dataclass(frozen=True)
 class Box:
     """What one piece of untrusted code may see."""
@@ -81,15 +92,13 @@ class Sandbox:
     bwrap: str | None = field(default=None, repr=False)
 
     @classmethod
-    def for_project(
-        cls, config: Config, state_dir: Path, env: Mapping[str, str] | None = None
-    ) -> Sandbox:
+    def for_project(cls, config: Config, state_dir: Path) -> Sandbox:
         """The sandbox `[security]` asks for, hiding the state directory and the
-        project's `.branchline/`. PATH: `[security] path`, else the one branchline
-        runs with, minus every entry inside the state."""
-        env = os.environ if env is None else env
+        project's `.branchline/`. PATH: `[security] path`, else `default_path()`
+        (never the PATH of whoever started branchline: its virtualenv is not the
+        project's), minus every entry inside the state."""
         protected = (state_dir, config.root / ".branchline")
-        wanted = config.security.path or tuple(env.get("PATH", os.defpath).split(os.pathsep))
+        wanted = config.security.path or default_path()
         path = [
             entry for entry in wanted
             if entry and not any(_within(Path(entry).absolute(), p.absolute()) for p in protected)
@@ -125,6 +134,8 @@ class Sandbox:
         """One line for run logs and `status`."""
         if not self.enabled:
             return 'sandbox: OFF ([security] sandbox = "off"): untrusted code runs unboxed'
+        if sys.platform != "linux":
+            return f"sandbox: bubblewrap, unavailable on {_system_name()} (Linux only)"
         who = SANDBOX_USER if os.geteuid() == 0 else "this user"
         return f"sandbox: bubblewrap, as {who}, no access to branchline's state"
 
@@ -132,6 +143,13 @@ class Sandbox:
         """Refuse clearly when untrusted code cannot be boxed."""
         if not self.enabled:
             return
+        if sys.platform != "linux":
+            raise SandboxUnavailableError(
+                f"the sandbox for code from branches needs Linux (bubblewrap is built on "
+                f"Linux namespaces) and this is {_system_name()}; branchline does not run "
+                "that code unboxed",
+                hint=NOT_LINUX_HINT,
+            )
         if self.bwrap is None:
             raise SandboxUnavailableError(
                 "bubblewrap (`bwrap`) is not installed, so code from branches cannot be "
@@ -150,9 +168,11 @@ class Sandbox:
             return list(argv)
         self.check()
         assert self.bwrap is not None
-        # /tmp first: worktrees live under it, and a later tmpfs would hide them.
-        args = [self.bwrap, *_system_mounts(), "--tmpfs", PRIVATE_TMP, "--proc", "/proc",
-                "--dev", "/dev"]  # fmt: skip
+        # /tmp first: worktrees live under it, and a later tmpfs would hide them. Sticky
+        # and writable by all, as /tmp is: the code runs as another user than the one
+        # mounting it, and servers (gunicorn's heartbeat files, Python's tempfile) use it.
+        args = [self.bwrap, *_system_mounts(), "--perms", "1777", "--tmpfs", PRIVATE_TMP,
+                "--proc", "/proc", "--dev", "/dev"]  # fmt: skip
         made: set[Path] = set()
         for how, paths in (("--ro-bind", (*self.tools, *box.readable)),
                            ("--bind", box.writable)):  # fmt: skip
@@ -193,17 +213,31 @@ class Sandbox:
             for name in (top, *(top / n for n in (*dirs, *files))):
                 os.lchown(name, user.pw_uid, user.pw_gid)
 
-    def base_env(self) -> dict[str, str]:
-        """What every program from a branch gets before its own variables: a PATH, a
+    def base_env(self, own: Path | None = None) -> dict[str, str]:
+        """What every program from a branch gets before its own variables: a PATH (the
+        tools of its own tree `own` first: its `.venv/bin`, `node_modules/.bin`), a
         home in its private /tmp, a UTF-8 locale. Nothing of the environment branchline
         itself was started with (its shell's variables, tokens, virtualenv)."""
+        tools = [str(own / entry) for entry in OWN_TOOLS] if own is not None else []
         return {
-            "PATH": os.pathsep.join(self.path), "HOME": HOME, "LANG": "C.UTF-8",
+            "PATH": os.pathsep.join([*tools, *self.path]), "HOME": HOME, "LANG": "C.UTF-8",
             # The repository's history is shown read-only and belongs to another
             # user: git would refuse it as of "dubious ownership" otherwise.
             "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "safe.directory",
             "GIT_CONFIG_VALUE_0": "*",
         }  # fmt: skip
+
+
+# A tree's own tools (relative to it), first on the PATH of code run in it.
+OWN_TOOLS = (".venv/bin", "node_modules/.bin")
+
+
+def default_path() -> tuple[str, ...]:
+    """The PATH of code from a branch unless `[security] path` says otherwise: the
+    system's tools and the Python branchline runs on (its base installation, not a
+    virtualenv). A release's own tools (`.venv/bin`, `node_modules/.bin`) come first."""
+    entries = [str(Path(sys.base_prefix) / "bin"), "/usr/local/bin", "/usr/bin", "/bin"]
+    return tuple(dict.fromkeys(e for e in entries if Path(e).is_dir()))
 
 
 def sandbox_user() -> pwd.struct_passwd:
@@ -234,6 +268,10 @@ def scrubbed(env: Mapping[str, str], keep: Iterable[str]) -> dict[str, str]:
 
 
 # -- internals ------------------------------------------------------------------------
+
+
+def _system_name() -> str:
+    return {"darwin": "macOS"}.get(sys.platform, sys.platform)
 
 
 def _system_mounts() -> list[str]:

@@ -36,9 +36,6 @@ from pathlib import Path
 from secrets import token_bytes, token_hex
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from branchline import naming
 from branchline.config import Config, SecretsConfig, SecretScope
 from branchline.environment import (
@@ -304,6 +301,9 @@ class SecretBox:
             raise SecretError(
                 f"a secret key must be {KEY_BYTES} bytes", hint=f"{_KEY_HINT}; set {KEY_ENV}"
             )
+        # Imported here: only commands that seal or open a value pay for it.
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         self._aead = AESGCM(key)
         self.key_id = key_id(key)
 
@@ -330,6 +330,8 @@ class SecretBox:
                 hint=f"set {KEY_ENV} to the key that sealed it (id {sealed.key_id}), or set "
                 f"it again with `branchline secret set {name} --env {environment}`",
             )
+        from cryptography.exceptions import InvalidTag
+
         try:
             plain = self._aead.decrypt(
                 sealed.nonce, sealed.ciphertext, _associated_data(project, environment, name)

@@ -58,7 +58,7 @@ def project(tmp_path: Path, state_dir: Path) -> Iterator[tuple[Path, dict[str, s
     try:
         yield root, env
     finally:
-        run_cli("stop", cwd=root, env=env)
+        run_cli("stop", "--all", cwd=root, env=env)
         ours = str(state_dir / "projects" / "codex")
         for pid, _env, _age in started_for({"BRANCHLINE_PROJECT": "codex",
                                             "BRANCHLINE_STATE": ours}):  # fmt: skip

@@ -25,6 +25,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode, checks
 
 from branchline.postgres.cluster import free_port
+from tests import raw_http
 from tests.codex_project import commit_on, make_project, stop_serve_and_services
 from tests.conftest import eventually, new_state_dir, remove_state_dir, run_cli
 
@@ -51,6 +52,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, cluster_root: Path) -> Iter
     env = {
         "BRANCHLINE_STATE_DIR": str(state),
         "BRANCHLINE_API_PORT": str(free_port()),
+        "BRANCHLINE_WEBHOOK_SECRET": "the schema tests' webhook secret",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
     server = Served(root, env)
@@ -109,6 +111,11 @@ def test_branch_actions_on_a_real_serve(served: Served) -> None:
     assert made.json()["message"] == "branch dev-api is ready (copied from production)"
     listed = {b["name"]: b for b in call("GET", "/api/branches", read).json()}
     assert listed["dev-api"]["parent"] == "production" and listed["dev-api"]["expires_at"]
+    other = call("POST", "/api/branches", served.token, {"name": "dev-api", "parent": "pr-1"})
+    assert other.status_code == 400, other.text
+    assert "'dev-api' already exists with parent 'production', not 'pr-1'" in other.text
+    same = call("POST", "/api/branches", served.token, {"name": "dev-api"})
+    assert same.json()["message"] == "branch dev-api exists already (parent production)"
     assert "dev-api" in {b["name"] for b in served.cli("db", "branches", "list")}
 
     reset = call("POST", "/api/branches/dev-api/reset", served.token)
@@ -183,3 +190,38 @@ def test_every_operation_answers_as_documented(served: Served) -> None:
     operations = {label.rsplit(" ", 1)[0] for label in tried}
     assert len(operations) == 22, sorted(operations)
     assert not failures, "\n\n".join(failures)
+
+
+def test_every_operation_that_takes_a_body_caps_it_as_documented(served: Served) -> None:
+    """Every POST and DELETE of the document, sent more than its cap (announced, and
+    chunked): 413 with a write token (the webhook: a signature, wrong, of the right
+    form); without a token (or signature), a body is refused before a byte of it is
+    read; every such answer is one the operation documents."""
+    document = httpx.get(f"{served.url}/openapi.json", timeout=30).json()
+    auth = {"Authorization": f"Bearer {served.token}"}
+    tried = []
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            if method not in ("post", "delete"):
+                continue
+            target = path.replace("{run_id}", "1").replace("{pr}", "1").replace(
+                "{service}", "api").replace("{name}", "dev-x")  # fmt: skip
+            documented = set(operation["responses"])
+            webhook = path == "/webhooks/github"
+            headers = {"X-Hub-Signature-256": "sha256=" + "0" * 64} if webhook else auth
+            big = (26 if webhook else 2) * raw_http.MB
+            status, _h, _b = raw_http.head_only(
+                served.port, target, headers, big, method=method.upper()
+            )
+            assert status == 413 and "413" in documented, (method, path, status)
+            status, said, _sent = raw_http.stream(
+                served.port, target, headers, big, chunked=True, method=method.upper()
+            )
+            assert status == 413, (method, path, status, said)
+            for length in (1000, None):  # within the cap, and of no announced size
+                status, _h, _b = raw_http.head_only(
+                    served.port, target, {}, length, method=method.upper()
+                )
+                assert status == 401 and "401" in documented, (method, path, status)
+            tried.append(f"{method} {path}")
+    assert len(tried) == 10, tried

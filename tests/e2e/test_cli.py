@@ -71,6 +71,13 @@ def test_config_check_masks_secret_values(project: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "sk_live_42xyz" not in result.stdout + result.stderr
     assert json.loads(result.stdout)["config"]["services"]["api"]["env"]["STRIPE_KEY"] == "***"
+    metrics = text + '\n[server]\nmetrics_token = "${BRANCHLINE_METRICS_TOKEN}"\n'
+    (project / "branchline.toml").write_text(metrics)
+    token = "a-metrics-token-nobody-may-see-42"
+    result = run_cli("--json", "config", "check", cwd=project,
+                     env={"STRIPE_KEY": "x", "BRANCHLINE_METRICS_TOKEN": token})  # fmt: skip
+    assert result.returncode == 0 and token not in result.stdout + result.stderr
+    assert json.loads(result.stdout)["config"]["server"]["metrics_token"] == "***"
 
 
 MISTAKES = {
@@ -78,6 +85,11 @@ MISTAKES = {
     "wrong type": (("retries = 3", 'retries = "ten"'), "health.retries", "retries = 10"),
     "missing field": (('run = "python -m web"', ""), "services.web.run", "add"),
     "undefined var": (('"python -m migrate"', '"${NOPE_UNSET}"'), "database.migrate", "export"),
+    "short metrics token": (
+        ("[health]", '[server]\nmetrics_token = "abc"\n\n[health]'),
+        "server.metrics_token",
+        "${BRANCHLINE_METRICS_TOKEN}",
+    ),
     "missing path": (('path = "services/web"', 'path = "services/www"'), "services.web.path", ""),
     "duplicate subdomain": (
         ('run = "python -m web"', 'run = "python -m web"\nsubdomain = "api"'),

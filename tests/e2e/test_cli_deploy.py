@@ -54,7 +54,7 @@ def project(tmp_path: Path, state_dir: Path) -> Iterator[tuple[Path, dict[str, s
     try:
         yield tmp_path, env
     finally:
-        run_cli("stop", cwd=tmp_path, env=env)
+        run_cli("stop", "--all", cwd=tmp_path, env=env)
         _delete_services(tmp_path, state_dir)
 
 
@@ -97,6 +97,14 @@ def test_deploy_rollback_logs_dns_and_health(project: tuple[Path, dict[str, str]
     assert deployed["url"] == f"http://api.shop.localhost:{info.edge_port}/"
     v1 = through_edge(info.edge_port, "api.shop.localhost")
     assert v1["greeting"] == "hello v1"
+    # A secret changed under a running service: how to give it the value is said, for
+    # production only (no preview runs).
+    for target, warned in (("production", True), ("preview", False)):
+        stored = run_cli("secret", "set", "EXTRA", "--env", target, cwd=root, env=env,
+                         input="a value\n")  # fmt: skip
+        assert stored.returncode == 0, stored.stderr
+        said = "branchline restart --all --env production" in stored.stderr
+        assert said is warned and ("restart" in stored.stderr) is warned, stored.stderr
 
     commit(root, "hello v2")
     cli(project, "deploy", "api", "--env", "production")
@@ -147,6 +155,6 @@ def test_deploy_rollback_logs_dns_and_health(project: tuple[Path, dict[str, str]
         urllib.request.urlopen(unknown, timeout=10)
     assert err.value.code == 404 and b"api.shop.localhost" in err.value.read()
 
-    stopped = cli(project, "stop")
-    assert "edge stopped" in stopped.stdout
+    stopped = cli(project, "stop", "--all")
+    assert "serve stopped" in stopped.stdout
     assert daemon.read_info(Path(env["BRANCHLINE_STATE_DIR"])) is None

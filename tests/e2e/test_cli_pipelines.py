@@ -40,6 +40,13 @@ def project(tmp_path: Path, state_dir: Path) -> Iterator[tuple[Path, dict[str, s
 def cli(project: tuple[Path, dict[str, str]], *args: str) -> Any:
     root, env = project
     result = run_cli("--json", *args, cwd=root, env=env)
+    if result.returncode != 0 and "failed: run" in result.stderr:  # say why, in the report
+        run_id = result.stderr.split("failed: run ", 1)[1].split(";")[0].split(",")[0]
+        shown = json.loads(run_cli("--json", "runs", "show", run_id, cwd=root, env=env).stdout)
+        failed = [job["name"] for job in shown["jobs"] if job["status"] == "failure"]
+        logs = [run_cli("runs", "logs", run_id, "--job", name, cwd=root, env=env).stdout[-6000:]
+                for name in failed]  # fmt: skip
+        raise AssertionError(result.stderr + "\n".join(logs))
     assert result.returncode == 0, result.stdout + result.stderr
     return json.loads(result.stdout)
 

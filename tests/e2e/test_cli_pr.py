@@ -87,6 +87,9 @@ def test_pull_request_lifecycle_with_a_real_merge(project: tuple[Path, dict[str,
     synced = json.loads(cli(project, "--json", "pr", "sync", "1").stdout)
     assert synced["event"]["action"] == "synchronize"
     assert synced["pr"]["sha"] == git(root, "rev-parse", "feature/login")
+    # No new commit, yet run again on purpose (a fixed config, a flaky test).
+    again_synced = cli(project, "pr", "sync", "1", "--again")
+    assert "again at" in again_synced.stdout, again_synced.stderr
 
     before = git(root, "rev-parse", "main")
     closed = cli(project, "--json", "pr", "close", "1", "--merge")
@@ -104,9 +107,9 @@ def test_pull_request_lifecycle_with_a_real_merge(project: tuple[Path, dict[str,
     recorded = events(project)
     assert [(e.kind, e.action) for e in recorded] == [
         ("pull_request", "opened"), ("pull_request", "synchronize"),
-        ("pull_request", "closed"), ("push", None),
+        ("pull_request", "synchronize"), ("pull_request", "closed"), ("push", None),
     ]  # fmt: skip
-    merged, pushed = recorded[2].event, recorded[3].event
+    merged, pushed = recorded[3].event, recorded[4].event
     assert isinstance(merged, PullRequestChanged) and merged.merged is True
     assert isinstance(pushed, Push) and pushed.after == after and pushed.branch == "main"
     assert len({e.delivery_id for e in recorded}) == len(recorded)
@@ -181,3 +184,64 @@ def test_init_hooks_record_a_push_on_every_commit(project: tuple[Path, dict[str,
     refused = cli(project, "init", "--hooks", str(root))
     assert refused.returncode == 2 and "not written by branchline" in refused.stderr
     assert foreign.read_text() == "#!/bin/sh\necho mine\n"
+
+
+DOOR_CHECKS = [
+    (("pr", "open", "a..b"), "'a..b' is not a git branch name: it contains '..'"),
+    (("pr", "open", "evil\nbranch"), "'evil\\nbranch' is not a git branch name"),
+    (("push", "x.lock"), "it ends with '.lock'"),
+    (("push", "-x"), "No such option"),  # typer's: an option, never a branch
+    (("push", "--no-wait", "--", "-x"), "it starts with '-'"),
+    (("pr", "sync", "0"), "Invalid pull request number 0"),
+    (("pr", "close", "2147483648"), "Invalid pull request number 2147483648"),
+    (("pr", "show", "0"), "Invalid pull request number 0"),
+    (("pr", "approve", "--", "-1"), "Invalid pull request number -1"),
+]
+
+
+def test_refs_and_pr_numbers_are_checked_at_the_door(
+    project: tuple[Path, dict[str, str]],
+) -> None:
+    root, env = project
+    for args, says in DOOR_CHECKS:
+        refused = run_cli(*args, cwd=root, env=env)
+        assert refused.returncode == 2, (args, refused.stdout + refused.stderr)
+        assert says in refused.stderr, (args, refused.stderr)
+        assert "internal error" not in refused.stderr
+    assert events(project) == []
+
+
+def test_listings_escape_what_rows_from_before_the_checks_hold(
+    project: tuple[Path, dict[str, str]],
+) -> None:
+    """Rows stored before names were checked (a newline in a branch, a terminal escape
+    in a title or a ref) are shown escaped, one line each, by `pr list` and
+    `runs list`."""
+    root, env = project
+
+    async def old_row() -> None:
+        store = Store(locate_state(root, env))
+        await store.start()
+        async with store.connect() as conn:
+            await conn.execute(
+                "INSERT INTO branchline.pull_requests (project, number, title, head_branch, "
+                "base_branch, head_sha) VALUES ('shop', 1, %s, %s, 'main', %s)",
+                ("\x1b[2Jwiped", "evil\nbranch", "a" * 40),
+            )
+            await conn.execute(
+                "INSERT INTO branchline.runs (project, workflow, triggered_by, ref, status) "
+                "VALUES ('shop', 'testing', 'push', %s, 'success')",
+                ("evil\nbranch..\x1b[31mred",),
+            )
+
+    asyncio.run(old_row())
+    runs = run_cli("runs", "list", cwd=root, env={**env, "COLUMNS": "200"})  # no wrapping
+    assert runs.returncode == 0, runs.stderr
+    (run,) = [line for line in runs.stdout.splitlines() if "testing" in line]
+    assert "evil\\nbranch..\\x1b[31mred" in run and "\x1b" not in runs.stdout
+    shown = cli(project, "pr", "list")
+    assert shown.returncode == 0, shown.stderr
+    assert "\x1b" not in shown.stdout and "\\x1b[2Jwiped" in shown.stdout
+    assert "evil\\nbranch" in shown.stdout
+    row = [line for line in shown.stdout.splitlines() if "wiped" in line]
+    assert len(row) == 1 and "evil\\nbranch" in row[0]

@@ -18,7 +18,7 @@ import pytest
 from branchline.engine.engine import Engine
 from branchline.engine.model import Command, Job, RunIf, Step, Workflow
 from branchline.store import Store, locate_state
-from tests.conftest import run_cli
+from tests.conftest import ANY_FREE_PORT, run_cli
 
 CONFIG = """\
 [project]
@@ -35,19 +35,24 @@ run = "python -m api"
 
 
 @pytest.fixture
+def quiet_project(tmp_path: Path, state_dir: Path) -> Iterator[tuple[Path, dict[str, str], str]]:
+    """The project with nothing running for it."""
+    root, env, sha = _make(tmp_path, state_dir)
+    try:
+        yield root, env, sha
+    finally:
+        run_cli("stop", "--all", cwd=root, env=env)
+
+
+@pytest.fixture
 def project(tmp_path: Path, state_dir: Path) -> Iterator[tuple[Path, dict[str, str], str]]:
-    (tmp_path / "api").mkdir()
-    (tmp_path / "api" / "x.txt").write_text("x")
-    (tmp_path / "branchline.toml").write_text(CONFIG)
-    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
-    subprocess.run([*git, "add", "."], check=True)
-    subprocess.run([*git, "commit", "-qm", "init"], check=True)
-    sha = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
-                         check=True).stdout.strip()  # fmt: skip
+    """The project with a worker working its queue."""
+    _make(tmp_path, state_dir)
     env = {"BRANCHLINE_STATE_DIR": str(state_dir)}
-    assert run_cli("status", cwd=tmp_path, env=env).returncode == 0
+    sha = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True,
+                         text=True, check=True).stdout.strip()  # fmt: skip
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("BRANCHLINE_")}
+    full_env.update(ANY_FREE_PORT)
     worker = subprocess.Popen(
         [sys.executable, "-m", "branchline", "worker", "--concurrency", "2"],
         cwd=tmp_path, env={**full_env, **env},
@@ -62,7 +67,22 @@ def project(tmp_path: Path, state_dir: Path) -> Iterator[tuple[Path, dict[str, s
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait()
-        run_cli("stop", cwd=tmp_path, env=env)  # the worker started the edge
+        run_cli("stop", "--all", cwd=tmp_path, env=env)  # the worker started the edge
+
+
+def _make(tmp_path: Path, state_dir: Path) -> tuple[Path, dict[str, str], str]:
+    (tmp_path / "api").mkdir()
+    (tmp_path / "api" / "x.txt").write_text("x")
+    (tmp_path / "branchline.toml").write_text(CONFIG)
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], check=True)
+    sha = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
+                         check=True).stdout.strip()  # fmt: skip
+    env = {"BRANCHLINE_STATE_DIR": str(state_dir)}
+    assert run_cli("status", cwd=tmp_path, env=env).returncode == 0
+    return tmp_path, env, sha
 
 
 def submit(root: Path, env: dict[str, str], sha: str, workflow: Workflow) -> int:
@@ -148,8 +168,49 @@ def test_cancel_and_rerun_from_the_command_line(
         time.sleep(0.1)
     assert data["status"] == "cancelled"
     assert [j["status"] for j in data["jobs"]] == ["cancelled", "success"]
-    again = json.loads(run_cli("--json", "runs", "rerun", str(run_id), cwd=root, env=env).stdout)
+    again = json.loads(
+        run_cli("--json", "runs", "rerun", str(run_id), "--no-wait", cwd=root, env=env).stdout
+    )
     assert again["rerun_of"] == run_id and again["run"] != run_id
     run_cli("runs", "cancel", str(again["run"]), cwd=root, env=env)
     missing = run_cli("runs", "show", "999999", cwd=root, env=env)
     assert missing.returncode == 2 and "runs list" in missing.stderr
+
+
+def test_a_rerun_with_nothing_running_starts_serve_and_waits_for_its_end(
+    quiet_project: tuple[Path, dict[str, str], str],
+) -> None:
+    root, env, sha = quiet_project
+    quick = Workflow("quick", (Job("one", (Step("say", Command(args=("echo", "hi"))),)),))
+    run_id = submit(root, env, sha, quick)  # queued: nothing works the queue
+    again = run_cli("--json", "runs", "rerun", str(run_id), cwd=root, env=env)
+    assert again.returncode == 0, again.stderr
+    data = json.loads(again.stdout)
+    assert data["rerun_of"] == run_id
+    assert [(r["id"], r["status"]) for r in data["runs"]] == [(data["run"], "success")]
+    assert "started branchline serve in the background" in again.stderr
+
+
+def test_runs_prune_deletes_what_is_past_its_retention(
+    project: tuple[Path, dict[str, str], str],
+) -> None:
+    root, env, sha = project
+    run_id = submit(root, env, sha, Workflow("quick", (Job("j", (Step("t", ticker(1, 0)),)),)))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        data = json.loads(run_cli("--json", "runs", "show", str(run_id), cwd=root, env=env).stdout)
+        if data["status"] == "success":
+            break
+        time.sleep(0.1)
+    kept = json.loads(run_cli("--json", "runs", "prune", cwd=root, env=env).stdout)
+    assert kept["runs"] == 0  # 30 days by default
+    config = root / "branchline.toml"
+    config.write_text(config.read_text() + '\n[retention]\nruns = "1s"\n')
+    time.sleep(1.5)
+    pruned = run_cli("--json", "runs", "prune", cwd=root, env=env)
+    assert pruned.returncode == 0, pruned.stderr
+    assert json.loads(pruned.stdout)["runs"] == 1
+    gone = run_cli("runs", "show", str(run_id), cwd=root, env=env)
+    assert gone.returncode == 2 and "runs list" in gone.stderr
+    said = run_cli("runs", "prune", cwd=root, env=env)
+    assert "deleted 0 runs" in said.stdout

@@ -37,7 +37,7 @@ def project(tmp_path: Path, state_dir: Path) -> Iterator[tuple[Path, dict[str, s
     try:
         yield root, env
     finally:
-        run_cli("stop", cwd=root, env=env)
+        run_cli("stop", "--all", cwd=root, env=env)
 
 
 def cli(project: tuple[Path, dict[str, str]], *args: str) -> Any:
@@ -100,3 +100,22 @@ def _get(url: str) -> dict[str, Any] | None:
             return data
     except (urllib.error.URLError, OSError):
         return None
+
+
+def test_a_clean_stop_logs_no_traceback(project: tuple[Path, dict[str, str]]) -> None:
+    """`branchline stop` (workers paused, the HTTP server with them), serve again (the
+    API takes its port back) and `stop --all`: edge.log says what happened, with no
+    traceback and no worker left retrying after its pipelines closed."""
+    root, env = project
+    port = int(env["BRANCHLINE_API_PORT"])
+    cli(project, "serve", "--detach")
+    assert eventually(lambda: _get(f"http://127.0.0.1:{port}/healthz"), timeout=20)
+    assert cli(project, "stop")["stopped"] is True
+    cli(project, "serve", "--detach")  # resumed: the HTTP server binds its port again
+    assert eventually(lambda: _get(f"http://127.0.0.1:{port}/healthz"), timeout=20)
+    assert cli(project, "stop", "--all")["stopped"] is True
+    log = (Path(env["BRANCHLINE_STATE_DIR"]) / "edge.log").read_text()
+    assert "workers stopped" in log and "workers resumed" in log
+    for unwanted in ("Traceback", "CancelledError", "ERROR", "App was not open"):
+        assert unwanted not in log, log
+    assert root.is_dir()

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from branchline import naming
+from branchline.branchdata import DataPlan
 from branchline.errors import UsageError
 from branchline.providers.database import Branch, BranchStatus, GcReport
 
@@ -59,6 +60,7 @@ class MemoryDatabase:
         *,
         at: datetime | None = None,
         expires: datetime | None = None,
+        data: DataPlan | None = None,
     ) -> Branch:
         name = naming.validate_branch_id(name)
         parent = naming.validate_branch_id(parent or self.root)
@@ -79,7 +81,16 @@ class MemoryDatabase:
             if parent != self.root:
                 raise UsageError(f"point-in-time copies come only from {self.root!r}")
             return self._add(name, parent, self._as_of(at), expires, restored_to=at)
-        return self._add(name, parent, copy.deepcopy(self.data[parent]), expires)
+        made = copy.deepcopy(self.data[parent])
+        if data is not None and data.rows != "copy":
+            made.rows.clear()  # "schema" and "empty": no rows (and the schema follows)
+        if data is not None and data.rows == "empty":
+            made.schema = ""
+        branch = self._add(name, parent, made, expires)
+        if data is not None:
+            branch = replace(branch, detail={**branch.detail, "data": data.as_dict()})
+            self.branches[name] = branch
+        return branch
 
     async def delete_branch(self, name: str, *, force: bool = False) -> bool:
         name = naming.validate_branch_id(name)

@@ -94,6 +94,26 @@ class MemoryRollouts:
                        if environment is None or r.environment == environment),
                       key=lambda r: r.id, reverse=True)  # fmt: skip
 
+    async def begin_manual(
+        self, environment: str, *, triggered_by: str, sha: str | None, **detail: Any
+    ) -> int:
+        rollout_id = len(self.rows) + 1
+        # Keyed apart from runs' rows (no run): by the negative of the id.
+        self.rows[-rollout_id] = RolloutRow(
+            rollout_id, self.project, environment, None, sha, triggered_by, "running", _now(),
+            None, detail,
+        )  # fmt: skip
+        return rollout_id
+
+    async def finish_manual(
+        self, rollout_id: int, status: str, *, sha: str | None = None, **detail: Any
+    ) -> None:
+        row = self.rows.get(-rollout_id)
+        if row is not None and row.finished_at is None:
+            self.rows[-rollout_id] = replace(row, status=status, finished_at=_now(),
+                                             sha=sha or row.sha,
+                                             detail={**row.detail, **detail})  # fmt: skip
+
     async def branch_of(self, environment: str) -> str | None:
         return self.branches.get(environment)
 

@@ -76,7 +76,7 @@ class Recording:
 
 
 PARAMS = {
-    "cancel": ("run_id",), "rerun": ("run_id",), "rollback": ("service", "environment"),
+    "cancel": ("run_id", "by"), "rerun": ("run_id",), "rollback": ("service", "environment"),
     "close_preview": ("pr",), "push": ("branch",), "approve": ("pr", "by"),
     "create_branch": ("name", "parent", "expires"), "delete_branch": ("name",),
     "reset_branch": ("name",),

@@ -301,3 +301,28 @@ def test_a_ready_spare_becomes_the_next_branch_and_is_refilled(
     # Deleting the branch removes the spare directory it was made from.
     run(db, db.delete_branch("from-spare"))
     assert not home.exists() and not spare.home.exists()
+
+
+def test_a_branch_stays_locked_when_the_state_database_drops_the_lock(
+    db: LocalDatabaseProvider,
+) -> None:
+    """Postgres lets an advisory lock go with its session (the state database killed,
+    a connection cut) while the disk work under it goes on: another create, delete or
+    gc of the branch must still wait, or it removes a cluster that is starting."""
+
+    async def scenario() -> tuple[bool, bool]:
+        async with db._locked("pr-held") as conn:
+            cur = await conn.execute("SELECT pg_backend_pid()")
+            row = await cur.fetchone()
+            assert row is not None
+            async with db.store.connect() as other:
+                await other.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+            async with db._try_locked("pr-held") as taken:
+                busy_meanwhile = taken is None
+        async with db._try_locked("pr-held") as taken:
+            free_afterwards = taken is not None
+        return busy_meanwhile, free_afterwards
+
+    busy_meanwhile, free_afterwards = run(db, scenario())
+    assert busy_meanwhile, "the branch was free to take while its holder still worked"
+    assert free_afterwards, "the branch stayed locked after its holder was done"

@@ -375,6 +375,32 @@ def test_hostile_queries_do_not_break_the_server(env: Env) -> None:
     assert rcode(env.query(ZONE, "SOA")) == "NOERROR"
 
 
+def test_responses_are_never_answered(env: Env) -> None:
+    """A packet with QR set (an answer, or a forged one with a victim's source address)
+    gets nothing back, over UDP and TCP, whether it parses or not: two servers can
+    never be set replying to each other."""
+    query = dns.message.make_query(f"host.{ZONE}", "A")
+    answer = dns.message.make_response(query)  # QR set, a real parsable response
+    broken = bytearray(b"\x12\x34\x80\x00\x00\x01\x00\x00\x00\x00\x00\x00\xff\xfe")
+    as_query = bytearray(answer.to_wire())
+    as_query[2] &= 0x7F  # the same bytes with QR clear: a query, answered
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.settimeout(0.5)
+        udp.connect(("127.0.0.1", env.server.port))
+        for packet in (answer.to_wire(), bytes(broken), b"\x80" * 11):
+            udp.send(packet)
+            with pytest.raises(TimeoutError):
+                udp.recv(4096)
+        udp.send(bytes(as_query))  # the control: the server did hear the others
+        reply = dns.message.from_wire(udp.recv(4096))
+        assert reply.id == query.id and reply.flags & dns.flags.QR
+    with socket.create_connection(("127.0.0.1", env.server.port), timeout=2) as tcp_sock:
+        wire = answer.to_wire()
+        tcp_sock.sendall(len(wire).to_bytes(2, "big") + wire)
+        assert tcp_sock.recv(4096) == b""  # closed without a word
+    assert rcode(env.query(ZONE, "SOA")) == "NOERROR"
+
+
 # -- verify --------------------------------------------------------------------------
 
 

@@ -737,8 +737,10 @@ def test_unknown_host_gets_the_index_of_live_routes(
         for own in [f"127.0.0.1:{edge.port}", f"localhost:{edge.port}"]:
             index = client.get("/", headers={"Host": own})
             assert index.status_code == 200 and project.host("api-preview-8") in index.text
-        # A 404 keeps the connection usable.
-        assert client.get("/", headers={"Host": "nope.localhost"}).status_code == 404
+        # A host in no project's zone learns of no route; a 404 keeps the connection usable.
+        stranger = client.get("/", headers={"Host": "nope.localhost"})
+        assert stranger.status_code == 404 and "None in its zone." in stranger.text
+        assert project.name not in stranger.text and "api-preview-8" not in stranger.text
         assert client.get("/", headers={"Host": f"localhost:{edge.port}"}).status_code == 200
 
 
@@ -755,6 +757,7 @@ def test_upstream_down_is_502_and_slow_is_504(
         assert response.status_code == 502
         assert "No process answers" in response.text
         assert "api" in response.text and "preview-8" in response.text
+        assert str(dead) not in response.text  # no upstream port for a visitor
         assert client.post("/upload", content=b"x" * 200_000).status_code == 502
 
     slow_edge = EdgeThread(shared_store, refresh_interval=3600, upstream_timeout=0.3)

@@ -70,12 +70,13 @@ def cmd(*code: str, **kw: Any) -> Command:
 
 @asynccontextmanager
 async def engine_with_workers(
-    url: str, *, workers: int = 1, concurrency: int = 2, **kwargs: Any
-) -> AsyncIterator[Engine]:
+    url: str, *, workers: int = 1, concurrency: int = 2, options: EngineOptions = FAST,
+    **kwargs: Any,
+) -> AsyncIterator[Engine]:  # fmt: skip
     store = Store(locate_state(Path("/"), {"BRANCHLINE_DATABASE_URL": url}))
     await store.start()
     project = f"p{os.urandom(3).hex()}"
-    engine = Engine(store, project=project, options=FAST, **kwargs)
+    engine = Engine(store, project=project, options=options, **kwargs)
     async with engine.open():
         tasks = [
             asyncio.create_task(
@@ -232,15 +233,17 @@ def test_cancel_kills_the_step_and_its_grandchildren(
             while not pidfile.exists() and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             grandchild = int(pidfile.read_text())
-            assert await engine.cancel(run_id) is True
+            assert await engine.cancel(run_id, by="alice, by hand") is True
             run = await wait_run(engine, run_id)
             assert run.status == "cancelled"
             j = await jobs(engine, run_id)
             assert j["long"].status == "cancelled"
+            assert j["long"].error == "step 'spawn': cancelled by alice, by hand"
+            assert "cancelled by alice, by hand" in await log_text(engine, run_id)
             assert j["cleanup"].status == "success"
             await asyncio.sleep(0.2)
             assert not _alive(grandchild), "the grandchild survived the cancel"
-            assert await engine.cancel(run_id) is False  # already over
+            assert await engine.cancel(run_id, by="alice") is False  # already over
 
     run_async(test)
 
@@ -271,8 +274,9 @@ def test_concurrency_group_cancels_or_queues(state_url: str, repo: tuple[Path, s
             await _until(engine, first, "running")
             second = await engine.submit(group(True), triggered_by="t", repo=path, sha=sha)
             assert (await wait_run(engine, first)).status == "cancelled"
+            assert f"cancelled by run {second} (newer" in await log_text(engine, first)
             await _until(engine, second, "running")
-            await engine.cancel(second)
+            await engine.cancel(second, by="test")
             await wait_run(engine, second)
             # Without cancel_in_progress the newer run waits for the older one.
             a = await engine.submit(quick, triggered_by="t", repo=path, sha=sha)
@@ -484,7 +488,12 @@ def test_killed_worker_is_recovered_and_always_job_runs(
                     await asyncio.gather(rescuer, return_exceptions=True)
                 j = await jobs(engine, run_id)
                 assert run.status == "failure"
-                assert j["long"].status == "failure" and "stopped" in (j["long"].error or "")
+                assert j["long"].status == "failure"
+                # Says why, naming the worker that went away.
+                error = j["long"].error or ""
+                assert f":{victim.pid}" in error, error
+                assert "no heartbeat" in error or "is gone" in error, error
+                assert f"{error}; its step is stopped" in await log_text(engine, run_id)
                 assert j["cleanup"].status == "success"
                 assert not group_alive(step.pgid), "recovery left the step running"
         finally:
@@ -530,6 +539,99 @@ def test_a_job_lost_between_store_and_queue_is_enqueued_again(
     run_async(test)
 
 
+def test_a_job_the_state_database_died_under_runs_again_beyond_its_retries(
+    state_url: str, repo: tuple[Path, str, str]
+) -> None:
+    """The state database went away while this worker ran a job (so neither its end
+    nor its task's could be written): branchline's fault, not the job's. The job
+    (retries = 0) runs once more and its run succeeds; a second such loss fails it."""
+    path, _, sha = repo
+    workflow = Workflow("abandoned", (Job("only", (Step("s", cmd("print('ran again')")),)),))
+
+    async def lose(engine: Engine, run_id: int, attempt: int) -> int:
+        async with engine.store.connect() as conn:
+            await drop_queued_tasks(conn, run_id)
+            cur = await conn.execute(
+                "UPDATE branchline.jobs SET status = 'running', worker = %s, attempt = %s "
+                "WHERE run_id = %s RETURNING id",
+                (engine._worker_name(), attempt, run_id),
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async def test() -> None:
+        store = Store(locate_state(Path("/"), {"BRANCHLINE_DATABASE_URL": state_url}))
+        await store.start()
+        engine = Engine(store, project=f"p{os.urandom(3).hex()}", options=FAST)
+        async with engine.open():
+            run_id = await engine.submit(workflow, triggered_by="t", repo=path, sha=sha)
+            job_id = await lose(engine, run_id, attempt=1)
+            assert await engine.recover_abandoned() == [job_id]
+            job = (await jobs(engine, run_id))["only"]
+            assert job.status == "queued", job
+            assert "the state database went away" in (job.error or "")
+            worker = asyncio.create_task(
+                engine.run_worker(concurrency=1, install_signal_handlers=False)
+            )
+            try:
+                run = await wait_run(engine, run_id, timeout=20)
+            finally:
+                worker.cancel()
+                await asyncio.gather(worker, return_exceptions=True)
+            assert run.status == "success"
+            assert "ran again" in await log_text(engine, run_id)
+
+            again = await engine.submit(workflow, triggered_by="t", repo=path, sha=sha)
+            await lose(engine, again, attempt=2)
+            await engine.recover_abandoned()
+            job = (await jobs(engine, again))["only"]
+            assert job.status == "failure", job
+            assert "the state database went away" in (job.error or "")
+
+    run_async(test)
+
+
+def test_a_run_queued_but_never_started_is_started_by_recovery(
+    state_url: str, repo: tuple[Path, str, str]
+) -> None:
+    """The state database died between a run's record (queued: submitted, or next in
+    its concurrency group) and its first advance: no job was ever queued. Recovery
+    starts it; before, it stayed queued for good."""
+    path, _, sha = repo
+    workflow = Workflow("unstarted", (Job("only", (Step("s", cmd("print('started')")),)),))
+
+    async def test() -> None:
+        store = Store(locate_state(Path("/"), {"BRANCHLINE_DATABASE_URL": state_url}))
+        await store.start()
+        engine = Engine(store, project=f"p{os.urandom(3).hex()}", options=FAST)
+        async with engine.open():
+            run_id = await engine.submit(workflow, triggered_by="t", repo=path, sha=sha)
+            async with store.connect() as conn:
+                await drop_queued_tasks(conn, run_id)
+                await conn.execute(
+                    "UPDATE branchline.runs SET status = 'queued', started_at = NULL "
+                    "WHERE id = %s", (run_id,),
+                )  # fmt: skip
+                await conn.execute(
+                    "UPDATE branchline.jobs SET status = 'pending', enqueued_at = NULL "
+                    "WHERE run_id = %s", (run_id,),
+                )  # fmt: skip
+            assert await engine.advance_stuck_runs() == [run_id]
+            worker = asyncio.create_task(
+                engine.run_worker(concurrency=1, install_signal_handlers=False)
+            )
+            try:
+                run = await wait_run(engine, run_id, timeout=20)
+            finally:
+                worker.cancel()
+                await asyncio.gather(worker, return_exceptions=True)
+            assert run.status == "success"
+            assert "started" in await log_text(engine, run_id)
+
+    run_async(test)
+
+
 def test_a_run_whose_worker_died_between_a_job_and_the_advance_goes_on(
     state_url: str, repo: tuple[Path, str, str]
 ) -> None:
@@ -569,5 +671,28 @@ def test_a_run_whose_worker_died_between_a_job_and_the_advance_goes_on(
             assert run.status == "success"
             assert "b ran" in await log_text(engine, run_id)
             assert await engine.advance_stuck_runs() == []  # nothing left to move
+
+    run_async(test)
+
+
+def test_a_late_heartbeat_of_this_very_worker_kills_nothing(
+    state_url: str, repo: tuple[Path, str, str], tmp_path: Path
+) -> None:
+    """A worker whose heartbeat came late (its event loop was held) is alive: the
+    recovery pass of the same process must not take its job for a dead worker's."""
+    path, _, sha = repo
+    done = tmp_path / "done"
+    workflow = Workflow("late", (Job("only", (Step("s", cmd(
+        "import time; time.sleep(2.5)", f"open({str(done)!r}, 'w').write('x')")),)),))  # fmt: skip
+    # Heartbeats every 10 s, "stalled" after 1 s: every running job looks stalled.
+    late = EngineOptions(grace=1.0, heartbeat=10.0, stalled_after=1.0, recover_every=0.3,
+                         poll=0.5)  # fmt: skip
+
+    async def test() -> None:
+        async with engine_with_workers(state_url, options=late) as engine:
+            run_id = await engine.submit(workflow, triggered_by="t", repo=path, sha=sha)
+            run = await wait_run(engine, run_id)
+            assert run.status == "success", await log_text(engine, run_id)
+            assert done.exists()
 
     run_async(test)

@@ -32,7 +32,8 @@ from branchline.operations.runtime import Pipelines
 from branchline.pipelines import catalog
 from branchline.pipelines.dispatch import Dispatcher, secrets_for
 from branchline.providers.compute.local import STRAY_AGE
-from branchline.store import Store, locate_state
+from branchline.secrets import ValueSealer
+from branchline.store import Store, locate_state, locks
 from branchline.store import forge as forge_rows
 from branchline.store import previews as preview_rows
 from branchline.store import rollouts as rollout_rows
@@ -72,8 +73,10 @@ async def pipelines(root: Path, wrap: dict[str, Wrap] | None = None) -> AsyncIte
     actions = catalog.bound(kit)
     for name, wrapper in (wrap or {}).items():
         actions[name] = wrapper(kit, actions[name])
+    # As serve builds it: steps boxed in the project's sandbox, artifacts sealed.
     engine = Engine(store, project=config.project.name, actions=actions,
-                    secrets=secrets_for(kit), options=FAST)  # fmt: skip
+                    secrets=secrets_for(kit), options=FAST, sandbox=kit.sandbox,
+                    sealer=ValueSealer(kit.secrets))  # fmt: skip
     try:
         async with engine.open():
             await kit.database.init_root()  # type: ignore[attr-defined]
@@ -488,6 +491,39 @@ def test_restore_points_production_at_a_past_moment(project: Path) -> None:
             assert "a" in skus and "b" not in skus  # the write after the moment is not in it
             assert kit.edge_port is not None
             assert through_edge(kit.edge_port, "api.codex.localhost")["status"] == "ok"
+
+    asyncio.run(test())
+
+
+def test_a_young_stray_is_spared_only_while_its_deploy_is_under_way(project: Path) -> None:
+    """A process nobody recorded, seconds old: kept while its service's deploy holds
+    the deploy lock (it may be about to be recorded), stopped at once when the lock
+    is free (its deployer died: after a killed serve, reconcile must not wait)."""
+
+    async def test() -> None:
+        async with pipelines(project) as p:
+            kit = p.kit
+            stray = subprocess.Popen(
+                [sys.executable, "-c", "import time; time.sleep(60)"],
+                env={**os.environ, "BRANCHLINE_PROJECT": kit.project,
+                     "BRANCHLINE_STATE": str(kit.compute.state_dir),
+                     "BRANCHLINE_SERVICE": "api", "BRANCHLINE_ENVIRONMENT": "preview-9",
+                     "BRANCHLINE_DEPLOYMENT": "999999"},
+                start_new_session=True,
+            )  # fmt: skip
+            try:
+                key = f"branchline:compute:{kit.project}:deploy:api:preview-9"
+                async with locks.held(kit.store, key):
+                    found = await kit.compute.reconcile()  # type: ignore[attr-defined]
+                    assert not [f for f in found if f.kind == "process"], found
+                    assert stray.poll() is None
+                found = await kit.compute.reconcile()  # type: ignore[attr-defined]
+                stopped = [f for f in found if f.kind == "process"]
+                assert [(f.action, f.done) for f in stopped] == [("stop", True)], found
+                assert stray.wait(timeout=10) is not None
+            finally:
+                stray.kill()
+                stray.wait()
 
     asyncio.run(test())
 

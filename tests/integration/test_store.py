@@ -125,3 +125,61 @@ def test_unreachable_state_database_explains(tmp_path: Path) -> None:
         asyncio.run(Store(location).start())
     assert "hunter2" not in info.value.message
     assert "***" in info.value.message
+
+
+def test_one_open_pr_migration_keeps_the_first_of_duplicates_and_forks_apart(
+    fresh_db: str,
+) -> None:
+    """Rows the race made before 0016: the first PR opened for a head stays open, the
+    later duplicate is closed; forks mirrored before (repository unknown) keep theirs."""
+    before = [m for m in bundled_migrations() if m.version < 16]
+    asyncio.run(_apply_these(fresh_db, before))
+    insert = (
+        "INSERT INTO branchline.pull_requests (project, number, title, head_branch, "
+        "base_branch, head_sha, state, fork) VALUES ('p', %s, 't', %s, 'main', %s, 'open', %s)"
+    )
+    with psycopg.connect(fresh_db) as conn:
+        for number, head, fork in [(1, "feature", False), (2, "feature", False),
+                                   (3, "patch-1", True), (4, "patch-1", True)]:  # fmt: skip
+            conn.execute(insert, (number, head, "a" * 40, fork))
+    assert 16 in [m.version for m in asyncio.run(_apply(fresh_db))]
+    with psycopg.connect(fresh_db) as conn:
+        states = conn.execute(
+            "SELECT number, state, head_repo FROM branchline.pull_requests ORDER BY number"
+        ).fetchall()
+    assert states == [(1, "open", ""), (2, "closed", ""), (3, "open", "#3"), (4, "open", "#4")]
+
+
+async def _apply_these(url: str, migrations: list[Migration]) -> list[Migration]:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        return await apply_migrations(conn, migrations)
+
+
+def test_a_lock_held_here_outlives_the_state_database_session(
+    shared_store: Store, tmp_path: Path
+) -> None:
+    """Postgres lets an advisory lock go with the holder's session; one also held on
+    this machine's disk stays taken until its holder is done, and not a moment longer."""
+    from branchline.store import locks
+
+    key = f"branchline:test:{os.urandom(4).hex()}"
+
+    async def scenario() -> tuple[bool, bool, bool]:
+        async with locks.held(shared_store, key, here=tmp_path) as conn:
+            cur = await conn.execute("SELECT pg_backend_pid()")
+            row = await cur.fetchone()
+            assert row is not None
+            async with shared_store.connect() as other:
+                await other.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+            async with locks.if_free(shared_store, key, here=tmp_path) as taken:
+                busy_here = taken is None
+            async with locks.if_free(shared_store, key) as taken:
+                freed_in_postgres = taken is not None  # what the disk lock makes up for
+        async with locks.if_free(shared_store, key, here=tmp_path) as taken:
+            free_afterwards = taken is not None
+        return busy_here, freed_in_postgres, free_afterwards
+
+    busy_here, freed_in_postgres, free_afterwards = asyncio.run(scenario())
+    assert freed_in_postgres, "the advisory lock outlived its session: the test shows nothing"
+    assert busy_here, "the lock was free to take while its holder still worked"
+    assert free_afterwards, "the lock stayed taken after its holder was done"

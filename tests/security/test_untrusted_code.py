@@ -65,10 +65,26 @@ if len(others) > 20:
 ours = {pathlib.Path.cwd().parts[2]}
 if top.returncode == 0 and common.parts[1] == "tmp":
     ours.add(common.parts[2])
+# The tools the project declared (`[security] path`: the Python running this) are shown
+# read-only wherever they live, a checkout under /tmp included; only the way to them.
+tools = pathlib.Path(sys.executable).parent.resolve()
+if tools.parts[1] == "tmp":
+    ours.add(tools.parts[2])
+    try:
+        beside = [e for e in pathlib.Path("/tmp", tools.parts[2]).iterdir()
+                  if e.name != tools.parts[3]]
+    except PermissionError:
+        beside = []  # not even listable
+    for entry in beside:
+        hit(f"beside the declared tools: {entry}")
 for entry in os.listdir("/tmp"):
     if entry not in ours:
         hit(f"/tmp/{entry}")
-# 5. A file left where the next job or the host would find it.
+# 5. The shell that started serve: its exported tokens and its virtualenv.
+for variable in ("AWS_SECRET_ACCESS_KEY", "VIRTUAL_ENV", "PYTHONPATH"):
+    if variable in os.environ:
+        hit(f"serve's shell: {variable}")
+# 6. A file left where the next job or the host would find it.
 try:
     with open("/tmp/left-by-a-test", "w") as fh:
         fh.write("x")
@@ -93,7 +109,14 @@ def project(tmp_path: Path, state_dir: Path) -> Iterator[tuple[Path, dict[str, s
 
     git(root, "add", ".")
     git(root, "commit", "-qm", "a test that hunts")
-    with served(root, cli_env(state_dir)) as project:
+    # Whoever started serve had a token and a virtualenv in their shell.
+    shell = {
+        **cli_env(state_dir),
+        "AWS_SECRET_ACCESS_KEY": "AKIA-never-for-a-branch",
+        "VIRTUAL_ENV": str(Path(sys.executable).parent.parent),
+        "PYTHONPATH": "/nowhere",
+    }
+    with served(root, shell) as project:
         yield project
 
 

@@ -628,3 +628,97 @@ def test_absolute_service_path_is_rejected(tmp_path: Path) -> None:
     err = error(tmp_path, BASE.replace('path = "services/web"', f'path = "{tmp_path}"'))
     assert err.key == "services.web.path"
     assert "absolute" in str(err)
+
+
+ADOPTING = """
+[project]
+name = "shop"
+zone = "{zone}"
+
+[database]
+migrate = "{migrate}"
+
+[services.api]
+path = "."
+run = ["{run}"]
+
+[tests.unit]
+command = ["{test}"]
+
+[preview]
+max_live = {max_live}
+
+[security]
+sandbox = "{sandbox}"
+"""
+
+
+def _config(tmp_path: Path, name: str, **values: object) -> Config:
+    path = tmp_path / name / "branchline.toml"
+    path.parent.mkdir()
+    path.write_text(ADOPTING.format(**values))
+    return load_config(path, env={})
+
+
+def test_a_commit_changes_its_services_and_tests_never_its_guards(tmp_path: Path) -> None:
+    served = _config(tmp_path, "served", zone="shop.localhost", migrate="python migrate.py",
+                     run="serve-v1", test="pytest", max_live=3, sandbox="bubblewrap")  # fmt: skip
+    branch = _config(tmp_path, "branch", zone="evil.example", migrate="curl evil",
+                     run="serve-v2", test="pytest -k new", max_live=99, sandbox="off")  # fmt: skip
+    adopted = served.adopt(branch)
+    assert adopted.services["api"].run == ("serve-v2",)
+    assert adopted.tests["unit"].command == ("pytest -k new",)
+    # Where it points, how it migrates, its limits and its sandbox stay as served.
+    assert adopted.project.zone == "shop.localhost"
+    assert adopted.database.migrate == ("python", "migrate.py")
+    assert adopted.preview.max_live == 3
+    assert adopted.security.sandbox == "bubblewrap"
+    assert adopted.path == served.path
+
+
+def test_a_reload_takes_everything_but_what_serve_started_with(tmp_path: Path) -> None:
+    served = _config(tmp_path, "served", zone="shop.localhost", migrate="m", run="v1",
+                     test="t", max_live=3, sandbox="bubblewrap")  # fmt: skip
+    newer = _config(tmp_path, "newer", zone="other.localhost", migrate="m", run="v2",
+                    test="t", max_live=5, sandbox="off")  # fmt: skip
+    assert served.changed_at_start(newer) == ["project", "security"]
+    reloaded = served.reloaded(newer)
+    assert reloaded.preview.max_live == 5 and reloaded.services["api"].run == ("v2",)
+    assert reloaded.project.zone == "shop.localhost" and reloaded.security.sandbox == "bubblewrap"
+
+
+# ---------------------------------------------------------------- limits and retention
+
+
+def test_limits_retention_and_the_migrate_deadline_have_defaults(tmp_path: Path) -> None:
+    config = load(tmp_path, BASE)
+    assert config.limits.step_log == 5 * 1024 * 1024
+    assert config.limits.step_timeout == timedelta(hours=1)
+    assert config.retention.runs == config.retention.logs == timedelta(days=30)
+    assert config.retention.artifacts == timedelta(days=30)
+    assert config.database.migrate_timeout == timedelta(minutes=10)
+
+
+def test_limits_retention_and_the_migrate_deadline_are_configurable(tmp_path: Path) -> None:
+    text = BASE.replace('migrate = "python -m migrate"\n',
+                        'migrate = "python -m migrate"\nmigrate_timeout = "90s"\n')  # fmt: skip
+    text += '\n[limits]\nstep_log = "512KB"\nstep_timeout = "2h"\n'
+    text += '\n[retention]\nruns = "90d"\nlogs = "7d"\nartifacts = "2d"\n'
+    config = load(tmp_path, text)
+    assert config.database.migrate_timeout == timedelta(seconds=90)
+    assert config.limits.step_log == 512 * 1024
+    assert config.limits.step_timeout == timedelta(hours=2)
+    assert (config.retention.runs, config.retention.logs, config.retention.artifacts) == (
+        timedelta(days=90), timedelta(days=7), timedelta(days=2),
+    )  # fmt: skip
+
+
+def test_a_bad_step_log_size_says_how_to_write_one(tmp_path: Path) -> None:
+    err = error(tmp_path, BASE + '\n[limits]\nstep_log = "lots"\n')
+    assert err.key == "limits.step_log"
+    assert "expected a size, got 'lots'" in str(err)
+    assert 'step_log = "5MB"' in err.hint
+    tiny = error(tmp_path, BASE + "\n[limits]\nstep_log = 10\n")
+    assert "at least 1KB" in str(tiny)
+    never = error(tmp_path, BASE + '\n[limits]\nstep_timeout = "0s"\n')
+    assert never.key == "limits.step_timeout" and "longer than zero" in str(never)

@@ -188,10 +188,13 @@ def test_index_groups_and_escapes() -> None:
         _row("api.codex.localhost", "codex", "production"),
         _row("api.other.localhost", "o&ther", "production"),
     ]
-    page = pages.index(rows, port=8080, unknown_host='"><script>x</script>').decode()
+    own = pages.index(rows, port=8080).decode()  # the edge's own address: every route
+    assert "&lt;b&gt;web&lt;/b&gt;" in own and "o&amp;ther" in own
+    page = pages.index(rows, port=8080, unknown_host='"><script>x</script>.codex.localhost')
+    page = page.decode()
     assert "<script>" not in page and "&quot;&gt;&lt;script&gt;" in page
     assert '<a href="http://api.codex.localhost:8080/">' in page
-    assert "&lt;b&gt;web&lt;/b&gt;" in page and "o&amp;ther" in page
+    assert "&lt;b&gt;web&lt;/b&gt;" in page
     assert page.index("<h2>codex</h2>") < page.index("<h3>preview-8</h3>")
     assert page.index("<h3>preview-8</h3>") < page.index("<h3>production</h3>")
     assert pages.route_url("api.codex.localhost", 80) == "http://api.codex.localhost/"
@@ -200,3 +203,37 @@ def test_index_groups_and_escapes() -> None:
     error = pages.no_process(_row("h", "p<", "preview-8", "api&")).decode()
     assert "No process answers for service api&amp; of environment preview-8" in error
     assert "p&lt;" in error
+
+
+def test_the_404_lists_only_the_zone_of_the_host_asked_for() -> None:
+    rows = [
+        _row("api.codex.localhost", "codex", "production"),
+        _row("api-preview-8.codex.localhost", "codex", "preview-8"),
+        _row("api.other.localhost", "other", "production"),
+        _row("web.localhost", "top", "production", "web"),  # a project whose zone is a parent
+    ]
+
+    def listed(host: str) -> set[str]:
+        return {r.host for r in pages.in_same_zone(rows, host)}
+
+    codex = {"api.codex.localhost", "api-preview-8.codex.localhost"}
+    assert listed("nope.codex.localhost") == codex
+    assert listed("codex.localhost") == listed("a.b.codex.localhost") == listed("x.codex.localhost")
+    assert listed("x.other.localhost") == {"api.other.localhost"}
+    assert listed("x.localhost") == {"web.localhost"}  # only the most specific zone
+    assert listed("evil.example") == listed("") == listed("localhost.evil") == set()
+    page = pages.index(rows, port=80, unknown_host="x.other.localhost").decode()
+    assert "api.other.localhost" in page and "codex" not in page and "web.localhost" not in page
+    stranger = pages.index(rows, port=80, unknown_host="evil.example").decode()
+    assert "None in its zone." in stranger
+    assert not any(r.host in stranger or f"<h2>{r.project}</h2>" in stranger for r in rows)
+
+
+def test_the_502_and_504_pages_name_no_upstream_address() -> None:
+    row = RouteRow("api.codex.localhost", "codex", "production", "api", "10.1.2.3", 47311,
+                   None, datetime.now(UTC))  # fmt: skip
+    for page in (pages.no_process(row), pages.bad_upstream(row, "It broke off."),
+                 pages.timeout(row, 5)):  # fmt: skip
+        text = page.decode()
+        assert "47311" not in text and "10.1.2.3" not in text
+        assert "api" in text and "production" in text

@@ -304,3 +304,10 @@ def test_topological_order_property(workflow: Workflow) -> None:
     for j in workflow.jobs:
         for need in j.needs:
             assert order.index(need) < order.index(j.name)
+
+
+def test_a_call_s_deadline_is_stored_with_it() -> None:
+    step = Step("migrate", Call("branch.migrate", {"name": "b"}, timeout=90.0))
+    workflow = Workflow("w", (Job("j", (step,)),))
+    again = Workflow.from_dict(workflow.to_dict())
+    assert again.jobs[0].steps[0].run == Call("branch.migrate", {"name": "b"}, timeout=90.0)

@@ -173,9 +173,9 @@ def test_a_real_push_becomes_an_event() -> None:
 
 def test_deliveries_that_start_nothing_and_malformed_ones() -> None:
     assert github_events.parse("push", {"ref": "refs/tags/v1", "after": SHA}) is None
-    assert github_events.parse("pull_request", {"action": "labeled"}) is None
     assert github_events.parse("issues", {"action": "opened"}) is None
     for broken in ({"action": "opened"}, {"action": "opened", "pull_request": {"head": {}}},
+                   {"action": "labeled"},  # every action's body has its pull request
                    {"action": "opened", "number": 2, "pull_request": {
                        "head": {"ref": "f", "sha": "not-a-sha"}, "base": {"ref": "main"}}},
                    {"ref": "refs/heads/main"}):  # fmt: skip

@@ -414,3 +414,43 @@ def test_bad_url_is_a_usage_error_before_any_attempt(url: str) -> None:
         check(handler, local(), url=url)
     assert "http://127.0.0.1:8080/health" in caught.value.hint
     assert seen == []
+
+
+# ------------------------------------------------------------- deterministic answers
+
+
+def test_the_same_failing_answer_three_times_fails_at_once_with_what_it_said() -> None:
+    """A release that refuses its own host name answers 400 every time: three alike
+    are its answer, not a warm-up; the check ends in seconds, not after ten retries."""
+    page = b"<h1>Bad Request (400)</h1>" + b"x" * 1000
+    handler, seen = answers(httpx.Response(400, content=page))
+    clock = ManualClock()
+    result = check(handler, local(), clock, host_header="web.example.test")
+    assert not result.healthy
+    assert len(seen) == 3 and len(result.attempts) == 3
+    assert seen[0].headers["host"] == "web.example.test"
+    assert "HTTP 400 3 times in a row" in result.verdict
+    assert result.attempts[0].body == page[:300].decode()
+    assert clock.time < 1.0
+
+
+def test_a_redirect_is_recorded_with_where_it_points() -> None:
+    handler, _ = answers(httpx.Response(302, headers={"Location": "/accounts/login/"}))
+    result = check(handler, local())
+    assert [a.location for a in result.attempts] == ["/accounts/login/"] * 3
+    assert "HTTP 302 to /accounts/login/ 3 times in a row" in result.verdict
+
+
+def test_not_ready_answers_and_changing_ones_are_retried() -> None:
+    """503 (and 502, 504) says "not yet": retried to the end. Different failing
+    answers are a service still changing: the check goes on until three agree."""
+    handler, seen = answers(httpx.Response(503))
+    assert len(check(handler, local(retries=6)).attempts) == 7
+    handler, seen = answers(
+        httpx.Response(500), httpx.Response(404), httpx.Response(500), httpx.Response(404),
+        httpx.Response(404), httpx.Response(404), ok_json(),
+    )  # fmt: skip
+    result = check(handler, local())
+    assert len(seen) == 6 and not result.healthy
+    handler, seen = answers(httpx.Response(500), httpx.Response(500), ok_json())
+    assert check(handler, local()).healthy

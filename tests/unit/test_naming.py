@@ -469,3 +469,25 @@ def test_bulk_names_do_not_collide() -> None:
             assert len(set(results)) == len(inputs), label
     hosts = [naming.host_name(name, env, "example.com") for name in inputs for env in ENVS]
     assert len(set(hosts)) == len(inputs) * len(ENVS)
+
+
+@pytest.mark.parametrize("bad", [0, -1, naming.MAX_PR + 1, 2**63, True, False, 1.5, 1.0, "2", None])
+def test_pr_numbers_are_whole_numbers_from_1_to_2_31_minus_1(bad: object) -> None:
+    with pytest.raises(UsageError, match="Invalid pull request number") as refused:
+        naming.check_pr_number(bad)
+    assert "2147483647" in (refused.value.hint or "")
+    assert naming.check_pr_number(1) == 1 and naming.check_pr_number(naming.MAX_PR) == naming.MAX_PR
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [("main", "main"), ("a\nb", "a\\nb"), ("\x1b[31mred", "\\x1b[31mred"),
+     ("\u202eevil", "\\u202eevil"), ("caf\u00e9", "caf\u00e9"), ("tab\there", "tab\\there")],
+)  # fmt: skip
+def test_printable_escapes_what_would_break_or_fool_a_listing(text: str, shown: str) -> None:
+    assert naming.printable(text) == shown
+    assert "\n" not in naming.printable(text) and "\x1b" not in naming.printable(text)
+
+
+def test_printable_cuts_long_text() -> None:
+    assert naming.printable("x" * 500, 80) == "x" * 80 + "..."

@@ -162,3 +162,14 @@ def test_one_read_model_of_environments(kit: Kit) -> None:
     assert [s.service for s in preview_8.services] == ["web"]
     data = preview_8.as_dict()
     assert data["kind"] == "preview" and data["services"][0]["service"] == "web"
+
+
+def test_running_environments_are_those_with_a_live_service(kit: Kit) -> None:
+    """`secret set` warns of a restart only where a service runs (a platform's
+    deployment, with no local process, counts as running)."""
+    assert run(deploy.running_environments(kit, ["production", "preview", "test"])) == []
+    run(deploy.deploy(kit, "api", PRODUCTION, SHA))
+    run(deploy.deploy(kit, "api", PREVIEW, SHA))
+    assert run(deploy.running_environments(kit, ["production"])) == [PRODUCTION]
+    assert run(deploy.running_environments(kit, ["preview"])) == [PREVIEW]
+    assert run(deploy.running_environments(kit, ["preview-9", "test"])) == []

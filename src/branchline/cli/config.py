@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.syntax import Syntax
 
 from branchline.cli.context import app_context
 from branchline.cli.output import to_json
-from branchline.config import load_config
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 app = typer.Typer(help="Check and show branchline.toml.", no_args_is_help=True)
 
@@ -25,6 +25,10 @@ def check(
     ] = None,
 ) -> None:
     """Validate branchline.toml and print the resolved config (secret values masked)."""
+    from rich.syntax import Syntax
+
+    from branchline.config import load_config
+
     app = app_context(ctx)
     config = load_config(path) if path is not None else app.config()
     data: dict[str, Any] = {"ok": True, "path": str(config.path), "config": config.display_dict()}

@@ -6,23 +6,24 @@ closed afterwards."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 
-from branchline import gitguard
 from branchline.cli.output import Output
-from branchline.config import Config, find_config, load_config
-from branchline.edge import daemon
-from branchline.engine.engine import Engine, EngineOptions
-from branchline.kit import Kit
-from branchline.store import Store, locate_state
+
+# Every command module imports this one: what it needs is imported where it is used,
+# so that `--help` and light commands do not load Postgres, the engine and the providers.
+if TYPE_CHECKING:
+    from branchline.config import Config
+    from branchline.engine.engine import Engine, EngineOptions
+    from branchline.kit import Kit
+    from branchline.store import Store
 
 T = TypeVar("T")
 
@@ -62,6 +63,8 @@ class AppContext:
     def config(self) -> Config:
         """The project's config: --config / BRANCHLINE_CONFIG, else found from the cwd."""
         if self._config is None:
+            from branchline.config import find_config, load_config
+
             path = self.config_path or find_config(Path.cwd())
             self._config = load_config(path)
         return self._config
@@ -69,6 +72,9 @@ class AppContext:
     def store(self) -> Store:
         """The state database. Refused while git tracks branchline's state directory."""
         if self._store is None:
+            from branchline import gitguard
+            from branchline.store import Store, locate_state
+
             config = self.config()
             location = locate_state(config.root, os.environ)
             gitguard.refuse_if_tracked(location.state_dir, config.root)
@@ -87,6 +93,8 @@ class AppContext:
         does not run (deploys must be reachable); `engine`: open the engine (runs,
         cancels); `show`: print the result as soon as it is there, before the
         providers finish their background work (such as preparing the next branch)."""
+        import asyncio
+
         config = self.config()
         store = self.store()
 
@@ -104,16 +112,19 @@ class AppContext:
     async def session(
         self, config: Config, store: Store, *, edge: bool, engine: EngineOptions | bool
     ) -> AsyncIterator[Session]:
+        import asyncio
+
+        from branchline.edge import daemon
+        from branchline.kit import Kit
+
         info: daemon.EdgeInfo | None
         if edge:
+            before = daemon.read_info(store.location.state_dir)
             running, started = await asyncio.to_thread(
                 daemon.ensure_running, store.location.state_dir, config.path
             )
             if started:
-                self.output.notice(
-                    f"started branchline serve in the background (edge on port "
-                    f"{running.edge_port}, DNS on {running.dns_port}); `branchline stop` stops it"
-                )
+                self.output.notice(daemon.describe_start(running, resumed=before is not None))
             info = running
         else:
             info = daemon.read_info(store.location.state_dir)
@@ -125,6 +136,8 @@ class AppContext:
             if engine is False:
                 yield Session(self, kit)
             else:
+                from branchline.engine.engine import Engine, EngineOptions  # the job queue
+
                 options = engine if isinstance(engine, EngineOptions) else None
                 opened = Engine(store, project=config.project.name, options=options)
                 async with opened.open():

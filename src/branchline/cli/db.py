@@ -5,30 +5,21 @@ from __future__ import annotations
 import os
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-import psycopg
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from branchline import gitguard, naming
 from branchline.cli.context import AppContext, app_context
-from branchline.engine.checkout import staged_copy
 from branchline.errors import BranchlineError, UsageError
-from branchline.kit import Kit
-from branchline.migrations import MigrateResult, PreflightResult, database_env, migrate, preflight
-from branchline.operations import branches
-from branchline.postgres import find_binaries
-from branchline.providers.database import (
-    Backups,
-    Branch,
-    DatabaseProvider,
-    GarbageCollector,
-    RootInitializer,
-)
-from branchline.schemadiff import describe_schema, diff_schemas, normalize_dump, unified_diff
-from branchline.timespec import parse_expiry, parse_moment
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from branchline.kit import Kit
+    from branchline.migrations import MigrateResult, PreflightResult
+    from branchline.providers.database import Branch, DatabaseProvider
 
 app = typer.Typer(help="Database branches: create, reset, migrate, diff, restore.")
 branches_app = typer.Typer(help="Create, list, reset and delete branches.")
@@ -83,6 +74,8 @@ def _age(moment: datetime) -> str:
 
 
 def _branch_table(branches: list[Branch]) -> Table:
+    from rich.table import Table
+
     table = Table("branch", "parent", "status", "postgres", "age", "expires", "size", "port")
     for b in branches:
         table.add_row(
@@ -119,6 +112,8 @@ def init(ctx: typer.Context) -> None:
 
 
 async def _init_root(db: DatabaseProvider) -> Branch:
+    from branchline.providers.database import RootInitializer
+
     if not isinstance(db, RootInitializer):
         raise UsageError(
             "this database provider has no init step: its root branch exists with the project",
@@ -146,14 +141,17 @@ def branches_create(
     ] = None,
 ) -> None:
     """Create a branch from its parent, online. Returns the existing one if it is there."""
+    from branchline.operations import branches
+    from branchline.timespec import parse_expiry
+
     naming.validate_branch_id(name)
     expires_at = parse_expiry(expires) if expires else None
     _progress(ctx, f"copying {parent or 'production'} into {name}")
     # Shown as soon as it is ready; preparing the next spare happens after.
     _run_kit(
         ctx,
-        lambda kit: branches.create(kit, name, parent, expires=expires_at),
-        lambda branch: _show_branch(ctx, branch, "ready:"),
+        lambda kit: branches.create_or_find(kit, name, parent, expires=expires_at),
+        lambda found: _show_branch(ctx, found[0], "exists already:" if found[1] else "ready:"),
     )
 
 
@@ -167,6 +165,8 @@ def branches_delete(
 ) -> None:
     """Delete a branch (its cluster and its data). Succeeds when it is already gone.
     Production's branch and a live preview's are refused unless --force."""
+    from branchline.operations import branches
+
     deleted = _run_kit(ctx, lambda kit: branches.delete(kit, name, force=force))
     _output(ctx).output.emit(
         {"name": name, "deleted": deleted},
@@ -177,6 +177,8 @@ def branches_delete(
 @branches_app.command("reset")
 def branches_reset(ctx: typer.Context, name: str) -> None:
     """Replace a branch's data with its parent's current state (same URI afterwards)."""
+    from branchline.operations import branches
+
     _progress(ctx, f"resetting {name} to its parent")
     branch = _run_kit(ctx, lambda kit: branches.reset(kit, name))
     _show_branch(ctx, branch, "reset:")
@@ -192,6 +194,9 @@ def url(ctx: typer.Context, name: str) -> None:
 @app.command("psql")
 def psql(ctx: typer.Context, name: str) -> None:
     """Open psql on the branch (the password travels in the environment)."""
+    from branchline.migrations import database_env
+    from branchline.postgres import find_binaries
+
     uri = _run(ctx, lambda db: db.connection_uri(name))
     binary = find_binaries().path("psql")
     env = {**os.environ, **database_env(uri)}
@@ -202,6 +207,9 @@ def psql(ctx: typer.Context, name: str) -> None:
 @app.command("migrate")
 def migrate_cmd(ctx: typer.Context, name: str) -> None:
     """Run the project's migrate command against a branch, streaming its output."""
+    from branchline.engine.checkout import staged_copy
+    from branchline.migrations import migrate
+
     out = _output(ctx).output
     echo = None if out.json else (lambda line: out.out.print(line, markup=False, highlight=False))
 
@@ -242,6 +250,9 @@ def migrate_cmd(ctx: typer.Context, name: str) -> None:
 @app.command("preflight")
 def preflight_cmd(ctx: typer.Context) -> None:
     """Try the migrations on a throw-away copy of production, report, delete the copy."""
+    from branchline.engine.checkout import staged_copy
+    from branchline.migrations import preflight
+
     out = _output(ctx).output
     _progress(ctx, "copying production into a throw-away branch and migrating it")
     echo = None if out.json else (lambda line: out.err.print(line, markup=False, highlight=False))
@@ -279,6 +290,9 @@ def preflight_cmd(ctx: typer.Context) -> None:
 @app.command("diff")
 def diff(ctx: typer.Context, a: str, b: str) -> None:
     """Compare two branches' schemas (a unified diff; --json lists the changes)."""
+    import psycopg
+
+    from branchline.schemadiff import describe_schema, diff_schemas, normalize_dump, unified_diff
 
     async def work(db: DatabaseProvider) -> tuple[str, dict[str, Any]]:
         text = unified_diff(
@@ -304,6 +318,8 @@ def restore(
     name: Annotated[str | None, typer.Option(help="Name of the new branch.")] = None,
 ) -> None:
     """Create a new branch holding production as it was at a past moment."""
+    from branchline.timespec import parse_moment
+
     moment = parse_moment(to)
     branch_name = name or "emergency-restore-" + moment.strftime("%Y%m%d%H%M%S")
     _progress(ctx, f"restoring production as of {moment.isoformat()} into {branch_name}")
@@ -317,6 +333,7 @@ def restore(
 @app.command("backup")
 def backup(ctx: typer.Context) -> None:
     """Take a base backup of production now (a restore starts from the latest one)."""
+    from branchline.providers.database import Backups
 
     async def work(db: DatabaseProvider) -> dict[str, str]:
         if not isinstance(db, Backups):
@@ -335,6 +352,7 @@ def backup(ctx: typer.Context) -> None:
 @app.command("gc")
 def gc(ctx: typer.Context) -> None:
     """Delete expired branches, clean up after crashes, refresh and prune backups."""
+    from branchline.providers.database import GarbageCollector
 
     async def work(db: DatabaseProvider) -> dict[str, Any]:
         if not isinstance(db, GarbageCollector):
@@ -346,10 +364,15 @@ def gc(ctx: typer.Context) -> None:
     def human(console: Console) -> None:
         done = False
         for key, value in data.items():
-            if value:
-                done = True
-                shown = ", ".join(value) if isinstance(value, list) else "yes"
-                console.print(f"{key.replace('_', ' ')}: {shown}")
+            if not value:
+                continue
+            done = True
+            if key in ("archive_repaired", "notes"):  # sentences: one a line
+                for item in value:
+                    console.print(f"{key.replace('_', ' ')}: {item}", markup=False)
+                continue
+            shown = ", ".join(value) if isinstance(value, list) else "yes"
+            console.print(f"{key.replace('_', ' ')}: {shown}")
         if not done:
             console.print("nothing to collect")
 

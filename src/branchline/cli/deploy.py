@@ -1,31 +1,29 @@
-"""`branchline deploy | rollback | deployments | releases | logs | edge | stop | health`:
+"""`branchline deploy | rollback | deployments | releases | logs | edge | health`:
 services running locally behind the edge."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import getpass
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from branchline.cli.context import Session, app_context
-from branchline.config import Config
-from branchline.edge import daemon
 from branchline.environment import Environment
 from branchline.errors import UsageError
-from branchline.health import HealthPolicy, check_health
-from branchline.kit import Kit
 from branchline.masking import LineMasker, mask_url
-from branchline.operations import deploy as operations
-from branchline.operations.restore import restore_production
-from branchline.providers.compute import Deployment, Supervisor
-from branchline.store import Store
-from branchline.timespec import parse_moment
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from branchline.config import Config
+    from branchline.edge import daemon
+    from branchline.kit import Kit
+    from branchline.providers.compute import Deployment
+    from branchline.store import Store
 
 deployments_app = typer.Typer(help="Deployments of services.", no_args_is_help=True)
 releases_app = typer.Typer(help="Immutable builds of services.", no_args_is_help=True)
@@ -33,6 +31,8 @@ EnvOption = Annotated[str, typer.Option("--env", help="production, preview-<pr> 
 
 
 def _deployment_table(found: list[Deployment]) -> Table:
+    from rich.table import Table
+
     table = Table("id", "service", "environment", "release", "status", "url", "since")
     for d in found:
         table.add_row(
@@ -40,6 +40,11 @@ def _deployment_table(found: list[Deployment]) -> Table:
             d.url or "-", d.created_at.strftime("%Y-%m-%d %H:%M:%S"),
         )  # fmt: skip
     return table
+
+
+def _who() -> str:
+    """Who a deployment by hand is written down as, in the history."""
+    return f"{getpass.getuser()} (cli)"
 
 
 def deploy(
@@ -50,11 +55,13 @@ def deploy(
 ) -> None:
     """Build SERVICE at a commit and deploy it blue-green behind the edge, with the
     environment's database, sibling URLs and secrets."""
+    from branchline.operations import deploy as operations
+
     environment = Environment.parse(env)
     app = app_context(ctx)
     result = app.run(
         lambda s: operations.deploy(s.kit, service, environment, commit,
-                                    progress=app.output.progress),
+                                    progress=app.output.progress, by=_who()),
         edge=True,
     )  # fmt: skip
     app.output.emit(
@@ -71,6 +78,8 @@ def restart(
 ) -> None:
     """Start the live release of SERVICE again with the environment's current
     variables and secrets (after `secret set` or `secret rotate`), blue-green."""
+    from branchline.operations import deploy as operations
+
     environment = Environment.parse(env)
     if every == (service is not None):
         raise UsageError(
@@ -81,9 +90,9 @@ def restart(
     async def work(session: Session) -> list[Deployment]:
         if service is not None:
             return [await operations.restart(session.kit, service, environment,
-                                             progress=app.output.progress)]  # fmt: skip
+                                             progress=app.output.progress, by=_who())]  # fmt: skip
         return await operations.restart_all(session.kit, environment,
-                                            progress=app.output.progress)  # fmt: skip
+                                            progress=app.output.progress, by=_who())  # fmt: skip
 
     done = app.run(work, edge=True)
 
@@ -98,13 +107,18 @@ def rollback(
     ctx: typer.Context,
     service: Annotated[str | None, typer.Argument(help="The service (or --all).")] = None,
     env: EnvOption = "production",
-    to: Annotated[int | None, typer.Option(help="Release id (see `releases list`).")] = None,
+    to: Annotated[
+        str | None,
+        typer.Option(help="A release: its name (web@dd490368217d.1) or id (see `releases list`)."),
+    ] = None,
     every: Annotated[
         bool, typer.Option("--all", help="Every service to its previous release.")
     ] = False,
 ) -> None:
     """Point SERVICE back at its previous release (or --to a release), blue-green;
     with --all, every service of the environment, in reverse deploy order."""
+    from branchline.operations import deploy as operations
+
     environment = Environment.parse(env)
     if every == (service is not None):
         raise UsageError(
@@ -115,8 +129,8 @@ def rollback(
 
     async def work(session: Session) -> list[Deployment]:
         if service is not None:
-            return [await operations.rollback(session.kit, service, environment, to)]
-        return await operations.rollback_all(session.kit, environment)
+            return [await operations.rollback(session.kit, service, environment, to, by=_who())]
+        return await operations.rollback_all(session.kit, environment, by=_who())
 
     done = app_context(ctx).run(work, edge=True)
 
@@ -132,22 +146,26 @@ def deployments_history(
     ctx: typer.Context,
     env: Annotated[str | None, typer.Option("--env", help="Only this environment.")] = None,
 ) -> None:
-    """Production rollouts, newest first: trigger, commit, releases, duration, outcome."""
+    """Production rollouts and deploys, restarts and rollbacks made by hand, newest
+    first: what, where, trigger, commit, releases, duration, outcome."""
+    from rich.markup import escape
+    from rich.table import Table
 
     where = Environment.parse(env).name if env is not None else None
     found = app_context(ctx).run(lambda s: s.kit.rollouts.history(where))
 
     def human(console: Console) -> None:
-        table = Table("id", "run", "commit", "triggered by", "outcome", "seconds", "releases",
-                      "started")  # fmt: skip
+        table = Table("id", "what", "environment", "run", "commit", "triggered by", "outcome",
+                      "seconds", "releases", "started")  # fmt: skip
         for r in found:
             data = r.as_dict()
             releases = ", ".join((r.detail.get("releases") or {}).values())
             seconds = f"{data['seconds']:.1f}" if data["seconds"] is not None else "running"
-            table.add_row(str(r.id), str(r.run_id or "-"), (r.sha or "-")[:8],
-                          escape(r.triggered_by), r.status, seconds, escape(releases),
+            table.add_row(str(r.id), r.kind, r.environment, str(r.run_id or "-"),
+                          (r.sha or "-")[:8], escape(r.triggered_by), r.status, seconds,
+                          escape(releases),
                           r.started_at.strftime("%Y-%m-%d %H:%M:%S"))  # fmt: skip
-        console.print(table if found else "no rollouts yet")
+        console.print(table if found else "no deployments yet")
 
     app_context(ctx).output.emit([r.as_dict() for r in found], human)
 
@@ -169,6 +187,8 @@ def deployments_list(
 @releases_app.command("list")
 def releases_list(ctx: typer.Context, service: str) -> None:
     """The releases of SERVICE kept for rollback, newest first."""
+    from rich.table import Table
+
     found = app_context(ctx).run(lambda s: s.kit.compute.releases(service))
 
     def human(console: Console) -> None:
@@ -193,6 +213,8 @@ def logs(
 ) -> None:
     """A service's output in an environment (the reference's `wrangler tail`),
     secrets and database passwords masked."""
+    from branchline.timespec import parse_moment
+
     environment = Environment.parse(env)
     cutoff = parse_moment(since if since.endswith("ago") else f"{since} ago") if since else None
     app = app_context(ctx)
@@ -212,8 +234,22 @@ def logs(
         app.run(work)
 
 
-EdgePort = Annotated[int, typer.Option("--port", help="Edge port (a free one if taken).")]
-DnsPort = Annotated[int, typer.Option("--dns-port", help="DNS port (UDP and TCP).")]
+EdgePort = Annotated[
+    int | None,
+    typer.Option("--port", help="Edge port (default: `[edge] port`, 8080; 0: any free one).",
+                 envvar="BRANCHLINE_EDGE_PORT", show_default=False),
+]  # fmt: skip
+DnsPort = Annotated[
+    int | None,
+    typer.Option("--dns-port", help="DNS port, UDP and TCP (default: `[edge] dns_port`, 8053).",
+                 envvar="BRANCHLINE_DNS_PORT", show_default=False),
+]  # fmt: skip
+ApiPort = Annotated[
+    int | None,
+    typer.Option("--api-port", help="Port of the HTTP server: webhooks, API, /healthz "
+                 "(default: `[edge] api_port`, 8081); 0: none.",
+                 envvar="BRANCHLINE_API_PORT", show_default=False),
+]  # fmt: skip
 Ready = Callable[[int, int], None]
 
 
@@ -223,6 +259,11 @@ def run_edge_here(
 ) -> None:  # fmt: skip
     """The edge, DNS and supervisor in this process until stopped; `background` (given
     the edge and DNS ports) runs beside them (serve's workers), on the same store."""
+    import asyncio
+
+    from branchline.edge import daemon
+    from branchline.kit import Kit
+    from branchline.providers.compute import Supervisor
 
     kits: list[Kit] = []
 
@@ -251,12 +292,16 @@ def run_edge_here(
 
 def edge(
     ctx: typer.Context,
-    port: EdgePort = daemon.DEFAULT_EDGE_PORT,
-    dns_port: DnsPort = daemon.DEFAULT_DNS_PORT,
+    port: EdgePort = None,
+    dns_port: DnsPort = None,
 ) -> None:
     """Run the edge proxy, the zone's DNS server and the service supervisor here."""
+    from rich.markup import escape
+
     app = app_context(ctx)
     config = app.config()
+    edge_port = config.edge.port if port is None else port
+    dns_port = config.edge.dns_port if dns_port is None else dns_port
 
     def ready(edge_port: int, dns: int) -> None:
         app.output.emit(
@@ -267,17 +312,7 @@ def edge(
             ),
         )
 
-    run_edge_here(config, app.store(), port=port, dns_port=dns_port, on_ready=ready)
-
-
-def stop(ctx: typer.Context) -> None:
-    """Stop the background `serve` (or edge): workers, edge, DNS. Services keep running."""
-    app = app_context(ctx)
-    stopped = daemon.stop(app.store().location.state_dir)
-    app.output.emit(
-        {"stopped": stopped},
-        lambda c: c.print("edge stopped" if stopped else "the edge was not running"),
-    )
+    run_edge_here(config, app.store(), port=edge_port, dns_port=dns_port, on_ready=ready)
 
 
 def health(
@@ -290,6 +325,10 @@ def health(
     retries: Annotated[int, typer.Option(help="Retries after the first attempt.")] = 3,
 ) -> None:
     """Check a URL the way deploys do: retries with backoff, HTTP 000 on no answer."""
+    import asyncio
+
+    from branchline.health import HealthPolicy, check_health
+
     out = app_context(ctx).output
     policy = HealthPolicy(retries=retries, deadline=60.0)
 
@@ -314,6 +353,9 @@ def restore(
     """Production's database as of a past moment: a new branch
     (emergency-restore-<time>), production's services pointed at it and redeployed.
     Writes made after that moment are not in it."""
+    from branchline.operations.restore import restore_production
+    from branchline.timespec import parse_moment
+
     moment = parse_moment(to)
     app = app_context(ctx)
     warning = (

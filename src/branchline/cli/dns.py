@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from branchline.cli.context import app_context
 from branchline.environment import Environment
-from branchline.providers.dns import DnsProvider
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from branchline.providers.dns import DnsProvider
 
 app = typer.Typer(help="DNS records of the project's zone.", no_args_is_help=True)
 T = TypeVar("T")
@@ -29,6 +30,9 @@ def list_records(
     env: Annotated[str | None, typer.Option("--env", help="Only this environment's.")] = None,
 ) -> None:
     """The zone's records."""
+    from rich.markup import escape
+    from rich.table import Table
+
     environment = Environment.parse(env) if env is not None else None
     found = _run(ctx, lambda dns: dns.list_records(environment))
 

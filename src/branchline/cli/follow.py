@@ -4,22 +4,18 @@ included, is over, and say how each went."""
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from branchline.cli.context import AppContext
-from branchline.config import Config
-from branchline.edge import daemon
-from branchline.engine.engine import EngineOptions
-from branchline.operations.runtime import open_pipelines
-from branchline.pipelines.dispatch import wait_settled
-from branchline.store import Store
-from branchline.store import previews as preview_rows
-from branchline.store import runs as run_rows
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from branchline.config import Config
+    from branchline.store import Store
+    from branchline.store import previews as preview_rows
 
 WAIT_HELP = (
     "Only record the event and return; a running `branchline serve` (or worker) runs the pipelines."
@@ -27,27 +23,45 @@ WAIT_HELP = (
 FINISHED = ("success", "failure", "cancelled")
 
 
-async def run_pipelines(app: AppContext, config: Config, store: Store) -> dict[str, Any]:
+async def latest_run(store: Store, project: str) -> int:
+    """The newest run's id (0 when there is none yet). Read it before recording an
+    event: a running serve may start the event's runs at once, before the command
+    that recorded it gets round to looking."""
+    from branchline.store import runs as run_rows
+
+    async with store.connect() as conn:
+        latest = await run_rows.list_runs(conn, project, 1)
+    return latest[0].id if latest else 0
+
+
+async def run_pipelines(
+    app: AppContext, config: Config, store: Store, *, after: int
+) -> dict[str, Any]:
     """Hand the work to `branchline serve` (started in the background when nothing
     runs) and wait for it; with an edge-only daemon, run the pipelines here. Returns
-    the runs started meanwhile and the previews."""
+    the runs started after run id `after` (see `latest_run`) and the previews."""
+    import asyncio
+
+    from branchline.edge import daemon
+    from branchline.engine.engine import EngineOptions
+    from branchline.operations.runtime import open_pipelines
+    from branchline.pipelines.dispatch import wait_settled
+    from branchline.store import previews as preview_rows
+    from branchline.store import runs as run_rows
+
+    before = daemon.read_info(store.location.state_dir)
     info, started = await asyncio.to_thread(
         daemon.ensure_running, store.location.state_dir, config.path
     )
     if started:
-        app.output.notice(
-            f"started branchline serve in the background (edge on port {info.edge_port}, "
-            f"DNS on {info.dns_port}); `branchline stop` stops it"
-        )
+        app.output.notice(daemon.describe_start(info, resumed=before is not None))
     project = config.project.name
-    async with store.connect() as conn:
-        latest = await run_rows.list_runs(conn, project, 1)
-    after = latest[0].id if latest else 0
+    since = after
     seen: dict[int, str] = {}
 
     async def on_tick() -> None:
         async with store.connect() as conn:
-            runs = [r for r in await run_rows.list_runs(conn, project, 100) if r.id > after]
+            runs = [r for r in await run_rows.list_runs(conn, project, 100) if r.id > since]
         for run in sorted(runs, key=lambda r: r.id):
             if seen.get(run.id) == run.status:
                 continue
@@ -93,6 +107,8 @@ def preview_dict(row: preview_rows.PreviewRow) -> dict[str, Any]:
 
 
 def show_outcome(console: Console, outcome: dict[str, Any], pr: int | None = None) -> None:
+    from rich.markup import escape
+
     for run in outcome["runs"]:
         style = {"success": "green", "failure": "red"}.get(run["status"], "yellow")
         console.print(f"run {run['id']} {run['workflow']}: [{style}]{run['status']}[/]")

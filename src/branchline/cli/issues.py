@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from branchline.cli.context import app_context
 from branchline.errors import UsageError
-from branchline.store import forge as rows
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from branchline.store import forge as rows
 
 app = typer.Typer(help="Issues opened by pipelines (local code host).", no_args_is_help=True)
 
 
 def _issues(ctx: typer.Context, number: int | None) -> list[rows.IssueRow]:
+    import asyncio
+
+    from branchline.store import forge as rows
+
     app_ctx = app_context(ctx)
     config = app_ctx.config()
     store = app_ctx.store()
@@ -40,6 +44,9 @@ def _dict(issue: rows.IssueRow) -> dict[str, Any]:
 @app.command("list")
 def list_issues(ctx: typer.Context) -> None:
     """Issues, newest first."""
+    from rich.markup import escape
+    from rich.table import Table
+
     found = _issues(ctx, None)
 
     def human(console: Console) -> None:

@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from functools import cached_property
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
-from rich.markup import escape
+from typing import TYPE_CHECKING, Any
 
 from branchline.errors import BranchlineError
+
+if TYPE_CHECKING:  # rich is imported when something is printed: `--version` stays quick
+    from rich.console import Console
 
 
 def _default(value: object) -> object:
@@ -33,6 +34,8 @@ def to_json(data: object) -> str:
 
 
 def _console(*, stderr: bool) -> Console:
+    from rich.console import Console
+
     # Piped output is read by scripts and logs: do not fold tables at 80 columns.
     stream = sys.stderr if stderr else sys.stdout
     width = None if stream.isatty() else 200
@@ -43,8 +46,14 @@ def _console(*, stderr: bool) -> Console:
 class Output:
     json: bool = False
     debug: bool = False
-    out: Console = field(default_factory=lambda: _console(stderr=False))
-    err: Console = field(default_factory=lambda: _console(stderr=True))
+
+    @cached_property
+    def out(self) -> Console:
+        return _console(stderr=False)
+
+    @cached_property
+    def err(self) -> Console:
+        return _console(stderr=True)
 
     def emit(self, data: Any, human: Callable[[Console], None]) -> None:
         """Print `data` as JSON with --json, else let `human` render it."""
@@ -66,6 +75,8 @@ class Output:
         if self.json:
             sys.stderr.write(to_json(exc.as_dict()) + "\n")
             return
+        from rich.markup import escape
+
         self.err.print(f"[bold red]error:[/bold red] {escape(exc.message)}")
         if exc.hint:
             self.err.print(f"[yellow]hint:[/yellow] {escape(exc.hint)}")

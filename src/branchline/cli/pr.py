@@ -4,31 +4,35 @@ from __future__ import annotations
 
 import getpass
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
+from branchline import events, naming
 from branchline.cli.context import Session, app_context
 from branchline.cli.follow import (
     WAIT_HELP,
     exit_on_failure,
+    latest_run,
     preview_dict,
     run_pipelines,
     show_outcome,
 )
-from branchline.edge import daemon
 from branchline.errors import UsageError
-from branchline.providers.forge import LocalPullRequests, Recorded
-from branchline.store import forge as rows
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from branchline.providers.forge import LocalPullRequests, Recorded
+    from branchline.store import forge as rows
 
 app = typer.Typer(help="Local pull requests.", no_args_is_help=True)
 T = TypeVar("T")
 
 
 def _local(session: Session) -> LocalPullRequests:
+    from branchline.providers.forge import LocalPullRequests
+
     forge = session.kit.forge
     if not isinstance(forge, LocalPullRequests):
         raise UsageError(
@@ -43,9 +47,12 @@ def _record_and_run(
     hook: bool = False,
 ) -> tuple[T, dict[str, Any] | None]:  # fmt: skip
     """Record the event(s), then (unless told not to wait) run the pipelines they start."""
+    from branchline.edge import daemon
+
     app = app_context(ctx)
 
     async def main(session: Session) -> tuple[T, dict[str, Any] | None]:
+        since = await latest_run(session.store, session.config.project.name) if wait else 0
         done = await work(_local(session))
         if not wait:
             info = daemon.read_info(session.store.location.state_dir)
@@ -55,7 +62,7 @@ def _record_and_run(
                     "`branchline serve --detach` (or run `branchline worker`)"
                 )
             return done, None
-        return done, await run_pipelines(app, session.config, session.store)
+        return done, await run_pipelines(app, session.config, session.store, after=since)
 
     return app.run(main)
 
@@ -86,6 +93,14 @@ def _pr_dict(pr: rows.PullRequestRow) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _cell(text: str) -> str:
+    """Text from the store shown in a terminal: control characters escaped (rows from
+    before names were checked may hold some), rich's markup taken literally."""
+    from rich.markup import escape
+
+    return escape(naming.printable(text))
+
+
 def _event_dict(recorded: Recorded) -> dict[str, Any]:
     event = recorded.event
     return {
@@ -100,15 +115,48 @@ def push(
     ctx: typer.Context,
     branch: Annotated[str | None, typer.Argument(help="Branch (default: the current one).")] = None,
     hook: Annotated[bool, typer.Option("--hook", hidden=True)] = False,
+    no_deploy: Annotated[
+        bool,
+        typer.Option("--no-deploy", help="Test only: no rollout, even on the production branch."),
+    ] = False,
     no_wait: NoWait = False,
 ) -> None:
-    """Record a push of BRANCH's head commit and run testing on it."""
+    """Record a push of BRANCH's head commit and run testing on it; on the production
+    branch, a rollout to production follows when the tests pass (unless --no-deploy)."""
     done, outcome = _record_and_run(
-        ctx, lambda forge: forge.push(branch, source="hook" if hook else "cli"),
+        ctx, lambda forge: forge.push(branch, source="hook" if hook else "cli",
+                                      deploy=not no_deploy),
         wait=not (no_wait or hook), hook=hook,
     )  # fmt: skip
-    said = "push recorded" if done.event else "this push was recorded before (nothing to do)"
-    _emit(ctx, _event_dict(done), said, outcome, None)
+    pushed = done.event
+    config = app_context(ctx).config()
+    production = config.project.production_branch
+    rolls_out = (
+        isinstance(pushed, events.Push) and pushed.branch == production and pushed.deploy
+        and not pushed.deleted
+    )  # fmt: skip
+    if pushed is None:
+        said = "this push was recorded before (nothing to do)"
+    elif not isinstance(pushed, events.Push) or pushed.deleted:
+        said = "push recorded"
+    elif rolls_out:
+        said = (
+            f"push of {pushed.branch} at {pushed.after[:12]} recorded: testing, then a rollout "
+            f"to production ({', '.join(config.services) or 'no services'}) when the tests "
+            "pass; `--no-deploy` tests only"
+        )
+    elif pushed.branch == production:
+        said = (
+            f"push of {pushed.branch} at {pushed.after[:12]} recorded: testing only "
+            "(--no-deploy), production is not changed"
+        )
+    else:
+        said = (
+            f"push of {pushed.branch} at {pushed.after[:12]} recorded: testing only (only "
+            f"{production} rolls out to production)"
+        )
+    data = {**_event_dict(done), "deploys_to": "production" if rolls_out else None}
+    _emit(ctx, data, said, outcome, None)
 
 
 @app.command("open")
@@ -137,14 +185,28 @@ def open_pr(
 
 
 @app.command("sync")
-def sync(ctx: typer.Context, number: int, no_wait: NoWait = False) -> None:
+def sync(
+    ctx: typer.Context,
+    number: int,
+    again: Annotated[
+        bool,
+        typer.Option(
+            "--again",
+            help="Test and preview the head commit again even with no new commit "
+            "(after a fix outside the branch, or a flaky failure).",
+        ),
+    ] = False,
+    no_wait: NoWait = False,
+) -> None:
     """Take a pull request's new commits (after you commit to its branch): testing
     again, then its preview updated."""
-    done, outcome = _record_and_run(ctx, lambda forge: forge.sync_pr(number), not no_wait)
+    done, outcome = _record_and_run(
+        ctx, lambda forge: forge.sync_pr(number, again=again), not no_wait
+    )
     said = (
-        f"pull request #{number} now at {done.pr.head_sha[:12]}"
+        f"pull request #{number} {'again ' if again else 'now '}at {done.pr.head_sha[:12]}"
         if done.event and done.pr
-        else f"pull request #{number} has no new commits"
+        else f"pull request #{number} has no new commits (`--again` runs it anyway)"
     )
     _emit(ctx, _event_dict(done), said, outcome, number)
 
@@ -191,6 +253,9 @@ def list_prs(
     state: Annotated[str | None, typer.Option(help="open, closed or merged.")] = None,
 ) -> None:
     """Pull requests, newest first."""
+    from rich.table import Table
+
+    from branchline.store import forge as rows
 
     async def work(session: Session) -> list[rows.PullRequestRow]:
         async with session.store.connect() as conn:
@@ -201,7 +266,7 @@ def list_prs(
     def human(console: Console) -> None:
         table = Table("#", "title", "branch", "commit", "state")
         for pr in found:
-            table.add_row(str(pr.number), escape(pr.title), escape(pr.head_branch),
+            table.add_row(str(pr.number), _cell(pr.title), _cell(pr.head_branch),
                           pr.head_sha[:12], pr.state)  # fmt: skip
         console.print(table if found else "no pull requests yet")
 
@@ -211,6 +276,11 @@ def list_prs(
 @app.command("show")
 def show(ctx: typer.Context, number: int) -> None:
     """A pull request with the comments and commit statuses pipelines posted."""
+    from rich.markup import escape
+
+    from branchline.store import forge as rows
+
+    naming.check_pr_number(number)
 
     async def work(session: Session) -> dict[str, Any]:
         project = session.kit.project
@@ -235,8 +305,8 @@ def show(ctx: typer.Context, number: int) -> None:
     data = app_context(ctx).run(work)
 
     def human(console: Console) -> None:
-        where = f"{escape(data['head'])} -> {escape(data['base'])}, {data['state']}"
-        console.print(f"[bold]#{data['number']} {escape(data['title'])}[/bold] ({where})")
+        where = f"{_cell(data['head'])} -> {_cell(data['base'])}, {data['state']}"
+        console.print(f"[bold]#{data['number']} {_cell(data['title'])}[/bold] ({where})")
         for status in data["statuses"]:
             console.print(
                 f"  {status['context']}: {status['state']} {escape(status['description'] or '')}"

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from branchline.cli.context import app_context
-from branchline.edge import daemon
-from branchline.operations.reconcile import Finding, reconcile
-from branchline.operations.runtime import open_pipelines
-from branchline.pipelines.dispatch import wait_settled
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from branchline.operations.reconcile import Finding
 
 
 def reconcile_command(
@@ -24,6 +22,15 @@ def reconcile_command(
 ) -> None:
     """Compare the store, what actually runs and the open pull requests; finish or
     undo half-done work, remove what no record explains, then run what it resumed."""
+    import asyncio
+
+    from rich.markup import escape
+
+    from branchline.edge import daemon
+    from branchline.operations.reconcile import reconcile
+    from branchline.operations.runtime import open_pipelines
+    from branchline.pipelines.dispatch import wait_settled
+
     app = app_context(ctx)
     config = app.config()
     store = app.store()

@@ -2,29 +2,28 @@
 
 from __future__ import annotations
 
-import asyncio
+import getpass
 import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-from rich.tree import Tree
 
-from branchline.cli.context import app_context
-from branchline.edge import daemon
-from branchline.engine import logs as run_logs
-from branchline.engine.engine import Engine, EngineOptions
+from branchline import naming
+from branchline.cli.context import Session, app_context
+from branchline.cli.follow import WAIT_HELP, exit_on_failure, run_pipelines, show_outcome
 from branchline.errors import UsageError
-from branchline.operations import runs as runs_ops
-from branchline.operations.runtime import open_pipelines
-from branchline.store import artifacts as artifact_rows
-from branchline.store import runs as rows
 
-app = typer.Typer(help="Workflow runs: list, show, logs, cancel, rerun.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from branchline.engine.engine import Engine
+    from branchline.store import runs as rows
+
+app = typer.Typer(
+    help="Workflow runs: list, show, logs, cancel, rerun, prune.", no_args_is_help=True
+)
 T = TypeVar("T")
 STATUS_STYLE = {
     "success": "green", "failure": "red", "cancelled": "yellow", "skipped": "dim",
@@ -66,6 +65,8 @@ def _run_dict(run: rows.RunRow) -> dict[str, Any]:
 
 
 async def _get(engine: Engine, run_id: int) -> rows.RunRow:
+    from branchline.store import runs as rows
+
     async with engine.store.connect() as conn:
         run = await rows.get_run(conn, run_id)
     if run is None or run.project != engine.project:
@@ -78,6 +79,10 @@ def list_runs(
     ctx: typer.Context, limit: Annotated[int, typer.Option(help="How many, newest first.")] = 30
 ) -> None:
     """The latest runs, newest first."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from branchline.store import runs as rows
 
     async def work(engine: Engine) -> list[rows.RunRow]:
         async with engine.store.connect() as conn:
@@ -89,8 +94,9 @@ def list_runs(
         table = Table("run", "workflow", "status", "trigger", "ref", "commit", "duration")
         for run in found:
             table.add_row(
-                str(run.id), run.workflow, _styled(run.status), escape(run.triggered_by),
-                escape(run.ref or "-"), (run.sha or "-")[:8],
+                str(run.id), run.workflow, _styled(run.status),
+                escape(naming.printable(run.triggered_by)),
+                escape(naming.printable(run.ref or "-", 80)), (run.sha or "-")[:8],
                 _duration(run.started_at, run.finished_at),
             )  # fmt: skip
         console.print(table if found else "no runs yet")
@@ -101,6 +107,11 @@ def list_runs(
 @app.command("show")
 def show(ctx: typer.Context, run_id: int) -> None:
     """A run's jobs and steps with statuses and durations, and its artifacts."""
+    from rich.markup import escape
+    from rich.tree import Tree
+
+    from branchline.store import artifacts as artifact_rows
+    from branchline.store import runs as rows
 
     async def work(engine: Engine) -> dict[str, Any]:
         run = await _get(engine, run_id)
@@ -161,6 +172,11 @@ def logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream until it ends.")] = False,
 ) -> None:
     """A run's logs (secrets already masked), optionally followed live."""
+    from rich.markup import escape
+
+    from branchline.engine import logs as run_logs
+    from branchline.store import runs as rows
+
     out = app_context(ctx).output
 
     async def work(engine: Engine) -> None:
@@ -198,24 +214,76 @@ def cancel(ctx: typer.Context, run_id: int) -> None:
 
 
 async def _cancel(engine: Engine, run_id: int) -> bool:
+    from branchline.operations import runs as runs_ops
+
     await _get(engine, run_id)
-    return (await runs_ops.cancel(engine, run_id)).done
+    who = f"`branchline runs cancel` ({getpass.getuser()})"
+    return (await runs_ops.cancel(engine, run_id, who)).done
+
+
+@app.command("prune")
+def prune(ctx: typer.Context) -> None:
+    """Delete finished runs, logs and artifacts older than `[retention]` (30 days by
+    default; never a running run, never those of production's live commit), and job
+    checkouts left by workers that died. Workers do this by themselves every 10 min."""
+    from branchline.engine.engine import EngineOptions
+    from branchline.operations.runtime import configured
+
+    app = app_context(ctx)
+    options = configured(EngineOptions(), app.config())
+    data = app.run(lambda session: session.need_engine().prune(), engine=options)
+
+    def human(console: Console) -> None:
+        console.print(
+            f"deleted {data['runs']} runs, {data['log_rows']} log rows, "
+            f"{data['artifacts']} artifacts; removed {len(data['checkouts'])} checkouts"
+        )
+
+    app.output.emit(data, human)
 
 
 @app.command("rerun")
-def rerun(ctx: typer.Context, run_id: int) -> None:
-    """Run the same workflow on the same commit again, as a new run."""
+def rerun(
+    ctx: typer.Context,
+    run_id: int,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help=WAIT_HELP)] = False,
+) -> None:
+    """Run the same workflow on the same commit again, as a new run, planned from that
+    commit's branchline.toml as it reads now. Waits for it (starting `branchline serve`
+    in the background when none runs) unless --no-wait."""
+    from branchline.edge import daemon
+    from branchline.operations import runs as runs_ops
 
-    async def work(engine: Engine) -> int:
+    app = app_context(ctx)
+
+    async def work(session: Session) -> tuple[int, dict[str, Any] | None]:
+        engine = session.need_engine()
         await _get(engine, run_id)
-        started = await runs_ops.rerun(engine, run_id)
+        started = await runs_ops.rerun(session.kit, engine, run_id)
         assert started.run_id is not None
-        return started.run_id
+        app.output.progress(f"run {started.run_id} started (rerun of {run_id})")
+        if no_wait:
+            info = daemon.read_info(session.store.location.state_dir)
+            if info is None or not info.workers:
+                app.output.notice(
+                    "queued; no `branchline serve` runs to work on it: start one with "
+                    "`branchline serve --detach` (or run `branchline worker`)"
+                )
+            return started.run_id, None
+        outcome = await run_pipelines(app, session.config, session.store, after=started.run_id - 1)
+        return started.run_id, outcome
 
-    new = _with_engine(ctx, work)
-    app_context(ctx).output.emit(
-        {"run": new, "rerun_of": run_id}, lambda c: c.print(f"run {new} (rerun of {run_id})")
-    )
+    new, outcome = app.run(work, engine=True)
+
+    def human(console: Console) -> None:
+        console.print(f"run {new} (rerun of {run_id})")
+        if outcome is not None:
+            show_outcome(console, outcome, None)
+
+    data: dict[str, Any] = {"run": new, "rerun_of": run_id}
+    app.output.emit(data if outcome is None else {**data, **outcome}, human)
+    if outcome is not None:
+        exit_on_failure(app, outcome)
 
 
 def worker(
@@ -225,6 +293,12 @@ def worker(
     """Run the pipelines: turn recorded events (pushes, pull requests) into runs and work
     the job queue until interrupted. Start more on any machine that reaches the same
     state database (BRANCHLINE_DATABASE_URL) to scale out."""
+    import asyncio
+
+    from branchline.edge import daemon
+    from branchline.engine.engine import EngineOptions
+    from branchline.operations.runtime import open_pipelines
+
     if concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
     app_ctx = app_context(ctx)

@@ -6,30 +6,20 @@ never from the command line, where it would stay in the shell's history.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from branchline.cli.context import AppContext, Session, app_context
 from branchline.environment import Environment
 from branchline.errors import UsageError
-from branchline.operations import deploy as deploy_ops
-from branchline.secrets import (
-    SCOPES,
-    Rotation,
-    SecretInfo,
-    Secrets,
-    load_key,
-    scope_of,
-    validate_environment,
-    validate_name,
-    validate_value,
-)
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from branchline.secrets import Rotation, SecretInfo, Secrets
 
 app = typer.Typer(help="Per-environment secrets, encrypted at rest; values are never shown.")
 
@@ -57,6 +47,8 @@ def _with_secrets(
     need_key: bool = True,
     edge: bool = False,
 ) -> T:
+    from branchline.secrets import load_key
+
     app_ctx = app_context(ctx)
     if need_key:
         # The key first: a bad key is reported before the state database is started.
@@ -108,15 +100,6 @@ def _refuse_extra(extra: list[str], name: str, env: str) -> None:
     )
 
 
-def _running(environments: list[str]) -> list[Environment]:
-    """The environments among secret targets that run services (not `test`, `preview`)."""
-    found = []
-    for target in environments:
-        with contextlib.suppress(UsageError):
-            found.append(Environment.parse(target))
-    return [e for e in found if e.kind != "local"]
-
-
 def _restart_hint(environments: list[Environment]) -> str:
     commands = [f"branchline restart --all --env {e.name}" for e in environments]
     return (
@@ -134,6 +117,9 @@ def _restart_hint(environments: list[Environment]) -> str:
 )
 def set_(ctx: typer.Context, name: NameArgument, env: EnvOption) -> None:
     """Set NAME in an environment. The value comes from stdin, or a hidden prompt."""
+    from branchline.operations import deploy as deploy_ops
+    from branchline.secrets import scope_of, validate_environment, validate_name, validate_value
+
     app_ctx = app_context(ctx)
     validate_environment(env)
     validate_name(name)
@@ -141,10 +127,14 @@ def set_(ctx: typer.Context, name: NameArgument, env: EnvOption) -> None:
     app_ctx.config()  # a broken config is reported before the value is asked for
     value = validate_value(_read_value(name, env, app_ctx))
 
-    async def work(secrets: Secrets, _session: Session) -> tuple[SecretInfo, bool]:
-        return await secrets.set(env, name, value), secrets.declares(env, name)
+    async def work(
+        secrets: Secrets, session: Session
+    ) -> tuple[SecretInfo, bool, list[Environment]]:
+        info = await secrets.set(env, name, value)
+        running = await deploy_ops.running_environments(session.kit, [env])
+        return info, secrets.declares(env, name), running
 
-    info, declared = _with_secrets(ctx, work)
+    info, declared, running = _with_secrets(ctx, work)
     out = app_ctx.output
     if not declared:
         out.notice(
@@ -153,12 +143,8 @@ def set_(ctx: typer.Context, name: NameArgument, env: EnvOption) -> None:
         )
     data = {**info.as_dict(), "declared": declared}
     out.emit(data, lambda c: c.print(f"set {name} for {env} (encrypted; the value is not shown)"))
-    if env == "preview":
-        out.notice(
-            "services already running in previews keep the old value until they restart: "
-            "`branchline restart --all --env preview-<pr>`"
-        )
-    elif running := _running([env]):
+    # Only services that run now hold the old value; none running: nothing to say.
+    if running:
         out.notice(_restart_hint(running).removesuffix("\n(or pass --restart)"))
 
 
@@ -172,6 +158,10 @@ def list_(
 ) -> None:
     """Secret names per environment with their last change; declared names not yet set
     are listed too. Values are never shown."""
+    from rich.table import Table
+
+    from branchline.secrets import SCOPES, validate_environment
+
     if env is not None:
         validate_environment(env)
 
@@ -225,6 +215,8 @@ def list_(
 @app.command("delete")
 def delete(ctx: typer.Context, name: NameArgument, env: EnvOption) -> None:
     """Forget NAME in an environment. Succeeds when it is not set."""
+    from branchline.secrets import validate_environment, validate_name
+
     validate_environment(env)
     validate_name(name)
 
@@ -252,22 +244,28 @@ def rotate(
 ) -> None:
     """Replace a generated secret with a new generated value (never for production).
     `--env preview` rotates it in every preview that has one."""
+    from branchline.operations import deploy as deploy_ops
+    from branchline.secrets import validate_environment, validate_name
+
     validate_environment(env)
     validate_name(name)
     app = app_context(ctx)
 
-    async def work(secrets: Secrets, session: Session) -> tuple[Rotation, list[str]]:
+    async def work(
+        secrets: Secrets, session: Session
+    ) -> tuple[Rotation, list[str], list[Environment]]:
         rotation = await secrets.rotate(env, name)
+        running = await deploy_ops.running_environments(session.kit, list(rotation.environments))
         restarted = []
         if restart:
-            for environment in _running(list(rotation.environments)):
+            for environment in running:
                 done = await deploy_ops.restart_all(
                     session.kit, environment, progress=app.output.progress
                 )
                 restarted += [f"{d.service}:{environment.name}" for d in done]
-        return rotation, restarted
+        return rotation, restarted, running
 
-    rotation, restarted = _with_secrets(ctx, work, edge=restart)
+    rotation, restarted, running = _with_secrets(ctx, work, edge=restart)
     out = app.output
     data = {**rotation.as_dict(), "restarted": restarted}
 
@@ -284,6 +282,5 @@ def rotate(
             console.print(f"restarted with it: {', '.join(restarted)}")
 
     out.emit(data, human)
-    running = _running(list(rotation.environments))
     if running and not restart:
         out.notice(_restart_hint(running))

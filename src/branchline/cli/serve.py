@@ -2,40 +2,54 @@
 
 from __future__ import annotations
 
-import asyncio
-from typing import Annotated
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from branchline.cli.context import app_context
-from branchline.cli.deploy import DnsPort, EdgePort, run_edge_here
-from branchline.edge import daemon
-from branchline.engine.engine import EngineOptions
+from branchline.cli.context import AppContext, app_context
+from branchline.cli.deploy import ApiPort, DnsPort, EdgePort, run_edge_here
 from branchline.errors import UsageError
-from branchline.operations.runtime import open_pipelines
-from branchline.postgres.cluster import port_is_free
-from branchline.server.actions import OperationActions
-from branchline.server.app import create_app, run_server
+
+if TYPE_CHECKING:
+    from branchline.config import Config
+    from branchline.store import Store
 
 
 def serve(
     ctx: typer.Context,
     detach: Annotated[bool, typer.Option("--detach", help="Run in the background.")] = False,
-    port: EdgePort = daemon.DEFAULT_EDGE_PORT,
-    dns_port: DnsPort = daemon.DEFAULT_DNS_PORT,
+    port: EdgePort = None,
+    dns_port: DnsPort = None,
     concurrency: Annotated[int, typer.Option(help="Jobs run at once.")] = 4,
-    api_port: Annotated[
-        int,
+    api_port: ApiPort = None,
+    reconcile_every: Annotated[
+        float,
         typer.Option(
-            help="Port of the HTTP server (webhooks, /healthz); 0: none.",
-            envvar="BRANCHLINE_API_PORT",
+            help="Seconds between reconcile passes (leftovers, strays, stale routes).",
+            envvar="BRANCHLINE_RECONCILE_EVERY",
         ),
-    ] = 8081,
+    ] = 60.0,
 ) -> None:
     """Run the edge proxy, the DNS server, the service supervisor and the pipelines'
     workers (events to runs, jobs, preview expiry, reconcile at start and every
-    minute) until SIGTERM, Ctrl-C or `branchline stop`. Services keep running when it
-    stops; the next `serve` adopts them."""
+    minute) until SIGTERM, Ctrl-C or `branchline stop --all` (`branchline stop`
+    stops only the workers). Services keep running when it stops; the next `serve`
+    adopts them. Its ports are the project's `[edge]` ones unless given here."""
+    from branchline.edge import daemon
+    from branchline.engine.engine import EngineOptions
+    from branchline.operations.runtime import open_pipelines
+    from branchline.server.actions import OperationActions
+    from branchline.server.app import create_app, run_server
+
+    if reconcile_every <= 0:
+        raise UsageError(
+            f"--reconcile-every must be more than 0 seconds, not {reconcile_every:g}",
+            hint="It is how often serve looks for leftovers; the default is 60.",
+        )
     if concurrency < 1:
         raise UsageError(
             f"--concurrency must be at least 1, not {concurrency}",
@@ -44,50 +58,121 @@ def serve(
     app = app_context(ctx)
     config = app.config()
     store = app.store()
+    chosen = resolve_ports(config, port, dns_port, api_port)
     if detach:
-        asyncio.run(store.start())
-        info, started = daemon.ensure_running(store.location.state_dir, config.path)
-        if not info.workers:
-            raise UsageError(
-                "an edge without workers (`branchline edge`) runs for this state directory",
-                hint="Stop it with `branchline stop`, then run `branchline serve --detach`.",
-            )
-        app.output.emit(
-            {"pid": info.pid, "edge_port": info.edge_port, "dns_port": info.dns_port,
-             "started": started},
-            lambda c: c.print(
-                f"{'started' if started else 'already running'}: branchline serve (pid "
-                f"{info.pid}), edge on port {info.edge_port}, DNS on {info.dns_port}; "
-                "`branchline stop` stops it"
-            ),
-        )  # fmt: skip
+        # The background serve is this very command: every option goes along.
+        args = ("--port", str(chosen.edge), "--dns-port", str(chosen.dns),
+                "--api-port", str(chosen.api), "--concurrency", str(concurrency),
+                "--reconcile-every", f"{reconcile_every:g}")  # fmt: skip
+        _detach(app, store, config.path, chosen, args)
         return
+    for number, which in ((chosen.edge, "edge"), (chosen.dns, "dns"), (chosen.api, "api")):
+        daemon.check_port(number, which)
 
     def ready(edge_port: int, dns: int) -> None:
         app.output.emit(
-            {"edge_port": edge_port, "dns_port": dns},
+            {"edge_port": edge_port, "dns_port": dns, "api_port": chosen.api or None},
             lambda c: c.print(
                 f"serving: edge on http://127.0.0.1:{edge_port}/, DNS on 127.0.0.1:{dns}, "
-                f"{concurrency} job slots; Ctrl-C stops"
+                + (f"HTTP API on http://127.0.0.1:{chosen.api}/, " if chosen.api else "")
+                + f"{concurrency} job slots; Ctrl-C stops"
             ),
         )
+
+    # A long-running process: its log (edge.log when detached) says when it did what.
+    # branchline's own notes at INFO; its libraries' (a line per job) only when wrong.
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("branchline").setLevel(logging.INFO)
 
     async def workers(edge_port: int, dns: int) -> None:
         options = EngineOptions(pool_size=3 * concurrency + 6)
         async with open_pipelines(
             config, store, edge_port=edge_port, dns_port=dns, options=options
         ) as pipelines:
-            work = [pipelines.run_forever(concurrency=concurrency, install_signal_handlers=False)]
-            if api_port:
-                free = api_port if port_is_free(api_port) else 0
-                if free == 0:
-                    app.output.notice(f"port {api_port} is taken: the HTTP server is off")
-                else:
-                    server = create_app(
-                        config, store, kit=pipelines.kit, edge_port=edge_port,
-                        actions=OperationActions(pipelines.kit, pipelines.engine),
-                    )  # fmt: skip
-                    work.append(run_server(server, port=free))
-            await asyncio.gather(*work)
+            work = [
+                pipelines.run_forever(
+                    concurrency=concurrency,
+                    reconcile_every=reconcile_every,
+                    install_signal_handlers=False,
+                )
+            ]
+            if chosen.api:
+                server = create_app(
+                    config, store, kit=pipelines.kit, edge_port=edge_port,
+                    actions=OperationActions(pipelines.kit, pipelines.engine),
+                )  # fmt: skip
+                work.append(run_server(server, port=chosen.api))
+            await _together(work)
 
-    run_edge_here(config, store, port=port, dns_port=dns_port, on_ready=ready, background=workers)
+    run_edge_here(
+        config, store, port=chosen.edge, dns_port=chosen.dns, on_ready=ready, background=workers
+    )
+
+
+async def _together(work: list[Coroutine[Any, Any, None]]) -> None:
+    """Run side by side until all end or one fails; cancelled, each is cancelled once
+    and waited for. (A bare gather returned at the first one cancelled and closed the
+    pipelines under workers still stopping, which then retried forever; and its
+    second cancel cut the HTTP server's own shutdown short.)"""
+    import asyncio
+
+    tasks = [asyncio.ensure_future(w) for w in work]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()  # a failure is the workers' failure
+    finally:
+        for task in tasks:
+            task.cancel()  # asyncio.wait passed no cancel on: this is the only one
+        await asyncio.wait(tasks)
+
+
+def _detach(
+    app: AppContext, store: Store, config_path: Path, chosen: Ports, args: tuple[str, ...]
+) -> None:
+    import asyncio
+
+    from branchline.edge import daemon
+
+    asyncio.run(store.start())
+    state_dir = store.location.state_dir
+    before = daemon.read_info(state_dir)
+    if before is not None and not before.can_work:
+        raise UsageError(
+            "an edge without workers (`branchline edge`) runs for this state directory",
+            hint="Stop it with `branchline stop --all`, then run `branchline serve --detach`.",
+        )
+    if before is not None and chosen.edge not in (0, before.edge_port):
+        raise UsageError(
+            f"branchline serve already runs here with its edge on port {before.edge_port}, "
+            f"not {chosen.edge}",
+            hint="Stop it with `branchline stop --all` and start it again to move it.",
+        )
+    info, started = daemon.ensure_running(state_dir, config_path, args=args)
+    said = "started" if before is None else "workers resumed" if started else "already running"
+    app.output.emit(
+        {"pid": info.pid, "edge_port": info.edge_port, "dns_port": info.dns_port,
+         "api_port": chosen.api or None, "started": started, "said": said},
+        lambda c: c.print(
+            f"{said}: branchline serve (pid {info.pid}), edge on port {info.edge_port}, DNS "
+            f"on {info.dns_port}; `branchline stop` stops its workers, `--all` everything"
+        ),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Ports:
+    edge: int
+    dns: int
+    api: int  # 0: no HTTP server
+
+
+def resolve_ports(config: Config, edge: int | None, dns: int | None, api: int | None) -> Ports:
+    """A flag (or its environment variable) over the project's `[edge]` table."""
+    return Ports(
+        edge=config.edge.port if edge is None else edge,
+        dns=config.edge.dns_port if dns is None else dns,
+        api=config.edge.api_port if api is None else api,
+    )

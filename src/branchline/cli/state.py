@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import typer
 
 from branchline.cli.context import app_context
@@ -14,6 +12,8 @@ app = typer.Typer(help="The control-plane state database.", no_args_is_help=True
 @app.command("start")
 def start(ctx: typer.Context) -> None:
     """Start the state database (and apply pending migrations)."""
+    import asyncio
+
     ctx_app = app_context(ctx)
     store = ctx_app.store()
     report = asyncio.run(store.start())

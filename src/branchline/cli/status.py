@@ -3,21 +3,24 @@ environments exist. Starts the embedded state cluster on demand."""
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from branchline.cli.context import app_context
-from branchline.operations.environments import list_environments
-from branchline.store import queries
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def status(ctx: typer.Context) -> None:
     """Show where branchline keeps its state and which environments exist."""
+    import asyncio
+
+    from branchline.operations.environments import list_environments
+    from branchline.providers.database import StorageHealth
+    from branchline.store import queries
+
     app = app_context(ctx)
     config = app.config()
     store = app.store()
@@ -30,6 +33,8 @@ def status(ctx: typer.Context) -> None:
         async with app.session(config, store, edge=False, engine=False) as session:
             envs = await list_environments(session.kit)
             sandbox = session.kit.sandbox.describe()
+            database = session.kit.database
+            storage = await database.storage() if isinstance(database, StorageHealth) else None
         return {
             "project": config.project.name,
             "config": str(config.path),
@@ -46,6 +51,7 @@ def status(ctx: typer.Context) -> None:
                 ],
             },
             "sandbox": sandbox,
+            "storage": storage,
             "environments": [e.as_dict() for e in envs],
         }
 
@@ -54,6 +60,9 @@ def status(ctx: typer.Context) -> None:
 
 
 def _render(console: Console, data: dict[str, Any]) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
     state = data["state"]
     console.print(f"[bold]project[/bold]  {data['project']}  ({data['config']})")
     where = state["dir"] if state["kind"] == "embedded" else "BRANCHLINE_DATABASE_URL"
@@ -68,6 +77,8 @@ def _render(console: Console, data: dict[str, Any]) -> None:
     note = f" (applied now: {', '.join(applied)})" if applied else ""
     console.print(f"[bold]schema[/bold]   version {state['schema_version']}{note}")
     console.print(f"[bold]code[/bold]     {escape(data['sandbox'])}")
+    if data.get("storage"):
+        _render_storage(console, data["storage"])
     envs = data["environments"]
     if not envs:
         console.print("[bold]environments[/bold] none yet")
@@ -83,3 +94,33 @@ def _render(console: Console, data: dict[str, Any]) -> None:
             str(env["expires_at"] or "-"),
         )
     console.print(table)
+
+
+def _render_storage(console: Console, storage: dict[str, Any]) -> None:
+    from rich.markup import escape
+
+    from branchline.config.sizes import human_bytes
+
+    disk = storage["disk"]
+    low = disk["free_bytes"] < disk["reserve_bytes"]
+    console.print(
+        f"[bold]disk[/bold]     {'[red]' if low else ''}{human_bytes(disk['free_bytes'])} free"
+        f"{'[/red]' if low else ''} of {human_bytes(disk['total_bytes'])} on "
+        f"{escape(disk['path'])} ({human_bytes(disk['reserve_bytes'])} kept for production's WAL)"
+    )
+    archive = storage.get("archive")
+    if archive is None:
+        console.print("[bold]archive[/bold]  production is not running")
+    elif archive["failing"]:
+        why = f": {archive['reason']}" if archive["reason"] else ""
+        console.print(
+            f"[bold]archive[/bold]  [red]failing[/red] on {archive['last_failed_wal']}"
+            f"{escape(why)} (last archived {archive['last_archived_wal'] or 'none'}, "
+            f"{archive['pending_segments']} segment(s) waiting, pg_wal "
+            f"{human_bytes(archive['wal_bytes'])}); make room: `branchline db gc`"
+        )
+    else:
+        console.print(
+            f"[bold]archive[/bold]  ok, last archived {archive['last_archived_wal'] or 'none yet'}"
+            f" ({archive['pending_segments']} waiting)"
+        )

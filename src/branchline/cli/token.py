@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from branchline.cli.context import app_context
 from branchline.errors import UsageError
-from branchline.store import tokens as rows
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 app = typer.Typer(help="API tokens (shown once; only a hash is kept).", no_args_is_help=True)
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 
 
 def _run(ctx: typer.Context, work: Any) -> Any:
+    import asyncio
+
     app_ctx = app_context(ctx)
     config = app_ctx.config()
     store = app_ctx.store()
@@ -38,6 +39,8 @@ def create(
     scope: Annotated[str, typer.Option("--scope", help="read or write.")] = "read",
 ) -> None:
     """Make a token (replacing one of the same name) and print it, once."""
+    from branchline.store import tokens as rows
+
     if not _NAME.fullmatch(name):
         raise UsageError(
             "a token name is lower-case letters, digits, '.', '_' or '-' (at most 63)",
@@ -57,6 +60,10 @@ def create(
 @app.command("list")
 def list_tokens(ctx: typer.Context) -> None:
     """Token names, scopes and last use (never the tokens)."""
+    from rich.table import Table
+
+    from branchline.store import tokens as rows
+
     found = _run(ctx, lambda conn, project: rows.list_tokens(conn, project))
 
     def human(console: Console) -> None:
@@ -76,8 +83,31 @@ def list_tokens(ctx: typer.Context) -> None:
 @app.command("delete")
 def delete(ctx: typer.Context, name: str) -> None:
     """Revoke a token."""
+    from branchline.store import tokens as rows
+
     gone = _run(ctx, lambda conn, project: rows.delete(conn, project, name))
     app_context(ctx).output.emit(
         {"name": name, "deleted": gone},
         lambda c: c.print(f"revoked {name}" if gone else f"there is no token {name}"),
+    )
+
+
+@app.command("scope")
+def scope(
+    ctx: typer.Context,
+    name: str,
+    to: Annotated[str, typer.Option("--to", help="read or write.")],
+) -> None:
+    """Change a token's scope in place. Dashboard sessions made with it end at once
+    (log in again); the API follows the new scope from the next request."""
+    from branchline.store import tokens as rows
+
+    if to not in ("read", "write"):
+        raise UsageError(f"unknown scope {to!r}", hint="--to read or --to write")
+    changed = _run(ctx, lambda conn, project: rows.set_scope(conn, project, name, to))
+    if not changed:
+        raise UsageError(f"there is no token {name}", hint="`branchline token list` names them")
+    app_context(ctx).output.emit(
+        {"name": name, "scope": to},
+        lambda c: c.print(f"token {name} may now {'only read' if to == 'read' else 'write'}"),
     )

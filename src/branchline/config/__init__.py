@@ -31,7 +31,11 @@ from __future__ import annotations
 
 from branchline.config.base import MASK, is_secret_name
 from branchline.config.durations import format_duration, parse_duration
-from branchline.config.load import find_config, load_config
+from branchline.config.load import (
+    find_config,
+    load_config,
+    load_config_text,
+)
 from branchline.config.providers import (
     CloudflareComputeConfig,
     CloudflareDnsConfig,
@@ -48,6 +52,7 @@ from branchline.config.schema import (
     CONFIG_FILENAME,
     LOCAL_HEALTH_DEFAULTS,
     Config,
+    EdgeConfig,
     HealthConfig,
     PreviewConfig,
     ProjectConfig,
@@ -68,6 +73,7 @@ __all__ = [
     "Config",
     "DatabaseConfig",
     "DnsConfig",
+    "EdgeConfig",
     "ForgeConfig",
     "GithubForgeConfig",
     "HealthConfig",
@@ -84,5 +90,7 @@ __all__ = [
     "format_duration",
     "is_secret_name",
     "load_config",
+    "load_config_text",
     "parse_duration",
+    "referenced_variables",
 ]

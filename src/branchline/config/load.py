@@ -5,10 +5,11 @@ one `ConfigError` with the file, line, dotted key and hint, secrets masked.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +32,27 @@ def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Confi
     file = Path(path)
     if file.is_dir():
         file = file / CONFIG_FILENAME
-    text = _read(file)
+    return load_config_text(_read(file), file, env)
+
+
+def load_config_text(
+    text: str,
+    file: Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    is_directory: Callable[[str], bool] | None = None,
+) -> Config:
+    """Like `load_config`, from the text `file` holds (at some commit, say).
+    `is_directory` tells whether a service's `path` exists (default: on disk)."""
     raw = _parse_toml(text, file)
     secrets = _Secrets()
     try:
         resolved = _interpolate(raw, (), os.environ if env is None else env, secrets)
         try:
-            config = Config.model_validate(resolved, context={"root": file.resolve().parent})
+            context: dict[str, object] = {"root": file.resolve().parent}
+            if is_directory is not None:
+                context["is_directory"] = is_directory
+            config = Config.model_validate(resolved, context=context)
         except ValidationError as exc:
             # `from None`: pydantic's exception text includes input values (secrets).
             raise _translate(exc, frozenset(secrets.paths)) from None
@@ -49,7 +64,10 @@ def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Confi
             line=_Locator(text).line_for(problem.loc),
             hint=_redact(problem.hint, secrets.values),
         ) from None
-    config._attach(file.resolve(), secrets)
+    config._attach(
+        file.resolve(), secrets, hashlib.sha256(text.encode()).hexdigest(),
+        referenced_variables(text),
+    )  # fmt: skip
     return config
 
 
@@ -121,3 +139,12 @@ _TOML_HINT = (
     'check the syntax on that line: strings need quotes (`name = "codex"`), '
     "tables are `[name]` on their own line, arrays are `[1, 2]`"
 )
+
+
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def referenced_variables(text: str) -> frozenset[str]:
+    """The environment variables a branchline.toml refers to (`${VAR}`): a commit's
+    config may use these and no others (a branch must not read serve's environment)."""
+    return frozenset(_REFERENCE.findall(text))

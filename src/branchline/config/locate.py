@@ -103,6 +103,7 @@ _EXAMPLES = {
     "api_token": '"${CLOUDFLARE_API_TOKEN}"',
     "token": '"${GITHUB_TOKEN}"',
     "webhook_secret": '"${GITHUB_WEBHOOK_SECRET}"',
+    "metrics_token": '"${BRANCHLINE_METRICS_TOKEN}"',
     "service": '"api"',
     "names": '["AUTH_SECRET"]',
     "env": '{ LOG_LEVEL = "info" }',

@@ -6,13 +6,16 @@ its own settings (`[database.neon]`, `[compute.cloudflare]`, ...).
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Literal, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from branchline.config.base import _Model
-from branchline.config.fields import Command, NonEmpty
+from branchline.config.data import MaskValue, check_mask_rules
+from branchline.config.fields import Command, Duration, NonEmpty
 from branchline.config.problems import _invalid
+from branchline.config.sizes import SizeSpec, parse_size
 
 
 def _require_table(provider: str, table: object, section: str) -> None:
@@ -31,6 +34,25 @@ class LocalDatabaseConfig(_Model):
     pg_bin: str | None = None  # Postgres bin directory; default: PATH, then the pgserver wheel
     # The database inside every branch that services connect to (Neon's "neondb").
     database: str = Field("app", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    # Free space only production's WAL may use: a branch, spare or backup that would
+    # eat into it is refused. "500MB", "5%"; default 10% of the filesystem, at most 1 GB.
+    min_free: str | int | None = None
+
+    @field_validator("min_free")
+    @classmethod
+    def _min_free(cls, value: str | int | None) -> str | int | None:
+        if value is not None:
+            try:
+                parse_size(value)
+            except ValueError as exc:
+                raise _invalid(
+                    str(exc), 'write a size such as `{key} = "500MB"` or a share `"10%"`'
+                ) from None
+        return value
+
+    @property
+    def reserve(self) -> SizeSpec | None:
+        return None if self.min_free is None else parse_size(self.min_free)
 
 
 class NeonConfig(_Model):
@@ -49,8 +71,17 @@ class DatabaseConfig(_Model):
     provider: Literal["local", "neon"] = "local"
     parent: NonEmpty = "production"  # every ephemeral branch is copied from this one
     migrate: Command  # run at the project root with DATABASE_URL set
+    # Past it the migrate command's whole process tree is killed and its step fails.
+    migrate_timeout: Duration = timedelta(minutes=10)
     local: LocalDatabaseConfig = Field(default_factory=LocalDatabaseConfig)
     neon: NeonConfig | None = None
+    # Applied to every copy of production a test or preview gets (see config.data).
+    mask: dict[str, MaskValue] = Field(default_factory=dict)
+
+    @field_validator("mask", mode="before")
+    @classmethod
+    def _mask_rules(cls, value: object) -> object:
+        return check_mask_rules(value) if isinstance(value, dict) else value
 
     @model_validator(mode="after")
     def _provider_table(self) -> Self:

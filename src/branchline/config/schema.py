@@ -13,12 +13,14 @@ import re
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from branchline.config.base import _assign_masks, _collect_secrets, _Model, is_secret_name
+from branchline.config.data import DataChoice, check_seed
 from branchline.config.fields import (
+    Command,
     Domain,
     Duration,
     NonEmpty,
@@ -28,11 +30,20 @@ from branchline.config.fields import (
     _slug_problem,
 )
 from branchline.config.interpolation import _Secrets
+from branchline.config.limits import LimitsConfig, RetentionConfig
 from branchline.config.problems import Loc, _did_you_mean, _invalid
 from branchline.config.providers import ComputeConfig, DatabaseConfig, DnsConfig, ForgeConfig
 from branchline.config.services import JobConfig, ServiceConfig, _default_glob
 
 CONFIG_FILENAME = "branchline.toml"
+# The tables a run takes from its own commit's branchline.toml (see Config.adopt).
+BY_COMMIT = ("services", "tests", "health", "production")
+# The tables a running `serve` built its providers and sandbox from: a change to
+# them takes effect when serve restarts (the rest is taken at once).
+AT_START = (
+    "project", "database", "compute", "dns", "forge", "security", "edge", "server", "limits",
+    "retention",
+)  # fmt: skip
 
 
 class ProjectConfig(_Model):
@@ -45,10 +56,23 @@ class ProjectConfig(_Model):
 
 
 class PreviewConfig(_Model):
-    """`[preview]`: how long previews live and how many may run at once."""
+    """`[preview]`: how long previews live, how many may run at once, what their
+    database holds, and the hooks of their life (like review apps' `postdeploy` and
+    `pr-predestroy`): `seed` runs once after the first migration of a preview's
+    branch, `predestroy` before the preview is torn down. Both are code of the pull
+    request, run as the migrations are (sandbox, DATABASE_URL), within `hook_timeout`."""
 
     ttl: Duration = timedelta(hours=72)
     max_live: int = Field(default=10, ge=1)
+    data: DataChoice = "copy"
+    seed: Command | None = None
+    predestroy: Command | None = None
+    hook_timeout: Duration = timedelta(minutes=10)
+
+    @model_validator(mode="after")
+    def _seed_needs_command(self) -> Self:
+        check_seed(self.data, self.seed, where="[preview]")
+        return self
 
 
 class ProductionConfig(_Model):
@@ -150,6 +174,19 @@ class SecretsConfig(_Model):
         return self
 
 
+Port = Annotated[int, Field(ge=0, le=65535)]
+
+
+class EdgeConfig(_Model):
+    """`[edge]`: the project's local addresses. The URLs a preview's comment shows
+    carry the edge's port, so a taken port is an error, never a silent move; 0 asks
+    for any free port (throw-away projects, tests)."""
+
+    port: Port = 8080  # the edge proxy (HTTP, by host name)
+    dns_port: Port = 8053  # the zone's DNS server (UDP and TCP)
+    api_port: Port = 8081  # serve's HTTP server (webhooks, API, dashboard); 0: none
+
+
 class SecurityConfig(_Model):
     """`[security]`: how code from branches and pull requests (tests, builds,
     migrations, services) runs: in a bubblewrap sandbox unless `sandbox = "off"`."""
@@ -160,6 +197,24 @@ class SecurityConfig(_Model):
     path: tuple[NonEmpty, ...] | None = None
     # More read-only directories boxed code may see (tools installed off PATH).
     expose: tuple[NonEmpty, ...] = ()
+
+
+class ServerConfig(_Model):
+    """`[server]`: serve's HTTP server (webhooks, API, dashboard, /metrics)."""
+
+    # When set, /metrics answers only `Authorization: Bearer <this>` (a reference such
+    # as "${BRANCHLINE_METRICS_TOKEN}", like every secret here).
+    metrics_token: SecretStr | None = None
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError(
+                "metrics_token must be at least 16 characters (make one with "
+                "`openssl rand -hex 32`)"
+            )
+        return value
 
 
 class Config(_Model):
@@ -177,15 +232,34 @@ class Config(_Model):
     health: HealthConfig = Field(default_factory=HealthConfig)
     secrets: SecretsConfig = Field(default_factory=SecretsConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
+    edge: EdgeConfig = Field(default_factory=EdgeConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
     _path: Path = PrivateAttr(default_factory=lambda: Path(CONFIG_FILENAME))
     # Values substituted from secret-looking variables (they may be inside a command).
     _secret_values: frozenset[str] = PrivateAttr(default_factory=frozenset)
+    # sha256 of the text it was loaded from (a running serve notices a change).
+    _digest: str | None = PrivateAttr(default=None)
+    # The environment variables that text refers to (`${VAR}`).
+    _variables: frozenset[str] = PrivateAttr(default_factory=frozenset)
 
     @property
     def path(self) -> Path:
         """The absolute path of branchline.toml."""
         return self._path
+
+    @property
+    def variables(self) -> frozenset[str]:
+        """The environment variables the file refers to: a commit's config may use
+        these and no others (a branch must not read serve's environment)."""
+        return self._variables
+
+    @property
+    def digest(self) -> str | None:
+        """sha256 of the text this config was loaded from."""
+        return self._digest
 
     @property
     def root(self) -> Path:
@@ -237,11 +311,36 @@ class Config(_Model):
             job._name = name
         _check_unique_subdomains(self.services)
         _check_job_services(self.tests, self.services)
+        _check_shared_branch_data(self.tests)
         _assign_masks(self, self._masked | _secret_env_paths(self.services))
         return self
 
-    def _attach(self, path: Path, secrets: _Secrets) -> None:
+    def adopt(self, committed: Config) -> Config:
+        """This (served) config with what a commit may change: its services, test
+        jobs, health checks and production rules. The rest stays as served: the
+        project, the providers, the secrets, the sandbox and the preview limits; a
+        branch must not point branchline elsewhere nor loosen its guards."""
+        adopted = self.model_copy(update={name: getattr(committed, name) for name in BY_COMMIT})
+        adopted._secret_values = self._secret_values | committed._secret_values
+        return adopted
+
+    def changed_at_start(self, newer: Config) -> list[str]:
+        """The tables of `AT_START` that `newer` changes."""
+        return [name for name in AT_START if getattr(self, name) != getattr(newer, name)]
+
+    def reloaded(self, newer: Config) -> Config:
+        """`newer`, but with this config's `AT_START` tables (see `changed_at_start`)."""
+        merged = newer.model_copy(update={name: getattr(self, name) for name in AT_START})
+        merged._secret_values = newer._secret_values | self._secret_values
+        return merged
+
+    def _attach(
+        self, path: Path, secrets: _Secrets, digest: str | None = None,
+        variables: frozenset[str] = frozenset(),
+    ) -> None:  # fmt: skip
         self._path = path
+        self._digest = digest
+        self._variables = variables
         self._secret_values = frozenset(secrets.values)
         _assign_masks(self, self._masked | frozenset(secrets.paths))
 
@@ -306,6 +405,30 @@ def _check_job_services(jobs: Mapping[str, JobConfig], services: Mapping[str, An
                 f"unknown service `{job.service}`",
                 _did_you_mean(job.service, list(services), noun="services"),
                 loc=("tests", name, "service"),
+            )
+
+
+def _check_shared_branch_data(jobs: Mapping[str, JobConfig]) -> None:
+    """Jobs on one branch (the run's, or the own-branch one) must agree on its data."""
+    for own in (False, True):
+        sharing = [(n, j) for n, j in jobs.items() if j.database and j.own_branch is own]
+        if not sharing:
+            continue
+        first, spec = sharing[0]
+        for name, job in sharing[1:]:
+            if (job.data, job.seed) == (spec.data, spec.seed):
+                continue
+            which = "a branch of their own" if own else "the run's branch"
+            differ = f"{spec.data!r} and {job.data!r}" if job.data != spec.data else "seeds"
+            fix = (
+                "jobs with `own_branch` share one branch"
+                if own
+                else "or move one to a branch of its own with `own_branch = true`"
+            )
+            raise _invalid(
+                f"`{first}` and `{name}` share {which} but want different data ({differ})",
+                f"give them the same `data` and `seed`; {fix}",
+                loc=("tests", name, "data"),
             )
 
 

@@ -11,11 +11,38 @@ from typing import Self
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from branchline.config.base import _Model
+from branchline.config.data import DataChoice, check_seed
 from branchline.config.fields import Command, Duration, EnvName, HealthPath, Label, NonEmpty
 from branchline.config.problems import _invalid
 
 # Set by branchline for each service process; a value in the file would be wrong.
 _RESERVED_ENV = frozenset({"PORT", "DATABASE_URL"})
+
+
+class DepsConfig(_Model):
+    """`[services.<name>.deps]`: the service's dependencies, installed once per
+    content of its lock files and shared by every release with the same ones.
+
+    `install` runs in the release's service directory with `$DEPS` set to an empty
+    directory outside the release (create the virtualenv there: `python -m venv
+    "$DEPS"`); the release then holds `link` (default `.venv`) pointing at it, and
+    the service's PATH starts with `<link>/bin`. A rollback across a change of the
+    lock files runs the dependencies its release was built with."""
+
+    lock: tuple[NonEmpty, ...] = Field(min_length=1)  # relative to the service's path
+    install: Command
+    link: NonEmpty = ".venv"
+
+    @field_validator("lock", "link")
+    @classmethod
+    def _relative(cls, value: tuple[str, ...] | str) -> tuple[str, ...] | str:
+        for item in (value,) if isinstance(value, str) else value:
+            if PurePosixPath(item).is_absolute() or ".." in PurePosixPath(item).parts:
+                raise _invalid(
+                    f"`{item}` is not inside the service's directory",
+                    'write it relative to the service\'s `path`, e.g. "requirements.txt"',
+                )
+        return value
 
 
 class ServiceConfig(_Model):
@@ -36,6 +63,14 @@ class ServiceConfig(_Model):
     order: int = 0
     paths: tuple[NonEmpty, ...] = ()
     env: dict[EnvName, str] = Field(default_factory=dict)
+    # Run once per deploy of a release, before it is started and switched to (a
+    # release phase: `manage.py check --deploy`, cache warm-up), with the service's
+    # variables and secrets; a failure stops the deploy and the old release serves.
+    release: Command | None = None
+    # More of the repository in the release, beside `path` (root lock files, shared
+    # packages): paths relative to branchline.toml, kept where they are.
+    include: tuple[NonEmpty, ...] = ()
+    deps: DepsConfig | None = None
 
     _name: str = PrivateAttr(default="")
 
@@ -54,7 +89,17 @@ class ServiceConfig(_Model):
                 'e.g. `path = "services/api"`',
             )
         path = _normalize_path(value)
-        root = (info.context or {}).get("root")
+        context = info.context or {}
+        root = context.get("root")
+        is_directory = context.get("is_directory")
+        if is_directory is not None:  # a commit's config: its own tree decides
+            if not is_directory(path):
+                raise _invalid(
+                    f"path `{path}` is not a directory at this commit",
+                    "commit the service's directory, or set `path` to the service's "
+                    "directory relative to branchline.toml",
+                )
+            return path
         if root is not None and not (Path(root) / path).is_dir():
             state = "is not a directory" if (Path(root) / path).exists() else "does not exist"
             raise _invalid(
@@ -63,6 +108,18 @@ class ServiceConfig(_Model):
                 "directory relative to branchline.toml",
             )
         return path
+
+    @field_validator("include")
+    @classmethod
+    def _included_inside_the_repository(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for index, item in enumerate(value):
+            if PurePosixPath(item).is_absolute() or ".." in PurePosixPath(item).parts:
+                raise _invalid(
+                    f"`{item}` is outside the project",
+                    'write it relative to the directory of branchline.toml, e.g. "uv.lock"',
+                    loc=(index,),
+                )
+        return tuple(_normalize_path(item) for item in value)
 
     @field_validator("env")
     @classmethod
@@ -108,6 +165,10 @@ class JobConfig(_Model):
     # service's `paths` (or the job's own) changed; `{service}` and `{service_path}`
     # in `command` become the service's name and directory.
     per_service: bool = False
+    # What its branch holds ("copy", "schema", "empty", "seed"; see config.data), and
+    # a command run on it after the migrations.
+    data: DataChoice = "copy"
+    seed: Command | None = None
 
     _name: str = PrivateAttr(default="")
 
@@ -125,4 +186,12 @@ class JobConfig(_Model):
                 "add `database = true`, or remove `own_branch`",
                 loc=("own_branch",),
             )
+        if (self.data != "copy" or self.seed is not None) and not self.database:
+            raise _invalid(
+                f"`{'data' if self.data != 'copy' else 'seed'}` needs `database = true`",
+                "a job's branch and its data exist only when it uses a database: add "
+                "`database = true`",
+                loc=("data" if self.data != "copy" else "seed",),
+            )
+        check_seed(self.data, self.seed, where="the job's table")
         return self

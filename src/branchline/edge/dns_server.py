@@ -12,6 +12,7 @@ CNAMEs followed within the zone (`A api-preview-8.<zone>` answers the CNAME and 
 apex's A), a synthesised SOA and NS at the apex, NXDOMAIN (with the SOA in the
 authority section) for names of the zone that hold nothing, NODATA (NOERROR, SOA in
 authority) for names that hold other types, and REFUSED for names outside the zone.
+A packet that is itself a response (QR set) is dropped unanswered: no reflection loop.
 
 Two threads run while the server is up (one serves both sockets, one listens); TCP
 connections get a short-lived thread each. `stop` wakes both through a pipe, joins
@@ -290,13 +291,16 @@ class _Handler(DNSHandler):  # type: ignore[misc]
             self.server.untrack(self.request)
 
     def get_reply(self, data: bytes) -> bytes:
+        # A response (QR set) is never answered, parsable or not: answering answers
+        # lets a forged source address set two servers replying to each other forever.
+        # dnslib's handler drops a packet whose reply raises DNSError.
+        if len(data) < 12 or data[2] & 0x80:
+            raise DNSError("not a query (QR set, or shorter than a header): ignored")
         try:
             return bytes(super().get_reply(data))
         except DNSError:
             # dnslib cannot parse it (a label that is not UTF-8, say): FORMERR, so the
-            # client does not wait for a timeout. Never answer an answer (QR set).
-            if len(data) < 12 or data[2] & 0x80:
-                raise
+            # client does not wait for a timeout.
             (query_id,) = struct.unpack("!H", data[:2])
             header = DNSHeader(id=query_id, qr=1, rcode=RCODE.FORMERR)
             return bytes(DNSRecord(header).pack())

@@ -1,6 +1,10 @@
 """The HTML pages the edge answers itself: the index of live environments (for an
 unknown host and for the edge's own address) and the error pages. Everything that
-came from a request or the store is escaped."""
+came from a request or the store is escaped.
+
+An unknown host's 404 lists only the routes of the zone it falls in (a stranger's
+made-up Host learns nothing of other projects), and no page names an upstream's
+address or port: those are the machine's, not the visitor's business."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import html
 from collections.abc import Iterable
 from itertools import groupby
 
+from branchline import naming
 from branchline.store.routes import RouteRow
 
 REASONS = {
@@ -42,22 +47,41 @@ def route_url(host: str, port: int) -> str:
     return f"http://{host}/" if port == 80 else f"http://{host}:{port}/"
 
 
+def zone_of(route: RouteRow) -> str:
+    """The zone a route's host is in: its host without the first label
+    (`api-preview-8.codex.localhost` -> `codex.localhost`; see `naming.host_name`)."""
+    return route.host.partition(".")[2]
+
+
+def in_same_zone(routes: Iterable[RouteRow], host: str) -> list[RouteRow]:
+    """The routes of the most specific zone `host` falls in (none when it falls in
+    no route's zone): what the 404 for `host` may show."""
+    routes = list(routes)
+    zones = {zone_of(r) for r in routes if zone_of(r) and naming.in_zone(host, zone_of(r))}
+    if not zones:
+        return []
+    zone = max(zones, key=len)
+    return [r for r in routes if zone_of(r) == zone]
+
+
 def index(routes: Iterable[RouteRow], *, port: int, unknown_host: str | None = None) -> bytes:
     """Every live route, grouped by project and environment, as links through the
-    edge on `port`; with `unknown_host`, the 404 page that names it."""
+    edge on `port`; with `unknown_host`, the 404 page that names it and lists only
+    the routes of its zone."""
     parts: list[str] = []
     if unknown_host is not None:
         shown = unknown_host if len(unknown_host) <= 200 else unknown_host[:200] + "..."
         parts.append(
             f"<h1>No environment answers for <code>{html.escape(shown)}</code></h1>"
             "<p>branchline's edge has no route for this host name. The live environments "
-            "are:</p>"
+            "of its zone are:</p>"
         )
     else:
         parts.append("<h1>branchline edge</h1><p>The live environments:</p>")
-    routes = list(routes)
+    routes = list(routes) if unknown_host is None else in_same_zone(routes, unknown_host)
     if not routes:
-        parts.append("<p class=muted>None: nothing is deployed yet.</p>")
+        none = "None: nothing is deployed yet." if unknown_host is None else "None in its zone."
+        parts.append(f"<p class=muted>{none}</p>")
     for project, in_project in groupby(routes, key=lambda r: r.project):
         parts.append(f"<h2>{html.escape(project)}</h2>")
         for environment, in_env in groupby(in_project, key=lambda r: r.environment):
@@ -86,7 +110,7 @@ def no_process(route: RouteRow) -> bytes:
         502,
         f"No process answers for service {route.service} of environment "
         f"{route.environment} (project {route.project}).",
-        f"Nothing accepted a connection on {route.upstream_host}:{route.upstream_port}. "
+        "Its process accepted no connection. "
         "The service may be starting, stopped or crashed: see `branchline status`.",
     )
 

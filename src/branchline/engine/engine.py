@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import re
 import socket
@@ -25,8 +26,9 @@ from procrastinate.jobs import Status
 from psycopg.conninfo import conninfo_to_dict
 
 from branchline.engine import runner
-from branchline.engine.checkout import checked_out, git_dir
+from branchline.engine.checkout import checked_out, git_dir, remove_checkout, sweep_checkouts
 from branchline.engine.decide import JobState, decide
+from branchline.engine.logcap import Line, StepLogCap, chunked, line_size
 from branchline.engine.model import Command, Job, RunIf, Workflow
 from branchline.engine.paths import changed_files
 from branchline.errors import BranchlineError, UsageError
@@ -34,7 +36,7 @@ from branchline.events import WorkflowFinished
 from branchline.masking import SEALED_PREFIX, mask, mask_url
 from branchline.postgres.cluster import process_alive
 from branchline.sandbox import Box, Sandbox
-from branchline.store import Store
+from branchline.store import Store, retention
 from branchline.store import artifacts as artifact_rows
 from branchline.store import forge as forge_rows
 from branchline.store import runs as rows
@@ -45,6 +47,10 @@ _COMMIT = re.compile(r"[0-9a-f]{7,64}")
 QUEUE = "branchline"
 TASK = "branchline.run_job"
 SecretSource = Callable[[rows.RunRow], Awaitable[Mapping[str, str]]]
+# Jobs this process runs now (a worker's name is its host and pid, so this is one set
+# for every engine in it): a job claimed by this process but not among them was
+# abandoned (the state database died under it while the worker went on).
+IN_FLIGHT: set[int] = set()
 
 
 class Sealer(Protocol):
@@ -77,6 +83,14 @@ class EngineOptions:
     # A running job holds two connections and briefly a third: size for the concurrency.
     pool_size: int = 20
     workdir: Path | None = None  # where job checkouts go (default: the system's temp dir)
+    step_log: int = 5 * 1024**2  # bytes of one step's log kept: its head and its tail
+    step_timeout: float = 3600.0  # seconds a step without a deadline of its own may run
+    # Finished runs, their logs and their artifacts are deleted after these many
+    # seconds (None: kept); checked every `prune_every` seconds.
+    retain_runs: float | None = 30 * 86400.0
+    retain_logs: float | None = 30 * 86400.0
+    retain_artifacts: float | None = 30 * 86400.0
+    prune_every: float = 600.0
 
 
 class Engine:
@@ -104,6 +118,7 @@ class Engine:
             enabled=False, protected=(), path=os.environ.get("PATH", os.defpath).split(os.pathsep)
         )
         self.host = socket.gethostname()
+        self.in_flight = IN_FLIGHT
         self.app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=store.url))
         self.app.task(name=TASK, queue=QUEUE, pass_context=True)(self._task)
 
@@ -178,16 +193,24 @@ class Engine:
         older = await rows.active_in_group(conn, self.project, group, run_id)
         if workflow.cancel_in_progress:
             for run in older:
-                await rows.set_run(conn, run.id, cancel_requested=True)
+                await rows.set_run(
+                    conn, run.id, cancel_requested=True,
+                    cancelled_by=f"run {run_id} (newer, in concurrency group {group})",
+                )  # fmt: skip
         return bool(older)
 
-    async def rerun(self, run_id: int) -> int:
+    async def get_run(self, run_id: int) -> rows.RunRow:
         async with self.store.connect() as conn:
             run = await rows.get_run(conn, run_id)
         if run is None or run.project != self.project:  # another project's runs are not ours
             raise UsageError(f"there is no run {run_id}", hint="See `branchline runs list`.")
+        return run
+
+    async def rerun(self, run_id: int, *, workflow: Workflow | None = None) -> int:
+        """Run `run_id` again as a new run: its workflow as stored, or `workflow`."""
+        run = await self.get_run(run_id)
         return await self.submit(
-            Workflow.from_dict(run.definition["workflow"]),
+            workflow or Workflow.from_dict(run.definition["workflow"]),
             triggered_by=f"rerun of {run_id}",
             repo=Path(run.repo) if run.repo else None,
             sha=run.sha,
@@ -198,15 +221,16 @@ class Engine:
             rerun_of=run_id,
         )
 
-    async def cancel(self, run_id: int) -> bool:
-        """Ask a run to stop: running steps are stopped, `always` jobs still run."""
+    async def cancel(self, run_id: int, *, by: str) -> bool:
+        """Ask a run to stop: running steps are stopped, `always` jobs still run.
+        `by` (who asks) is what every stopped step's log says."""
         async with self.store.connect() as conn:
             run = await rows.get_run(conn, run_id)
             if run is None or run.project != self.project:
                 raise UsageError(f"there is no run {run_id}", hint="See `branchline runs list`.")
             if run.status not in rows.ACTIVE:
                 return False
-            await rows.set_run(conn, run_id, cancel_requested=True)
+            await rows.set_run(conn, run_id, cancel_requested=True, cancelled_by=by)
         await self.advance(run_id)
         return True
 
@@ -278,6 +302,13 @@ class Engine:
         await self.run_job(job_id)
 
     async def run_job(self, job_id: int) -> None:
+        self.in_flight.add(job_id)
+        try:
+            await self._run_job(job_id)
+        finally:
+            self.in_flight.discard(job_id)
+
+    async def _run_job(self, job_id: int) -> None:
         async with self.store.connect() as conn:
             job = await rows.get_job(conn, job_id)
             run = await rows.get_run(conn, job.run_id) if job else None
@@ -287,12 +318,11 @@ class Engine:
             if run.cancel_requested and spec.run_if is not RunIf.ALWAYS:
                 if await rows.claim_job(conn, job_id, status="cancelled"):
                     await rows.set_job(
-                        conn, job_id, finished_at=runner.now(), error="the run was cancelled",
+                        conn, job_id, finished_at=runner.now(),
+                        error=_cancelled(run.cancelled_by),
                         error_code="cancelled",
                     )  # fmt: skip
-            elif await rows.claim_job(
-                conn, job_id, status="running", worker=f"{self.host}:{os.getpid()}"
-            ):
+            elif await rows.claim_job(conn, job_id, status="running", worker=self._worker_name()):
                 try:
                     status, error, code = await self._run_steps(conn, run, job, spec)
                 except Exception as exc:  # a job must end, or its run never reaches cleanup
@@ -314,7 +344,7 @@ class Engine:
     ) -> tuple[str, str | None, str | None]:
         steps = await rows.steps_of(conn, job.id)
         secrets = dict(await self.secrets(run))
-        logs = _LogWriter(self.store, run.id, job.id)
+        logs = _LogWriter(self.store, run.id, job.id, self.options.step_log)
         needs_checkout = spec.checkout and any(isinstance(s.run, Command) for s in spec.steps)
         try:
             async with logs:
@@ -328,6 +358,8 @@ class Engine:
                     checkout = contextlib.nullcontext(None)
                 async with checkout as cwd:
                     if cwd is not None:
+                        # Recorded: if this worker dies, recovery removes it.
+                        await rows.set_job(conn, job.id, checkout=str(cwd.parent))
                         await logs.write("system", self.sandbox.describe())
                     return await self._steps_in(conn, run, spec, steps, secrets, logs, cwd)
         except BranchlineError as exc:
@@ -351,14 +383,17 @@ class Engine:
             if result[0] != "success":
                 await rows.set_step(conn, row.id, status="skipped")
                 continue
-            if cancellable and await self._cancel_requested(run.id):
+            stop = await self._cancel_requested(run.id) if cancellable else None
+            if stop is not None:
                 await rows.set_step(conn, row.id, status="cancelled")
-                result = ("cancelled", "the run was cancelled", "cancelled")
+                await logs.write("system", stop)
+                result = ("cancelled", stop, "cancelled")
                 continue
             await rows.set_step(conn, row.id, status="running", started_at=runner.now())
             logs.step_id = row.id
             outcome = await self._run_step(conn, run, row, step.run, cancellable,
                                            secrets, logs, cwd)  # fmt: skip
+            logs.end_step()
             await logs.flush()
             await rows.set_step(
                 conn, row.id, status=outcome.status, exit_code=outcome.exit_code,
@@ -386,16 +421,10 @@ class Engine:
             async def started(pgid: int) -> None:
                 await rows.set_step(conn, row.id, pgid=pgid, host=self.host)
 
-            watch = runner.ProcessWatch(
-                should_cancel=lambda: self._cancel_requested(run.id),
-                on_started=started,
-                grace=self.options.grace,
-                poll=self.options.cancel_poll,
-                cancellable=cancellable,
-            )
+            watch = self._watch(run, cancellable, started)
             try:
                 self.sandbox.check()
-                env = _step_env(self.sandbox.base_env(), run, what, secrets)
+                env = _step_env(self.sandbox.base_env(own=cwd), run, what, secrets)
                 outputs, hidden = await self._outputs(run, what)
             except BranchlineError as exc:
                 await logs.write("system", f"{exc.message} ({exc.hint})")
@@ -411,7 +440,29 @@ class Engine:
                 wrap=lambda argv, workdir: self.sandbox.wrap(argv, box, cwd=workdir),
             )  # fmt: skip
         context = _Context(self, run, secrets, logs)
-        return await runner.run_call(what, self.actions, context, logs.write)
+        return await runner.run_call(
+            what, self.actions, context, logs.write, self._watch(run, cancellable)
+        )
+
+    def _watch(
+        self,
+        run: rows.RunRow,
+        cancellable: bool,
+        started: Callable[[int], Awaitable[None]] | None = None,
+    ) -> runner.ProcessWatch:
+        """How a step learns it must stop: a cancel of its run, or its deadline."""
+
+        async def nothing(_pgid: int) -> None:
+            return None
+
+        return runner.ProcessWatch(
+            should_cancel=lambda: self._cancel_requested(run.id),
+            on_started=started or nothing,
+            grace=self.options.grace,
+            poll=self.options.cancel_poll,
+            cancellable=cancellable,
+            timeout=self.options.step_timeout,
+        )
 
     async def _outputs(
         self, run: rows.RunRow, command: Command
@@ -444,13 +495,15 @@ class Engine:
             return self.sealer.unseal(artifact.value, f"artifact:{artifact.name}")
         return artifact.value
 
-    async def _cancel_requested(self, run_id: int) -> bool:
+    async def _cancel_requested(self, run_id: int) -> str | None:
+        """Why the run must stop ("cancelled by ..."), or None while it need not."""
         async with self.store.connect() as conn:
             cur = await conn.execute(
-                "SELECT cancel_requested FROM branchline.runs WHERE id = %s", (run_id,)
+                "SELECT cancel_requested, cancelled_by FROM branchline.runs WHERE id = %s",
+                (run_id,),
             )
             row = await cur.fetchone()
-        return bool(row and row[0])
+        return _cancelled(str(row[1]) if row[1] else None) if row and row[0] else None
 
     # -- workers and recovery ---------------------------------------------------
 
@@ -475,14 +528,38 @@ class Engine:
                 await recovery
 
     async def _recover_forever(self) -> None:
+        pruned_at = -math.inf
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 await self.recover()
                 async with self.store.connect() as conn:
                     await artifact_rows.prune(conn)
+                if loop.time() - pruned_at >= self.options.prune_every:
+                    pruned_at = loop.time()
+                    await self.prune()
             except Exception as exc:  # the state database may be restarting: try again
                 logger.warning("recovery pass failed: %s", mask_url(str(exc)))
             await asyncio.sleep(self.options.recover_every)
+
+    async def prune(self) -> dict[str, Any]:
+        """Retention: delete finished runs, logs and artifacts past their periods
+        (never a running run, never those of production's live release), then the
+        job checkouts on this host that no live job owns. Returns what went."""
+        options = self.options
+        async with self.store.connect() as conn:
+            done = await retention.prune(
+                conn, self.project, runs=_days(options.retain_runs),
+                logs=_days(options.retain_logs), artifacts=_days(options.retain_artifacts),
+            )  # fmt: skip
+            keep = await retention.live_checkouts(conn)
+        swept = await asyncio.to_thread(sweep_checkouts, options.workdir, keep)
+        if done.runs or done.log_rows or swept:
+            logger.info(
+                "retention: %d runs, %d log rows, %d artifacts deleted; %d checkouts swept",
+                done.runs, done.log_rows, done.artifacts, len(swept),
+            )  # fmt: skip
+        return {**done.as_dict(), "checkouts": [str(path) for path in swept]}
 
     async def recover(self) -> list[int]:
         """Jobs of workers that stopped sending heartbeats: kill what is left of their
@@ -493,23 +570,80 @@ class Engine:
         recovered = []
         for task in stalled:
             job_id = int(str(task.task_kwargs["job_id"]))
-            await self._recover_job(job_id)
+            async with self.store.connect() as conn:
+                job = await rows.get_job(conn, job_id)
+            if job is not None and job.worker == self._worker_name() and job_id in self.in_flight:
+                # Its worker is this very process, which runs this code: alive, its
+                # heartbeat only came late. Killing its step would lose the work.
+                logger.warning(
+                    "job %s: this worker's heartbeat was more than %g s late; the job goes on",
+                    job_id, self.options.stalled_after,
+                )  # fmt: skip
+                continue
+            worker = job.worker if job is not None and job.worker else "unknown"
+            await self._recover_job(
+                job_id,
+                f"stalled: no heartbeat for {self.options.stalled_after:g} s from worker {worker}",
+            )
             await self.app.job_manager.finish_job(task, status=Status.FAILED, delete_job=False)
             recovered.append(job_id)
         for job_id in await self._lost_jobs():
             await self._enqueue(job_id)
             recovered.append(job_id)
+        recovered += await self.recover_abandoned()
         await self.advance_stuck_runs()
         return recovered
 
+    async def recover_abandoned(self, older_than: float = 10.0) -> list[int]:
+        """Jobs whose task this process's worker took but no longer runs: the state
+        database died under them, so neither the job's end nor the task's could be
+        written, while the worker (alive, heartbeating) went on. A job marked
+        running by this process but not in flight here is recovered (retried or
+        failed); a queued job whose task was taken `older_than` seconds ago and never
+        claimed is queued again. Their tasks are marked failed. Returns the job ids."""
+        async with self.store.connect() as conn:
+            cur = await conn.execute(
+                """SELECT j.id, j.status, p.id FROM branchline.jobs j
+                   JOIN branchline.runs r ON r.id = j.run_id
+                   LEFT JOIN procrastinate_jobs p
+                     ON p.queueing_lock = 'job-' || j.id AND p.status = 'doing'
+                    AND p.task_name = %s
+                   WHERE r.project = %s AND (
+                         (j.status = 'running' AND j.worker = %s)
+                      OR (j.status = 'queued' AND p.id IS NOT NULL AND NOT EXISTS (
+                            SELECT 1 FROM procrastinate_events e WHERE e.job_id = p.id
+                              AND e.at > now() - make_interval(secs => %s))))""",
+                (TASK, self.project, self._worker_name(), older_than),
+            )
+            found = [(int(r[0]), str(r[1]), r[2]) for r in await cur.fetchall()]  # type: ignore[call-overload]
+        recovered = []
+        for job_id, status, task_id in found:
+            if job_id in self.in_flight:
+                continue
+            if task_id is not None:
+                await self.app.job_manager.finish_job_by_id_async(
+                    int(str(task_id)), status=Status.FAILED, delete_job=False
+                )
+            if status == "running":
+                # branchline's own fault, not the job's: one attempt more than its
+                # `retries` allow, so a restart of the state database fails no test.
+                await self._recover_job(
+                    job_id, "the state database went away while it ran", extra_attempts=1
+                )
+            else:
+                await self._enqueue(job_id)
+            recovered.append(job_id)
+        return recovered
+
     async def advance_stuck_runs(self) -> list[int]:
-        """Runs that are running with no job queued or running: a crash between a job's
-        end (recorded) and the run's advance (not). Advancing again is safe: advance
+        """Runs that are running (or queued to start) with no job queued or running: a
+        crash, or the state database dying, between a job's end or a run's start
+        (recorded) and the run's advance (not). Advancing again is safe: advance
         locks the run and only does what is still undone. Returns the run ids."""
         async with self.store.connect() as conn:
             cur = await conn.execute(
                 """SELECT r.id FROM branchline.runs r
-                   WHERE r.project = %s AND r.status = 'running'
+                   WHERE r.project = %s AND r.status IN ('running', 'queued')
                      AND NOT EXISTS (
                          SELECT 1 FROM branchline.jobs j
                          WHERE j.run_id = r.id AND j.status IN ('queued', 'running'))""",
@@ -536,7 +670,7 @@ class Engine:
             pid = int(worker.rsplit(":", 1)[1])
             if pid == os.getpid() or process_alive(pid):
                 continue
-            await self._recover_job(job_id)
+            await self._recover_job(job_id, f"its worker {worker} is gone (killed or crashed)")
             recovered.append(job_id)
         await self.advance_stuck_runs()
         return recovered
@@ -557,7 +691,13 @@ class Engine:
             )
             return [int(row[0]) for row in await cur.fetchall()]  # type: ignore[call-overload]
 
-    async def _recover_job(self, job_id: int) -> None:
+    def _worker_name(self) -> str:
+        return f"{self.host}:{os.getpid()}"
+
+    async def _recover_job(self, job_id: int, why: str, *, extra_attempts: int = 0) -> None:
+        """Stop what is left of a job whose worker died (or went silent), saying `why`
+        in its log, then retry it (within its `retries`, plus `extra_attempts`) or
+        fail it."""
         async with self.store.connect() as conn:
             job = await rows.get_job(conn, job_id)
             if job is None:
@@ -572,17 +712,27 @@ class Engine:
             for step in await rows.steps_of(conn, job_id):
                 if step.status != "running":
                     continue
-                if step.pgid and step.host == self.host:
+                stopping = step.pgid and step.host == self.host
+                said = f"{why}; {'its step is stopped' if stopping else 'the step is abandoned'}"
+                await rows.insert_logs(
+                    conn, [(run.id, job_id, step.id, "system", said, runner.now())]
+                )
+                if stopping:
+                    assert step.pgid is not None
                     await runner.kill_group(step.pgid, self.options.grace)
                 await rows.set_step(conn, step.id, status="failure", finished_at=runner.now())
-            if job.attempt <= spec.retries and not run.cancel_requested:
-                await rows.set_job(conn, job_id, status="queued", error="retried after a crash")
+            if job.checkout and job.worker and job.worker.startswith(f"{self.host}:"):
+                # Its checkout is on this host: nothing else will remove it.
+                repo = Path(run.repo) if run.repo else None
+                await asyncio.to_thread(remove_checkout, Path(job.checkout), repo)
+                await rows.set_job(conn, job_id, checkout=None)
+            if job.attempt <= spec.retries + extra_attempts and not run.cancel_requested:
+                await rows.set_job(conn, job_id, status="queued", error=f"retried: {why}")
                 retry = True
             else:
                 await rows.set_job(
                     conn, job_id, status="failure", finished_at=runner.now(),
-                    error=f"its worker {job.worker or ''} stopped during the job",
-                    error_code="interrupted",
+                    error=why, error_code="interrupted",
                 )  # fmt: skip
                 retry = False
         if retry:
@@ -614,6 +764,14 @@ class Engine:
                 f"artifact {name!r} ({scope or 'any run'}) expired at {expired.expires_at:%c}"
             )
         raise ArtifactMissingError(f"no artifact {name!r} ({scope or 'any run'})")
+
+
+def _days(seconds: float | None) -> timedelta | None:
+    return timedelta(seconds=seconds) if seconds is not None else None
+
+
+def _cancelled(by: str | None) -> str:
+    return f"cancelled by {by}" if by else "the run was cancelled"
 
 
 def is_sealed(value: str) -> bool:
@@ -662,16 +820,42 @@ def _step_env(
 
 
 class _LogWriter:
-    """Collects a job's masked log lines and stores them in small batches."""
+    """Collects a job's masked log lines and stores them in small batches, each step's
+    within its cap (see logcap)."""
 
-    def __init__(self, store: Store, run_id: int, job_id: int) -> None:
+    def __init__(self, store: Store, run_id: int, job_id: int, cap: int) -> None:
         self.store = store
         self.run_id = run_id
         self.job_id = job_id
-        self.step_id: int | None = None
-        self._pending: list[tuple[int, int | None, int | None, str, str, Any]] = []
+        self.cap = cap
+        self._step_id: int | None = None
+        self._capped: StepLogCap[Line] | None = None
+        self._pending: list[Line] = []
         self._conn: Any = None
         self._flusher: asyncio.Task[None] | None = None
+
+    @property
+    def step_id(self) -> int | None:
+        return self._step_id
+
+    @step_id.setter
+    def step_id(self, step_id: int | None) -> None:
+        self.end_step()
+        self._step_id = step_id
+        self._capped = StepLogCap(self.cap) if step_id is not None else None
+
+    def end_step(self) -> None:
+        """The step is over: what its cap held back (its last lines) goes out, after a
+        line saying how much was dropped."""
+        capped, self._capped = self._capped, None
+        if capped is None:
+            return
+        notice = capped.notice()
+        if notice is not None:
+            self._pending.append(
+                (self.run_id, self.job_id, self._step_id, "system", notice, runner.now())
+            )
+        self._pending.extend(capped.held())
 
     async def __aenter__(self) -> _LogWriter:
         self._cm = self.store.connect()
@@ -684,18 +868,21 @@ class _LogWriter:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
+        self.end_step()
         await self.flush()
         await self._cm.__aexit__(None, None, None)
 
     async def write(self, stream: str, line: str) -> None:
         # Postgres text cannot hold NUL (binary output, find -print0).
         line = line.replace("\x00", "\ufffd")
-        self._pending.append((self.run_id, self.job_id, self.step_id, stream, line, runner.now()))
+        entry = (self.run_id, self.job_id, self._step_id, stream, line, runner.now())
+        if self._capped is None or self._capped.admit(entry, line_size(line)):
+            self._pending.append(entry)
 
     async def flush(self) -> None:
         batch, self._pending = self._pending, []
         if batch and self._conn is not None:
-            await rows.insert_logs(self._conn, batch)
+            await rows.insert_logs(self._conn, chunked(batch))
 
     async def _flush_forever(self) -> None:
         while True:

@@ -38,6 +38,7 @@ class Command:
 class Call:
     action: str  # a name in the action registry
     params: Mapping[str, Any] = field(default_factory=dict)
+    timeout: float | None = None  # seconds (None: the engine's step_timeout)
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,8 @@ def _step_to_dict(step: Step) -> dict[str, Any]:
         }
     else:
         run = {"kind": "call", "action": step.run.action, "params": dict(step.run.params)}
+        if step.run.timeout is not None:  # stored only when set: older runs read the same
+            run["timeout"] = step.run.timeout
     return {"name": step.name, "cancellable": step.cancellable, "run": run}
 
 
@@ -154,7 +157,9 @@ def _step_from_dict(data: Mapping[str, Any]) -> Step:
             env_from=dict(run.get("env_from") or {}),
         )
     else:
-        kind = Call(action=run["action"], params=dict(run.get("params") or {}))
+        kind = Call(
+            action=run["action"], params=dict(run.get("params") or {}), timeout=run.get("timeout")
+        )
     return Step(name=data["name"], run=kind, cancellable=bool(data.get("cancellable", True)))
 
 

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from branchline.config.limits import human_duration
 from branchline.engine.model import Call, Command
 from branchline.errors import BranchlineError
 from branchline.masking import LineMasker, mask
@@ -78,12 +79,14 @@ Action = Callable[..., Awaitable[Any]]
 class ProcessWatch:
     """How a running command learns it must stop."""
 
-    should_cancel: Callable[[], Awaitable[bool]]
+    should_cancel: Callable[[], Awaitable[str | None]]  # why it must stop, if it must
     on_started: Callable[[int], Awaitable[None]]  # receives the process group id
     grace: float = 5.0
     poll: float = 0.2
     cancellable: bool = True
     reasons: list[str] = field(default_factory=list)
+    timeout: float | None = None  # the step's deadline, when the step sets none itself
+    timeout_setting: str = "[limits] step_timeout"  # the key behind `timeout`
 
 
 async def run_command(
@@ -133,10 +136,10 @@ async def run_command(
         raise
     code = await process.wait()
     if stopped is not None:
-        await sink("system", stopped)
-        if stopped.startswith("cancelled"):
-            return StepOutcome("cancelled", code, stopped, "cancelled")
-        return StepOutcome("failure", code, stopped, "timed_out")
+        why, stop_code = stopped
+        await sink("system", why)
+        status = "cancelled" if stop_code == "cancelled" else "failure"
+        return StepOutcome(status, code, why, stop_code)
     if code != 0:
         return StepOutcome("failure", code, f"exited with code {code}")
     return StepOutcome("success", 0)
@@ -144,23 +147,32 @@ async def run_command(
 
 async def _supervise(
     process: asyncio.subprocess.Process, timeout: float | None, watch: ProcessWatch
-) -> str | None:
+) -> tuple[str, str] | None:
     """Wait for the process; stop its group on cancel or timeout. Returns why it was
-    stopped, or None when it ended by itself."""
-    deadline = time.monotonic() + timeout if timeout else None
+    stopped and a code (cancelled, timed_out), or None when it ended by itself."""
     waiter = asyncio.create_task(process.wait())
+    reason = await _until_stopped(waiter, timeout, watch)
+    if reason is not None:
+        await kill_group(process.pid, watch.grace, waiter)
+    return reason
+
+
+async def _until_stopped(
+    waiter: asyncio.Future[Any], timeout: float | None, watch: ProcessWatch
+) -> tuple[str, str] | None:
+    """Wait for `waiter`; None when it ends by itself, else why it must stop and a
+    code (timed_out past the deadline, cancelled on a cancel)."""
+    limit, setting = (timeout, "") if timeout else (watch.timeout, f" ({watch.timeout_setting})")
+    deadline = time.monotonic() + limit if limit else None
     while True:
         done, _ = await asyncio.wait({waiter}, timeout=watch.poll)
         if done:
             return None
         if deadline is not None and time.monotonic() > deadline:
-            reason = f"timed out after {timeout:g} s"
-        elif watch.cancellable and await watch.should_cancel():
-            reason = "cancelled"
-        else:
-            continue
-        await kill_group(process.pid, watch.grace, waiter)
-        return reason
+            assert limit is not None
+            return (f"timed out after {human_duration(limit)}{setting}", "timed_out")
+        if watch.cancellable and (why := await watch.should_cancel()) is not None:
+            return (why, "cancelled")  # "cancelled by ...": the log says who stopped it
 
 
 async def kill_group(pgid: int, grace: float, waiter: asyncio.Future[Any] | None = None) -> None:
@@ -196,16 +208,36 @@ async def _pump(
 
 
 async def run_call(
-    call: Call, actions: Mapping[str, Action], context: StepContext, sink: LogSink
+    call: Call,
+    actions: Mapping[str, Action],
+    context: StepContext,
+    sink: LogSink,
+    watch: ProcessWatch | None = None,
 ) -> StepOutcome:
-    """Run a registered action; its errors become a failed step with a clear line."""
+    """Run a registered action; its errors become a failed step with a clear line.
+    With `watch`, a cancel or the deadline cancels the action's task (an action that
+    runs a process stops its whole tree when cancelled) and the step says why."""
     action = actions.get(call.action)
     if action is None:
         message = f"unknown action {call.action!r}; known: {', '.join(sorted(actions)) or 'none'}"
         await sink("system", message)
         return StepOutcome("failure", None, message)
+    task = asyncio.ensure_future(action(context, **call.params))
+    stopped = None
     try:
-        await action(context, **call.params)
+        if watch is not None:
+            stopped = await _until_stopped(task, call.timeout, watch)
+        if stopped is not None:
+            task.cancel()
+            # Its cleanup (a process tree stopped) gets its time; an action that
+            # ignores the cancel is left behind rather than holding the run forever.
+            await asyncio.wait({task}, timeout=max(watch.grace if watch else 0, 1.0) + 10.0)
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: its failure while stopping is not news
+            why, code = stopped
+            await sink("system", mask(why, context.secrets.values()))
+            return StepOutcome("cancelled" if code == "cancelled" else "failure", None, why, code)
+        await task
     except BranchlineError as exc:
         message = mask(f"{exc.message} (hint: {exc.hint})", context.secrets.values())
         await sink("system", message)
@@ -214,6 +246,10 @@ async def run_call(
         message = mask(f"{type(exc).__name__}: {exc}", context.secrets.values())
         await sink("system", message)
         return StepOutcome("failure", None, message)
+    finally:
+        if not task.done():  # this task itself was cancelled (the worker stops)
+            task.cancel()
+            await asyncio.wait({task}, timeout=15.0)
     return StepOutcome("success")
 
 

@@ -10,7 +10,9 @@ providers, the store, the secrets) and, when it starts or stops runs, the
 - `branches`: create, reset and delete database branches, with the in-use guard;
 - `previews`: close a preview; record a push from the API;
 - `runs`: cancel and rerun;
-- `environments`: the one read model of environments and their services;
+- `environments`: the one read model of environments and their services, and
+  deleting one;
+- `lifecycle`: `down`, everything the project started stopped, its data kept;
 - `restore`: production's database back to a moment;
 - `reconcile`: desired versus actual, after a crash;
 - `runtime`: the pipelines' workers, dispatcher and periodic reconcile.

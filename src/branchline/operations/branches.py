@@ -9,7 +9,7 @@ from branchline import naming
 from branchline.environment import Environment
 from branchline.errors import UsageError
 from branchline.kit import Kit
-from branchline.providers.database import Branch
+from branchline.providers.database import Branch, BranchStatus
 
 
 async def create(
@@ -17,10 +17,38 @@ async def create(
 ) -> Branch:
     """Copy `parent` (default: the configured parent) into `name`, or return the
     branch when it is already there."""
+    return (await create_or_find(kit, name, parent, expires=expires))[0]
+
+
+async def create_or_find(
+    kit: Kit, name: str, parent: str | None = None, *, expires: datetime | None = None
+) -> tuple[Branch, bool]:
+    """`create`, saying whether the branch was there already: (branch, existed). A
+    branch asked for with another parent than it has is an error naming both (never
+    silently the other branch); the same parent is idempotent."""
     naming.validate_branch_id(name)
     if parent is not None:
         naming.validate_branch_id(parent)
-    return await kit.database.create_branch(name, parent, expires=expires)
+    existing = await kit.database.get_branch(name)
+    existed = existing is not None and existing.status == BranchStatus.READY
+    if existing is not None and existed:
+        _same_parent(existing, parent)
+    branch = await kit.database.create_branch(name, parent, expires=expires)
+    # Checked again on what came back: another create of `name` may have won the race.
+    _same_parent(branch, parent)
+    return branch, existed
+
+
+def _same_parent(branch: Branch, parent: str | None) -> None:
+    if parent is None or branch.parent == parent:
+        return
+    raise UsageError(
+        f"branch {branch.name!r} already exists with parent {branch.parent or 'none'!r}, "
+        f"not {parent!r}",
+        hint=f"Use another name for a copy of {parent!r}, or delete {branch.name!r} first "
+        f"(`branchline db branches delete {branch.name}`); without --parent the existing "
+        "branch is returned.",
+    )
 
 
 async def reset(kit: Kit, name: str) -> Branch:

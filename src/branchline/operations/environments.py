@@ -1,15 +1,20 @@
 """The one read model of environments: production and each preview, with their
 database branch and the services live in them. The CLI's `status`, the API and
-the dashboard all show this."""
+the dashboard all show this. And removing an environment that is not production
+(`branchline env delete`), with or without a pull request."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from branchline.environment import Environment
+from branchline.errors import UsageError
 from branchline.kit import Kit
+
+if TYPE_CHECKING:  # `branchline status` lists environments without the job queue
+    from branchline.engine.engine import Engine
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,9 @@ class EnvironmentView:
 
 
 async def list_environments(kit: Kit) -> list[EnvironmentView]:
-    """Production first, then every preview that is not deleted, by pull request."""
+    """Production first, then every preview that is not deleted, by pull request, then
+    any other environment something is live in (a preview deployed by hand, with no
+    pull request; `local`)."""
     live = [d for d in await kit.compute.list_deployments() if d.status == "live"]
     branches = {b.name: b for b in await kit.database.list_branches()}
 
@@ -91,4 +98,40 @@ async def list_environments(kit: Kit) -> list[EnvironmentView]:
         environment = Environment.preview(preview.pr)
         branch = environment.branch(kit.config.database.parent)
         found.append(view(environment, preview.status, branch, preview.expires_at))
+    listed = {shown.environment for shown in found}
+    for environment in sorted({d.environment for d in live} - listed, key=_order):
+        found.append(view(environment, "live", await kit.database_branch(environment)))
     return found
+
+
+def _order(environment: Environment) -> tuple[int, int, str]:
+    return (environment.kind != "preview", environment.pr or 0, environment.name)
+
+
+@dataclass(frozen=True)
+class Removal:
+    """What `delete` did: a cleanup run (a preview), or what it removed here."""
+
+    environment: Environment
+    run_id: int | None = None
+    removed: dict[str, list[str]] = field(default_factory=dict)
+
+
+async def delete(kit: Kit, engine: Engine, environment: Environment, *, by: str) -> Removal:
+    """Remove an environment that is not production: a preview by its cleanup run
+    (the one closing its pull request starts, in the preview's concurrency group, so
+    a preview still being made is cancelled), whether it has a pull request or not;
+    `local` here and now (its services and DNS records)."""
+    if environment.kind == "production":
+        raise UsageError(
+            "production cannot be deleted",
+            hint="Stop everything with `branchline down`; roll back with `branchline rollback`.",
+        )
+    if environment.pr is not None:
+        from branchline.operations import previews  # removing, not listing, needs it
+
+        started = await previews.close(kit, engine, environment.pr, by=by)
+        return Removal(environment, run_id=started.run_id)
+    from branchline.pipelines import cleanup
+
+    return Removal(environment, removed=await cleanup.remove_running(kit, environment))

@@ -4,15 +4,18 @@ push for a testing run, as the API's buttons do."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from branchline import events
-from branchline.engine.engine import Engine
 from branchline.environment import Environment
 from branchline.errors import UsageError
 from branchline.kit import Kit
 from branchline.pipelines import cleanup
 from branchline.providers.forge import LocalPullRequests
 from branchline.store import forge as forge_rows
+
+if TYPE_CHECKING:  # `branchline status` lists environments without the job queue
+    from branchline.engine.engine import Engine
 
 
 @dataclass(frozen=True)

@@ -174,4 +174,10 @@ async def _branches(kit: Kit, dry_run: bool) -> list[Finding]:
             found.append(Finding("branch", name, "undo", "interrupted creation or deletion", True))
         for name in report.orphan_clusters_removed:
             found.append(Finding("branch", name, "remove", "a cluster no record explains", True))
+        root = kit.config.database.parent
+        for what in report.archive_repaired:
+            found.append(Finding("archive", root, "repair", what, True))
+        for note in report.notes:  # a failing archive is news; a skipped spare is not
+            if note.startswith("WAL archiving"):
+                found.append(Finding("archive", root, "wait", note, False))
     return found

@@ -3,9 +3,9 @@ what the engine runs. The one module that knows all pipelines (none imports it).
 
 from __future__ import annotations
 
-import functools
+from typing import Any
 
-from branchline.engine.runner import Action
+from branchline.engine.runner import Action, StepContext
 from branchline.kit import Kit
 from branchline.pipelines import actions, cleanup, preview, production, testing
 
@@ -20,4 +20,13 @@ def bound(kit: Kit) -> dict[str, Action]:
         if clash:
             raise RuntimeError(f"actions defined twice: {sorted(clash)}")
         table.update(part)
-    return {name: functools.partial(action, kit) for name, action in table.items()}
+    return {name: _for_run(kit, action) for name, action in table.items()}
+
+
+def _for_run(kit: Kit, action: actions.KitAction) -> Action:
+    """`action` given the kit of its run: with the config of the run's commit."""
+
+    async def call(ctx: StepContext, *args: Any, **kwargs: Any) -> Any:
+        return await action(await kit.for_run(ctx.sha, ctx.pr), ctx, *args, **kwargs)
+
+    return call

@@ -25,7 +25,7 @@ from branchline import events
 from branchline.engine.engine import Engine
 from branchline.engine.model import Workflow
 from branchline.environment import PRODUCTION, TEST, Environment
-from branchline.errors import BranchlineError, UsageError
+from branchline.errors import BranchlineError, StoreError, UsageError
 from branchline.kit import Kit
 from branchline.masking import mask_url
 from branchline.pipelines import cleanup, preview, production, testing
@@ -63,6 +63,8 @@ class Dispatcher:
                     try:
                         runs = await self._route(event)
                         error = None
+                    except StoreError:
+                        raise  # the state database is down: the event stays pending
                     except BranchlineError as exc:
                         runs, error = [], exc.message
                         logger.warning("event %s started nothing: %s", event.delivery_id, error)
@@ -95,7 +97,7 @@ class Dispatcher:
                     conn, self.kit.project, pr=event.number, workflows=(testing.NAME,)
                 )
             for stale in active:
-                await self.engine.cancel(stale.id)
+                await self.engine.cancel(stale.id, by=f"pull request {event.number} closed")
         pull, approved, tested = None, False, False
         if isinstance(event, events.WorkflowFinished) and event.pr and event.sha:
             pull = await self.kit.forge.pull_request(event.pr)
@@ -110,10 +112,39 @@ class Dispatcher:
                     conn, self.kit.project, testing.REPORT, sha=event.sha, workflow=testing.NAME
                 )
             tested = report is not None
-        plans = plan(event, self.kit, pull, approved=approved, tested=tested)
+        deploy = True
+        if isinstance(event, events.WorkflowFinished) and event.pr is None:
+            deploy = await self._push_deploys(event.run_id)
+        kit = await self._kit_for(event, pull)
+        plans = plan(event, kit, pull, approved=approved, tested=tested, deploy=deploy)
         if any(p.secret_scope == TEST for p in plans):
             await self.kit.secrets.ensure_generated_in(TEST)
         return [await self._submit(row, p) for p in plans]
+
+    async def _kit_for(self, event: events.Event, pull: PullRequest | None) -> Kit:
+        """The kit planning `event` works with: with the config of the commit it is
+        about (a branch may change its tests and services), unless that is code
+        nobody trusts yet (a fork's), which gets the served config."""
+        sha: str | None = None
+        trusted = pull is None or self.kit.trusts(pull)
+        if isinstance(event, events.Push) and not event.deleted:
+            sha = event.after
+        elif isinstance(event, events.PullRequestChanged) and event.is_update:
+            sha, trusted = event.head_sha, trusted and not event.fork
+        elif isinstance(event, events.WorkflowFinished | events.PullRequestApproved):
+            sha = event.sha
+        if sha is None or not trusted:
+            return self.kit
+        await asyncio.to_thread(ensure_commit, self.kit.repo, sha)
+        return self.kit.with_config(await self.kit.config_at(sha))
+
+    async def _push_deploys(self, run_id: int) -> bool:
+        """Whether the push that started run `run_id` asked for a rollout (not
+        `branchline push --no-deploy`)."""
+        async with self.kit.store.connect() as conn:
+            origin = await forge_rows.origin_of_run(conn, run_id)
+        pushed = origin.event if origin is not None else None
+        return not isinstance(pushed, events.Push) or pushed.deploy
 
     async def _submit(self, row: forge_rows.EventRow, planned: Planned) -> tuple[int, str]:
         if planned.sha:
@@ -145,14 +176,15 @@ class Planned:
 
 def plan(
     event: events.Event, kit: Kit, pull: PullRequest | None = None, *,
-    approved: bool = False, tested: bool = False,
+    approved: bool = False, tested: bool = False, deploy: bool = True,
 ) -> list[Planned]:  # fmt: skip
     """The runs `event` starts: the reference's routing, and nothing else.
 
     `pull` is the pull request the event is about, as the code host has it now (a
     preview is made only when it is still open at the tested commit); `approved`:
     it may be previewed at that commit (always true but for an unapproved fork);
-    `tested`: the commit an approval names passed its tests already.
+    `tested`: the commit an approval names passed its tests already; `deploy`: the
+    push a finished testing run tested asked for a rollout (not `--no-deploy`).
     """
     config = kit.config
     if isinstance(event, events.Push):
@@ -183,8 +215,8 @@ def plan(
         if event.workflow != testing.NAME or not event.succeeded or not event.sha:
             return []
         if event.pr is None:
-            if event.ref != config.project.production_branch:
-                return []  # a feature branch's push: tested, nothing to deploy
+            if event.ref != config.project.production_branch or not deploy:
+                return []  # a feature branch's push (or `--no-deploy`): tested only
             return [Planned(
                 production.workflow(), f"testing run {event.run_id} passed on {event.ref}",
                 sha=event.sha, ref=event.ref, secret_scope=PRODUCTION,
@@ -211,6 +243,22 @@ def plan(
         return [Planned(cleanup.workflow(event.pr, reason="expired"),
                         f"#{event.pr} expired", pr=event.pr)]  # fmt: skip
     return []
+
+
+async def replan(kit: Kit, run: run_rows.RunRow) -> Workflow | None:
+    """`run`'s workflow planned anew (a rerun takes a changed config), or None when
+    its stored definition stands (workflows the config does not shape)."""
+    if run.workflow != testing.NAME or not run.sha:
+        return None
+    trusted = True
+    if run.pr is not None:
+        pull = await kit.forge.pull_request(run.pr)
+        trusted = pull is not None and kit.trusts(pull)
+    await asyncio.to_thread(ensure_commit, kit.repo, run.sha)
+    config = await kit.config_at(run.sha, trusted=trusted)
+    if run.pr is None and run.ref is None:
+        return None
+    return testing.workflow(config, sha=run.sha, pr=run.pr, branch=run.ref, prefix=kit.prefix)
 
 
 def ensure_commit(repo: Path, sha: str) -> None:

@@ -4,10 +4,13 @@
     still open      the PR may have closed meanwhile: then create nothing
     reserve         at most [preview] max_live previews (refused with a comment)
     secrets         preview-<n>'s generated secrets (AUTH_SECRET), made once
-    branch          pr-<n>, copied from production on the first preview
-    prepare         at once: migrate pr-<n> from the PR's commit (on every update),
-                    build every service, and create and verify a DNS record per
-                    service (api-preview-<n>.<zone>)
+    branch          pr-<n>, copied from production on the first preview, holding what
+                    [preview] data says (masked rows, the schema only, a fresh database)
+                    before the PR's code runs
+    prepare         at once: migrate pr-<n> from the PR's commit (on every update) and
+                    then, on a branch not seeded yet, run [preview] seed; build every
+                    service; create and verify a DNS record per service
+                    (api-preview-<n>.<zone>)
     deploy          start every service, health-checked, then route to it
     finish          the PR still open? comment with the URLs; closed: undo all
 
@@ -22,13 +25,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from branchline import naming
+from branchline.branchdata import DataPlan, plan_for
 from branchline.engine.model import Call, Job, RunIf, Step, Workflow
 from branchline.engine.runner import StepContext
 from branchline.environment import Environment
 from branchline.errors import BranchlineError
 from branchline.kit import Kit
 from branchline.pipelines import cleanup
-from branchline.pipelines.actions import KitAction, migrate_branch
+from branchline.pipelines.actions import KitAction, migrate_branch, seed_branch, shaped
 from branchline.pipelines.testing import NAME as TESTING
 from branchline.pipelines.testing import REPORT
 from branchline.providers.forge import PullRequest
@@ -142,12 +146,21 @@ async def ensure_secrets(kit: Kit, ctx: StepContext) -> None:
 
 async def ensure_branch(kit: Kit, ctx: StepContext) -> None:
     name = naming.branch_for_pr(_pr(ctx))
+    plan = plan_for(kit.config, kit.config.preview.data)
     existing = await kit.database.get_branch(name)
     if existing is not None and existing.status.value == "ready":
         await ctx.log(f"branch {name} exists (created {existing.created_at:%Y-%m-%d %H:%M})")
+        made_with = DataPlan.from_dict(existing.detail.get("data"))
+        if made_with != plan:
+            # Its data is the preview's own by now (what reviewers did in it): kept.
+            await ctx.log(
+                f"{name} holds {made_with.describe()}; [preview] data and [database.mask] now "
+                f"ask for {plan.describe()}: close and reopen the pull request to remake it"
+            )
         return
-    branch = await kit.database.create_branch(name, kit.config.database.parent)
+    branch = await kit.database.create_branch(name, kit.config.database.parent, data=plan)
     await ctx.log(f"branch {branch.name} copied from {branch.parent}")
+    await ctx.log(f"{branch.name} holds {plan.describe()}{shaped(branch.detail)}")
 
 
 async def ensure_dns(kit: Kit, ctx: StepContext) -> None:
@@ -175,7 +188,26 @@ async def prepare(kit: Kit, ctx: StepContext) -> None:
         ):
             await ctx.log(f"built {release.name}")
 
-    await asyncio.gather(migrate_branch(kit, ctx, name=branch), build_all(), ensure_dns(kit, ctx))
+    async def migrate_then_seed() -> None:
+        await migrate_branch(kit, ctx, name=branch)
+        await seed_once(kit, ctx, branch)
+
+    await asyncio.gather(migrate_then_seed(), build_all(), ensure_dns(kit, ctx))
+
+
+async def seed_once(kit: Kit, ctx: StepContext, branch: str) -> None:
+    """`[preview] seed`, after the migrations, on a branch it has not run on yet (like
+    a review app's `postdeploy`, once per preview; a failed seed runs again on the
+    next commit)."""
+    seed = kit.config.preview.seed
+    if seed is None:
+        return
+    made = await kit.database.get_branch(branch)
+    if made is not None and made.detail.get("seeded_at"):
+        await ctx.log(f"{branch} was seeded at {made.detail['seeded_at']}: not again")
+        return
+    await seed_branch(kit, ctx, name=branch, command=list(seed),
+                      timeout=kit.config.preview.hook_timeout.total_seconds())  # fmt: skip
 
 
 async def deploy(kit: Kit, ctx: StepContext) -> None:

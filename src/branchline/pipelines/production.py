@@ -261,8 +261,24 @@ async def finish(kit: Kit, ctx: StepContext) -> None:
 
 async def failed(kit: Kit, ctx: StepContext) -> None:
     jobs = await ctx.jobs()
-    error = next((j.error for j in jobs if j.name == "rollout" and j.error), "failed")
-    await kit.rollouts.finish(ctx.run_id, "failed", error=error)
+    rollout = next((j for j in jobs if j.name == "rollout"), None)
+    error = (rollout.error if rollout else None) or "failed"
+    before = await kit.rollouts.get(ctx.run_id)
+    detail = dict(before.detail) if before else {}
+    opened = detail.get("issue")
+    # Stopped at a deadline, or after the restore point (the database may be half
+    # migrated), with no issue yet: someone must look, and needs the way back.
+    stuck = rollout is not None and rollout.error_code == "timed_out"
+    if opened is None and ctx.sha and (stuck or detail.get("restore_point")):
+        opened = await kit.forge.create_issue(
+            f"Production rollout of {ctx.sha[:8]} stopped: {error}",
+            stopped_body(sha=ctx.sha, run_id=ctx.run_id, error=error,
+                         restore_point=str(detail.get("restore_point") or "")),
+            ["incident", "production"],
+        )  # fmt: skip
+        await ctx.log(f"opened issue #{opened}")
+    extra = {"issue": opened} if opened is not None else {}
+    await kit.rollouts.finish(ctx.run_id, "failed", error=error, **extra)
     row = await kit.rollouts.get(ctx.run_id)
     if ctx.sha:
         state = "rolled back" if row and row.status == "rolled_back" else "stopped"
@@ -295,12 +311,7 @@ def incident_body(
     ]
     attempts = health.get("attempts") or []
     if attempts:
-        lines += ["| attempt | at | answer | why |", "|---|---|---|---|"]
-        for attempt in attempts:
-            lines.append(
-                f"| {attempt.get('number')} | {float(attempt.get('at') or 0):.1f} s "
-                f"| {attempt.get('display')} | {attempt.get('reason') or ''} |"
-            )
+        lines += _attempts_table(attempts)
         lines.append(f"\nVerdict: {health.get('verdict', '')}\n")
     if rolled_back:
         lines.append("Rolled back automatically, newest first:")
@@ -327,6 +338,57 @@ def incident_body(
             "    branchline rollback --all --env production",
         ]
     return "\n".join(lines) + "\n"
+
+
+def stopped_body(*, sha: str, run_id: int, error: str, restore_point: str) -> str:
+    """A rollout that stopped in a step (at its deadline, say): what is known, and
+    how to go back when the database was being migrated."""
+    lines = [
+        f"The production rollout of `{sha[:12]}` (run {run_id}) stopped: {error}.",
+        "",
+        "No service was switched: the previous releases keep serving. Later rollouts "
+        "are no longer blocked by this one.",
+        "",
+        "## Next step",
+        "",
+    ]
+    if restore_point:
+        lines += [
+            "It stopped after the restore point, so the migration may have run in part. "
+            "Check the schema; if it is broken, restore the database to the moment "
+            "before the migration, then redeploy:",
+            "",
+            f'    branchline restore --to "{restore_point}"',
+            "    branchline rollback --all --env production",
+        ]
+    else:
+        lines.append(
+            "It stopped before the restore point: production's database was not touched. "
+            "Find what the step waited for (`branchline runs logs "
+            f"{run_id}`), fix it and merge again."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _attempts_table(attempts: list[dict[str, Any]]) -> list[str]:
+    """Each attempt: its answer (a redirect's Location too), why it failed, and the
+    start of what the release answered."""
+    lines = ["| attempt | at | answer | why | body (first 300 bytes) |", "|---|---|---|---|---|"]
+    for attempt in attempts:
+        answer = str(attempt.get("display"))
+        if attempt.get("location"):
+            answer += f" → `{_cell(str(attempt['location']))}`"
+        body = f"`{_cell(str(attempt['body']))}`" if attempt.get("body") else ""
+        lines.append(
+            f"| {attempt.get('number')} | {float(attempt.get('at') or 0):.1f} s | {answer} "
+            f"| {_cell(str(attempt.get('reason') or ''))} | {body} |"
+        )
+    return lines
+
+
+def _cell(text: str) -> str:
+    """Text that stays in its table cell: one line, no column bar, no backtick."""
+    return " ".join(text.split()).replace("|", "\\|").replace("`", "'")
 
 
 ACTIONS: dict[str, KitAction] = {

@@ -1,6 +1,8 @@
 """testing: every push and every pull request update.
 
-    database   copy production into an ephemeral branch (pr-8-1a2b3c4d), migrate it
+    database   copy production into an ephemeral branch (pr-8-1a2b3c4d) holding what the
+               jobs' `data` asks for (masked rows, the schema only, a fresh
+               database), migrate it, then run their `seed` command if any
     <tests>    each [tests.<job>] in parallel, when its paths changed; jobs with
                `database` get the branch's DATABASE_URL, `own_branch` ones (E2E)
                a branch of their own (pr-8-e2e)
@@ -39,25 +41,13 @@ def workflow(
         assert branch is not None, "a testing run is for a pull request or a branch"
         ephemeral = naming.branch_for_push(branch, sha)
         e2e, group = naming.e2e_branch_for(ephemeral), f"testing-{naming.slug(branch)}"
+    shared = [s for s in config.tests.values() if s.database and not s.own_branch]
     # The shared branch's role may create databases when a job on it asks for that.
-    createdb = any(s.database and s.createdb and not s.own_branch for s in config.tests.values())
+    createdb = any(s.createdb for s in shared)
+    status = Step("status", Call("forge.status", {"state": "pending", "description": "testing"}))
     database = Job(
         "database",
-        (
-            Step("status", Call("forge.status", {"state": "pending", "description": "testing"})),
-            Step(
-                "branch",
-                Call(
-                    "branch.create",
-                    {
-                        "name": ephemeral,
-                        "hours": EPHEMERAL_HOURS,
-                        "createdb": createdb,
-                    },
-                ),
-            ),
-            Step("migrate", Call("branch.migrate", {"name": ephemeral})),
-        ),
+        (status, *_branch_steps(ephemeral, shared[0] if shared else None, createdb=createdb)),
         checkout=False,
     )
     tests = [job for spec in config.tests.values() for job in _test_jobs(config, spec, e2e, prefix)]
@@ -117,17 +107,32 @@ def _test_job(
     steps: list[Step] = []
     needs: tuple[str, ...] = ()
     if spec.own_branch:
-        steps += [
-            Step("branch", Call("branch.create", {
-                "name": e2e_branch, "hours": EPHEMERAL_HOURS, "publish": f"{name}:{DATABASE_URL}",
-                "createdb": spec.createdb,
-            })),
-            Step("migrate", Call("branch.migrate", {"name": e2e_branch})),
-        ]  # fmt: skip
+        steps += _branch_steps(
+            e2e_branch, spec, createdb=spec.createdb, publish=f"{name}:{DATABASE_URL}"
+        )
     elif spec.database:
         needs = ("database",)
     steps.append(Step(name, command))
     return Job(name, tuple(steps), needs=needs, paths=tuple(f"{prefix}{p}" for p in paths))
+
+
+def _branch_steps(
+    branch: str, spec: JobConfig | None, *, createdb: bool, publish: str = DATABASE_URL
+) -> list[Step]:
+    """Make `branch` with the data `spec` asks for, migrate it, then seed it."""
+    data = spec.data if spec is not None else "copy"
+    steps = [
+        Step("branch", Call("branch.create", {
+            "name": branch, "hours": EPHEMERAL_HOURS, "publish": publish,
+            "createdb": createdb, "data": data,
+        })),
+        Step("migrate", Call("branch.migrate", {"name": branch})),
+    ]  # fmt: skip
+    if spec is not None and spec.seed is not None:
+        steps.append(Step("seed", Call("branch.seed", {
+            "name": branch, "command": list(spec.seed), "timeout": spec.timeout.total_seconds(),
+        })))  # fmt: skip
+    return steps
 
 
 async def report(kit: Kit, ctx: StepContext, *, tests: list[str]) -> None:

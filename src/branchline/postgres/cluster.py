@@ -28,6 +28,7 @@ from enum import Enum
 from pathlib import Path
 from urllib.parse import quote
 
+from branchline import processes
 from branchline.errors import PostgresError
 from branchline.postgres.binaries import PgBinaries, find_binaries
 from branchline.postgres.runas import RunAs, current_run_as
@@ -273,12 +274,7 @@ class Cluster:
 
     def start(self, *, timeout: float = 30.0) -> ClusterMeta:
         """Start the cluster if it is not running; return its connection facts."""
-        if not self.exists():
-            raise PostgresError(
-                f"no cluster in {self.home}",
-                hint="Create it first (`branchline db init` or `db branches create`), "
-                "or clean up what is left of it with `branchline db gc`.",
-            )
+        self._require_exists()
         if self.state() is ClusterState.RUNNING:
             return self.meta()
         # One starter at a time, across threads and processes: two postmasters
@@ -286,7 +282,16 @@ class Cluster:
         with self._start_lock():
             return self._start_locked(timeout)
 
+    def _require_exists(self) -> None:
+        if not self.exists():
+            raise PostgresError(
+                f"no cluster in {self.home}",
+                hint="Create it first (`branchline db init` or `db branches create`), "
+                "or clean up what is left of it with `branchline db gc`.",
+            )
+
     def _start_locked(self, timeout: float) -> ClusterMeta:
+        self._require_exists()  # destroyed while this start waited for the lock
         if self.state() is ClusterState.RUNNING:
             return self.meta()
         self._reap_dead_postmaster()
@@ -327,7 +332,12 @@ class Cluster:
 
     @contextlib.contextmanager
     def _start_lock(self) -> Iterator[None]:
-        with (self.home / "start.lock").open("a") as fh:
+        try:
+            fh = (self.home / "start.lock").open("a")
+        except FileNotFoundError:
+            self._require_exists()  # destroyed meanwhile: say so clearly
+            raise
+        with fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield
@@ -349,7 +359,13 @@ class Cluster:
     def destroy(self) -> None:
         """Stop and remove everything the cluster owns. No-op when already gone.
         A home that is a link (an adopted spare) goes with the directory it names."""
-        self.stop()
+        if self.home.is_dir():
+            # A start under way in another thread or process ends first, so that its
+            # postmaster is seen and stopped, not left running with its files gone.
+            with self._start_lock():
+                self.stop()
+        else:
+            self.stop()
         socket_dir = self.socket_dir
         if self.home.is_symlink():
             target = self.home.resolve()
@@ -546,21 +562,15 @@ def process_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    # A zombie (our own exited child) is not alive.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+    return not processes.is_zombie(pid)  # our own exited child is not alive
 
 
 def _is_our_postmaster(pid: int, data_dir: Path) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
+    cmdline = processes.command_line(pid)
+    if cmdline is None:
         return False
-    return any(part.endswith(b"postgres") for part in cmdline[:1]) and (
-        str(data_dir).encode() in cmdline or str(data_dir.resolve()).encode() in cmdline
+    return any(part.endswith("postgres") for part in cmdline[:1]) and (
+        str(data_dir) in cmdline or str(data_dir.resolve()) in cmdline
     )
 
 

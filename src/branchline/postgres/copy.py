@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import shutil
 import time
 from collections.abc import Mapping
@@ -21,7 +20,10 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from branchline.errors import PostgresError
+from branchline.postgres import archive_wal, archiver
 from branchline.postgres.cluster import Cluster, ClusterMeta, free_port
+from branchline.postgres.runas import RunAs
+from branchline.postgres.space import WAL_SEGMENT
 
 
 def basebackup_args(parent: Cluster, target: Path, *, durable: bool) -> list[str]:
@@ -197,15 +199,15 @@ def take_base_backup(cluster: Cluster, dest: Path) -> BaseBackup:
     return backup
 
 
-def archive_settings(archive_dir: Path) -> dict[str, str]:
-    """WAL archiving into `archive_dir`: what makes point-in-time restore possible."""
-    # archive_command is always run by a shell; the directory is branchline's own
-    # and quoted, and %p / %f are file names Postgres generates.
-    target = shlex.quote(str(archive_dir))
+def archive_settings(archive_dir: Path, run_as: RunAs) -> dict[str, str]:
+    """WAL archiving into `archive_dir`: what makes point-in-time restore possible.
+    Each segment is written atomically by branchline's archive script (see
+    `archive_wal`), which lives next to the archive."""
+    script = archiver.install_script(archive_dir.parent)
     return {
         "wal_level": "replica",
         "archive_mode": "on",
-        "archive_command": f"test ! -f {target}/%f && cp %p {target}/%f",
+        "archive_command": archiver.archive_command(script, archive_dir, run_as),
         "archive_timeout": "60s",
     }
 
@@ -221,6 +223,7 @@ def restore_to_time(
     password: str,
     app_user: str | None = None,
     timeout: float = 120.0,
+    segment_size: int = WAL_SEGMENT,
 ) -> ClusterMeta:
     """Start `child` from `backup` plus archived WAL replayed up to exactly `target`."""
     if child.data_dir.exists():
@@ -232,7 +235,9 @@ def restore_to_time(
     signal_file.touch()
     child.run_as.own(signal_file)
     recovery = {
-        "restore_command": f"cp {shlex.quote(str(archive_dir))}/%f %p",
+        "restore_command": archiver.restore_command(
+            archiver.install_script(archive_dir.parent), archive_dir, segment_size, child.run_as
+        ),
         "recovery_target_time": target.astimezone(UTC).isoformat(sep=" "),
         "recovery_target_action": "promote",
     }
@@ -260,9 +265,23 @@ def _wait_promoted(cluster: Cluster, timeout: float) -> None:
             pass
         time.sleep(0.05)
     raise PostgresError(
-        f"point-in-time recovery in {cluster.home} did not finish",
-        hint=f"See {cluster.log_file}; the target may lie beyond the archived WAL.",
+        f"point-in-time recovery in {cluster.home} did not finish{_recovery_failure(cluster)}",
+        hint="The target may lie beyond the archived WAL: `branchline status` shows the "
+        "archive; take a base backup (`branchline db backup`) to restore later moments.",
     )
+
+
+def _recovery_failure(cluster: Cluster) -> str:
+    """Why recovery stopped, from the cluster's log: the archive script's last word
+    about a segment, and Postgres' FATAL line."""
+    try:
+        lines = cluster.log_file.read_text(errors="replace").splitlines()[-200:]
+    except OSError:
+        return ""
+    said = [line for line in lines if line.startswith(archive_wal.PREFIX)]
+    fatal = [line.split("FATAL:", 1)[1].strip() for line in lines if "FATAL:" in line]
+    parts = [*(said[-1:]), *(fatal[-1:])]
+    return (": " + "; ".join(parts)) if parts else ""
 
 
 def _server_now(cluster: Cluster) -> datetime:

@@ -27,6 +27,7 @@ def database_provider(config: Config, store: Store) -> DatabaseProvider:
             root=config.database.parent,
             database=config.database.local.database,
             binaries=find_binaries({"BRANCHLINE_PG_BIN": pg_bin}) if pg_bin else None,
+            min_free=config.database.local.reserve,
         )
     raise _unavailable("database", provider)
 

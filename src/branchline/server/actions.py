@@ -19,7 +19,7 @@ from branchline.timespec import parse_expiry
 
 
 class Actions(Protocol):
-    async def cancel(self, run_id: int) -> Started: ...
+    async def cancel(self, run_id: int, by: str) -> Started: ...
 
     async def rerun(self, run_id: int) -> Started: ...
 
@@ -47,14 +47,16 @@ class OperationActions:
         self.kit = kit
         self.engine = engine
 
-    async def cancel(self, run_id: int) -> Started:
-        return await runs.cancel(self.engine, run_id)
+    async def cancel(self, run_id: int, by: str) -> Started:
+        return await runs.cancel(self.engine, run_id, by)
 
     async def rerun(self, run_id: int) -> Started:
-        return await runs.rerun(self.engine, run_id)
+        return await runs.rerun(self.kit, self.engine, run_id)
 
     async def rollback(self, service: str, environment: str) -> Started:
-        back = await deploying.rollback(self.kit, service, Environment.parse(environment))
+        back = await deploying.rollback(
+            self.kit, service, Environment.parse(environment), by="the API"
+        )
         return Started(f"{service} rolled back to {back.release.name}")
 
     async def close_preview(self, pr: int) -> Started:
@@ -68,7 +70,11 @@ class OperationActions:
 
     async def create_branch(self, name: str, parent: str | None, expires: str | None) -> Started:
         expires_at = parse_expiry(expires) if expires else None
-        branch = await branches.create(self.kit, name, parent, expires=expires_at)
+        branch, existed = await branches.create_or_find(self.kit, name, parent, expires=expires_at)
+        if existed:
+            return Started(
+                f"branch {branch.name} exists already (parent {branch.parent})", done=False
+            )
         return Started(f"branch {branch.name} is ready (copied from {branch.parent})")
 
     async def delete_branch(self, name: str) -> Started:

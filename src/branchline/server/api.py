@@ -1,7 +1,9 @@
 """The REST API (`/api/...`): what a team reads, and the few actions it takes.
 
 Every request carries `Authorization: Bearer <token>` (`branchline token create`):
-none or an unknown one is 401; a read-only token on an action is 403. Answers never
+none or an unknown one is 401; a read-only token on an action is 403. A request with
+a body has its token checked before the body is read (`gate`, run by
+`limits.BodyLimits`, which also caps bodies at 1 MB and reads them with a deadline). Answers never
 hold a secret value, a sensitive artifact or a connection URI.
 """
 
@@ -15,16 +17,19 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
+from starlette.datastructures import Headers
+from starlette.types import Scope
 
 from branchline import naming
 from branchline.engine import logs as run_logs
 from branchline.environment import PRODUCTION
-from branchline.errors import BranchlineError, UsageError
+from branchline.errors import BranchlineError, StoreError, UsageError
 from branchline.kit import Kit
 from branchline.masking import mask_url
 from branchline.operations.environments import list_environments
 from branchline.operations.previews import Started
 from branchline.server.actions import Actions
+from branchline.server.limits import Refusal
 from branchline.store import Store
 from branchline.store import branches as branch_rows
 from branchline.store import dns as dns_rows
@@ -109,6 +114,8 @@ class Environment(BaseModel):
 
 class Rollout(BaseModel):
     id: int
+    kind: str  # rollout (a production run), or by hand: deploy, restart, rollback
+    environment: str
     run_id: int | None
     sha: str | None
     triggered_by: str
@@ -171,18 +178,48 @@ def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
         401: "no bearer token, or an unknown one",
         403: "the token may only read",
         404: "no such thing in this project",
+        408: "the request body did not arrive within the deadline",
         409: "the action cannot be done in the current state; the detail says why",
+        413: "the request body is larger than 1 MB",
         503: "no workers run in this process",
     }
     return {code: {"model": Problem, "description": described[code]} for code in codes}
 
 
 READ_PROBLEMS = _problems(401)
-ACTION_PROBLEMS = _problems(400, 401, 403, 409, 503)
+ACTION_PROBLEMS = _problems(400, 401, 403, 408, 409, 413, 503)
 
 
 # Declared for the OpenAPI document; a missing or malformed header is our own 401.
 bearer = HTTPBearer(auto_error=False, description="a token from `branchline token create`")
+
+
+_NO_BEARER = "a bearer token is required (`branchline token create`)"
+_CHALLENGE = (("WWW-Authenticate", "Bearer"),)
+
+
+async def known_token(store: Store, project: str, value: str) -> token_rows.TokenRow | None:
+    """The token row `value` is, or None (nothing asked of the store for an empty one)."""
+    if not value:
+        return None
+    async with store.connect() as conn:
+        return await token_rows.find(conn, project, value)
+
+
+def gate(store: Store, project: str) -> Callable[[Scope], Awaitable[Refusal | None]]:
+    """What `limits.BodyLimits` asks before reading an API request's body: a known
+    token (what it may do is the endpoint's to say, as ever)."""
+
+    async def check(scope: Scope) -> Refusal | None:
+        scheme, _, value = Headers(scope=scope).get("authorization", "").partition(" ")
+        value = value.strip() if scheme.lower() == "bearer" else ""
+        if not value:
+            return Refusal(401, _NO_BEARER, _CHALLENGE)
+        if await known_token(store, project, value) is None:
+            return Refusal(401, "unknown token", _CHALLENGE)
+        return None
+
+    return check
 
 
 def router(kit: Kit, actions: Actions | None = None) -> APIRouter:
@@ -195,10 +232,8 @@ def router(kit: Kit, actions: Actions | None = None) -> APIRouter:
     ) -> token_rows.TokenRow:
         value = credentials.credentials.strip() if credentials else ""
         if not value:
-            raise HTTPException(401, "a bearer token is required (`branchline token create`)",
-                                headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
-        async with store.connect() as conn:
-            found = await token_rows.find(conn, project, value)
+            raise HTTPException(401, _NO_BEARER, headers={"WWW-Authenticate": "Bearer"})
+        found = await known_token(store, project, value)
         if found is None:
             raise HTTPException(401, "unknown token", headers={"WWW-Authenticate": "Bearer"})
         return found
@@ -287,7 +322,8 @@ def router(kit: Kit, actions: Actions | None = None) -> APIRouter:
     async def history() -> list[Rollout]:
         async with store.connect() as conn:
             found = await rollout_rows.history(conn, project)
-        return [Rollout(id=r.id, run_id=r.run_id, sha=r.sha, triggered_by=r.triggered_by,
+        return [Rollout(id=r.id, kind=r.kind, environment=r.environment, run_id=r.run_id,
+                        sha=r.sha, triggered_by=r.triggered_by,
                         status=r.status, started_at=r.started_at, finished_at=r.finished_at,
                         detail=r.detail) for r in found]  # fmt: skip
 
@@ -330,6 +366,8 @@ def router(kit: Kit, actions: Actions | None = None) -> APIRouter:
     async def perform(work: Callable[[Actions], Awaitable[Started]]) -> Accepted:
         try:
             done = await work(act())
+        except StoreError:
+            raise  # the state database is down: the app's handler answers 503
         except BranchlineError as exc:
             # A provider's error may quote a connection URI: never its password.
             said = mask_url(f"{exc.message} ({exc.hint})" if exc.hint else exc.message)
@@ -339,8 +377,8 @@ def router(kit: Kit, actions: Actions | None = None) -> APIRouter:
     acting: dict[str, Any] = {"dependencies": write, "responses": ACTION_PROBLEMS}
 
     @routes.post("/runs/{run_id}/cancel", **acting)
-    async def cancel(run_id: RunId) -> Accepted:
-        return await perform(lambda a: a.cancel(run_id))
+    async def cancel(run_id: RunId, who: str = Depends(writer_name)) -> Accepted:
+        return await perform(lambda a: a.cancel(run_id, f"{who} (API)"))
 
     @routes.post("/runs/{run_id}/rerun", **acting)
     async def rerun(run_id: RunId) -> Accepted:

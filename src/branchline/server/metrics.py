@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from branchline.providers.database import StorageHealth
 from branchline.store import Store
 from branchline.store.queries import Conn
 
@@ -10,9 +13,43 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
 
 
-async def render(store: Store, project: str) -> str:
+async def render(store: Store, project: str, database: object = None) -> str:
     async with store.connect() as conn:  # one connection for the whole scrape
-        return await _render(conn, project)
+        text = await _render(conn, project)
+    if isinstance(database, StorageHealth):
+        text += storage_lines(await database.storage())
+    return text
+
+
+def storage_lines(storage: dict[str, Any]) -> str:
+    """The disk under the branches and production's WAL archive (see
+    `StorageHealth`): what an alert on a filling disk or a stuck archive needs."""
+    lines: list[str] = []
+
+    def gauge(name: str, help_text: str, value: float) -> None:
+        lines.extend((f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value}"))
+
+    disk = storage["disk"]
+    gauge("branchline_disk_total_bytes", "Size of the filesystem holding the branches.",
+          disk["total_bytes"])  # fmt: skip
+    gauge("branchline_disk_free_bytes", "Free bytes on it.", disk["free_bytes"])
+    gauge("branchline_disk_reserve_bytes",
+          "Free bytes kept for production's WAL ([database.local] min_free).",
+          disk["reserve_bytes"])  # fmt: skip
+    archive = storage.get("archive")
+    if archive is not None:
+        gauge("branchline_wal_archive_failing",
+              "1 while production's WAL archiving fails (last attempt failed).",
+              1.0 if archive["failing"] else 0.0)  # fmt: skip
+        gauge("branchline_wal_archive_archived_total", "WAL segments archived.",
+              archive["archived_count"])  # fmt: skip
+        gauge("branchline_wal_archive_failed_total", "Failed archive attempts.",
+              archive["failed_count"])  # fmt: skip
+        gauge("branchline_wal_archive_pending_segments",
+              "Segments in production's pg_wal waiting to be archived.",
+              archive["pending_segments"])  # fmt: skip
+        gauge("branchline_wal_bytes", "Size of production's pg_wal.", archive["wal_bytes"])
+    return "\n".join(lines) + "\n"
 
 
 async def _render(conn: Conn, project: str) -> str:

@@ -105,7 +105,10 @@ _PR = (
 
 async def open_pr(
     conn: Conn, project: str, *, title: str, head: str, base: str, sha: str, fork: bool = False
-) -> PullRequestRow:
+) -> tuple[PullRequestRow, bool]:
+    """Open a pull request from `head`, or find the one already open for it:
+    (the row, whether it is new). The unique index on open pull requests decides,
+    so two callers at once get one pull request between them."""
     async with conn.transaction():
         # Numbers are per project, like GitHub's; the lock makes them gap-free.
         await conn.execute(
@@ -117,12 +120,24 @@ async def open_pr(
                         (project, number, title, head_branch, base_branch, head_sha, fork)
                     SELECT %s, coalesce(max(number), 0) + 1, %s, %s, %s, %s, %s
                     FROM branchline.pull_requests WHERE project = %s
+                    ON CONFLICT (project, head_repo, head_branch, base_branch)
+                        WHERE state = 'open' DO NOTHING
                     RETURNING {_PR}""",  # noqa: S608 - fixed column list
                 (project, title, head, base, sha, fork, project),
             )
             row = await cur.fetchone()
-    assert row is not None
-    return row
+        if row is not None:
+            return row, True
+        async with conn.cursor(row_factory=class_row(PullRequestRow)) as cur:
+            await cur.execute(
+                f"""SELECT {_PR} FROM branchline.pull_requests
+                    WHERE project = %s AND head_repo = '' AND head_branch = %s
+                      AND base_branch = %s AND state = 'open'""",  # noqa: S608
+                (project, head, base),
+            )
+            existing = await cur.fetchone()
+    assert existing is not None, "the insert conflicted with an open pull request"
+    return existing, False
 
 
 async def get_pr(conn: Conn, project: str, number: int) -> PullRequestRow | None:
@@ -130,16 +145,6 @@ async def get_pr(conn: Conn, project: str, number: int) -> PullRequestRow | None
         await cur.execute(
             f"SELECT {_PR} FROM branchline.pull_requests WHERE project = %s AND number = %s",  # noqa: S608
             (project, number),
-        )
-        return await cur.fetchone()
-
-
-async def open_pr_for(conn: Conn, project: str, head: str) -> PullRequestRow | None:
-    async with conn.cursor(row_factory=class_row(PullRequestRow)) as cur:
-        await cur.execute(
-            f"SELECT {_PR} FROM branchline.pull_requests "  # noqa: S608
-            "WHERE project = %s AND head_branch = %s AND state = 'open'",
-            (project, head),
         )
         return await cur.fetchone()
 
@@ -252,6 +257,21 @@ async def events(conn: Conn, project: str, limit: int = 100) -> list[EventRow]:
         return await cur.fetchall()
 
 
+async def origin_of_run(conn: Conn, run_id: int) -> EventRow | None:
+    """The event that started run `run_id` (or the run it re-runs)."""
+    async with conn.cursor(row_factory=class_row(EventRow)) as cur:
+        await cur.execute(
+            """SELECT e.id, e.delivery_id, e.kind, e.action, e.source, e.payload,
+                      e.received_at, e.processed_at
+               FROM branchline.runs r
+               LEFT JOIN branchline.runs first ON first.id = r.rerun_of
+               JOIN branchline.events e ON e.id = coalesce(r.event_id, first.event_id)
+               WHERE r.id = %s""",
+            (run_id,),
+        )
+        return await cur.fetchone()
+
+
 async def claim_pending(conn: Conn, project: str) -> EventRow | None:
     """The oldest unprocessed event, locked for this transaction; None when there is
     none (or every pending one is being handled by another dispatcher). The lock lets
@@ -305,20 +325,46 @@ async def issues(conn: Conn, project: str, number: int | None = None) -> list[Is
 
 async def mirror_pr(
     conn: Conn, project: str, *, number: int, title: str, head: str, base: str, sha: str,
-    state: str, fork: bool = False,
+    state: str, fork: bool = False, head_repo: str = "",
 ) -> None:  # fmt: skip
     """Keep a GitHub pull request's row as its latest delivery describes it (the
-    pipelines read PRs from the store, whichever code host they live on)."""
-    await conn.execute(
-        """INSERT INTO branchline.pull_requests
-               (project, number, title, head_branch, base_branch, head_sha, state, closed_at,
-                fork)
-           VALUES (%s, %s, %s, %s, %s, %s, %s,
-                   CASE WHEN %s = 'open' THEN NULL ELSE now() END, %s)
-           ON CONFLICT (project, number) DO UPDATE
-           SET title = EXCLUDED.title, head_branch = EXCLUDED.head_branch,
-               base_branch = EXCLUDED.base_branch, head_sha = EXCLUDED.head_sha,
-               state = EXCLUDED.state, closed_at = EXCLUDED.closed_at, fork = EXCLUDED.fork,
-               updated_at = now()""",
-        (project, number, title, head, base, sha, state, state, fork),
-    )
+    pipelines read PRs from the store, whichever code host they live on).
+
+    GitHub has one open pull request per head and base, so two rows open for them
+    means a close was never delivered (or arrives late): the higher number is the
+    newer pull request and stays open, the other is closed. The unique index holds
+    whatever order deliveries come in."""
+    async with conn.transaction():
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"branchline:pr:{project}",)
+        )
+        if state == "open":
+            cur = await conn.execute(
+                """SELECT 1 FROM branchline.pull_requests
+                   WHERE project = %s AND head_repo = %s AND head_branch = %s
+                     AND base_branch = %s AND state = 'open' AND number > %s""",
+                (project, head_repo, head, base, number),
+            )
+            if await cur.fetchone() is not None:
+                state = "closed"  # a newer one is open: this one's close was lost
+            else:
+                await conn.execute(
+                    """UPDATE branchline.pull_requests
+                       SET state = 'closed', closed_at = now(), updated_at = now()
+                       WHERE project = %s AND head_repo = %s AND head_branch = %s
+                         AND base_branch = %s AND state = 'open' AND number < %s""",
+                    (project, head_repo, head, base, number),
+                )
+        await conn.execute(
+            """INSERT INTO branchline.pull_requests
+                   (project, number, title, head_branch, base_branch, head_sha, state,
+                    closed_at, fork, head_repo)
+               VALUES (%s, %s, %s, %s, %s, %s, %s,
+                       CASE WHEN %s = 'open' THEN NULL ELSE now() END, %s, %s)
+               ON CONFLICT (project, number) DO UPDATE
+               SET title = EXCLUDED.title, head_branch = EXCLUDED.head_branch,
+                   base_branch = EXCLUDED.base_branch, head_sha = EXCLUDED.head_sha,
+                   state = EXCLUDED.state, closed_at = EXCLUDED.closed_at,
+                   fork = EXCLUDED.fork, head_repo = EXCLUDED.head_repo, updated_at = now()""",
+            (project, number, title, head, base, sha, state, state, fork, head_repo),
+        )

@@ -1,4 +1,6 @@
-"""Production rollouts (the deployment history) and environments' database branches."""
+"""The deployment history: production rollouts (one per production run) and
+deploys, restarts and rollbacks made by hand in any environment (no run; `kind`
+in their detail); and environments' database branches."""
 
 from __future__ import annotations
 
@@ -35,8 +37,13 @@ class RolloutRow:
             "started_at": self.started_at, "finished_at": self.finished_at,
             "seconds": (self.finished_at - self.started_at).total_seconds()
             if self.finished_at else None,
-            "detail": self.detail,
+            "detail": self.detail, "kind": self.kind,
         }  # fmt: skip
+
+    @property
+    def kind(self) -> str:
+        """rollout (a production run), or by hand: deploy, restart, rollback."""
+        return str(self.detail.get("kind", "rollout"))
 
 
 _COLUMNS = (
@@ -81,6 +88,33 @@ async def finish(conn: Conn, run_id: int, status: str, **detail: Any) -> None:
                detail = detail || %s
            WHERE run_id = %s AND finished_at IS NULL""",
         (status, Jsonb(detail), run_id),
+    )
+
+
+async def begin_manual(
+    conn: Conn, project: str, *, environment: str, triggered_by: str, sha: str | None,
+    detail: dict[str, Any],
+) -> int:  # fmt: skip
+    """A deploy, restart or rollback by hand: its own row, no run."""
+    cur = await conn.execute(
+        """INSERT INTO branchline.rollouts (project, environment, sha, triggered_by, detail)
+           VALUES (%s, %s, %s, %s, %s) RETURNING id""",
+        (project, environment, sha, triggered_by, Jsonb(detail)),
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    rollout_id: int = row[0]  # type: ignore[assignment]
+    return rollout_id
+
+
+async def finish_manual(
+    conn: Conn, rollout_id: int, status: str, *, sha: str | None = None, **detail: Any
+) -> None:
+    await conn.execute(
+        """UPDATE branchline.rollouts SET status = %s, finished_at = now(),
+               sha = coalesce(%s, sha), detail = detail || %s
+           WHERE id = %s AND finished_at IS NULL""",
+        (status, sha, Jsonb(detail), rollout_id),
     )
 
 
@@ -130,6 +164,14 @@ class RolloutLedger(Protocol):
 
     async def history(self, environment: str | None = None) -> list[RolloutRow]: ...
 
+    async def begin_manual(
+        self, environment: str, *, triggered_by: str, sha: str | None, **detail: Any
+    ) -> int: ...
+
+    async def finish_manual(
+        self, rollout_id: int, status: str, *, sha: str | None = None, **detail: Any
+    ) -> None: ...
+
     async def branch_of(self, environment: str) -> str | None: ...
 
     async def set_branch(self, environment: str, branch: str) -> None: ...
@@ -163,6 +205,21 @@ class Rollouts:
     async def history(self, environment: str | None = None) -> list[RolloutRow]:
         async with self.store.connect() as conn:
             return await history(conn, self.project, environment)
+
+    async def begin_manual(
+        self, environment: str, *, triggered_by: str, sha: str | None, **detail: Any
+    ) -> int:
+        async with self.store.connect() as conn:
+            return await begin_manual(
+                conn, self.project, environment=environment, triggered_by=triggered_by,
+                sha=sha, detail=detail,
+            )  # fmt: skip
+
+    async def finish_manual(
+        self, rollout_id: int, status: str, *, sha: str | None = None, **detail: Any
+    ) -> None:
+        async with self.store.connect() as conn:
+            await finish_manual(conn, rollout_id, status, sha=sha, **detail)
 
     async def branch_of(self, environment: str) -> str | None:
         async with self.store.connect() as conn:

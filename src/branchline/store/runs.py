@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,6 +37,7 @@ class RunRow:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    cancelled_by: str | None = None  # who or what asked it to stop
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class JobRow:
     started_at: datetime | None
     finished_at: datetime | None
     error_code: str | None = None  # interrupted, cancelled, or an action's error code
+    checkout: str | None = None  # its checkout's directory on its worker's host
 
 
 @dataclass(frozen=True)
@@ -82,10 +84,10 @@ class LogRow:
 
 _RUN = """id, project, workflow, triggered_by, ref, sha, base_sha, pr, concurrency_group,
           cancel_in_progress, status, definition, repo, cancel_requested, secret_scope,
-          rerun_of, created_at, started_at, finished_at"""
+          rerun_of, created_at, started_at, finished_at, cancelled_by"""
 _JOB = (
     "id, run_id, name, needs, run_if, status, attempt, error, worker, started_at, finished_at, "
-    "error_code"
+    "error_code, checkout"
 )
 _STEP = "id, job_id, position, name, status, exit_code, pgid, host, started_at, finished_at"
 
@@ -233,7 +235,7 @@ async def set_step(conn: Conn, step_id: int, **changes: Any) -> None:
 
 
 _COLUMNS = {
-    "runs": {"status", "started_at", "finished_at", "cancel_requested"},
+    "runs": {"status", "started_at", "finished_at", "cancel_requested", "cancelled_by"},
     "jobs": {
         "status",
         "started_at",
@@ -243,6 +245,7 @@ _COLUMNS = {
         "worker",
         "enqueued_at",
         "error_code",
+        "checkout",
     },
     "steps": {"status", "started_at", "finished_at", "exit_code", "pgid", "host"},
 }
@@ -281,6 +284,9 @@ async def insert_logs(
 async def logs_after(
     conn: Conn, run_id: int, after_id: int, job_id: int | None = None, limit: int = 1000
 ) -> list[LogRow]:
+    """The lines stored after row `after_id`, at most `limit` rows' worth. A row holds
+    several lines (joined by newlines); each comes back as its own LogRow with its
+    row's id, so `after` = the last id seen resumes after a whole row."""
     async with conn.cursor(row_factory=class_row(LogRow)) as cur:
         await cur.execute(
             """SELECT id, run_id, job_id, step_id, stream, content, at
@@ -289,7 +295,12 @@ async def logs_after(
                ORDER BY id LIMIT %s""",
             (run_id, after_id, job_id, job_id, limit),
         )
-        return await cur.fetchall()
+        found = await cur.fetchall()
+    return [
+        replace(row, content=line) if "\n" in row.content else row
+        for row in found
+        for line in (row.content.split("\n") if "\n" in row.content else (row.content,))
+    ]
 
 
 async def run_for_event(conn: Conn, event_id: int, workflow: str) -> int | None:

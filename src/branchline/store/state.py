@@ -11,25 +11,34 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
+import shutil
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from branchline.errors import StoreError
+from branchline.errors import StateUnavailableError, StoreError
 from branchline.masking import mask_url
 from branchline.postgres import Cluster, ClusterState
+from branchline.postgres.cluster import SOCKET_FILE
 from branchline.postgres.runas import current_run_as
 from branchline.store.migrate import Migration, apply_migrations
 
+if TYPE_CHECKING:  # the pool is serve's and the workers': one-shot commands connect directly
+    from psycopg_pool import AsyncConnectionPool
+
+logger = logging.getLogger(__name__)
 STATE_DIRNAME = ".branchline"
 STATE_DATABASE = "branchline"
+PROBE_TIMEOUT = 2  # seconds a liveness probe may take (connect and SELECT 1)
+KEEP_ALIVE_EVERY = 0.5  # seconds between probes while serve runs
+WAIT_LONGEST = 30.0  # the longest pause between tries for an external database
 
 
 @dataclass(frozen=True)
@@ -94,6 +103,9 @@ class Store:
         self.location = location
         self._url: str | None = location.external_url
         self._pool: tuple[asyncio.AbstractEventLoop, AsyncConnectionPool[Any]] | None = None
+        # Set by `keep_alive` while the database does not answer: connections are then
+        # refused at once (StateUnavailableError) instead of waiting on the pool.
+        self.unavailable: str | None = None
 
     @property
     def url(self) -> str:
@@ -136,8 +148,14 @@ class Store:
         """An autocommit connection; callers open transactions where they need them.
         Inside `pooled()` it comes from the pool, unless `dedicated` (LISTEN needs
         a connection of its own)."""
+        if self.unavailable is not None:
+            raise StateUnavailableError(
+                f"the state database at {mask_url(self.url)} does not answer ({self.unavailable})"
+            )
         pool = self._pool
         if pool is not None and not dedicated and pool[0] is asyncio.get_running_loop():
+            from psycopg_pool import PoolTimeout
+
             async with contextlib.AsyncExitStack() as stack:
                 try:
                     conn = await stack.enter_async_context(pool[1].connection())
@@ -166,6 +184,8 @@ class Store:
         if self._pool is not None:
             yield self  # already pooled by an outer block
             return
+        from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
         pool: AsyncConnectionPool[psycopg.AsyncConnection[tuple[object, ...]]] = (
             AsyncConnectionPool(
                 self.url,
@@ -188,8 +208,91 @@ class Store:
             self._pool = None
             await pool.close()
 
+    async def probe(self) -> str | None:
+        """None when the state database answers a query now; else why not."""
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT + 1):
+                conn = await psycopg.AsyncConnection.connect(
+                    self.url, autocommit=True, application_name="branchline-probe",
+                    connect_timeout=PROBE_TIMEOUT,
+                )  # fmt: skip
+                async with conn:
+                    await conn.execute("SELECT 1")
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            return _first_line(exc)
+        return None
+
+    async def wait_available(self, every: float = KEEP_ALIVE_EVERY) -> None:
+        """Return once the state database answers (at once when it does)."""
+        while self.unavailable is not None or await self.probe() is not None:
+            await asyncio.sleep(every)
+
+    async def keep_alive(self, every: float = KEEP_ALIVE_EVERY) -> None:
+        """Watch the state database for as long as serve runs: when it stops
+        answering, mark it unavailable (requests get StateUnavailableError at once),
+        start the embedded cluster again (an external one is waited for, with
+        backoff), and say so in the log. Never raises: traffic must not depend on it."""
+        pause = every
+        lost_at: float | None = None
+        while True:
+            why = await self.probe()
+            if why is not None and lost_at is None:
+                # Once more before saying so: a probe cut short (this process was held,
+                # the machine is swamped) is not a dead database.
+                why = await self.probe()
+            if why is None:
+                if lost_at is not None:
+                    await self._drop_dead_connections()
+                    logger.warning(
+                        "the state database answers again after %.1f s; workers reconnect",
+                        time.monotonic() - lost_at,
+                    )
+                lost_at, self.unavailable, pause = None, None, every
+                await asyncio.sleep(every)
+                continue
+            if lost_at is None:
+                lost_at = time.monotonic()
+                logger.warning(
+                    "the state database at %s does not answer (%s): the edge and DNS keep "
+                    "routing from their last known routes; the API answers 503 meanwhile",
+                    mask_url(self.url), why,
+                )  # fmt: skip
+            self.unavailable = why
+            if self.location.external_url is None:
+                try:
+                    began = time.monotonic()
+                    was = await asyncio.to_thread(self._start_embedded)
+                    if was != ClusterState.RUNNING.value:
+                        logger.warning(
+                            "the embedded state database was %s: started again in %.1f s",
+                            was, time.monotonic() - began,
+                        )  # fmt: skip
+                        continue  # probed again at once
+                except Exception as exc:  # its log says more; try again
+                    logger.warning(
+                        "the embedded state database could not be started again: %s "
+                        "(see %s); trying again in %.0f s",
+                        mask_url(_first_line(exc)), self.location.cluster.log_file, pause,
+                    )  # fmt: skip
+            else:
+                logger.warning(
+                    "waiting for the external state database (BRANCHLINE_DATABASE_URL, %s); "
+                    "next try in %.0f s", mask_url(self.url), pause,
+                )  # fmt: skip
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, WAIT_LONGEST)
+
+    async def _drop_dead_connections(self) -> None:
+        """The pool's idle connections died with the old server: checked and replaced
+        now, rather than each failing the request that draws it."""
+        pool = self._pool
+        if pool is not None and pool[0] is asyncio.get_running_loop():
+            with contextlib.suppress(psycopg.Error):
+                await pool[1].check()
+
     def stop(self) -> bool:
-        """Stop the embedded cluster; False when there was nothing to stop."""
+        """Stop the embedded cluster and remove its socket directory (one a killed
+        cluster left behind too); False when there was nothing to stop."""
         if self.location.external_url is not None:
             raise StoreError(
                 "the state lives in an external Postgres (BRANCHLINE_DATABASE_URL)",
@@ -197,10 +300,13 @@ class Store:
             )
         cluster = self.location.cluster
         with state_lock(self.location.state_dir):
-            if cluster.postmaster_pid() is None:
-                return False
-            cluster.stop()
-            return True
+            running = cluster.postmaster_pid() is not None
+            if running:
+                cluster.stop()
+            # The next start makes it again; a stopped cluster leaves nothing in /tmp.
+            if (cluster.home / SOCKET_FILE).exists():  # else it was never ours
+                shutil.rmtree(cluster.socket_dir, ignore_errors=True)
+            return running
 
 
 @contextlib.contextmanager

@@ -77,3 +77,23 @@ async def delete(conn: Conn, project: str, name: str) -> bool:
         "DELETE FROM branchline.tokens WHERE project = %s AND name = %s", (project, name)
     )
     return cur.rowcount > 0
+
+
+async def current(conn: Conn, project: str, name: str) -> tuple[str, str] | None:
+    """(scope, hash) of the token named `name` now: what a dashboard session made
+    with it is checked against on every request (None: it was deleted)."""
+    cur = await conn.execute(
+        "SELECT scope, token_hash FROM branchline.tokens WHERE project = %s AND name = %s",
+        (project, name),
+    )
+    row = await cur.fetchone()
+    return None if row is None else (str(row[0]), str(row[1]))
+
+
+async def set_scope(conn: Conn, project: str, name: str, scope: str) -> bool:
+    """Change a token's scope in place (the token stays the same); False: no such token."""
+    cur = await conn.execute(
+        "UPDATE branchline.tokens SET scope = %s WHERE project = %s AND name = %s",
+        (scope, project, name),
+    )
+    return cur.rowcount > 0

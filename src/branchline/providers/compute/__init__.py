@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from branchline import naming
+from branchline.config import Config
 from branchline.environment import Environment
 from branchline.errors import BranchlineError
 from branchline.health import HealthResult
@@ -183,8 +184,25 @@ class TrialRuns(Protocol):
 
 
 @runtime_checkable
+class Reconfigurable(Protocol):
+    def with_config(self, config: Config) -> ComputeProvider:
+        """The same provider (its state, clients and background work shared) building
+        and deploying services as `config` defines them: a run's own commit's."""
+        ...
+
+
+@runtime_checkable
 class Supervisor(Protocol):
     async def supervise(self) -> list[str]:
         """One pass: restart live services whose process is gone, adopt running ones
         nobody recorded. Returns `service:environment` of what was restarted."""
+        ...
+
+
+@runtime_checkable
+class Halting(Protocol):
+    async def halt_all(self) -> list[str]:
+        """Stop every process of every service of the project, records untouched (the
+        next supervisor starts the live ones again). Needs no state database.
+        Returns `service in environment` of what was stopped."""
         ...

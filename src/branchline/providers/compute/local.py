@@ -16,19 +16,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import os
+import secrets
+import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from branchline import processes
 from branchline.config import Config, ServiceConfig
+from branchline.config.limits import human_duration
 from branchline.environment import Environment
 from branchline.errors import BranchlineError, UsageError
 from branchline.health import HealthPolicy, HealthResult, check_health
@@ -49,21 +51,39 @@ from branchline.store import Store, locks, resources, routes
 from branchline.store import compute as rows
 from branchline.store.queries import Conn
 
+if TYPE_CHECKING:
+    import httpx
+
 LIVE = ("live",)
-RUNNING = ("starting", "live", "draining")
+RUNNING = ("starting", "live", "draining", "stopping")
 # What delete stops: also failed deploys, whose process an interruption may have left.
 STOPPABLE = (*RUNNING, "failed")
 LOG_TAIL = 2000
-STRAY_AGE = 10.0  # seconds: a process this young may be a deploy about to record it
+# seconds: a process this young, its deploy under way, may be about to be recorded
+STRAY_AGE = 10.0
 TRIAL_AGE = 300.0  # a pre-flight trial older than this outlived its rollout
+# How long a stopped service may take to shut down (finish its requests, close its
+# connections) before it is killed.
+SHUTDOWN_GRACE = 5.0
 FOLLOW_POLL = 0.2  # how often a followed log is read again (a file has nothing to wait on)
 # Kept on the sandbox process (how reconcile and the supervisor find a service), never
 # handed to the service: a path into branchline's state.
 SANDBOX_ONLY = ("BRANCHLINE_STATE",)
+READY = ".branchline-ready"  # in a dependency install that finished
+RELEASE_TIMEOUT = 600.0  # seconds a service's `release` command may take
 
 
 async def _nothing(_environment: Environment) -> DeploymentEnv:
     return DeploymentEnv()
+
+
+@dataclasses.dataclass
+class _Shared:
+    """What every view of one provider shares (`with_config` makes views): the
+    background work to finish and the health checks' HTTP client."""
+
+    background: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
+    http: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient] | None = None
 
 
 class LocalComputeProvider:
@@ -91,6 +111,7 @@ class LocalComputeProvider:
         self.repo = repo or config.root
         self.edge_port = edge_port
         self.drain = drain
+        self.shutdown_grace = SHUTDOWN_GRACE
         self.keep_releases = keep_releases
         self.environment_of = environment or _nothing
         # Builds and services are code from a branch: boxed, unless configured off.
@@ -98,21 +119,29 @@ class LocalComputeProvider:
             enabled=False, protected=(state_dir,),
             path=os.environ.get("PATH", os.defpath).split(os.pathsep),
         )  # fmt: skip
-        self._background: list[asyncio.Task[None]] = []
-        self._http: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient] | None = None
+        self._shared = _Shared()
+
+    def with_config(self, config: Config) -> LocalComputeProvider:
+        """This provider building and deploying services as `config` defines them."""
+        view = copy.copy(self)
+        view.config = config
+        return view
 
     def _client(self) -> httpx.AsyncClient:
         """One HTTP client for every health check (building one costs ~40 ms of CPU on
         the event loop); per event loop, since a client cannot change loops. No
         keep-alive: an idle connection would hold a service's handler thread open."""
+        import httpx  # here: commands that only read do not load it
+
         loop = asyncio.get_running_loop()
-        if self._http is None or self._http[0] is not loop:
+        shared = self._shared
+        if shared.http is None or shared.http[0] is not loop:
             client = httpx.AsyncClient(
                 follow_redirects=False, trust_env=False,
                 limits=httpx.Limits(max_keepalive_connections=0),
             )  # fmt: skip
-            self._http = (loop, client)
-        return self._http[1]
+            shared.http = (loop, client)
+        return shared.http[1]
 
     # -- releases -----------------------------------------------------------
 
@@ -150,6 +179,15 @@ class LocalComputeProvider:
         await self._prune_releases(service)
         return _release(built)
 
+    async def _spec_of(self, release: Release) -> ServiceConfig:
+        """The service as its release's commit defined it (its run command, health
+        path, variables): a rollback or a restart runs what was built, whatever the
+        config says now. Releases built before specs were recorded use the config."""
+        current = self.config.services.get(release.service)
+        location = Path(release.location)
+        recorded = await asyncio.to_thread(releases.recorded_spec, location, current)
+        return recorded or self._service(release.service)
+
     def _resolve(self, commit: str) -> str:
         ref = f"{commit}^{{commit}}"
         result = subprocess.run(
@@ -167,15 +205,55 @@ class LocalComputeProvider:
         if location.exists():
             releases.remove(location)  # the remains of an interrupted build
         location.mkdir(parents=True)
-        service_dir = releases.export_tree(self.repo, commit, spec.path, location / "tree")
-        if spec.build:
+        service_dir = releases.export_tree(
+            self.repo, commit, spec.path, location / "tree", spec.include
+        )
+        releases.record_spec(location, spec, frozenset(self.config.secret_values()))
+        tree = location / "tree"
+        if spec.deps or spec.build:
             self.sandbox.check()
-            tree = location / "tree"
-            self.sandbox.hand_over(tree)  # the build writes its output into the release
+            self.sandbox.hand_over(tree)  # the install and the build write into the release
+        if spec.deps:
+            self._install_deps(spec, commit, service_dir, tree)
+        if spec.build:
             argv = self.sandbox.wrap(spec.build, Box(writable=(tree,)), cwd=service_dir)
-            env = {**self.sandbox.base_env(), "BRANCHLINE_COMMIT": commit,
+            env = {**self.sandbox.base_env(own=service_dir), "BRANCHLINE_COMMIT": commit,
                    "BRANCHLINE_SERVICE": spec.name}  # fmt: skip
             releases.run_build(argv, service_dir, location / "build.log", env)
+
+    def _install_deps(
+        self, spec: ServiceConfig, commit: str, service_dir: Path, tree: Path
+    ) -> None:
+        """The service's dependencies: installed once per content of its lock files
+        (into a directory of their own, where a virtualenv's absolute paths stay
+        true), then linked into the release."""
+        assert spec.deps is not None
+        key = releases.deps_key(service_dir, spec.deps.lock, spec.deps.install)
+        cache = self.state_dir / "deps" / spec.name / key
+        with releases.deps_locked(cache):
+            if not (cache / READY).exists():
+                releases.remove(cache)  # an install that was interrupted
+                cache.mkdir(parents=True)
+                self.sandbox.hand_over(cache)
+                argv = self.sandbox.wrap(
+                    list(spec.deps.install), Box(writable=(tree, cache)), cwd=service_dir
+                )
+                env = {**self.sandbox.base_env(own=service_dir), "DEPS": str(cache),
+                       "BRANCHLINE_COMMIT": commit, "BRANCHLINE_SERVICE": spec.name}  # fmt: skip
+                try:
+                    releases.run_build(
+                        argv, service_dir, tree.parent / "deps.log", env, what="deps"
+                    )
+                except BaseException:
+                    releases.remove(cache)
+                    raise
+                (cache / READY).touch()
+        link = service_dir / spec.deps.link
+        if link.is_dir() and not link.is_symlink():
+            releases.remove(link)  # a committed `.venv`: the install replaces it
+        elif link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(cache, target_is_directory=True)
 
     async def _prune_releases(self, service: str) -> None:
         """Keep the newest releases (and any release a deployment still runs)."""
@@ -223,7 +301,7 @@ class LocalComputeProvider:
         position: int = 0,
         retire_as: str = "stopped",
     ) -> Deployment:
-        spec = self._service(service)
+        spec = await self._spec_of(release)
         where = environment.name
         host = environment.host_name(spec.subdomain, self.config.project.zone)
         async with self._locked(f"deploy:{service}:{where}") as conn:
@@ -242,6 +320,8 @@ class LocalComputeProvider:
                  "host": host},
             )  # fmt: skip
             try:
+                if spec.release:
+                    await self._release_phase(spec, environment, release, env, deployment_id)
                 port, _pid, result = await self._start_healthy(
                     spec, environment, release, env, deployment_id, position
                 )
@@ -265,7 +345,8 @@ class LocalComputeProvider:
                 await rows.update_deployment(conn, old.id, status="draining")
             await resources.record(conn, self.project, "deployment", f"{service}:{where}", "ready")
         if previous:
-            self._background.append(asyncio.create_task(self._retire(previous, retire_as)))
+            task = asyncio.create_task(self._retire(previous, retire_as))
+            self._shared.background.append(task)
         return await self._deployment(deployment_id)
 
     async def _start_healthy(
@@ -278,18 +359,18 @@ class LocalComputeProvider:
         position: int,
     ) -> tuple[int, processes.ProcessId, HealthResult]:
         port = free_port()
-        variables = self._env(spec, environment, release, port, env, deployment_id)
+        argv, variables = self._process(spec, environment, release, port, env, deployment_id)
         log = self.log_path(environment, spec.name, deployment_id)
         log.parent.mkdir(parents=True, exist_ok=True)
-        pid = await asyncio.to_thread(self._launch, spec, release, variables, log)
+        pid = await asyncio.to_thread(
+            self._launch, spec, release, argv, variables, log, f"d{deployment_id}"
+        )
         try:
             async with self.store.connect() as conn:
                 await rows.update_deployment(
-                    conn, deployment_id,
-                    detail={"pid": pid.pid, "start_time": pid.start_time, "port": port,
-                            "log": str(log)},
-                )  # fmt: skip
-            result = await self._health(spec, port, release, pid, position)
+                    conn, deployment_id, detail={**_recorded(pid), "port": port, "log": str(log)}
+                )
+            result = await self._health(spec, environment, port, release, pid, position)
         except BaseException:
             # Interrupted (Ctrl-C, a store error): the new process must not linger.
             await asyncio.shield(asyncio.to_thread(processes.stop, pid, grace=2.0))
@@ -298,21 +379,22 @@ class LocalComputeProvider:
             await asyncio.to_thread(processes.stop, pid, grace=2.0)
             # The log may print the connection URL or a secret: mask before showing.
             shown = mask(mask_url(_tail(log)), env.sensitive)
+            # So may the answers' bodies (an error page quoting its settings).
+            health = _masked(result.as_dict(), env.sensitive)
             async with self.store.connect() as conn:
-                await rows.update_deployment(
-                    conn, deployment_id, detail={"health": result.as_dict()}
-                )
+                await rows.update_deployment(conn, deployment_id, detail={"health": health})
             raise UnhealthyError(
                 f"{spec.name} ({release.name}) in {environment.name} did not become healthy: "
                 f"{result.verdict}",
                 hint=f"The old release keeps serving. Its log ends: {shown}",
-                health=result.as_dict(),
+                health=health,
             )
         return port, pid, result
 
     async def _health(
         self,
         spec: ServiceConfig,
+        environment: Environment,
         port: int,
         release: Release,
         pid: processes.ProcessId,
@@ -324,7 +406,9 @@ class LocalComputeProvider:
         if retries is not None:
             policy = dataclasses.replace(policy, retries=min(retries, policy.retries))
         check = asyncio.create_task(
-            self._listening_then_healthy(spec, port, release, policy, position)
+            self._listening_then_healthy(
+                spec, port, release, policy, position, self._public_host(spec, environment)
+            )
         )
         while not check.done():
             await asyncio.wait({check}, timeout=0.05)
@@ -340,13 +424,20 @@ class LocalComputeProvider:
                 )
         return check.result()
 
+    def _public_host(self, spec: ServiceConfig, environment: Environment) -> str:
+        """The Host header users' requests carry through the edge (`web.<zone>:8080`)."""
+        host = environment.host_name(spec.subdomain, self.config.project.zone)
+        return f"{host}:{self.edge_port}" if self.edge_port not in (None, 80) else host
+
     async def _listening_then_healthy(
         self, spec: ServiceConfig, port: int, release: Release, policy: HealthPolicy,
-        position: int,
+        position: int, host: str,
     ) -> HealthResult:  # fmt: skip
         """Wait (cheaply, every 10 ms) until the new process accepts connections, then
         run the health check: its exponential backoff is for a service that answers
-        but is not ready, and would make a service listening at 0.34 s wait to 0.77 s."""
+        but is not ready, and would make a service listening at 0.34 s wait to 0.77 s.
+        The check names the public host, as users' requests do: a release that
+        refuses its own host name (Django's ALLOWED_HOSTS) fails it."""
         deadline = time.monotonic() + policy.deadline
         while time.monotonic() < deadline:
             try:
@@ -364,9 +455,10 @@ class LocalComputeProvider:
             position=position,
             expect_commit=release.commit,
             client=self._client(),
+            host_header=host,
         )
 
-    def _env(
+    def _process(
         self,
         spec: ServiceConfig,
         environment: Environment,
@@ -374,16 +466,19 @@ class LocalComputeProvider:
         port: int,
         given: DeploymentEnv,
         deployment_id: int | None = None,
-    ) -> dict[str, str]:
-        host = environment.host_name(spec.subdomain, self.config.project.zone)
-        url = f"http://{host}:{self.edge_port}/" if self.edge_port else f"http://{host}/"
-        db = envtemplate.database_facts(given.vars.get("DATABASE_URL"))
-        facts = {
-            **db, "port": str(port), "release": release.name, "commit": release.commit,
-            "environment": environment.name, "service": spec.name, "url": url,
-        }  # fmt: skip
+        command: Sequence[str] | None = None,
+    ) -> tuple[list[str], dict[str, str]]:
+        """The service's command (`run`, or `command`: its release phase) and
+        environment: declared values only, with the deployment's facts filled into
+        `{{ placeholders }}`."""
+        facts = self._facts(spec, environment, release, port, given)
+        host, db = facts["host"], envtemplate.database_facts(given.vars.get("DATABASE_URL"))
+        argv = envtemplate.render_args(command or spec.run, facts, service=spec.name)
         # Declared only: nothing of the environment branchline itself runs with.
-        env = self.sandbox.base_env()
+        service_dir = Path(release.location) / "tree" / spec.path
+        env = self.sandbox.base_env(own=service_dir)
+        if spec.deps:  # its dependencies' tools before anything else
+            env["PATH"] = os.pathsep.join([str(service_dir / spec.deps.link / "bin"), env["PATH"]])
         env.update(envtemplate.render(spec.env, facts, service=spec.name))
         env.update(given.vars)
         env.update(given.secrets)
@@ -395,10 +490,52 @@ class LocalComputeProvider:
         env.update(
             PORT=str(port), BRANCHLINE_RELEASE=release.name, BRANCHLINE_COMMIT=release.commit,
             BRANCHLINE_ENVIRONMENT=environment.name, BRANCHLINE_SERVICE=spec.name,
-            BRANCHLINE_PROJECT=self.project, BRANCHLINE_STATE=str(self.state_dir),
-            BRANCHLINE_DEPLOYMENT=str(deployment_id or ""),
+            BRANCHLINE_HOST=host, BRANCHLINE_PROJECT=self.project,
+            BRANCHLINE_STATE=str(self.state_dir), BRANCHLINE_DEPLOYMENT=str(deployment_id or ""),
         )  # fmt: skip
-        return env
+        return argv, env
+
+    def _facts(
+        self, spec: ServiceConfig, environment: Environment, release: Release, port: int,
+        given: DeploymentEnv,
+    ) -> dict[str, str]:  # fmt: skip
+        """What `{{ placeholders }}` of a service's commands and variables stand for."""
+        host = environment.host_name(spec.subdomain, self.config.project.zone)
+        url = f"http://{host}:{self.edge_port}/" if self.edge_port else f"http://{host}/"
+        db = envtemplate.database_facts(given.vars.get("DATABASE_URL"))
+        return {
+            **db, "port": str(port), "release": release.name, "commit": release.commit,
+            "environment": environment.name, "service": spec.name, "url": url, "host": host,
+        }  # fmt: skip
+
+    async def _release_phase(
+        self, spec: ServiceConfig, environment: Environment, release: Release,
+        given: DeploymentEnv, deployment_id: int,
+    ) -> None:  # fmt: skip
+        """Run the service's `release` command once for this deploy, before the new
+        release starts: boxed like the service, with its variables and secrets, its
+        output in the deployment's log. A failure stops the deploy."""
+        assert spec.release is not None
+        argv, env = self._process(
+            spec, environment, release, 0, given, deployment_id, command=spec.release
+        )
+        for name in (*SANDBOX_ONLY, "PORT"):  # it listens on nothing; it is not found again
+            env.pop(name, None)
+        log = self.log_path(environment, spec.name, deployment_id)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        files = Path(release.location) / "tree"
+        service_dir = files / spec.path
+        readable = (files, *await asyncio.to_thread(_deps_of, spec, service_dir))
+        boxed = self.sandbox.wrap(argv, Box(readable=readable), cwd=service_dir)
+        await asyncio.to_thread(_append, log, f"[branchline] release: {' '.join(argv)}\n")
+        code = await _run_logged(boxed, service_dir, env, log, RELEASE_TIMEOUT)
+        if code != 0:
+            shown = mask(mask_url(_tail(log)), given.sensitive)
+            raise BranchlineError(
+                f"the release command of {spec.name} ({release.name}) in {environment.name} "
+                f"failed ({'timed out' if code is None else f'exit code {code}'})",
+                hint=f"The old release keeps serving. Its output ends: {shown}",
+            )
 
     async def _retire(self, old: list[rows.DeploymentRow], status: str = "stopped") -> None:
         """Let in-flight requests finish on the old process, then stop it."""
@@ -425,15 +562,15 @@ class LocalComputeProvider:
         health, stop it: no route, no deployment. The production pipeline asks this of
         the live release against a migrated copy, before migrating for real. Few
         retries: that release is known to start, so a failure is not a slow warm-up."""
-        spec = self._service(service)
+        spec = await self._spec_of(release)
         port = free_port()
-        variables = self._env(spec, environment, release, port, env)
+        argv, variables = self._process(spec, environment, release, port, env)
         variables["BRANCHLINE_TRIAL"] = "1"  # reconcile leaves a running trial alone
         log = self.state_dir / "trials" / f"{spec.name}-{release.id}-{port}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        pid = await asyncio.to_thread(self._launch, spec, release, variables, log)
+        pid = await asyncio.to_thread(self._launch, spec, release, argv, variables, log, "trial")
         try:
-            return await self._health(spec, port, release, pid, 0, retries)
+            return await self._health(spec, environment, port, release, pid, 0, retries)
         finally:
             await asyncio.shield(asyncio.to_thread(processes.stop, pid, grace=2.0))
 
@@ -489,7 +626,8 @@ class LocalComputeProvider:
                     return _release(found)
         raise UsageError(
             f"{service} has no earlier release in this environment to roll back to",
-            hint=f"Deploy a release explicitly: `branchline deploy {service} --commit SHA`.",
+            hint=f"Deploy a release explicitly: `branchline deploy {service} --env "
+            f"{live.environment} --commit SHA`.",
         )
 
     async def delete(self, service: str, environment: Environment) -> bool:
@@ -504,10 +642,15 @@ class LocalComputeProvider:
             )
             await routes.delete_routes(conn, project=self.project, environment=where,
                                        service=service)  # fmt: skip
+            # Said before any signal: nothing restarts a deployment that is stopping,
+            # however long its processes take to go, and a stop cut short here is
+            # finished by reconcile.
+            for deployment in running:
+                await rows.update_deployment(conn, deployment.id, status="stopping")
             for deployment in running:
                 pid = processes.recorded(deployment.detail)
                 if pid is not None:
-                    await asyncio.to_thread(processes.stop, pid, grace=2.0)
+                    await asyncio.to_thread(processes.stop, pid, grace=self.shutdown_grace)
                 await rows.update_deployment(conn, deployment.id, status="stopped")
             await resources.record(
                 conn, self.project, "deployment", f"{service}:{where}", "deleted"
@@ -573,7 +716,7 @@ class LocalComputeProvider:
             # Under the deploy's own lock, and only if it is still live: a deploy,
             # rollback or delete of the service may be stopping this very process.
             key = f"deploy:{deployment.service}:{deployment.environment}"
-            async with locks.if_free(self.store, self._lock_key(key)) as conn:
+            async with locks.if_free(self.store, self._lock_key(key), here=self._lock_dir) as conn:
                 if conn is None:
                     continue  # being deployed or stopped right now
                 current = await rows.get_deployment(conn, deployment.id)
@@ -599,9 +742,7 @@ class LocalComputeProvider:
         if found is None:
             return False
         async with self.store.connect() as conn:
-            await rows.update_deployment(
-                conn, deployment.id, detail={"pid": found.pid, "start_time": found.start_time}
-            )
+            await rows.update_deployment(conn, deployment.id, detail=_recorded(found))
         return True
 
     # -- reconciling -----------------------------------------------------------
@@ -619,19 +760,21 @@ class LocalComputeProvider:
         found = []
         async with self.store.connect() as conn:
             rows_found = await rows.deployments(
-                conn, self.project, statuses=("starting", "draining")
+                conn, self.project, statuses=("starting", "draining", "stopping")
             )
         for row in rows_found:
-            key = f"branchline:compute:{self.project}:deploy:{row.service}:{row.environment}"
-            async with locks.if_free(self.store, key) as conn:
+            key = self._lock_key(f"deploy:{row.service}:{row.environment}")
+            async with locks.if_free(self.store, key, here=self._lock_dir) as conn:
                 if conn is None:
                     continue  # a deploy of this service is running right now
                 if row.status == "draining" and time.time() - row.updated_at.timestamp() < 30:
                     continue  # being retired by the deploy that replaced it
                 target = f"{row.service} in {row.environment} (deployment {row.id})"
-                reason = (
-                    "its deploy was interrupted" if row.status == "starting" else "left draining"
-                )
+                reason = {
+                    "starting": "its deploy was interrupted",
+                    "draining": "left draining",
+                    "stopping": "its stop was interrupted",
+                }[row.status]
                 finding = Finding("deployment", target, "stop", reason)
                 if not dry_run:
                     pid = processes.recorded(row.detail)
@@ -644,31 +787,64 @@ class LocalComputeProvider:
                 found.append(finding)
         return found
 
+    async def halt_all(self) -> list[str]:
+        """`branchline down`: every service process tree of the project stopped at
+        once, found by tree tag (no state database needed); deployments stay as they
+        are, so the next `serve` starts the live ones again."""
+        found = await self._service_trees()
+        await asyncio.gather(*(
+            asyncio.to_thread(processes.stop, tree.first, grace=self.shutdown_grace)
+            for tree in found
+        ))  # fmt: skip
+        return sorted(
+            f"{t.env.get('BRANCHLINE_SERVICE', '?')} in {t.env.get('BRANCHLINE_ENVIRONMENT', '?')}"
+            for t in found
+        )
+
     async def service_processes(self) -> list[tuple[int, dict[str, str], float]]:
-        """(pid, environment, age in seconds) of every process this branchline started
-        for the project: matched by its environment (BRANCHLINE_STATE and project),
-        never by command line, so two state directories never take each other's."""
-        return await asyncio.to_thread(
-            processes.started_for, {"BRANCHLINE_PROJECT": self.project,
-                                    "BRANCHLINE_STATE": str(self.state_dir)}
-        )  # fmt: skip
+        """(pid, environment, age in seconds) of the first process of every service
+        this branchline started for the project: found by the tree tag every process
+        of a service carries (or, for services started before tags, by
+        BRANCHLINE_STATE on a group leader), never by command line."""
+        return [(t.first.pid, t.env, t.age) for t in await self._service_trees()]
+
+    async def _service_trees(self) -> list[processes.Tree]:
+        def scan() -> list[processes.Tree]:
+            found = [
+                t for t in processes.trees(processes.tree_prefix(self.state_dir))
+                if t.env.get("BRANCHLINE_PROJECT") == self.project
+            ]  # fmt: skip
+            untagged = processes.started_for(
+                {"BRANCHLINE_PROJECT": self.project, "BRANCHLINE_STATE": str(self.state_dir)}
+            )
+            for pid, env, age in untagged:
+                if processes.TREE_VARIABLE not in env:
+                    first = processes.ProcessId(pid, processes.start_time_of(pid) or -1)
+                    found.append(processes.Tree(f"pid:{pid}", first, env, age, (pid,)))
+            return found
+
+        return await asyncio.to_thread(scan)
 
     async def _stray_processes(self, dry_run: bool) -> list[Finding]:
         async with self.store.connect() as conn:
             running = await rows.deployments(conn, self.project, statuses=RUNNING)
+        # A running deployment's tree is its own, whichever of its processes this is:
+        # a server's workers, a daemon, a sandbox's inner processes.
+        known_trees = {str(r.detail["tree"]) for r in running if r.detail.get("tree")}
         known = {int(r.detail["pid"]) for r in running if "pid" in r.detail}
         by_id = {r.id: r for r in running}
         found = []
-        for pid, env, age in await self.service_processes():
-            if pid in known:
+        for tree in await self._service_trees():
+            if tree.tag in known_trees or tree.first.pid in known:
                 continue
+            env = tree.env
             owner = by_id.get(int(env.get("BRANCHLINE_DEPLOYMENT") or 0))
             recorded = processes.recorded(owner.detail) if owner is not None else None
             if owner is not None and (recorded is None or not recorded.alive()):
                 # Started for a live deployment whose recorded process is gone: its
                 # starter died before recording it. Adopt it rather than start another.
                 finding = Finding(
-                    "process", f"pid {pid} ({owner.service} in {owner.environment})",
+                    "process", f"pid {tree.first.pid} ({owner.service} in {owner.environment})",
                     "adopt", "started for its deployment, never recorded",
                 )  # fmt: skip
                 if not dry_run and await self.adopt(owner):
@@ -676,18 +852,20 @@ class LocalComputeProvider:
                 found.append(finding)
                 continue
             trial = env.get("BRANCHLINE_TRIAL") == "1"
-            if age < (TRIAL_AGE if trial else STRAY_AGE):
+            if trial and tree.age < TRIAL_AGE:
                 continue
+            if not trial and tree.age < STRAY_AGE and await self._deploying(env):
+                continue  # its deploy may be about to record it
             what = (
                 f"{env.get('BRANCHLINE_SERVICE', '?')} in {env.get('BRANCHLINE_ENVIRONMENT', '?')}"
             )
-            finding = Finding("process", f"pid {pid} ({what})", "stop", "no deployment knows it")
+            count = f", {len(tree.pids)} processes" if len(tree.pids) > 1 else ""
+            finding = Finding(
+                "process", f"pid {tree.first.pid} ({what}{count})", "stop",
+                "no deployment knows it",
+            )  # fmt: skip
             if not dry_run:
-                started = processes.start_time_of(pid)
-                if started is not None:
-                    await asyncio.to_thread(
-                        processes.stop, processes.ProcessId(pid, started), grace=2.0
-                    )
+                await asyncio.to_thread(processes.stop, tree.first, grace=2.0)
                 finding.done = True
             found.append(finding)
         return found
@@ -729,37 +907,40 @@ class LocalComputeProvider:
         return time.time() >= last + min(2.0**crashes * 0.5, 60.0)
 
     async def _restart(self, deployment: rows.DeploymentRow) -> None:
-        spec = self._service(deployment.service)
         async with self.store.connect() as conn:
             found = await rows.get_release(conn, deployment.release_id)
         assert found is not None
         release = _release(found)
+        spec = await self._spec_of(release)
         port = int(deployment.detail["port"])
         environment = Environment.parse(deployment.environment)
         given = await self.environment_of(environment)
-        env = self._env(spec, environment, release, port, given, deployment.id)
+        argv, env = self._process(spec, environment, release, port, given, deployment.id)
         log = Path(deployment.detail["log"])
         await asyncio.to_thread(
             _append, log, f"\n[branchline] process exited; restarting at {_now()}\n"
         )
-        pid = await asyncio.to_thread(self._launch, spec, release, env, log)
+        pid = await asyncio.to_thread(
+            self._launch, spec, release, argv, env, log, f"d{deployment.id}"
+        )
         async with self.store.connect() as conn:
             await rows.update_deployment(
                 conn, deployment.id,
-                detail={"pid": pid.pid, "start_time": pid.start_time,
+                detail={**_recorded(pid),
                         "crashes": int(deployment.detail.get("crashes", 0)) + 1,
                         "last_crash_at": time.time()},
             )  # fmt: skip
 
     async def aclose(self) -> None:
         """Finish draining old processes before the command exits."""
-        pending, self._background = self._background, []
+        shared = self._shared
+        pending, shared.background = shared.background, []
         for task in pending:
             with contextlib.suppress(BranchlineError, OSError):
                 await task
-        if self._http is not None and self._http[0] is asyncio.get_running_loop():
-            await self._http[1].aclose()
-        self._http = None
+        if shared.http is not None and shared.http[0] is asyncio.get_running_loop():
+            await shared.http[1].aclose()
+        shared.http = None
 
     # -- internals ------------------------------------------------------------
 
@@ -784,23 +965,113 @@ class LocalComputeProvider:
         )  # fmt: skip
 
     def _launch(
-        self, spec: ServiceConfig, release: Release, env: Mapping[str, str], log: Path
-    ) -> processes.ProcessId:
-        """Start `release` of `spec` in the sandbox: its release directory read-only,
-        outliving this process (the next supervisor adopts it). The variables that
-        find it again (BRANCHLINE_STATE) stay with the sandbox, not the service."""
+        self, spec: ServiceConfig, release: Release, argv: list[str], env: Mapping[str, str],
+        log: Path, what: str,
+    ) -> processes.ProcessId:  # fmt: skip
+        """Start `release` of `spec` in the sandbox under its keeper (which owns the
+        service's whole process tree, daemons included): its release directory
+        read-only, outliving this process (the next supervisor adopts it). Every
+        process of it carries a fresh tree tag (`what`: whose start this is); the
+        variables that find it again (BRANCHLINE_STATE) stay outside, with the
+        sandbox, never with the service."""
         self.sandbox.check()
-        tree = Path(release.location) / "tree"
-        service_dir = tree / spec.path
-        box = Box(readable=(tree,), with_parent=False, unset=SANDBOX_ONLY)
-        argv = self.sandbox.wrap(spec.run, box, cwd=service_dir)
-        return processes.start(argv, cwd=service_dir, env=env, log=log)
+        files = Path(release.location) / "tree"
+        service_dir = files / spec.path
+        readable = (files, processes.KEEPER, *_deps_of(spec, service_dir))
+        box = Box(readable=readable, with_parent=False, unset=SANDBOX_ONLY)
+        boxed = self.sandbox.wrap(processes.kept(argv, unset=SANDBOX_ONLY), box,
+                                  cwd=service_dir)  # fmt: skip
+        tagged = {**env, processes.TREE_VARIABLE: processes.new_tree(self.state_dir, what)}
+        return processes.start(boxed, cwd=service_dir, env=tagged, log=log)
 
     def _locked(self, what: str) -> contextlib.AbstractAsyncContextManager[Conn]:
-        return locks.held(self.store, self._lock_key(what))
+        return locks.held(self.store, self._lock_key(what), here=self._lock_dir)
+
+    async def _deploying(self, env: Mapping[str, str]) -> bool:
+        """Whether a deploy of the service `env` names is under way now (its lock is
+        held): only then may a young process nobody knows be one about to be
+        recorded. With the lock free (its deployer died, or ended), it is a stray."""
+        service, where = env.get("BRANCHLINE_SERVICE"), env.get("BRANCHLINE_ENVIRONMENT")
+        if not service or not where:
+            return True  # not enough to tell: give it its age
+        key = self._lock_key(f"deploy:{service}:{where}")
+        async with locks.if_free(self.store, key, here=self._lock_dir) as free:
+            return free is None
 
     def _lock_key(self, what: str) -> str:
         return f"branchline:compute:{self.project}:{what}"
+
+    @property
+    def _lock_dir(self) -> Path:
+        """Deploy locks are held on this machine's disk too: its processes go on when
+        the state database dies and Postgres lets the advisory locks go."""
+        return self.state_dir / "locks"
+
+
+def _masked(health: dict[str, Any], sensitive: Iterable[str]) -> dict[str, Any]:
+    """A health result whose answers' bodies show no secret of the deployment."""
+    values = list(sensitive)
+    for attempt in health.get("attempts", ()):
+        if attempt.get("body"):
+            attempt["body"] = mask(mask_url(attempt["body"]), values)
+    return health
+
+
+def _deps_of(spec: ServiceConfig, service_dir: Path) -> tuple[Path, ...]:
+    """Where the release's dependency link points (shown read-only in the box)."""
+    if spec.deps is None:
+        return ()
+    link = service_dir / spec.deps.link
+    return (link.resolve(),) if link.is_symlink() else ()
+
+
+async def _run_logged(
+    argv: list[str], cwd: Path, env: Mapping[str, str], log: Path, timeout: float
+) -> int | None:
+    """Run to the end with its output appended to `log`; None when it timed out. Past
+    `timeout`, or when the calling task is cancelled (the deploy's step was), its
+    whole tree is killed: its group and, by tree tag, what left the group."""
+    tag = f"release.{secrets.token_hex(6)}"  # not a service's tag: never taken for one
+    with processes.private_log(log) as out:
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv, cwd=cwd, env={**env, processes.TREE_VARIABLE: tag},
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        except OSError as exc:
+            out.write(f"[branchline] cannot run it: {exc.strerror}\n".encode())
+            return 127
+    try:
+        return await asyncio.wait_for(process.wait(), timeout)
+    except TimeoutError:
+        await _kill_tree(process, tag)
+        await asyncio.to_thread(
+            _append, log, f"[branchline] release: timed out after {human_duration(timeout)}; "
+            "its processes were stopped\n",
+        )  # fmt: skip
+        return None
+    except BaseException:
+        await asyncio.shield(_kill_tree(process, tag))
+        raise
+
+
+async def _kill_tree(process: asyncio.subprocess.Process, tag: str) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+    def tagged() -> None:
+        for member, _env in processes.with_environment(f"{processes.TREE_VARIABLE}={tag}"):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(member.pid, signal.SIGKILL)
+
+    await asyncio.to_thread(tagged)
+    await process.wait()
+
+
+def _recorded(pid: processes.ProcessId) -> dict[str, object]:
+    """What a deployment's detail keeps of its process: how to find all of it again."""
+    return {"pid": pid.pid, "start_time": pid.start_time, "tree": pid.tree}
 
 
 def _release(row: rows.ReleaseRow) -> Release:

@@ -20,6 +20,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
+from branchline.branchdata import DataPlan
+
 
 class BranchStatus(StrEnum):
     CREATING = "creating"  # intent recorded; the copy may be half made
@@ -67,9 +69,13 @@ class DatabaseProvider(Protocol):
         *,
         at: datetime | None = None,
         expires: datetime | None = None,
+        data: DataPlan | None = None,
     ) -> Branch:
         """Create `name` from `parent` (default: the configured parent), as of `at` when
-        given (point in time); return the existing branch if it is already there."""
+        given (point in time); return the existing branch if it is already there.
+        `data` shapes it (production's schema only, a fresh database, masked rows)
+        before it is ready: nobody is given its URI before that is done, and it is
+        recorded in the branch's detail (`data`), so a reset shapes it again."""
         ...
 
     async def delete_branch(self, name: str, *, force: bool = False) -> bool:
@@ -129,6 +135,8 @@ class GcReport:
     backup_taken: bool = False
     backups_pruned: list[str] = field(default_factory=list)
     spare_rebuilt: bool = False
+    archive_repaired: list[str] = field(default_factory=list)  # partial segments removed...
+    notes: list[str] = field(default_factory=list)  # what could not be done, and why
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -139,6 +147,8 @@ class GcReport:
             "backup_taken": self.backup_taken,
             "backups_pruned": self.backups_pruned,
             "spare_rebuilt": self.spare_rebuilt,
+            "archive_repaired": self.archive_repaired,
+            "notes": self.notes,
         }
 
 
@@ -175,4 +185,21 @@ class CreateDbGrants(Protocol):
 class ServerLogs(Protocol):
     async def server_log(self, name: str, size: int = 65536) -> str:
         """The end of the branch server's own log."""
+        ...
+
+
+@runtime_checkable
+class StorageHealth(Protocol):
+    async def storage(self) -> dict[str, Any]:
+        """The disk holding the branches (size, free, the reserve) and the health of
+        the root's WAL archive (failing, last archived and failed segments, why)."""
+        ...
+
+
+@runtime_checkable
+class ClusterControl(Protocol):
+    async def stop_clusters(self) -> list[str]:
+        """Stop every running server of the project's branches and spares (their
+        data stays; a branch starts again when asked for). Needs no state database.
+        Returns what was stopped."""
         ...

@@ -27,9 +27,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from branchline import naming
+from branchline import branchdata, naming
+from branchline.branchdata import DataPlan, ShapeReport
+from branchline.config.sizes import SizeSpec
 from branchline.errors import BranchlineError, PostgresError, UsageError
-from branchline.postgres import Cluster, ClusterState, PgBinaries, roles
+from branchline.locking import finish_in_thread
+from branchline.postgres import Cluster, ClusterState, PgBinaries, archiver, roles, space
 from branchline.postgres.cluster import FAST_SETTINGS
 from branchline.postgres.copy import (
     BaseBackup,
@@ -43,6 +46,12 @@ from branchline.postgres.copy import (
     take_base_backup,
 )
 from branchline.providers.database import Branch, BranchStatus, GcReport
+from branchline.providers.database.local_disk import (
+    Disk,
+    log_once,
+    raise_if_disk_full,
+    short_of_room,
+)
 from branchline.store import Store, locks, resources
 from branchline.store import branches as branch_rows
 from branchline.store.queries import Conn
@@ -86,8 +95,12 @@ class LocalDatabaseProvider:
         root: str = naming.PRODUCTION_BRANCH,
         database: str = "app",
         binaries: PgBinaries | None = None,
+        min_free: SizeSpec | None = None,
     ) -> None:
         self.project = project
+        self.min_free = min_free  # None: 10% of the filesystem, at most 1 GB
+        self._said: set[str] = set()  # background warnings already logged
+        self.spare_note: str | None = None  # why the last ensure_spare made none
         self.binaries = binaries
         self._background: list[asyncio.Task[object]] = []
         self._closing = False  # set by aclose: a waiting refill starts now
@@ -128,6 +141,18 @@ class LocalDatabaseProvider:
     def backups_dir(self) -> Path:
         return self.state_dir / "backups" / self.root
 
+    @property
+    def disk(self) -> Disk:
+        return Disk(self.state_dir, self.cluster(self.root), self.archive_dir, self.backups_dir,
+                    self.min_free)  # fmt: skip
+
+    def _start_root(self) -> Cluster:
+        """Start production (with the current archive command: see Disk.ensure_archiving)."""
+        root = self.cluster(self.root)
+        self.disk.ensure_archiving()
+        root.start()
+        return root
+
     # -- the interface ----------------------------------------------------
 
     async def init_root(self) -> Branch:
@@ -136,14 +161,15 @@ class LocalDatabaseProvider:
         async with self._locked(name) as conn:
             row = await branch_rows.get(conn, self.project, name)
             if row is not None and row.status == BranchStatus.READY.value:
-                await asyncio.to_thread(self.cluster(name).start)
+                await finish_in_thread(self._start_root)
                 branch = await self._branch(conn, name)
             else:
                 await self._intend(conn, name, parent=None, expires=None)
                 try:
-                    await asyncio.to_thread(self._create_root_cluster)
-                except BaseException:
+                    await finish_in_thread(self._create_root_cluster)
+                except BaseException as exc:
                     await self._undo_create(conn, name)
+                    raise_if_disk_full(exc, self.disk, f"create {name!r}")
                     raise
                 branch = await self._mark_ready(conn, name, detail={"root": True})
         await self.ensure_spare()
@@ -160,7 +186,8 @@ class LocalDatabaseProvider:
         self.archive_dir.mkdir(parents=True, exist_ok=True)
         cluster.run_as.own(self.archive_dir)
         cluster.init(
-            durable=True, settings={**LIGHT_SETTINGS, **archive_settings(self.archive_dir)}
+            durable=True,
+            settings={**LIGHT_SETTINGS, **archive_settings(self.archive_dir, cluster.run_as)},
         )
         cluster.start()
         with psycopg.connect(cluster.uri(), autocommit=True) as conn:
@@ -175,6 +202,7 @@ class LocalDatabaseProvider:
         *,
         at: datetime | None = None,
         expires: datetime | None = None,
+        data: DataPlan | None = None,
     ) -> Branch:
         name = naming.validate_branch_id(name)
         parent = naming.validate_branch_id(parent or self.root)
@@ -193,7 +221,7 @@ class LocalDatabaseProvider:
                         f"branch {name!r} already exists; it is not a restore to {at.isoformat()}",
                         hint="Choose another --name for the restored branch.",
                     )
-                await asyncio.to_thread(self.cluster(name).start)
+                await finish_in_thread(self.cluster(name).start)
                 return await self._branch(conn, name)  # idempotent: it is already there
             source = await branch_rows.get(conn, self.project, parent)
             if source is None or source.status != BranchStatus.READY.value:
@@ -202,27 +230,137 @@ class LocalDatabaseProvider:
                     hint="Run `branchline db init` to create production, or name an existing "
                     "parent (`branchline db branches list`).",
                 )
+            # Refused before anything is made: a copy that would fill the disk takes
+            # production down with it (Postgres stops when it cannot write its WAL).
+            restorable = await self._restorable(at) if at is not None else None
+            need = await finish_in_thread(self._need_for_branch, parent, at)
+            what = f"create branch {name!r} from {parent!r}"
+            spare_unused = at is not None or parent != self.root
+            await self._require_room(conn, need, what, spare_unused=spare_unused)
             await self._intend(conn, name, parent=parent, expires=expires)
             try:
-                if at is not None:
-                    await self._restore(name, at)
+                if at is not None and restorable is not None:
+                    await self._restore(name, at, *restorable)
                 elif not (parent == self.root and await self._adopt_spare(name)):
-                    await asyncio.to_thread(self._clone_sync, parent, name)
+                    await finish_in_thread(self._clone_sync, parent, name)
                 # Passwords of its own: its parent's open nothing here, and its own
                 # open nothing else (not the parent, not another branch).
-                await asyncio.to_thread(self._own_credentials, name)
-            except BaseException:
+                await finish_in_thread(self._own_credentials, name)
+                # Still `creating` and its URI given to nobody: no code of the change
+                # has seen production's rows before they are masked or gone.
+                shaped = await finish_in_thread(self._shape_sync, name, data or DataPlan())
+            except BaseException as exc:
                 await self._undo_create(conn, name)
+                raise_if_disk_full(exc, self.disk, f"create branch {name!r}")
                 raise
-            detail = {"restored_to": at.isoformat()} if at else {}
+            detail: dict[str, Any] = {"restored_to": at.isoformat()} if at else {}
+            if data is not None:
+                detail |= {"data": data.as_dict(), "shaped": shaped.as_dict()}
             return await self._mark_ready(conn, name, detail=detail)
 
+    def _need_for_branch(self, parent: str, at: datetime | None) -> int:
+        """About what a new branch takes on the disk when made."""
+        if at is not None:
+            usable = [b for b in self.backups() if b.end_time <= at]
+            if not usable:
+                return 0  # refused later, saying which moments can be restored
+            # Recovery keeps every segment it replays in pg_wal until a restartpoint:
+            # all of them from the backup's start, and a new timeline's segment.
+            start = usable[-1].start_wal_file
+            held = [p.name for p in self.archive_dir.glob("*")]
+            replayed = sum(1 for n in held if archiver.SEGMENT_NAME.fullmatch(n) and n >= start)
+            return space.tree_size(usable[-1].path) + (replayed + 2) * space.WAL_SEGMENT
+        spare = self.spare
+        if parent == self.root and spare is not None and spare.state() is ClusterState.RUNNING:
+            # The spare is already on the disk: promoting it starts a new timeline's
+            # segment, and the spare's received WAL stays with it.
+            return 2 * space.WAL_SEGMENT
+        return space.copy_estimate(self.cluster(parent).data_dir)
+
+    async def _require_room(
+        self, conn: Conn, need: int, what: str, *, spare_unused: bool = True
+    ) -> None:
+        """Refuse `what` when `need` bytes would eat into the reserve; the spare goes
+        first when the work does not use it (`spare_unused`) and that is enough."""
+        room = await finish_in_thread(self.disk.room)
+        if need <= room.usable:
+            return
+        if spare_unused and await self._drop_spare_for(need - room.usable):
+            room = await finish_in_thread(self.disk.room)
+            if need <= room.usable:
+                return
+        rows = await branch_rows.list_all(conn, self.project)
+        reclaimable = await finish_in_thread(self._reclaimable, rows)
+        raise space.refusal(room, need, what, reclaimable)
+
+    async def _drop_spare_for(self, missing: int) -> bool:
+        """Spares go first: a copy that does not use the spare (a restore, another
+        parent) may have its room when that is enough; True if it was dropped."""
+        spare = self.spare
+        if spare is None or not spare.home.exists():
+            return False
+        size = await finish_in_thread(space.tree_size, spare.home)
+        if size < missing:
+            return False
+        async with self._try_locked(SPARE_LOCK) as conn:
+            if conn is None:
+                return False  # being adopted or rebuilt right now
+            await finish_in_thread(self.drop_spare)
+        log_once(self._said, "spare-dropped", f"dropped the spare copy of {self.root} to make "
+                 "room for a branch; the next branch is copied instead")  # fmt: skip
+        return True
+
+    def _reclaimable(self, rows: list[branch_rows.BranchRow]) -> space.Reclaimable:
+        spare, room = self.spare, self.disk.room()
+        # gc drops the spare only when the disk is into the reserve (see ensure_spare).
+        low = room.free < room.reserve
+        spares = [spare.home] if low and spare is not None and spare.home.exists() else []
+        return self.disk.reclaimable(
+            rows, now=datetime.now(UTC), spares=spares, backups=self.backups()
+        )
+
+    async def reclaimable(self) -> space.Reclaimable:
+        """What `gc` could free now (shown when a copy is refused for want of room)."""
+        async with self.store.connect() as conn:
+            rows = await branch_rows.list_all(conn, self.project)
+        return await finish_in_thread(self._reclaimable, rows)
+
     def _clone_sync(self, parent: str, name: str, port: int | None = None) -> None:
-        source = self.cluster(parent)
+        source = self._start_root() if parent == self.root else self.cluster(parent)
         source.start()
         target = self.cluster(name)
         clone(source, target, settings=self._branch_settings(), port=port)
         target.start()
+
+    def _shape_sync(self, name: str, plan: DataPlan) -> ShapeReport:
+        """Make branch `name` hold what `plan` says (see branchline.branchdata): the
+        application role does the work, the superuser only drops a database (for
+        "empty") and statistics (they sample column values)."""
+        report = ShapeReport()
+        if not plan.changes_anything:
+            return report
+        began = time.monotonic()
+        cluster = self.cluster(name)
+        meta = cluster.meta()
+        assert meta.app_user is not None, "a branch has its application role"
+        if plan.rows == "empty":
+            with _connect(cluster.uri()) as conn:
+                branchdata.recreate_database(conn, self.database, meta.app_user)
+        else:
+            with _connect(cluster.app_uri(self.database)) as conn:
+                if plan.rows == "schema":
+                    report.emptied = branchdata.clear_rows(conn)
+                    changed: list[int] | None = None
+                else:
+                    changed = branchdata.apply_masks(conn, plan.masks, report)
+                    changed += branchdata.refresh_views(conn)
+            with _connect(cluster.uri(self.database)) as conn:
+                branchdata.forget_statistics(conn, changed)
+            if changed:
+                with _connect(cluster.app_uri(self.database)) as conn:
+                    branchdata.analyze(conn, changed)
+        report.seconds = time.monotonic() - began
+        return report
 
     def _branch_settings(self) -> dict[str, str]:
         return {**LIGHT_SETTINGS, **EPHEMERAL_SETTINGS}
@@ -230,18 +368,35 @@ class LocalDatabaseProvider:
     async def restore(self, name: str, at: datetime) -> Branch:
         return await self.create_branch(name, self.root, at=at)
 
-    async def _restore(self, name: str, at: datetime) -> None:
+    async def _restorable(self, at: datetime) -> tuple[BaseBackup, int]:
+        """The backup to start from and the segment size, once the archive is known to
+        hold every segment up to now: checked before anything is made, so a restore
+        names the segment it lacks (and why) instead of letting recovery time out."""
         now = datetime.now(UTC)
         if at > now:
             raise UsageError(
                 f"{at.isoformat()} is in the future", hint="Restore to a moment in the past."
             )
         root = self.cluster(self.root)
-        if root.state() is ClusterState.RUNNING:
-            await asyncio.to_thread(_flush_wal_past, root)
         backup = self._backup_before(at)
+        size = space.WAL_SEGMENT
+        if root.state() is ClusterState.RUNNING:
+            # Not a single WAL switch while archiving fails: each one costs production
+            # a new segment on a disk that may be full.
+            await finish_in_thread(self.disk.refuse_while_failing, "restore to that moment")
+            size = await finish_in_thread(archiver.segment_size, root)
+            last = await finish_in_thread(self._flush_wal_past)
+        else:
+            held = sorted(p.name for p in self.archive_dir.glob("*")
+                          if archiver.SEGMENT_NAME.fullmatch(p.name))  # fmt: skip
+            last = held[-1] if held else backup.start_wal_file
+        await finish_in_thread(self.disk.check_restorable, backup, last, size)
+        return backup, size
+
+    async def _restore(self, name: str, at: datetime, backup: BaseBackup, size: int) -> None:
+        root = self.cluster(self.root)
         meta = root.meta()
-        await asyncio.to_thread(
+        await finish_in_thread(
             restore_to_time,
             backup,
             self.cluster(name),
@@ -251,7 +406,23 @@ class LocalDatabaseProvider:
             superuser=meta.superuser,
             password=meta.password,
             app_user=meta.app_user,
+            segment_size=size,
         )
+
+    def _flush_wal_past(self, what: str = "restore to that moment") -> str:
+        """Make the archive hold a commit after now: recovery to a moment stops at the
+        first commit after it, and fails if the archive ends before one. Returns the
+        segment that holds it; fails at once, naming the segment and why, when the
+        archiver cannot archive it."""
+        root = self._start_root()
+        with psycopg.connect(root.uri(), autocommit=True) as conn:
+            conn.execute("SELECT pg_current_xact_id()")  # a transaction with an xid commits
+            failed = conn.execute("SELECT failed_count FROM pg_stat_archiver").fetchone()
+            row = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()
+        assert row is not None and failed is not None
+        segment = str(row[0])
+        self.disk.wait_archived(segment, before=int(failed[0]), what=what)
+        return segment
 
     def _own_credentials(self, name: str, *, app_password: str | None = None) -> None:
         cluster = self.cluster(name)
@@ -277,9 +448,9 @@ class LocalDatabaseProvider:
         await resources.record(conn, self.project, RESOURCE_KIND, name, "deleting")
         if row is not None:
             await branch_rows.update(conn, self.project, name, status=BranchStatus.DELETING.value)
-        await asyncio.to_thread(cluster.destroy)
+        await finish_in_thread(cluster.destroy)
         if name == self.root:
-            await asyncio.to_thread(self.drop_spare)
+            await finish_in_thread(self.drop_spare)
         await branch_rows.delete(conn, self.project, name)
         await resources.record(conn, self.project, RESOURCE_KIND, name, "deleted")
         return True
@@ -295,10 +466,20 @@ class LocalDatabaseProvider:
                 )
             if row.parent is None:
                 raise UsageError(f"branch {name!r} has no parent to reset to")
-            await asyncio.to_thread(self._reset_sync, row.parent, name)
+            # A masked (or schema-only) branch stays so: its plan is in its record.
+            plan = DataPlan.from_dict(row.detail.get("data"))
+            # The old data stays aside until the new copy is ready: a whole copy's room.
+            parent_data = self.cluster(row.parent).data_dir
+            need = await finish_in_thread(space.copy_estimate, parent_data)
+            await self._require_room(conn, need, f"reset branch {name!r}")
+            try:
+                await finish_in_thread(self._reset_sync, row.parent, name, plan)
+            except BaseException as exc:
+                raise_if_disk_full(exc, self.disk, f"reset branch {name!r}")
+                raise
             return await self._mark_ready(conn, name, detail={"reset_at": _now_iso()})
 
-    def _reset_sync(self, parent: str, name: str) -> None:
+    def _reset_sync(self, parent: str, name: str, plan: DataPlan | None = None) -> None:
         cluster = self.cluster(name)
         before = cluster.meta()
         port = before.port  # same port and application password: the same URI afterwards
@@ -310,6 +491,7 @@ class LocalDatabaseProvider:
         try:
             self._clone_sync(parent, name, port=port)
             self._own_credentials(name, app_password=before.app_password)
+            self._shape_sync(name, plan or DataPlan())
         except BaseException:
             # Put the old data back so a failed reset loses nothing.
             with contextlib.suppress(BranchlineError):
@@ -342,23 +524,21 @@ class LocalDatabaseProvider:
             )
         cluster = self.cluster(name)
         # Like a Neon compute, a stopped branch starts when someone asks for it.
-        await asyncio.to_thread(cluster.start)
+        await finish_in_thread(cluster.start)
         if cluster.meta().app_user is None:  # a cluster made before roles existed
-            await asyncio.to_thread(roles.ensure_app_role, cluster, self.database)
+            await finish_in_thread(roles.ensure_app_role, cluster, self.database)
         # The application role: never the superuser, whose password stays here.
         return cluster.app_uri(self.database)
 
     async def allow_createdb(self, name: str) -> None:
         await self.connection_uri(name)  # ready, running, with its application role
-        await asyncio.to_thread(roles.allow_createdb, self.cluster(name))
+        await finish_in_thread(roles.allow_createdb, self.cluster(name))
 
     async def schema_dump(self, name: str) -> str:
         from branchline.schemadiff import dump_schema
 
         uri = await self.connection_uri(name)
-        return await asyncio.to_thread(
-            dump_schema, uri, self.cluster(name).binaries.path("pg_dump")
-        )
+        return await finish_in_thread(dump_schema, uri, self.cluster(name).binaries.path("pg_dump"))
 
     async def annotate(self, name: str, detail: Mapping[str, Any]) -> None:
         async with self.store.connect() as conn:
@@ -380,27 +560,62 @@ class LocalDatabaseProvider:
     async def ensure_spare(self) -> bool:
         """Make sure a streaming standby of the root is ready; True if one was (re)built.
         Copying a cluster costs about a millisecond per file on slow disks (over a
-        second for an empty cluster); promoting a ready standby takes ~0.1 s."""
+        second for an empty cluster); promoting a ready standby takes ~0.1 s.
+
+        Never fails, and never starves production: a spare only saves time (the next
+        create copies instead), so it is skipped when it would eat into the reserve
+        (logged once), dropped first when the disk runs into the reserve, and a
+        failure to make one is logged and cleaned up. `spare_note` says which."""
+        self.spare_note = None
         if self.cluster(self.root).state() is ClusterState.MISSING:
             return False
+        try:
+            return await self._ensure_spare()
+        except (BranchlineError, OSError, psycopg.Error) as exc:
+            with contextlib.suppress(BranchlineError, OSError):
+                await finish_in_thread(self._remove_unused_spares)  # what was half made
+            why = "the disk is full" if space.is_disk_full(exc) else str(exc)
+            self.spare_note = f"not made: {why}"
+            log_once(self._said, "spare-failed", f"the spare copy of {self.root} could not "
+                     f"be made ({why}); the next branch is copied instead")  # fmt: skip
+            return False
+
+    async def _ensure_spare(self) -> bool:
         async with self._try_locked(SPARE_LOCK) as conn:
             if conn is None:
                 return False  # another process is building or adopting it
             spare = self.spare
+            room = await finish_in_thread(self.disk.room)
+            if spare is not None and room.free < room.reserve:
+                # The disk runs into production's reserve: the spare goes first.
+                await finish_in_thread(self.drop_spare)
+                self.spare_note = "dropped: the disk is into production's reserve"
+                log_once(self._said, "spare-dropped", f"dropped the spare copy of {self.root}: "
+                         "the disk is into the space kept for production's WAL")  # fmt: skip
+                return False
             if (
                 spare is not None
                 and spare.state() is ClusterState.RUNNING
-                and await asyncio.to_thread(standby_is_streaming, spare)
+                and await finish_in_thread(standby_is_streaming, spare)
             ):
-                await asyncio.to_thread(self._remove_unused_spares)
+                await finish_in_thread(self._remove_unused_spares)
                 return False
-            await asyncio.to_thread(self._rebuild_spare)
+            root = self.cluster(self.root)
+            need = await finish_in_thread(space.copy_estimate, root.data_dir)
+            short = await finish_in_thread(short_of_room, self.disk, need)
+            if short is not None:
+                await finish_in_thread(self.drop_spare)  # a broken one gives its room back
+                self.spare_note = f"skipped: it {short}"
+                log_once(self._said, "spare-room", f"not preparing a spare copy of {self.root}: "
+                         f"it {short}; the next branch is copied instead")  # fmt: skip
+                return False
+            await finish_in_thread(self._rebuild_spare)
+            self._said -= {"spare-room", "spare-failed", "spare-dropped"}  # say it again later
             return True
 
     def _rebuild_spare(self) -> None:
         self.drop_spare()
-        root = self.cluster(self.root)
-        root.start()
+        root = self._start_root()
         fresh = Cluster(
             self.spares_dir / f"{self.root}-{os.urandom(4).hex()}", binaries=self.binaries
         )
@@ -434,7 +649,7 @@ class LocalDatabaseProvider:
         async with self._try_locked(SPARE_LOCK) as conn:
             if conn is None:
                 return False
-            adopted = await asyncio.to_thread(self._adopt_spare_sync, name)
+            adopted = await finish_in_thread(self._adopt_spare_sync, name)
         if adopted:
             self._background.append(asyncio.create_task(self._refill_spare_soon()))
         return adopted
@@ -463,6 +678,27 @@ class LocalDatabaseProvider:
         target.home.symlink_to(spare.home)
         return True
 
+    async def stop_clusters(self) -> list[str]:
+        """Stop the servers of every branch and spare, spares first (they stream from
+        the root); the data stays and a branch starts again when asked for."""
+
+        def stop_all() -> list[str]:
+            branches = sorted((self.state_dir / "branches").glob("*"),
+                              key=lambda home: (home.name == self.root, home.name))  # fmt: skip
+            adopted = {home.resolve() for home in branches if home.is_symlink()}
+            homes = [(f"spare {p.name}", p) for p in sorted(self.spares_dir.glob(f"{self.root}-*"))
+                     if p.resolve() not in adopted]  # fmt: skip
+            homes += [(home.name, home) for home in branches]  # the root last
+            stopped = []
+            for name, home in homes:
+                cluster = Cluster(home, binaries=self.binaries)
+                if home.is_dir() and cluster.state() is ClusterState.RUNNING:
+                    cluster.stop()
+                    stopped.append(name)
+            return stopped
+
+        return await finish_in_thread(stop_all)
+
     async def aclose(self) -> None:
         """Wait for background work (refilling the spare) before the process ends."""
         pending, self._background = self._background, []
@@ -471,6 +707,16 @@ class LocalDatabaseProvider:
             # A failed refill only means the next create copies; gc retries it.
             with contextlib.suppress(BranchlineError, OSError, psycopg.Error):
                 await task
+
+    async def storage(self) -> dict[str, Any]:
+        """The disk and production's WAL archive, for `status` and `/metrics`."""
+
+        def gather() -> dict[str, Any]:
+            status = self.disk.archive_status()
+            return {"disk": self.disk.room().as_dict(),
+                    "archive": status.as_dict() if status is not None else None}  # fmt: skip
+
+        return await finish_in_thread(gather)
 
     # -- backups ----------------------------------------------------------
 
@@ -485,14 +731,33 @@ class LocalDatabaseProvider:
         return sorted(found, key=lambda b: b.end_time)
 
     async def take_backup(self) -> BaseBackup:
-        return await asyncio.to_thread(self._take_backup_sync)
+        """A base backup of the root, now. Refused while WAL archiving fails (a backup
+        is restorable only with the WAL after it) or when it would eat into the
+        reserve; it counts as taken once the WAL it ends in is archived."""
+        root = await finish_in_thread(self._start_root)
+        await finish_in_thread(self.disk.refuse_while_failing, "take a base backup")
+        need = await finish_in_thread(space.copy_estimate, root.data_dir)
+        async with self.store.connect() as conn:
+            await self._require_room(conn, need, f"take a base backup of {self.root!r}")
+        try:
+            return await finish_in_thread(self._take_backup_sync, True)
+        except BaseException as exc:
+            raise_if_disk_full(exc, self.disk, f"take a base backup of {self.root!r}")
+            raise
 
-    def _take_backup_sync(self) -> BaseBackup:
-        cluster = self.cluster(self.root)
-        cluster.start()
+    def _take_backup_sync(self, archived: bool = False) -> BaseBackup:
+        cluster = self._start_root()
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         self.backups_dir.mkdir(parents=True, exist_ok=True)
-        return take_base_backup(cluster, self.backups_dir / stamp)
+        dest = self.backups_dir / stamp
+        try:
+            backup = take_base_backup(cluster, dest)
+            if archived:
+                self._flush_wal_past("take a base backup")
+        except BaseException:
+            shutil.rmtree(dest, ignore_errors=True)  # half a backup is no backup
+            raise
+        return backup
 
     def _backup_before(self, at: datetime) -> BaseBackup:
         usable = [b for b in self.backups() if b.end_time <= at]
@@ -549,8 +814,20 @@ class LocalDatabaseProvider:
                 )
                 report.interrupted_cleaned.append(f"{resource.name} ({current.state})")
         await self._remove_strays(report)
-        await self._maintain_backups(report, now, backup_interval, backup_retention)
+        report.archive_repaired, gap = await finish_in_thread(self.disk.repair)
+        resumed = await finish_in_thread(self.disk.nudge)
+        if resumed:
+            report.archive_repaired.append(resumed)
+        # After a gap in the archive only a backup taken after it restores later moments.
+        interval = timedelta(0) if gap else backup_interval
+        await self._maintain_backups(report, now, interval, backup_retention)
+        # Never needs a spare to run: one that cannot be made is a note, not a failure.
         report.spare_rebuilt = await self.ensure_spare()
+        if self.spare_note:
+            report.notes.append(f"spare copy {self.spare_note}")
+        status = await finish_in_thread(self.disk.archive_status)
+        if status is not None and status.failing:
+            report.notes.append(f"WAL archiving {status.describe()}")
         return report
 
     async def _remove_strays(self, report: GcReport) -> None:
@@ -561,7 +838,7 @@ class LocalDatabaseProvider:
             async with self._try_locked(name) as conn:
                 if conn is None or await branch_rows.get(conn, self.project, name) is not None:
                     continue
-                await asyncio.to_thread(self.cluster(name).destroy)
+                await finish_in_thread(self.cluster(name).destroy)
                 report.orphan_clusters_removed.append(name)
         for name, row in sorted(known.items()):
             if name in on_disk or row.status != BranchStatus.READY.value:
@@ -580,19 +857,24 @@ class LocalDatabaseProvider:
             return
         backups = self.backups()
         if not backups or backups[-1].end_time <= now - interval:
-            backups.append(await self.take_backup())
-            report.backup_taken = True
+            try:
+                backups.append(await self.take_backup())
+                report.backup_taken = True
+            except space.DiskFullError as exc:  # short of room, or archiving fails
+                report.notes.append(f"no new base backup: {exc.message}")
+        if not backups:
+            return
         # Keep every backup younger than the retention, and always the newest.
         keep_from = next(
             (i for i, b in enumerate(backups) if b.end_time > now - retention), len(backups) - 1
         )
         for old in backups[:keep_from]:
-            await asyncio.to_thread(shutil.rmtree, old.path, True)
+            await finish_in_thread(shutil.rmtree, old.path, True)
             report.backups_pruned.append(old.path.name)
         oldest = backups[keep_from]
         root = self.cluster(self.root)
         # WAL older than the oldest kept backup can never be replayed again.
-        await asyncio.to_thread(
+        await finish_in_thread(
             root.run_tool,
             [root.binaries.path("pg_archivecleanup"), str(self.archive_dir), oldest.start_wal_file],
             what="pg_archivecleanup",
@@ -601,13 +883,21 @@ class LocalDatabaseProvider:
     # -- internals ----------------------------------------------------------
 
     def _locked(self, name: str) -> contextlib.AbstractAsyncContextManager[Conn]:
-        """The branch's lock: one create/delete/reset of a name at a time."""
-        return locks.held(self.store, f"branchline:branch:{self.project}:{name}")
+        """The branch's lock: one create/delete/reset of a name at a time. It is held
+        on this machine's disk too, so the state database dying cannot free it."""
+        return locks.held(self.store, self._lock_key(name), here=self._lock_dir)
 
     def _try_locked(self, name: str) -> contextlib.AbstractAsyncContextManager[Conn | None]:
         """The branch's lock if free: how gc tells work a crash interrupted from work
         still going on."""
-        return locks.if_free(self.store, f"branchline:branch:{self.project}:{name}")
+        return locks.if_free(self.store, self._lock_key(name), here=self._lock_dir)
+
+    def _lock_key(self, name: str) -> str:
+        return f"branchline:branch:{self.project}:{name}"
+
+    @property
+    def _lock_dir(self) -> Path:
+        return self.state_dir / "locks"
 
     async def _intend(
         self, conn: Conn, name: str, *, parent: str | None, expires: datetime | None
@@ -628,13 +918,13 @@ class LocalDatabaseProvider:
     async def _undo_create(self, conn: Conn, name: str) -> None:
         """A failed create leaves nothing behind: no cluster, no row."""
         with contextlib.suppress(BranchlineError, OSError):
-            await asyncio.to_thread(self.cluster(name).destroy)
+            await finish_in_thread(self.cluster(name).destroy)
         await branch_rows.delete(conn, self.project, name)
         await resources.record(conn, self.project, RESOURCE_KIND, name, "failed")
 
     async def _mark_ready(self, conn: Conn, name: str, *, detail: dict[str, Any]) -> Branch:
         cluster = self.cluster(name)
-        size = await asyncio.to_thread(directory_size, cluster.data_dir)
+        size = await finish_in_thread(directory_size, cluster.data_dir)
         await branch_rows.update(
             conn,
             self.project,
@@ -671,26 +961,8 @@ def _to_branch(row: branch_rows.BranchRow, compute: str) -> Branch:
     )
 
 
-def _flush_wal_past(root: Cluster, timeout: float = 30.0) -> None:
-    """Make the archive hold a commit after now: recovery to a moment stops at the
-    first commit after it, and fails if the archive ends before one."""
-    with psycopg.connect(root.uri(), autocommit=True) as conn:
-        conn.execute("SELECT pg_current_xact_id()")  # a transaction with an xid commits
-        row = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()
-        assert row is not None
-        segment = str(row[0])
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            done = conn.execute(
-                "SELECT last_archived_wal >= %s FROM pg_stat_archiver", (segment,)
-            ).fetchone()
-            if done is not None and done[0]:
-                return
-            time.sleep(0.05)
-    raise PostgresError(
-        f"WAL segment {segment} was not archived within {timeout:.0f} s",
-        hint=f"See {root.log_file} for archive_command errors.",
-    )
+def _connect(uri: str) -> psycopg.Connection[tuple[Any, ...]]:
+    return psycopg.connect(uri, autocommit=True, connect_timeout=10)
 
 
 def _now_iso() -> str:

@@ -14,14 +14,8 @@ import asyncio
 import contextlib
 import ipaddress
 import time
+from typing import TYPE_CHECKING
 
-import dns.asyncquery
-import dns.exception
-import dns.message
-import dns.name
-import dns.rcode
-import dns.rdatatype
-import dns.rrset
 import psycopg
 
 from branchline import naming
@@ -38,6 +32,12 @@ from branchline.providers.dns import (
 from branchline.store import Store, locks, resources
 from branchline.store import dns as dns_rows
 from branchline.store.queries import Conn
+
+if TYPE_CHECKING:  # dnspython is imported by `verify`: reading records does not need it
+    import dns.message
+    import dns.name
+    import dns.rdatatype
+    import dns.rrset
 
 PROVIDER = "local"
 RESOURCE_KIND = "dns_record"
@@ -207,6 +207,12 @@ class LocalDnsProvider:
                 f"Cannot verify {fqdn!r}: no local DNS server address is known.",
                 hint="Start the DNS server (`branchline edge`) and give its address.",
             )
+        import dns.asyncquery
+        import dns.exception
+        import dns.message
+        import dns.name
+        import dns.rcode
+
         host, port = self.server_address
         query = dns.message.make_query(dns.name.from_text(fqdn + "."), kind)
         began = time.monotonic()
@@ -291,6 +297,9 @@ def _check_cname_exclusive(fqdn: str, kind: str, present: list[dns_rows.DnsRow])
 
 def _answer_values(response: dns.message.Message, fqdn: str, kind: str) -> tuple[str, ...]:
     """The values of type `kind` for `fqdn` in the answer, following CNAMEs in it."""
+    import dns.name
+    import dns.rdatatype
+
     rdtype = dns.rdatatype.from_text(kind)
     current = dns.name.from_text(fqdn + ".")
     for _ in range(MAX_CHAIN + 1):

@@ -79,8 +79,9 @@ class LocalPullRequests(Protocol):
     """Pushes and pull requests kept by branchline itself."""
 
     async def push(
-        self, branch: str | None = None, *, source: str = "cli", before: str | None = None
-    ) -> Recorded: ...
+        self, branch: str | None = None, *, source: str = "cli", before: str | None = None,
+        deploy: bool = True,
+    ) -> Recorded: ...  # fmt: skip
 
     async def open_pr(
         self, branch: str, title: str | None = None, *, fork: bool = False
@@ -90,6 +91,6 @@ class LocalPullRequests(Protocol):
         """Approve a fork's pull request at its head commit (its preview may start)."""
         ...
 
-    async def sync_pr(self, number: int) -> Recorded: ...
+    async def sync_pr(self, number: int, *, again: bool = False) -> Recorded: ...
 
     async def close_pr(self, number: int, *, merge: bool = False) -> list[Recorded]: ...

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
+from branchline import naming
 from branchline.errors import BranchlineError, UsageError
 
 
@@ -23,19 +23,10 @@ def _git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProc
     return result
 
 
-# What `git check-ref-format --branch` refuses, checked before the name reaches an
-# argument list (a NUL byte cannot be passed to a process at all).
-_BAD_REF = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|^[-/.]|/\.|[/.]$|\.lock$|\.lock/|^@$")
-
-
 def check_branch_name(branch: str) -> str:
-    if not branch or len(branch) > 255 or _BAD_REF.search(branch):
-        raise UsageError(
-            f"{branch[:80]!r} is not a git branch name",
-            hint="Branch names have no spaces, control characters, '..', '~', '^', ':', "
-            "'?', '*', '[' or '\\' (see `git check-ref-format`).",
-        )
-    return branch
+    """`branch` when git could name a branch so (checked before the name reaches an
+    argument list: `a..b` is a range to `git rev-parse`, a NUL cannot be passed)."""
+    return naming.check_git_branch(branch)
 
 
 def head_of(repo: Path, branch: str) -> str:

@@ -1,9 +1,10 @@
 """GitHub's webhook payloads turned into branchline's events, at the boundary.
 
-Only what dispatch needs is read: a push's ref and commits, a pull request's
-action, number, head and base, whether it merged. Everything else in GitHub's
-payload stays out. A payload missing a field raises `MalformedDelivery` (the
-webhook answers 400); kinds and actions that start nothing give None.
+Each payload is validated against its model (`payloads`) first: a malformed one
+raises `MalformedDeliveryError` naming the fields that are wrong (the webhook
+answers 400), so nothing half-checked is stored. Only what dispatch needs is read:
+a push's ref and commits, a pull request's action, number, head and base, whether
+it merged. Kinds and actions that start nothing give None.
 """
 
 from __future__ import annotations
@@ -11,108 +12,85 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import ValidationError
+
 from branchline import events
-from branchline.errors import UsageError
+from branchline.providers.forge import payloads
 
 HANDLED = ("push", "pull_request")
 APPROVAL_LABEL = "safe-to-preview"  # a writer's label that approves a fork's head commit
 
-
-class MalformedDeliveryError(ValueError):
-    """The payload lacks a field its event kind must have."""
-
-
-def _field(data: Mapping[str, Any], *path: str) -> Any:
-    value: Any = data
-    for key in path:
-        if not isinstance(value, Mapping) or key not in value:
-            raise MalformedDeliveryError(f"the payload lacks {'.'.join(path)}")
-        value = value[key]
-    return value
+MalformedDeliveryError = payloads.MalformedPayloadError
+Payload = payloads.PushPayload | payloads.PullRequestPayload
 
 
-def repository(payload: Mapping[str, Any]) -> str:
+def validate(kind: str, payload: Mapping[str, Any]) -> Payload | payloads.PingPayload | None:
+    """The typed payload of a delivery of `kind` (None for kinds not handled)."""
+    model: type[Payload | payloads.PingPayload]
+    if kind == "ping":
+        model = payloads.PingPayload
+    elif kind == "push":
+        model = payloads.PushPayload
+    elif kind == "pull_request":
+        model = payloads.PullRequestPayload
+    else:
+        return None
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        raise payloads.malformed(kind, exc) from None
+
+
+def repository(payload: Payload) -> str:
     """`owner/name` of the delivery's repository ("" when it names none)."""
-    found = payload.get("repository")
-    return str(found.get("full_name") or "") if isinstance(found, Mapping) else ""
+    return payload.repository.full_name if payload.repository is not None else ""
 
 
 def parse(kind: str, payload: Mapping[str, Any]) -> events.Event | None:
     """The event a delivery of `kind` (the X-GitHub-Event header) carries."""
-    try:
-        if kind == "push":
-            return _push(payload)
-        if kind == "pull_request":
-            return _pull_request(payload)
-    except MalformedDeliveryError:
-        raise
-    except UsageError as exc:  # a commit id that is not one
-        raise MalformedDeliveryError(exc.message) from None
-    except (TypeError, ValueError) as exc:
-        raise MalformedDeliveryError(f"a field has the wrong type: {exc}") from None
-    return None
+    typed = validate(kind, payload)
+    return None if typed is None or isinstance(typed, payloads.PingPayload) else event_of(typed)
 
 
-def _push(payload: Mapping[str, Any]) -> events.Push | None:
-    ref = str(_field(payload, "ref"))
-    if not ref.startswith("refs/heads/") or ref == "refs/heads/":
+def event_of(payload: Payload) -> events.Event | None:
+    """The event a validated payload carries (None: it starts nothing)."""
+    if isinstance(payload, payloads.PushPayload):
+        return _push(payload)
+    return _pull_request(payload)
+
+
+def _push(payload: payloads.PushPayload) -> events.Push | None:
+    branch = payload.branch
+    if branch is None:
         return None  # tags get no testing run
-    branch = ref.removeprefix("refs/heads/")
-    after = str(_field(payload, "after"))
-    if payload.get("deleted"):
+    if payload.deleted:
         return events.Push(branch, events.ZERO_SHA, None, deleted=True)
-    return events.push(branch, after, payload.get("before"))
+    return events.push(branch, payload.after, payload.before)
 
 
 def _pull_request(
-    payload: Mapping[str, Any],
+    payload: payloads.PullRequestPayload,
 ) -> events.PullRequestChanged | events.PullRequestApproved | None:
-    action = _field(payload, "action")
-    approval = action == "labeled" and _label(payload) == APPROVAL_LABEL
-    if action not in events.PR_ACTIONS and not approval:
-        return None  # edited, other labels, review_requested ...: nothing to test
-    pull = _field(payload, "pull_request")
-    number = int(payload.get("number") or _field(payload, "pull_request", "number"))
+    action = payload.action
+    label = payload.label.name if payload.label is not None else ""
+    approval = action == "labeled" and label == APPROVAL_LABEL
+    pull = payload.pull_request
     if approval:
-        sender = payload.get("sender")
-        who = str(sender.get("login") or "") if isinstance(sender, Mapping) else ""
-        head = events.commit_id(_field(payload, "pull_request", "head", "sha"), "head")
-        return events.PullRequestApproved(number, head, who or "github")
+        who = payload.sender.login if payload.sender is not None else ""
+        return events.PullRequestApproved(payload.number, pull.head.sha, who or "github")
+    if action not in events.PR_ACTIONS:
+        return None  # edited, other labels, review_requested ...: nothing to test
     return events.PullRequestChanged(
         action=action,
-        number=number,
-        head_branch=str(_field(payload, "pull_request", "head", "ref")),
-        head_sha=events.commit_id(_field(payload, "pull_request", "head", "sha"), "head"),
-        base_branch=str(_field(payload, "pull_request", "base", "ref")),
-        base_sha=_base_sha(pull),
-        merged=bool(pull.get("merged")),
-        title=str(pull.get("title") or ""),
-        fork=_from_fork(pull),
+        number=payload.number,
+        head_branch=pull.head.ref,
+        head_sha=pull.head.sha,
+        base_branch=pull.base.ref,
+        base_sha=pull.base.sha,
+        merged=bool(pull.merged),
+        title=pull.title or "",
+        fork=payload.from_fork,
     )
-
-
-def _label(payload: Mapping[str, Any]) -> str:
-    label = payload.get("label")
-    return str(label.get("name") or "") if isinstance(label, Mapping) else ""
-
-
-def _from_fork(pull: Mapping[str, Any]) -> bool:
-    """Whether the head lives in another repository than the base."""
-
-    def repository_of(side: str) -> str:
-        part = pull.get(side)
-        repo = part.get("repo") if isinstance(part, Mapping) else None
-        return str(repo.get("full_name") or "") if isinstance(repo, Mapping) else ""
-
-    head, base = repository_of("head"), repository_of("base")
-    # A deleted fork has no repository: treat it as a stranger too.
-    return bool(base) and head.lower() != base.lower()
-
-
-def _base_sha(pull: Mapping[str, Any]) -> str | None:
-    base = pull.get("base")
-    sha = base.get("sha") if isinstance(base, Mapping) else None
-    return events.commit_id(sha, "base") if sha else None
 
 
 def state_of(change: events.PullRequestChanged) -> str:

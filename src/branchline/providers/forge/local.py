@@ -12,7 +12,7 @@ import asyncio
 import uuid
 from pathlib import Path
 
-from branchline import events
+from branchline import events, naming
 from branchline.errors import UsageError
 from branchline.providers.forge import STATUS_STATES, PullRequest, Recorded, git
 from branchline.store import Store, approvals
@@ -42,14 +42,17 @@ class LocalForge:
     # -- pushes -----------------------------------------------------------
 
     async def push(
-        self, branch: str | None = None, *, source: str = "cli", before: str | None = None
-    ) -> Recorded:
-        """Record a push of `branch`'s head (the current branch by default)."""
+        self, branch: str | None = None, *, source: str = "cli", before: str | None = None,
+        deploy: bool = True,
+    ) -> Recorded:  # fmt: skip
+        """Record a push of `branch`'s head (the current branch by default); `deploy`
+        False: tested only, even on the production branch."""
         name = branch if branch else await asyncio.to_thread(git.current_branch, self.repo)
         after = await asyncio.to_thread(git.head_of, self.repo, name)
         # A hook firing twice for one commit is one delivery.
         delivery = f"{source}-push-{name}-{after}" if source == "hook" else str(uuid.uuid4())
-        return await self._record(delivery, events.push(name, after, before), source)
+        return await self._record(delivery, events.push(name, after, before, deploy=deploy),
+                                  source)  # fmt: skip
 
     # -- pull requests ------------------------------------------------------
 
@@ -64,26 +67,32 @@ class LocalForge:
                 "into it", hint="Open it from a feature branch: `branchline pr open BRANCH`.",
             )  # fmt: skip
         sha = await asyncio.to_thread(git.head_of, self.repo, branch)
-        await asyncio.to_thread(git.head_of, self.repo, self.base)
-        async with self.store.connect() as conn:
-            existing = await rows.open_pr_for(conn, self.project, branch)
-            if existing is not None:
-                raise UsageError(
-                    f"pull request #{existing.number} is already open for {branch!r}",
-                    hint=f"After new commits, run `branchline pr sync {existing.number}`.",
-                )
-            pr = await rows.open_pr(
+        base_sha = await asyncio.to_thread(git.head_of, self.repo, self.base)
+        # The store's unique index decides between two opens at once: one pull request,
+        # and its event recorded with it (a crash between them loses neither).
+        async with self.store.connect() as conn, conn.transaction():
+            pr, new = await rows.open_pr(
                 conn, self.project, title=title or branch, head=branch, base=self.base, sha=sha,
                 fork=fork,
             )  # fmt: skip
-        base_sha = await asyncio.to_thread(git.head_of, self.repo, self.base)
-        change = _changed("opened", pr, base_sha=base_sha)
-        return await self._record(str(uuid.uuid4()), change, "cli", pr)
+            if not new:
+                raise UsageError(
+                    f"pull request #{pr.number} is already open for {branch!r}",
+                    hint=f"After new commits, run `branchline pr sync {pr.number}`; "
+                    f"`branchline pr show {pr.number}` shows it.",
+                )
+            change = _changed("opened", pr, base_sha=base_sha)
+            row = await rows.record(
+                conn, self.project, change, delivery_id=str(uuid.uuid4()), source="cli"
+            )
+        return Recorded(pull_request(pr), change, row.id if row is not None else None)
 
-    async def sync_pr(self, number: int) -> Recorded:
+    async def sync_pr(self, number: int, *, again: bool = False) -> Recorded:
+        """Take the branch's new head commit; with `again`, record the update even
+        when there is none (testing and the preview run again, on a fixed config)."""
         pr = await self._open(number)
         sha = await asyncio.to_thread(git.head_of, self.repo, pr.head_branch)
-        if sha == pr.head_sha:
+        if sha == pr.head_sha and not again:
             return Recorded(pull_request(pr), None)  # nothing new to test or preview
         async with self.store.connect() as conn:
             await rows.update_pr(conn, self.project, number, sha=sha)
@@ -133,6 +142,7 @@ class LocalForge:
         return await self._record(delivery, event, "cli", pr)
 
     async def _open(self, number: int) -> rows.PullRequestRow:
+        naming.check_pr_number(number)
         async with self.store.connect() as conn:
             pr = await rows.get_pr(conn, self.project, number)
         if pr is None:

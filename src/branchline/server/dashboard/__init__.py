@@ -1,9 +1,12 @@
 """Server-rendered pages (Jinja2, a little JavaScript for live logs).
 
 Log-in with an API token; the session is a signed cookie (HttpOnly, SameSite=Lax)
-holding the token's name and scope, never the token. Every form carries a CSRF
-token derived from the session; a POST without the right one is refused. Reading
-works without JavaScript.
+holding the token's name, scope and a fingerprint of it, never the token. Every
+request checks the session against the store: once its token is deleted, replaced
+or given another scope, the session is over (every page and button sends to the
+log-in page), at once. Every form carries a CSRF token derived from the session; a
+POST without the right one is refused. A form's body is read only once the session
+is known live (`gate`). Reading works without JavaScript.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import httpx
 from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.types import Scope
 
 from branchline.engine import logs as run_logs
 from branchline.environment import Environment as EnvironmentValue
@@ -34,6 +38,8 @@ from branchline.operations.environments import list_environments
 from branchline.operations.previews import Started
 from branchline.server.actions import Actions
 from branchline.server.api import RunId, project_run
+from branchline.server.limits import Refusal
+from branchline.store import Store
 from branchline.store import branches as branch_rows
 from branchline.store import forge as forge_rows
 from branchline.store import runs as run_rows
@@ -56,10 +62,30 @@ class Sessions:
     def _sign(self, payload: str) -> str:
         return hmac.new(self.key, payload.encode(), hashlib.sha256).hexdigest()
 
-    def issue(self, name: str, scope: str) -> str:
+    def fingerprint(self, token_hash: str) -> str:
+        """Binds a session to one token value (a token re-made under the same name
+        is another token), without putting anything that opens the API in the cookie."""
+        return hmac.new(self.key, b"token:" + token_hash.encode(), hashlib.sha256).hexdigest()
+
+    def issue(self, name: str, scope: str, token_hash: str) -> str:
         payload = json.dumps({"n": name, "s": scope, "e": int(time.time()) + SESSION_SECONDS,
-                              "r": secrets.token_hex(8)}, separators=(",", ":"))  # fmt: skip
+                              "f": self.fingerprint(token_hash), "r": secrets.token_hex(8)},
+                             separators=(",", ":"))  # fmt: skip
         return f"{payload.encode().hex()}.{self._sign(payload)}"
+
+    async def live(self, store: Store, project: str, cookie: str | None) -> dict[str, Any] | None:
+        """The session in `cookie` when its signature holds, it has not expired, and
+        its token still exists, is the same token and has the same scope."""
+        session = self.read(cookie)
+        if session is None or not isinstance(session.get("n"), str):
+            return None
+        async with store.connect() as conn:
+            now = await token_rows.current(conn, project, session["n"])
+        if now is None:
+            return None
+        scope, token_hash = now
+        same = hmac.compare_digest(self.fingerprint(token_hash), str(session.get("f", "")))
+        return session if same and scope == session.get("s") else None
 
     def read(self, cookie: str | None) -> dict[str, Any] | None:
         if not cookie or "." not in cookie:
@@ -107,28 +133,51 @@ async def _probe(client: httpx.AsyncClient, url: str | None) -> str:
     return "healthy" if answer.status_code == 200 else f"unhealthy (HTTP {answer.status_code})"
 
 
+LOGIN = "/dashboard/login"
+
+
+def gate(
+    store: Store, project: str, sessions: Sessions
+) -> Callable[[Scope], Awaitable[Refusal | None]]:
+    """What `limits.BodyLimits` asks before reading a dashboard form: a live session
+    (the log-in form itself excepted)."""
+
+    async def check(scope: Scope) -> Refusal | None:
+        if scope["path"] == LOGIN:
+            return None
+        cookie = Request(scope).cookies.get(COOKIE)
+        if await sessions.live(store, project, cookie) is None:
+            return Refusal(303, "log in first", (("Location", LOGIN),))
+        return None
+
+    return check
+
+
 def router(kit: Kit, actions: Actions | None, sessions: Sessions) -> APIRouter:
     config, store = kit.config, kit.store
     project = config.project.name
     routes = APIRouter(prefix="/dashboard", include_in_schema=False)
 
-    def page(request: Request, name: str, **context: Any) -> HTMLResponse:
+    def page(
+        request: Request, session: dict[str, Any] | None, name: str, **context: Any
+    ) -> HTMLResponse:
+        """`name` rendered; with the live `session`, the navigation and its log-out form
+        (never for a session that is not live: a log-in page under a dead one)."""
         cookie = request.cookies.get(COOKIE, "")
-        session = sessions.read(cookie)
         html = _templates.get_template(name).render(
             project=project, user=session["n"] if session else None,
             csrf=sessions.csrf(cookie) if session else "", **context,
         )  # fmt: skip
         return HTMLResponse(html)
 
-    def user(request: Request) -> dict[str, Any]:
-        session = sessions.read(request.cookies.get(COOKIE))
+    async def user(request: Request) -> dict[str, Any]:
+        session = await sessions.live(store, project, request.cookies.get(COOKIE))
         if session is None:
-            raise HTTPException(303, headers={"Location": "/dashboard/login"})
+            raise HTTPException(303, headers={"Location": LOGIN})
         return session
 
-    def checked(request: Request, csrf: str) -> dict[str, Any]:
-        session = user(request)
+    async def checked(request: Request, csrf: str) -> dict[str, Any]:
+        session = await user(request)
         expected = sessions.csrf(request.cookies.get(COOKIE, ""))
         if not hmac.compare_digest(expected, csrf):
             raise HTTPException(403, "the form's CSRF token is missing or wrong; reload the page")
@@ -136,29 +185,30 @@ def router(kit: Kit, actions: Actions | None, sessions: Sessions) -> APIRouter:
 
     @routes.get("/login")
     async def login_page(request: Request) -> HTMLResponse:
-        return page(request, "login.html", title="Log in")
+        return page(request, None, "login.html", title="Log in")
 
     @routes.post("/login")
     async def login(request: Request, token: str = Form(...)) -> Response:
         async with store.connect() as conn:
             found = await token_rows.find(conn, project, token.strip())
         if found is None:
-            return page(request, "login.html", title="Log in", notice="unknown token")
+            return page(request, None, "login.html", title="Log in", notice="unknown token")
         answer = RedirectResponse("/dashboard/", status_code=303)
-        answer.set_cookie(COOKIE, sessions.issue(found.name, found.scope), httponly=True,
+        cookie = sessions.issue(found.name, found.scope, token_rows.digest(token.strip()))
+        answer.set_cookie(COOKIE, cookie, httponly=True,
                           samesite="lax", max_age=SESSION_SECONDS, path="/dashboard")  # fmt: skip
         return answer
 
     @routes.post("/logout")
     async def logout(request: Request, csrf: str = Form("")) -> Response:
-        checked(request, csrf)
-        answer = RedirectResponse("/dashboard/login", status_code=303)
+        await checked(request, csrf)
+        answer = RedirectResponse(LOGIN, status_code=303)
         answer.delete_cookie(COOKIE, path="/dashboard")
         return answer
 
     @routes.get("/")
     async def environments(request: Request, notice: str | None = None) -> HTMLResponse:
-        user(request)
+        session = await user(request)
         found = await list_environments(kit)
         # Health as it is now, not as it was at deploy time: every service asked at once.
         # A short timeout, since the page waits on them.
@@ -175,20 +225,20 @@ def router(kit: Kit, actions: Actions | None, sessions: Sessions) -> APIRouter:
                           for s in e.services]}
             for e in found
         ]  # fmt: skip
-        return page(request, "environments.html", title="Environments", environments=shown,
-                    notice=notice)  # fmt: skip
+        return page(request, session, "environments.html", title="Environments",
+                    environments=shown, notice=notice)  # fmt: skip
 
     @routes.get("/runs")
     async def runs(request: Request) -> HTMLResponse:
-        user(request)
+        session = await user(request)
         async with store.connect() as conn:
             found = await run_rows.list_runs(conn, project, 100)
         rows = [{**r.__dict__, "seconds": _seconds(r.started_at, r.finished_at)} for r in found]
-        return page(request, "runs.html", title="Runs", runs=rows)
+        return page(request, session, "runs.html", title="Runs", runs=rows)
 
     @routes.get("/runs/{run_id}")
     async def run(request: Request, run_id: RunId) -> HTMLResponse:
-        user(request)
+        session = await user(request)
         async with store.connect() as conn:
             found = await project_run(conn, project, run_id)
             jobs = []
@@ -199,14 +249,14 @@ def router(kit: Kit, actions: Actions | None, sessions: Sessions) -> APIRouter:
                              "steps": steps})  # fmt: skip
             lines = await run_rows.logs_after(conn, run_id, 0, limit=5000)
         last = lines[-1].id if lines else 0
-        return page(request, "run.html", title=f"Run {run_id}", run=found, jobs=jobs,
+        return page(request, session, "run.html", title=f"Run {run_id}", run=found, jobs=jobs,
                     lines=[ln.content for ln in lines], last=last)  # fmt: skip
 
     @routes.get("/runs/{run_id}/events")
     async def events(
         request: Request, run_id: RunId, after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0
     ) -> StreamingResponse:
-        user(request)
+        await user(request)
         async with store.connect() as conn:
             await project_run(conn, project, run_id)
 
@@ -219,7 +269,7 @@ def router(kit: Kit, actions: Actions | None, sessions: Sessions) -> APIRouter:
 
     @routes.get("/deployments")
     async def deployments(request: Request, notice: str | None = None) -> HTMLResponse:
-        user(request)
+        session = await user(request)
         live = [d for d in await kit.compute.list_deployments() if d.status == "live"]
         rollouts = await kit.rollouts.history()
         rows = [
@@ -228,7 +278,7 @@ def router(kit: Kit, actions: Actions | None, sessions: Sessions) -> APIRouter:
         ]
         history = [{**r.__dict__, "seconds": _seconds(r.started_at, r.finished_at)}
                    for r in rollouts]  # fmt: skip
-        return page(request, "deployments.html", title="Deployments", live=rows,
+        return page(request, session, "deployments.html", title="Deployments", live=rows,
                     rollouts=history, notice=notice)  # fmt: skip
 
     async def act(
@@ -236,7 +286,7 @@ def router(kit: Kit, actions: Actions | None, sessions: Sessions) -> APIRouter:
     ) -> Response:
         """Every button: a session, the form's CSRF token, a token that may write; then
         the action, and back to the page with what happened."""
-        session = checked(request, csrf)
+        session = await checked(request, csrf)
         if session["s"] != "write":
             raise HTTPException(403, "this token may only read")
         if actions is None:
@@ -288,7 +338,7 @@ def router(kit: Kit, actions: Actions | None, sessions: Sessions) -> APIRouter:
 
     @routes.get("/branches")
     async def branches(request: Request, notice: str | None = None) -> HTMLResponse:
-        user(request)
+        session = await user(request)
         async with store.connect() as conn:
             found = await branch_rows.list_all(conn, project)
         nodes: dict[str, dict[str, Any]] = {
@@ -306,18 +356,18 @@ def router(kit: Kit, actions: Actions | None, sessions: Sessions) -> APIRouter:
             siblings.append(nodes[b.name])
         # Production's branch gets no buttons: the API refuses to reset or delete it.
         production = await kit.database_branch(EnvironmentValue.production())
-        return page(request, "branches.html", title="Branches", roots=roots, notice=notice,
-                    production=production)  # fmt: skip
+        return page(request, session, "branches.html", title="Branches", roots=roots,
+                    notice=notice, production=production)  # fmt: skip
 
     @routes.get("/prs")
     async def prs(request: Request) -> HTMLResponse:
-        user(request)
+        session = await user(request)
         found = []
         async with store.connect() as conn:
             for pr in await forge_rows.list_prs(conn, project):
                 comments = await forge_rows.comments(conn, project, pr.number)
                 statuses = await forge_rows.statuses(conn, project, pr.head_sha)
                 found.append({**pr.__dict__, "comments": comments, "statuses": statuses})
-        return page(request, "prs.html", title="Pull requests", prs=found)
+        return page(request, session, "prs.html", title="Pull requests", prs=found)
 
     return routes

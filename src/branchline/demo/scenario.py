@@ -1,10 +1,9 @@
-"""`branchline demo`: the whole system on a temporary copy of the example app.
+"""The demo's story, phase by phase, on a temporary copy of the example app.
 
 A push tested on an ephemeral branch; a pull request with its preview (URLs printed
 and checked through the edge); a new commit updating it; the merge rolled out to
 production; a deliberately broken release rolled back automatically, with its
-incident issue; the preview cleaned up. Everything it starts lives under one
-temporary directory and is removed at the end (unless `keep`).
+incident issue; the preview cleaned up. Each phase is told as it happens and timed.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -30,12 +28,12 @@ from rich.table import Table
 
 from branchline import naming
 from branchline.config import Config, load_config
+from branchline.demo.example import find_example
 from branchline.edge import daemon
 from branchline.environment import Environment
-from branchline.errors import BranchlineError, UsageError
+from branchline.errors import BranchlineError
 from branchline.kit import Kit
 from branchline.operations.runtime import Pipelines, open_pipelines
-from branchline.postgres import Cluster
 from branchline.providers.database import RootInitializer
 from branchline.providers.forge import LocalPullRequests
 from branchline.secrets import generate_value
@@ -46,7 +44,6 @@ from branchline.store import runs as run_rows
 PRODUCTION = Environment.production()
 PREVIEW = Environment.preview(1)
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "codex"
 BROKEN = """
 # A release that starts everywhere but in production, where a setting it needs is
 # missing: the tests pass, the production health check does not.
@@ -66,8 +63,10 @@ class Phase:
 class Demo:
     console: Console
     keep: bool = False
+    command: str = "branchline"  # how a shell runs this very branchline
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="branchline-demo-")))
     phases: list[Phase] = field(default_factory=list)
+    serving: bool = False  # --keep: the story is over, everything serves until stopped
 
     @property
     def project(self) -> Path:
@@ -77,8 +76,15 @@ class Demo:
     def state_dir(self) -> Path:
         return self.root / "state"
 
-    def say(self, text: str) -> None:
-        self.console.print(text, highlight=False)
+    @property
+    def current_phase(self) -> str | None:
+        """The phase under way (begun, not finished), if any."""
+        last = self.phases[-1] if self.phases else None
+        return last.name if last is not None and not last.outcome else None
+
+    def say(self, text: str, *, whole: bool = False) -> None:
+        """Print `text`; `whole`: never wrapped (a command, a URL, a token to copy)."""
+        self.console.print(text, highlight=False, soft_wrap=whole)
 
     def git(self, *args: str) -> str:
         return subprocess.run(
@@ -97,49 +103,37 @@ class Demo:
         return sha
 
 
-def run(console: Console, *, keep: bool = False) -> int:
-    if not (EXAMPLE / "branchline.toml").exists():
-        raise UsageError(
-            f"the example app is not at {EXAMPLE}",
-            hint="Run the demo from a checkout of branchline (`./dev branchline demo`).",
-        )
-    demo = Demo(console, keep=keep)
-    demo.root.chmod(0o755)  # when run as root, Postgres runs as another user: it must enter
-    # Every process the demo starts (tests, migrations, services) runs `python`:
-    # this interpreter, which has psycopg. State lives in the demo's own directory.
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    os.environ["BRANCHLINE_STATE_DIR"] = str(demo.state_dir)
-    os.environ.pop("BRANCHLINE_DATABASE_URL", None)
-    try:
-        return asyncio.run(_main(demo))
-    except BranchlineError:
-        if keep:
-            _wait_after_failure(demo)
-        raise
-    finally:
-        _teardown(demo)
+@dataclass(frozen=True)
+class Played:
+    """What the story leaves running, for `--keep` to serve and point at."""
+
+    config: Config
+    store: Store
+    edge_port: int
+    dns_port: int
+    hosts: dict[str, str]  # production's: service -> its host name
+    urls: dict[str, str]  # ... and its URL through the edge
 
 
-def _wait_after_failure(demo: Demo) -> None:
-    demo.say(
-        "\n[red]the demo failed[/red]; everything stays up until Ctrl-C. Look around with:\n"
-        f"  export BRANCHLINE_STATE_DIR={demo.state_dir}\n"
-        f"  branchline --config {demo.project / 'branchline.toml'} runs list"
-    )
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
+def config_env() -> dict[str, str]:
+    """The variables the example's branchline.toml refers to, as the demo set them."""
+    return {"CODEX_PYTHON_BIN": os.environ.get("CODEX_PYTHON_BIN", "")}
 
 
-async def _main(demo: Demo) -> int:
-    began = time.monotonic()
-    shutil.copytree(EXAMPLE, demo.project, ignore=shutil.ignore_patterns("__pycache__"))
+def _copy_example(demo: Demo) -> None:
+    # .branchline/: the state of anyone who ran the example in place stays there.
+    shutil.copytree(find_example(), demo.project,
+                    ignore=shutil.ignore_patterns("__pycache__", ".branchline"))  # fmt: skip
     demo.git("init", "-q", "-b", "main")
     demo.git("add", ".")
     demo.git("commit", "-qm", "codex: web, auth and api")
-    config = load_config(demo.project / "branchline.toml", env={})
+
+
+async def play(demo: Demo) -> Played:
+    """Set up, play every phase, show the table; raises when a phase goes wrong."""
+    began = time.monotonic()
+    await asyncio.to_thread(_copy_example, demo)
+    config = load_config(demo.project / "branchline.toml", env=config_env())
     store = Store(locate_state(demo.project, os.environ))
     await _phase(
         demo, "setup: state, production database, edge", lambda: _setup(demo, config, store)
@@ -150,15 +144,10 @@ async def _main(demo: Demo) -> int:
         config, store, edge_port=info.edge_port, dns_port=info.dns_port
     ) as pipelines:
         await _scenario(demo, pipelines)
-    _summary(demo, pipelines, time.monotonic() - began)
-    if demo.keep:
-        demo.say("\n--keep: everything stays up until Ctrl-C")
-        try:
-            while True:
-                await asyncio.sleep(3600)
-        except (KeyboardInterrupt, asyncio.CancelledError):
-            pass
-    return 0
+        hosts = pipelines.kit.hosts(PRODUCTION)
+        urls = {service: pipelines.kit.url(host) for service, host in hosts.items()}
+    _summary(demo, time.monotonic() - began)
+    return Played(config, store, info.edge_port, info.dns_port, hosts, urls)
 
 
 async def _phase(demo: Demo, name: str, work: Callable[[], Awaitable[str]]) -> None:
@@ -234,16 +223,33 @@ def _health(port: int, host: str) -> dict[str, Any]:
         time.sleep(0.05)
 
 
-def _expect(runs: list[run_rows.RunRow], wanted: dict[str, str]) -> None:
-    got = {r.workflow: r.status for r in runs}
+async def _expect(kit: Kit, runs: list[run_rows.RunRow], wanted: dict[str, str]) -> None:
+    got = {r.workflow: r for r in runs}
     for workflow, status in wanted.items():
-        if got.get(workflow) != status:
+        run = got.get(workflow)
+        if run is None or run.status != status:
+            said = await _failed_jobs(kit, run) if run is not None else ""
             raise BranchlineError(
                 f"the demo expected the {workflow} run to end in {status}, it ended in "
-                f"{got.get(workflow, 'nothing')}",
+                f"{run.status if run else 'nothing'}{said}",
                 hint="Run `branchline demo --keep`: after a failure it keeps everything "
                 "up, with the commands to look around, until Ctrl-C.",
             )
+
+
+async def _failed_jobs(kit: Kit, run: run_rows.RunRow) -> str:
+    """Which jobs of `run` failed, with the last lines each logged (already masked)."""
+    async with kit.store.connect() as conn:
+        failed = [j for j in await run_rows.jobs_of(conn, run.id) if j.status == "failure"]
+        told = []
+        for job in failed:
+            lines = await run_rows.logs_after(conn, run.id, 0, job.id, limit=100_000)
+            tail = "\n    ".join(line.content for line in lines[-15:]) or "(nothing)"
+            why = f" ({job.error})" if job.error else ""
+            told.append(
+                f"\n  job {job.name} of run {run.id} failed{why}; its log ends:\n    {tail}"
+            )
+    return "".join(told)
 
 
 async def _scenario(demo: Demo, p: Pipelines) -> None:
@@ -257,15 +263,17 @@ async def _scenario(demo: Demo, p: Pipelines) -> None:
 
         return write
 
-    first = demo.commit("main", lambda _r: None, "") if False else ""
-    demo.git("checkout", "-qb", "feature")
-    demo.git("checkout", "-q", "main")
-    first = demo.commit("feature", note("services/web/BANNER", "Spring sale"), "web: a banner")
+    # git runs in a thread: the pipelines' workers share this event loop.
+    await asyncio.to_thread(demo.git, "checkout", "-qb", "feature")
+    await asyncio.to_thread(demo.git, "checkout", "-q", "main")
+    first = await asyncio.to_thread(
+        demo.commit, "feature", note("services/web/BANNER", "Spring sale"), "web: a banner"
+    )
 
     async def push() -> str:
         await _forge(kit).push("feature")
         runs = await _settle(demo, p)
-        _expect(runs, {"testing": "success"})
+        await _expect(kit, runs, {"testing": "success"})
         branch = naming.branch_for_push("feature", first)
         left = [b.name for b in await kit.database.list_branches()]
         gone = "deleted afterwards" if branch not in left else "STILL THERE"
@@ -273,23 +281,24 @@ async def _scenario(demo: Demo, p: Pipelines) -> None:
 
     async def open_pr() -> str:
         await _forge(kit).open_pr("feature", "A spring sale banner")
-        _expect(await _settle(demo, p), {"testing": "success", "preview": "success"})
+        await _expect(kit, await _settle(demo, p), {"testing": "success", "preview": "success"})
         for service, host in hosts[PREVIEW].items():
-            commit = _health(port, host)["commit"]
+            commit = (await asyncio.to_thread(_health, port, host))["commit"]
             demo.say(f"  {service}: {kit.url(host)} answers commit {commit[:8]}")
         return "preview-1 live: three services on branch pr-1, URLs above"
 
     async def sync() -> str:
-        second = demo.commit(
-            "feature",
+        second = await asyncio.to_thread(
+            demo.commit, "feature",
             note("migrations/003_product_notes.sql", "ALTER TABLE products ADD COLUMN note text;"),
             "products get a note",
         )  # fmt: skip
         await _forge(kit).sync_pr(1)
-        _expect(await _settle(demo, p), {"testing": "success", "preview": "success"})
+        await _expect(kit, await _settle(demo, p), {"testing": "success", "preview": "success"})
         deadline = time.monotonic() + 5  # the edge switches routes on NOTIFY: moments later
         while True:
-            answers = {_health(port, h)["commit"] for h in hosts[PREVIEW].values()}
+            answers = {(await asyncio.to_thread(_health, port, h))["commit"]
+                       for h in hosts[PREVIEW].values()}  # fmt: skip
             if answers == {second} or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.05)
@@ -300,21 +309,24 @@ async def _scenario(demo: Demo, p: Pipelines) -> None:
     async def merge() -> str:
         await _forge(kit).close_pr(1, merge=True)
         runs = await _settle(demo, p)
-        _expect(runs, {"cleanup": "success", "testing": "success", "production": "success"})
+        await _expect(
+            kit, runs, {"cleanup": "success", "testing": "success", "production": "success"}
+        )
         for service, host in hosts[PRODUCTION].items():
-            commit = _health(port, host)["commit"]
+            commit = (await asyncio.to_thread(_health, port, host))["commit"]
             demo.say(f"  {service}: {kit.url(host)} answers commit {commit[:8]}")
         left = [b.name for b in await kit.database.list_branches() if b.name.startswith("pr-1")]
         return f"rolled out to production; preview-1 cleaned up ({len(left)} branches left)"
 
     async def broken() -> str:
-        good = _health(port, hosts[PRODUCTION]["web"])["commit"]
+        good = (await asyncio.to_thread(_health, port, hosts[PRODUCTION]["web"]))["commit"]
         app = demo.project / "services" / "web" / "app.py"
         app.write_text(app.read_text().replace("\nfrom common", BROKEN + "\nfrom common", 1))
-        demo.git("commit", "-qam", "web: needs a currency setting")
+        await asyncio.to_thread(demo.git, "commit", "-qam", "web: needs a currency setting")
         await _forge(kit).push("main")
-        _expect(await _settle(demo, p), {"testing": "success", "production": "failure"})
-        still = {_health(port, h)["commit"] for h in hosts[PRODUCTION].values()}
+        await _expect(kit, await _settle(demo, p), {"testing": "success", "production": "failure"})
+        still = {(await asyncio.to_thread(_health, port, h))["commit"]
+                 for h in hosts[PRODUCTION].values()}  # fmt: skip
         async with kit.store.connect() as conn:
             issue = (await forge_rows.issues(conn, kit.project))[0]
         demo.say(f"  [yellow]incident issue #{issue.number}: {escape(issue.title)}[/yellow]")
@@ -330,39 +342,10 @@ async def _scenario(demo: Demo, p: Pipelines) -> None:
     await _phase(demo, "5. a broken release: health check fails, automatic rollback", broken)
 
 
-def _summary(demo: Demo, p: Pipelines, total: float) -> None:
+def _summary(demo: Demo, total: float) -> None:
     table = Table("phase", "seconds", "outcome", title="branchline demo")
     for phase in demo.phases:
         table.add_row(phase.name, f"{phase.seconds:.1f}", phase.outcome)
     table.add_row("total", f"{total:.1f}", "")
     demo.console.print()
     demo.console.print(table)
-    demo.say("production URLs (through the edge):")
-    for service, host in p.kit.hosts(PRODUCTION).items():
-        demo.say(f"  {service}: {p.kit.url(host)}")
-
-
-def _teardown(demo: Demo) -> None:
-    """Stop every process and cluster the demo started, then remove its directory."""
-
-    async def stop_services() -> None:
-        config = load_config(demo.project / "branchline.toml", env={})
-        store = Store(locate_state(demo.project, os.environ))
-        await store.start()
-        kit = Kit.build(config, store)
-        for d in await kit.compute.list_deployments():
-            await kit.compute.delete(d.service, d.environment)
-        await kit.aclose()
-
-    if (demo.project / "branchline.toml").exists() and (demo.state_dir / "postgres").exists():
-        daemon.stop(demo.state_dir)  # first: its supervisor would restart services
-        try:
-            asyncio.run(stop_services())
-        except Exception as exc:  # keep tearing down: clusters must go regardless
-            demo.say(f"[yellow]could not stop every service: {escape(str(exc))}[/yellow]")
-    projects = demo.state_dir / "projects"
-    for home in [*projects.glob("*/branches/*"), *projects.glob("*/spares/*-*"),
-                 demo.state_dir / "postgres"]:  # fmt: skip
-        if home.exists():
-            Cluster(home).destroy()
-    shutil.rmtree(demo.root, ignore_errors=True)

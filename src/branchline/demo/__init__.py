@@ -1,0 +1,132 @@
+"""`branchline demo`: the whole system on a temporary copy of the example app.
+
+The story (`scenario`): a push tested, a pull request's preview, an update, the merge
+rolled out, a broken release rolled back. Everything it starts lives under one
+temporary directory and is removed when it ends (`stopping`), however it ends: done,
+failed, Ctrl-C, SIGTERM. With `keep`, everything first serves as `branchline serve`
+runs it, dashboard included, until Ctrl-C or SIGTERM (`keep`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+
+from branchline.demo.example import check_tools, find_example
+from branchline.demo.keep import look_around, serve_until_stopped
+from branchline.demo.scenario import Demo, play
+from branchline.demo.stopping import Interruptions, Removal, teardown
+from branchline.errors import BranchlineError, UsageError
+from branchline.postgres import find_binaries
+
+__all__ = ["run"]
+
+
+def run(console: Console, *, keep: bool = False) -> int:
+    """Play the demo; returns its exit code (128 + the signal's number when one
+    stopped it before its end)."""
+    # What it needs, before anything is made: the example app and the tools its tests
+    # run with, Postgres, git.
+    find_example()
+    check_tools()
+    find_binaries()
+    if shutil.which("git") is None:
+        raise UsageError("the demo needs git, and there is none on the PATH",
+                         hint="Install git (for example `apt-get install git`).")  # fmt: skip
+    command = _command()
+    with Interruptions() as interruptions:
+        demo = Demo(console, keep=keep, command=command)
+        ending = "failed"  # until it is known to end otherwise
+        try:
+            _prepare(demo)
+            asyncio.run(_main(demo, interruptions))
+            ending = "done"
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            ending = "served" if demo.serving else "stopped"
+            _stopping(demo, ending, interruptions.stopped_by)
+        except BranchlineError:
+            if keep:
+                _wait_after_failure(demo)
+            raise
+        finally:
+            with interruptions.held():
+                removal = teardown(demo)
+            _farewell(demo, removal, ending)
+    if removal.problems:
+        return 1
+    return 128 + interruptions.stopped_by if ending == "stopped" else 0
+
+
+def _command() -> str:
+    """How a shell runs this very branchline: `branchline` when it is the one on the
+    PATH, else its full path (a virtualenv not activated)."""
+    ours = Path(sys.executable).parent / "branchline"
+    if not ours.exists():
+        return f"{sys.executable} -m branchline"
+    found = shutil.which("branchline")
+    return "branchline" if found and Path(found).resolve() == ours.resolve() else str(ours)
+
+
+def _prepare(demo: Demo) -> None:
+    demo.root.chmod(0o755)  # when run as root, Postgres runs as another user: it must enter
+    demo.say(f"the demo works in {demo.root}; everything it starts is removed when it ends",
+             whole=True)  # fmt: skip
+    # Every process the demo starts (tests, migrations, services) runs `python`:
+    # this interpreter, which has psycopg. State lives in the demo's own directory.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    # ... and the example's `[security] path` names it for code from its branches.
+    os.environ["CODEX_PYTHON_BIN"] = str(Path(sys.executable).parent)
+    os.environ["BRANCHLINE_STATE_DIR"] = str(demo.state_dir)
+    os.environ.pop("BRANCHLINE_DATABASE_URL", None)
+    # A throw-away project: any free ports (it prints its URLs), unless the user chose,
+    # so that it runs beside the user's own serve on 8080.
+    for variable in ("BRANCHLINE_EDGE_PORT", "BRANCHLINE_DNS_PORT", "BRANCHLINE_API_PORT"):
+        os.environ.setdefault(variable, "0")
+
+
+async def _main(demo: Demo, interruptions: Interruptions) -> None:
+    interruptions.task = asyncio.current_task()  # what SIGTERM cancels, as Ctrl-C does
+    played = await play(demo)
+    if demo.keep:
+        await serve_until_stopped(demo, played)
+
+
+def _wait_after_failure(demo: Demo) -> None:
+    demo.say("\n[red]the demo failed[/red]; everything stays up until Ctrl-C or SIGTERM. "
+             "Look around, from another terminal:")  # fmt: skip
+    for line in look_around(demo):
+        demo.say(f"  {escape(line)}", whole=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM made one (Interruptions)
+        pass
+
+
+def _stopping(demo: Demo, ending: str, stopped_by: signal.Signals) -> None:
+    if ending == "stopped":
+        during = f" during “{demo.current_phase}”" if demo.current_phase else ""
+        demo.say(f"\n[yellow]the demo was stopped ({stopped_by.name}){during}[/yellow]")
+    demo.say(f"removing everything the demo started ({stopped_by.name}) ...")
+
+
+def _farewell(demo: Demo, removal: Removal, ending: str) -> None:
+    """The last word: what was removed, truthfully, and how to keep it next time."""
+    removed = removal.describe(demo)
+    if removal.problems:
+        demo.say("\n[red]could not remove everything the demo started:[/red] "
+                 + escape("; ".join(removal.problems)))  # fmt: skip
+        demo.say(f"what did go: {escape(removed)}")
+        return
+    demo.say(f"\nremoved everything the demo started: {escape(removed)}.")
+    if ending == "done":
+        demo.say("Its URLs above are gone with it. To keep it all running and look around "
+                 f"(live URLs, the dashboard, the CLI): `{demo.command} demo --keep`.")  # fmt: skip
