@@ -5,6 +5,7 @@ and schema-only branches, expiry, and a stop that leaves nothing running."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Iterator
@@ -348,3 +349,31 @@ def test_stop_leaves_nothing_running(cluster_root: Path) -> None:
         assert all(Cluster(home).state() is not ClusterState.RUNNING for home in homes)
     finally:
         remove_state_dir(state)
+
+
+def test_an_invalid_response_is_a_loud_500(tmp_path: Path) -> None:
+    """In process, no cluster: a response the document forbids never reaches the client."""
+    from branchline.fakes.neon.app import FakeNeonApp
+    from branchline.fakes.neon.world import NeonWorld
+
+    world = NeonWorld(tmp_path, project_id="shiny-wind-028834")
+    app = FakeNeonApp(world, API_KEY)
+    project = "/api/v2/projects/shiny-wind-028834"
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="http://127.0.0.1",
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        ) as client:
+            good = await client.get(project)
+            assert good.status_code == 200, good.text
+            world.project_json = lambda: {"id": "shiny-wind-028834"}  # type: ignore[method-assign]
+            bad = await client.get(project)
+            assert bad.status_code == 500
+            assert "required property" in bad.json()["message"]
+            assert app.calls()["validation_failures"] == {"request": 0, "response": 1}
+            assert (await client.get("/api/v2/projects/other-project")).status_code == 404
+
+    asyncio.run(scenario())

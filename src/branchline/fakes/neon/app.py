@@ -104,8 +104,16 @@ class FakeNeonApp:
     # -- ASGI ---------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":  # nothing to do: its runner opens and closes the world
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
         if scope["type"] != "http":
-            return  # no lifespan work: the world is opened and closed by its runner
+            return
         request = Request(scope, receive)
         path = request.url.path
         if path.startswith("/_fake/"):
