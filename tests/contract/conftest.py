@@ -35,12 +35,15 @@ import pytest
 from branchline.config import Config, load_config
 from branchline.edge.dns_server import ZoneServer
 from branchline.environment import Environment
+from branchline.fakes.neon import FakeNeon
 from branchline.postgres import Cluster
 from branchline.processes import ProcessId, start_time_of, stop
 from branchline.providers.compute import ComputeProvider, Deployment, DeploymentEnv, Release
 from branchline.providers.compute.local import LocalComputeProvider
 from branchline.providers.database import DatabaseProvider
 from branchline.providers.database.local import LocalDatabaseProvider
+from branchline.providers.database.neon import NeonDatabaseProvider
+from branchline.providers.database.neon_api import NeonClient
 from branchline.providers.dns import DnsProvider
 from branchline.providers.dns.local import LocalDnsProvider
 from branchline.providers.forge import ForgeProvider, PullRequest
@@ -140,9 +143,10 @@ class MemoryDatabaseContract(DatabaseContract):
 
 
 class LocalDatabaseContract(DatabaseContract):
-    """The data is a `kv` table of the branch's database, through psycopg."""
+    """The data is a `kv` table of the branch's database, through psycopg (a local
+    cluster's, or a Neon branch's: the fake Neon's are local clusters too)."""
 
-    provider: LocalDatabaseProvider
+    provider: LocalDatabaseProvider | NeonDatabaseProvider
 
     def _uri(self, branch: str) -> str:
         return self.run(self.provider.connection_uri(branch))
@@ -199,10 +203,40 @@ def local_database_provider(
         shutil.rmtree(state, ignore_errors=True)
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(scope="module")
+def neon_database_provider(
+    contract_store: Store, cluster_root: Path
+) -> Iterator[NeonDatabaseProvider]:
+    """A fake Neon (real clusters behind Neon's API, every exchange checked against
+    Neon's OpenAPI document) for the module's tests, and the Neon provider on it."""
+    state = temp_dir(cluster_root, "contract-neon-")
+    fake = FakeNeon.start(state, api_key="contract-neon-key")
+    client = NeonClient(base_url=fake.url, api_key=fake.api_key, project_id=fake.project_id)
+    provider = NeonDatabaseProvider(
+        project=fresh("contract-neon-"), store=contract_store, client=client,
+        operation_timeout=120.0,
+    )  # fmt: skip
+    try:
+        run_closing(provider, provider.init_root())
+        yield provider
+        failures = fake.calls()["validation_failures"]
+        assert failures == {"request": 0, "response": 0}, fake.calls().get("failures")
+    finally:
+        fake.stop()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(params=[*BACKENDS, pytest.param("neon", marks=pytest.mark.integration)])
 def database(request: pytest.FixtureRequest) -> Iterator[DatabaseContract]:
     if request.param == "memory":
         yield MemoryDatabaseContract(MemoryDatabase())
+        return
+    if request.param == "neon":
+        neon = LocalDatabaseContract(request.getfixturevalue("neon_database_provider"))
+        try:
+            yield neon
+        finally:
+            neon.clean()
         return
     local = LocalDatabaseContract(request.getfixturevalue("local_database_provider"))
     try:

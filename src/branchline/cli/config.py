@@ -13,6 +13,8 @@ from branchline.cli.output import to_json
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from branchline.config import Config
+
 app = typer.Typer(help="Check and show branchline.toml.", no_args_is_help=True)
 
 
@@ -23,18 +25,39 @@ def check(
         Path | None,
         typer.Argument(help="branchline.toml or its directory (default: --config, or found)."),
     ] = None,
+    offline: Annotated[
+        bool,
+        typer.Option("--offline", help="Do not ask cloud providers if their settings work."),
+    ] = False,
 ) -> None:
-    """Validate branchline.toml and print the resolved config (secret values masked)."""
+    """Validate branchline.toml and print the resolved config (secret values masked).
+    A cloud provider is asked whether its settings work (key, project), unless --offline."""
     from rich.syntax import Syntax
 
     from branchline.config import load_config
 
     app = app_context(ctx)
     config = load_config(path) if path is not None else app.config()
-    data: dict[str, Any] = {"ok": True, "path": str(config.path), "config": config.display_dict()}
+    reached = [] if offline else _reach_providers(config)
+    data: dict[str, Any] = {
+        "ok": True, "path": str(config.path), "providers": reached, "config": config.display_dict(),
+    }  # fmt: skip
 
     def human(console: Console) -> None:
         console.print(f"[green]ok[/green] {config.path}")
+        for found in reached:
+            console.print(f"[green]ok[/green] {found}")
         console.print(Syntax(to_json(data["config"]), "json", theme="ansi_dark", word_wrap=True))
 
     app.output.emit(data, human)
+
+
+def _reach_providers(config: Config) -> list[str]:
+    """What each cloud provider found with the config's settings; what is wrong with
+    them is raised (a missing key, an unknown project)."""
+    import asyncio
+
+    from branchline.providers.registry import verify_database
+
+    database = asyncio.run(verify_database(config))
+    return [database] if database else []

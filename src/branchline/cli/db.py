@@ -292,12 +292,11 @@ def diff(ctx: typer.Context, a: str, b: str) -> None:
     """Compare two branches' schemas (a unified diff; --json lists the changes)."""
     import psycopg
 
-    from branchline.schemadiff import describe_schema, diff_schemas, normalize_dump, unified_diff
+    from branchline.providers.database import schema_diff
+    from branchline.schemadiff import describe_schema, diff_schemas
 
     async def work(db: DatabaseProvider) -> tuple[str, dict[str, Any]]:
-        text = unified_diff(
-            normalize_dump(await db.schema_dump(a)), normalize_dump(await db.schema_dump(b)), a, b
-        )
+        text = await schema_diff(db, a, b)
         schemas = []
         for name in (a, b):
             async with await psycopg.AsyncConnection.connect(await db.connection_uri(name)) as c:

@@ -56,13 +56,20 @@ class LocalDatabaseConfig(_Model):
 
 
 class NeonConfig(_Model):
-    """`[database.neon]`: branches through the Neon API."""
+    """`[database.neon]`: branches through the Neon API (see the README's Neon part)."""
 
     project_id: NonEmpty
-    api_key: SecretStr
+    # Default: the NEON_API_KEY variable. Never write the key itself in the file: use
+    # `api_key = "${SOME_VARIABLE}"` when it lives under another name.
+    api_key: SecretStr | None = None
     api_url: str = "https://console.neon.tech/api/v2"
-    database: str = "neondb"
-    role: str = "neondb_owner"
+    database: NonEmpty = "neondb"  # the database services connect to, in every branch
+    role: NonEmpty = "neondb_owner"  # the role they connect as (it owns `database`)
+    # Connections through Neon's pooler (PgBouncer, transaction mode), as the reference's
+    # Workers use; migrations that need a session (advisory locks, SET) may want false.
+    pooled: bool = True
+    # How long a create, reset or delete may take, waiting on Neon's operations.
+    operation_timeout: Duration = timedelta(minutes=5)
 
 
 class DatabaseConfig(_Model):

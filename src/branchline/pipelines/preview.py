@@ -35,8 +35,8 @@ from branchline.pipelines import cleanup
 from branchline.pipelines.actions import KitAction, migrate_branch, seed_branch, shaped
 from branchline.pipelines.testing import NAME as TESTING
 from branchline.pipelines.testing import REPORT
+from branchline.providers.database import schema_diff
 from branchline.providers.forge import PullRequest
-from branchline.schemadiff import normalize_dump, unified_diff
 
 NAME = "preview"
 COMMENT_KEY = cleanup.COMMENT_KEY
@@ -248,11 +248,7 @@ async def finish(kit: Kit, ctx: StepContext) -> None:
         d.service: d for d in await kit.compute.list_deployments(environment) if d.status == "live"
     }
     report = json.loads(await ctx.artifact(REPORT, workflow=TESTING, sha=ctx.sha))
-    diff = unified_diff(
-        normalize_dump(await kit.database.schema_dump(kit.config.database.parent)),
-        normalize_dump(await kit.database.schema_dump(naming.branch_for_pr(pr))),
-        kit.config.database.parent, naming.branch_for_pr(pr),
-    )  # fmt: skip
+    diff = await schema_diff(kit.database, kit.config.database.parent, naming.branch_for_pr(pr))
     rows = [
         (name, environment.worker_name(name), kit.url(host),
          deployments[name].release.name if name in deployments else "-")

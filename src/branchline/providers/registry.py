@@ -3,6 +3,9 @@ handed the instances, typed by their protocols, and never picks one."""
 
 from __future__ import annotations
 
+import os
+from typing import TYPE_CHECKING
+
 from branchline.config import Config
 from branchline.errors import UsageError
 from branchline.postgres import find_binaries
@@ -12,6 +15,9 @@ from branchline.providers.dns import DnsProvider
 from branchline.providers.forge import ForgeProvider
 from branchline.sandbox import Sandbox
 from branchline.store import Store
+
+if TYPE_CHECKING:
+    from branchline.providers.database.neon_api import NeonClient
 
 
 def database_provider(config: Config, store: Store) -> DatabaseProvider:
@@ -29,7 +35,43 @@ def database_provider(config: Config, store: Store) -> DatabaseProvider:
             binaries=find_binaries({"BRANCHLINE_PG_BIN": pg_bin}) if pg_bin else None,
             min_free=config.database.local.reserve,
         )
+    if provider == "neon" and config.database.neon is not None:
+        from branchline.providers.database.neon import NeonDatabaseProvider
+
+        neon = config.database.neon
+        return NeonDatabaseProvider(
+            project=config.project.name, store=store, client=_neon_client(config),
+            root=config.database.parent, database=neon.database, role=neon.role,
+            pooled=neon.pooled, operation_timeout=neon.operation_timeout.total_seconds(),
+        )  # fmt: skip
     raise _unavailable("database", provider)
+
+
+def _neon_client(config: Config) -> NeonClient:
+    from branchline.providers.database.neon_api import API_KEY_VARIABLE, NeonClient
+
+    neon = config.database.neon
+    assert neon is not None, "the config requires [database.neon] with provider neon"
+    key = neon.api_key.get_secret_value() if neon.api_key else os.environ.get(API_KEY_VARIABLE)
+    return NeonClient(
+        base_url=neon.api_url, api_key=key, project_id=neon.project_id,
+        deadline=max(120.0, neon.operation_timeout.total_seconds()),
+    )  # fmt: skip
+
+
+async def verify_database(config: Config) -> str | None:
+    """Ask a cloud database provider whether the config's settings work (no state
+    database needed): what it found, or None for the local provider; raises what is
+    wrong (a missing or refused key, an unknown project or root branch)."""
+    if config.database.provider != "neon":
+        return None
+    from branchline.providers.database.neon import verify
+
+    client = _neon_client(config)
+    try:
+        return await verify(client, config.database.parent)
+    finally:
+        await client.aclose()
 
 
 def compute_provider(

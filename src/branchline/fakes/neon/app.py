@@ -97,6 +97,7 @@ class FakeNeonApp:
             ("GET", b + "/endpoints", self.list_endpoints),
             ("GET", b + "/databases", self.list_databases),
             ("GET", b + "/roles", self.list_roles),
+            ("POST", b + "/roles/{role_name}/reset_password", self.reset_password),
             ("GET", p + "/operations/{operation_id}", self.get_operation),
             ("GET", p + "/connection_uri", self.connection_uri),
         ]
@@ -354,6 +355,11 @@ class FakeNeonApp:
     async def list_roles(self, params: Params, query: Query, body: Any) -> tuple[int, Any]:
         branch = self.world.branch(params["branch_id"])
         return 200, {"roles": [self.world.role_json(branch)]}
+
+    async def reset_password(self, params: Params, query: Query, body: Any) -> tuple[int, Any]:
+        """A new password for the branch's role (any `role_name` means the branch's
+        application role, as in `connection_uri`); the new URI carries it."""
+        return 200, self.world.reset_password(params["branch_id"])
 
     async def get_operation(self, params: Params, query: Query, body: Any) -> tuple[int, Any]:
         op = self.world.operations.get(params["operation_id"])

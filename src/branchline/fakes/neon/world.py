@@ -28,6 +28,7 @@ from branchline.postgres import roles
 from branchline.providers.database.local import LocalDatabaseProvider
 from branchline.store import Store, locate_state
 
+HISTORY_RETENTION = 86400  # seconds: a day, as on Neon's free plan
 logger = logging.getLogger(__name__)
 
 LOCAL_PROJECT = "neonfake"  # the local provider's project inside the fake's state dir
@@ -359,6 +360,13 @@ class NeonWorld:
                 )
             if at > now():
                 raise ApiError(400, "parent_timestamp is in the future")
+            earliest = self.earliest_moment()
+            if at < earliest:
+                raise ApiError(
+                    400,
+                    f"parent_timestamp {stamp(at)} is outside the project's history: the "
+                    f"earliest moment a branch can be made from is {stamp(earliest)}",
+                )
         expires = parse_time(spec["expires_at"]) if spec.get("expires_at") else None
         if expires is not None and expires <= now():
             raise ApiError(400, "expires_at must be in the future")
@@ -444,6 +452,28 @@ class NeonWorld:
 
         actions = (["suspend_compute"] if branch.endpoint_id else []) + ["delete_timeline"]
         return self.start_operations(branch, actions, work)
+
+    def earliest_moment(self) -> datetime:
+        """The oldest moment of the default branch a branch can be made from: within the
+        project's history retention, and not before the first base backup."""
+        backups = self.provider.backups()
+        first = backups[0].end_time if backups else now()
+        return max(first, now() - timedelta(seconds=HISTORY_RETENTION))
+
+    def reset_password(self, branch_id: str) -> dict[str, Any]:
+        """Neon's reset_password: the role's password changes once the operation is over."""
+        branch = self.branch(branch_id)
+        if not branch.ready:
+            raise ApiError(423, f"branch {branch.id} is not ready yet: it has running operations")
+        self.refuse_if_busy(branch)
+        cluster = self.provider.cluster(branch.local)
+
+        async def work() -> None:
+            await asyncio.to_thread(roles.replace_passwords, cluster)
+
+        ops = self.start_operations(branch, ["apply_config"], work)
+        role = self.role_json(branch)
+        return {"role": role, "operations": [op.as_json(self.project_id) for op in ops]}
 
     def restore_branch(self, branch_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """Reset to the parent's head (the local reset: the URI stays the same), or
@@ -675,7 +705,7 @@ class NeonWorld:
             "data_storage_bytes_hour": 0,
             "cpu_used_sec": 0,
             "creation_source": "console",
-            "history_retention_seconds": 86400,
+            "history_retention_seconds": HISTORY_RETENTION,
             "created_at": created,
             "updated_at": created,
             "consumption_period_start": created,

@@ -6,7 +6,9 @@ local one does; Neon's exists with the project), `Backups` (base backups taken o
 demand; Neon keeps its own history), `GarbageCollector` (expired branches, crash
 leftovers, backups), `ServerLogs` (the branch server's own log, to explain a
 failed statement), `CreateDbGrants` (a branch's application role may be allowed
-to create databases; a provider without it has roles that may already).
+to create databases; a provider without it has roles that may already),
+`SchemaComparer` (the provider diffs two branches' schemas itself, as Neon does;
+`schema_diff` falls back to diffing their dumps here).
 
 `connection_uri` always names the branch's application role: it owns the app
 database and opens nothing else (not the parent, not another branch).
@@ -203,3 +205,24 @@ class ClusterControl(Protocol):
         data stays; a branch starts again when asked for). Needs no state database.
         Returns what was stopped."""
         ...
+
+
+@runtime_checkable
+class SchemaComparer(Protocol):
+    async def compare_schema(self, name: str, base: str) -> str | None:
+        """A unified diff of `name`'s schema against `base`'s, or None when the
+        provider cannot make one right now."""
+        ...
+
+
+async def schema_diff(db: DatabaseProvider, base: str, name: str) -> str:
+    """A unified diff of `name`'s schema against `base`'s ("" when they are the same):
+    the provider's own where it has one, else the two dumps diffed here."""
+    if isinstance(db, SchemaComparer):
+        own = await db.compare_schema(name, base)
+        if own is not None:
+            return own
+    from branchline.schemadiff import normalize_dump, unified_diff
+
+    before = normalize_dump(await db.schema_dump(base))
+    return unified_diff(before, normalize_dump(await db.schema_dump(name)), base, name)
