@@ -151,8 +151,11 @@ def test_locked_and_rate_limited_calls_are_retried_honouring_retry_after() -> No
     assert neon.count.retries == 3 and neon.count.calls == 4
     assert neon.count.waited >= 3.0, "Retry-After was not honoured"
     sent = json.loads(seen[-1].content)
-    assert sent == {"branch": {"name": "pr-1", "parent_id": "br-root"},
-                    "endpoints": [{"type": "read_write"}], "annotation_value": {"k": "v"}}  # fmt: skip
+    assert sent == {
+        "branch": {"name": "pr-1", "parent_id": "br-root"},
+        "endpoints": [{"type": "read_write"}],
+        "annotation_value": {"k": "v"},
+    }
 
 
 def test_retries_stop_at_the_deadline() -> None:
