@@ -477,8 +477,9 @@ class NeonWorld:
 
     def restore_branch(self, branch_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """Reset to the parent's head (the local reset: the URI stays the same), or
-        make the branch the source's data as of `source_timestamp` (a local
-        point-in-time copy of the default branch put in its place: a new URI)."""
+        make the branch another source's current data (the same, from that source),
+        or the source's data as of `source_timestamp` (a local point-in-time copy of
+        the default branch put in its place: a new URI, where Neon keeps it)."""
         branch = self.branch(branch_id)
         source = self.branch(body["source_branch_id"])
         if body.get("source_lsn"):
@@ -513,15 +514,16 @@ class NeonWorld:
         old_local = branch.local
         kept: list[str] = []  # the local branch holding the old data, when preserved
 
-        if source.id == branch.parent_id and at is None:
-
+        if at is None:
+            # Neon keeps the branch's endpoint and password: the local reset keeps the
+            # port and password, so the URI stays the same from any source.
             async def work() -> None:
                 if preserve is not None:
                     keep = neon_id("br")
                     await self.provider.create_branch(keep, old_local)
                     await self.provider.allow_createdb(keep)
                     kept.append(keep)
-                await self.provider.reset_branch(old_local)
+                await self.provider.reset_branch(old_local, source=source.local)
         else:
             new_local = neon_id("br")
 

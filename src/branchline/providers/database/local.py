@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import shutil
 import time
@@ -455,7 +456,9 @@ class LocalDatabaseProvider:
         await resources.record(conn, self.project, RESOURCE_KIND, name, "deleted")
         return True
 
-    async def reset_branch(self, name: str) -> Branch:
+    async def reset_branch(self, name: str, *, source: str | None = None) -> Branch:
+        """The branch's data replaced by `source`'s current data (default: its
+        parent's); same port and application password, so the same URI."""
         name = naming.validate_branch_id(name)
         async with self._locked(name) as conn:
             row = await branch_rows.get(conn, self.project, name)
@@ -464,6 +467,8 @@ class LocalDatabaseProvider:
                     f"branch {name!r} does not exist",
                     hint="See `branchline db branches list`.",
                 )
+            if source is not None:
+                row = dataclasses.replace(row, parent=naming.validate_branch_id(source))
             if row.parent is None:
                 raise UsageError(f"branch {name!r} has no parent to reset to")
             # A masked (or schema-only) branch stays so: its plan is in its record.
