@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -173,6 +174,8 @@ class NeonDatabaseProvider:
                 operations = []
             await self.client.wait(operations, deadline=self.operation_timeout,
                                    what=f"branch {name!r}")  # fmt: skip
+            if operations:  # all finished: Neon says the branch is ready
+                return dataclasses.replace(found, current_state="ready", pending_state=None)
         elif found.annotation.get(OWNER_KEY) != self.project:
             raise UsageError(
                 f"Neon project {self.client.project_id} already has a branch {name!r} that "
@@ -250,23 +253,28 @@ class NeonDatabaseProvider:
 
     async def _delete_locked(self, conn: Conn, name: str) -> bool:
         row = await branch_rows.get(conn, self.project, name)
-        target: NeonBranch | None = None
-        if row is not None and row.detail.get("neon_id"):
-            target = await self.client.get_branch(str(row.detail["neon_id"]))
-        if target is None:
-            found = await self.client.find_branch(name)
-            if found is not None and found.annotation.get(OWNER_KEY) == self.project:
-                target = found
-        if row is None and target is None:
-            return False
+        recorded = (
+            str(row.detail["neon_id"]) if row is not None and row.detail.get("neon_id") else None
+        )
+        if row is None:
+            found = await self.client.find_branch(name)  # made by a create that crashed
+            if found is None or found.annotation.get(OWNER_KEY) != self.project:
+                return False
+            recorded = found.id
         await resources.record(conn, self.project, RESOURCE_KIND, name, "deleting")
         if row is not None:
             await branch_rows.update(conn, self.project, name, status=BranchStatus.DELETING.value)
-        if target is not None:
-            operations = await self.client.delete_branch(target.id)
+        if recorded is not None:
+            operations = await self.client.delete_branch(recorded)  # None: already gone
             await self.client.wait(operations or [], deadline=self.operation_timeout,
                                    what=f"deleting {name!r}")  # fmt: skip
-            self._forget_uris(target.id)
+            self._forget_uris(recorded)
+        else:  # interrupted before Neon named it: the name says which, if any
+            found = await self.client.find_branch(name)
+            if found is not None and found.annotation.get(OWNER_KEY) == self.project:
+                operations = await self.client.delete_branch(found.id)
+                await self.client.wait(operations or [], deadline=self.operation_timeout,
+                                       what=f"deleting {name!r}")  # fmt: skip
         await branch_rows.delete(conn, self.project, name)
         await resources.record(conn, self.project, RESOURCE_KIND, name, "deleted")
         return True

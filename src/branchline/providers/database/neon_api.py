@@ -322,7 +322,7 @@ class NeonClient:
         """Until every operation is finished; a failed one, or the deadline, is an error."""
         began = time.monotonic()
         pending = [op for op in operations if op.status != FINISHED]
-        delay = 0.1
+        delay = 0.25  # Neon's operations take a second or so: no point asking sooner
         while pending:
             for op in list(pending):
                 if op.status in FAILED:
