@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated
 
 import typer
 
 from branchline.cli.context import app_context
+
+
+class Database(StrEnum):
+    local = "local"
+    neon = "neon"
 
 
 def demo(
@@ -19,6 +25,15 @@ def demo(
             "(dashboard included), until Ctrl-C or SIGTERM.",
         ),
     ] = False,
+    database: Annotated[
+        Database,
+        typer.Option(
+            "--database",
+            help="Where the example's database branches live: local Postgres clusters, "
+            "or Neon (its API served by a fake Neon the demo starts, each branch a real "
+            "local cluster; the summary counts the API calls).",
+        ),
+    ] = Database.local,
 ) -> None:
     """Show the whole system on a temporary copy of the example app (codex): a push
     tested, a pull request's preview, an update, the merge rolled out, a broken release
@@ -26,5 +41,5 @@ def demo(
     and SIGTERM included)."""
     from branchline import demo as scenario
 
-    code = scenario.run(app_context(ctx).output.out, keep=keep)
+    code = scenario.run(app_context(ctx).output.out, keep=keep, database=database.value)
     raise typer.Exit(code)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -22,17 +23,25 @@ from rich.markup import escape
 
 from branchline.demo.example import check_tools, find_example
 from branchline.demo.keep import look_around, serve_until_stopped
-from branchline.demo.scenario import Demo, play
+from branchline.demo.scenario import NEON_API_KEY, Demo, play
 from branchline.demo.stopping import Interruptions, Removal, teardown
 from branchline.errors import BranchlineError, UsageError
+from branchline.fakes.neon import FakeNeon, FakeNeonError
 from branchline.postgres import find_binaries
 
 __all__ = ["run"]
 
 
-def run(console: Console, *, keep: bool = False) -> int:
-    """Play the demo; returns its exit code (128 + the signal's number when one
-    stopped it before its end)."""
+DATABASES = ("local", "neon")
+
+
+def run(console: Console, *, keep: bool = False, database: str = "local") -> int:
+    """Play the demo, its database on local clusters or (`database="neon"`) on Neon's
+    API served by a fake Neon it starts first; returns its exit code (128 + the
+    signal's number when one stopped it before its end)."""
+    if database not in DATABASES:
+        raise UsageError(f"the demo's database is one of {', '.join(DATABASES)}, "
+                         f"not {database!r}")  # fmt: skip
     # What it needs, before anything is made: the example app and the tools its tests
     # run with, Postgres, git.
     find_example()
@@ -43,10 +52,12 @@ def run(console: Console, *, keep: bool = False) -> int:
                          hint="Install git (for example `apt-get install git`).")  # fmt: skip
     command = _command()
     with Interruptions() as interruptions:
-        demo = Demo(console, keep=keep, command=command)
+        demo = Demo(console, keep=keep, command=command, database=database)
         ending = "failed"  # until it is known to end otherwise
         try:
             _prepare(demo)
+            if database == "neon":
+                _start_neon(demo)
             asyncio.run(_main(demo, interruptions))
             ending = "done"
         except (KeyboardInterrupt, asyncio.CancelledError):
@@ -92,6 +103,27 @@ def _prepare(demo: Demo) -> None:
         os.environ.setdefault(variable, "0")
 
 
+def _start_neon(demo: Demo) -> None:
+    """The fake Neon, in the demo's directory, before anything else: the example's
+    database branches are made through its API (held to Neon's OpenAPI document), each
+    a real local cluster. The teardown stops it. branchline gets the key from
+    NEON_API_KEY, as it would Neon's."""
+    demo.say("\n[bold]the fake Neon: Neon's API v2 on loopback, its branches real local "
+             "Postgres clusters[/bold]")  # fmt: skip
+    began = time.monotonic()
+    key = f"demo-{secrets.token_urlsafe(24)}"
+    os.environ[NEON_API_KEY] = key  # for the pipelines here, the edge, the teardown
+    demo.neon_dir.mkdir(mode=0o755)
+    demo.neon_dir.chmod(0o755)  # Postgres, as another user when run as root, enters it
+    try:
+        demo.neon = FakeNeon.start(demo.neon_dir, api_key=key)
+    except FakeNeonError as exc:
+        raise BranchlineError(f"the fake Neon did not start: {exc}") from exc
+    took = time.monotonic() - began
+    demo.say(f"  [green]✓[/green] project {demo.neon.project_id} at {escape(demo.neon.url)}, "
+             f"default branch production ({took:.1f} s)", whole=True)  # fmt: skip
+
+
 async def _main(demo: Demo, interruptions: Interruptions) -> None:
     interruptions.task = asyncio.current_task()  # what SIGTERM cancels, as Ctrl-C does
     played = await play(demo)
@@ -128,5 +160,7 @@ def _farewell(demo: Demo, removal: Removal, ending: str) -> None:
         return
     demo.say(f"\nremoved everything the demo started: {escape(removed)}.")
     if ending == "done":
+        again = " --database neon" if demo.database == "neon" else ""
         demo.say("Its URLs above are gone with it. To keep it all running and look around "
-                 f"(live URLs, the dashboard, the CLI): `{demo.command} demo --keep`.")  # fmt: skip
+                 "(live URLs, the dashboard, the CLI): "
+                 f"`{demo.command} demo{again} --keep`.")  # fmt: skip

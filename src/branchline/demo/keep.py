@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from branchline.demo.scenario import Demo, Played
+from branchline.demo.scenario import Demo, Played, config_env
 from branchline.edge import daemon
 from branchline.errors import BranchlineError
 from branchline.postgres.cluster import free_port
@@ -75,8 +75,8 @@ def _wait_for_dashboard(state_dir: Path, api_port: int) -> None:
 def look_around(demo: Demo) -> list[str]:
     """The commands (with the directory and variables they need) that show the demo's
     state from another terminal."""
-    variables = {"BRANCHLINE_STATE_DIR": str(demo.state_dir),
-                 "CODEX_PYTHON_BIN": os.environ.get("CODEX_PYTHON_BIN", "")}  # fmt: skip
+    # With Neon, config_env() adds its key (the fake's, made for the demo).
+    variables = {"BRANCHLINE_STATE_DIR": str(demo.state_dir), **config_env()}
     exports = " ".join(f"{name}={shlex.quote(value)}" for name, value in variables.items())
     return [
         f"cd {shlex.quote(str(demo.project))}",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -32,6 +33,7 @@ from branchline.demo.example import find_example
 from branchline.edge import daemon
 from branchline.environment import Environment
 from branchline.errors import BranchlineError
+from branchline.fakes.neon import FakeNeon
 from branchline.kit import Kit
 from branchline.operations.runtime import Pipelines, open_pipelines
 from branchline.providers.database import RootInitializer
@@ -67,6 +69,13 @@ class Demo:
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="branchline-demo-")))
     phases: list[Phase] = field(default_factory=list)
     serving: bool = False  # --keep: the story is over, everything serves until stopped
+    database: str = "local"  # the example's database provider: "local" or "neon"
+    neon: FakeNeon | None = None  # with "neon": the fake Neon the demo started
+
+    @property
+    def neon_dir(self) -> Path:
+        """The fake Neon's own directory (its state database and branch clusters)."""
+        return self.root / "neon"
 
     @property
     def project(self) -> Path:
@@ -116,14 +125,45 @@ class Played:
 
 
 def config_env() -> dict[str, str]:
-    """The variables the example's branchline.toml refers to, as the demo set them."""
-    return {"CODEX_PYTHON_BIN": os.environ.get("CODEX_PYTHON_BIN", "")}
+    """The variables the example's branchline.toml refers to, as the demo set them
+    (with Neon, its API key too: branchline reads it from NEON_API_KEY, never from the
+    file or a command line)."""
+    env = {"CODEX_PYTHON_BIN": os.environ.get("CODEX_PYTHON_BIN", "")}
+    if NEON_API_KEY in os.environ:
+        env[NEON_API_KEY] = os.environ[NEON_API_KEY]
+    return env
+
+
+NEON_API_KEY = "NEON_API_KEY"
+
+
+def use_neon(toml: str, neon: FakeNeon) -> str:
+    """The example's branchline.toml with its database on `neon`: `provider = "neon"`
+    and a `[database.neon]` table (no key: it comes from NEON_API_KEY)."""
+    section = re.search(r"^\[database\]\n", toml, re.MULTILINE)
+    provider = re.compile(r'^provider = "local"[^\n]*$', re.MULTILINE)
+    after = re.search(r"^\[compute\]\n", toml, re.MULTILINE)
+    found = provider.search(toml, section.end()) if section else None
+    if section is None or found is None or after is None or found.start() > after.start():
+        raise BranchlineError(
+            "the example's branchline.toml has no `[database]` provider line to switch to Neon"
+        )
+    table = (
+        "[database.neon]  # the fake Neon the demo started; the key is in NEON_API_KEY\n"
+        f'project_id = "{neon.project_id}"\n'
+        f'api_url = "{neon.url}"\n\n'
+    )
+    switched = toml[: found.start()] + 'provider = "neon"' + toml[found.end() : after.start()]
+    return switched + table + toml[after.start() :]
 
 
 def _copy_example(demo: Demo) -> None:
     # .branchline/: the state of anyone who ran the example in place stays there.
     shutil.copytree(find_example(), demo.project,
                     ignore=shutil.ignore_patterns("__pycache__", ".branchline"))  # fmt: skip
+    if demo.neon is not None:
+        toml = demo.project / "branchline.toml"
+        toml.write_text(use_neon(toml.read_text(), demo.neon))
     demo.git("init", "-q", "-b", "main")
     demo.git("add", ".")
     demo.git("commit", "-qm", "codex: web, auth and api")
@@ -147,6 +187,8 @@ async def play(demo: Demo) -> Played:
         hosts = pipelines.kit.hosts(PRODUCTION)
         urls = {service: pipelines.kit.url(host) for service, host in hosts.items()}
     _summary(demo, time.monotonic() - began)
+    if demo.neon is not None:
+        await asyncio.to_thread(_neon_summary, demo, demo.neon)
     return Played(config, store, info.edge_port, info.dns_port, hosts, urls)
 
 
@@ -349,3 +391,19 @@ def _summary(demo: Demo, total: float) -> None:
     table.add_row("total", f"{total:.1f}", "")
     demo.console.print()
     demo.console.print(table)
+
+
+def _neon_summary(demo: Demo, neon: FakeNeon) -> None:
+    """How much of Neon's API the story used, and that every exchange was valid
+    against Neon's OpenAPI document (the demo fails otherwise)."""
+    calls = neon.calls()
+    failures = calls["validation_failures"]
+    invalid = int(failures["request"]) + int(failures["response"])
+    demo.say(f"Neon (fake): {calls['total']} API calls, {invalid} invalid exchanges, "
+             f"{calls['simulated_delay_seconds']:.1f} s of simulated operation time")  # fmt: skip
+    if invalid:
+        raise BranchlineError(
+            f"the fake Neon saw {invalid} exchanges that break Neon's OpenAPI document "
+            f"({failures['request']} requests, {failures['response']} responses)",
+            hint=f"The last ones: {json.dumps(calls.get('failures', []))[:2000]}",
+        )

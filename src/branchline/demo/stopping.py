@@ -93,6 +93,7 @@ class Removal:
     services: int = 0
     clusters: int = 0
     strays: int = 0  # processes found by their environment after the rest had stopped
+    neon: bool = False  # the fake Neon (with --database neon), stopped with its clusters
     problems: list[str] = field(default_factory=list)
 
     def describe(self, demo: Demo) -> str:
@@ -102,6 +103,8 @@ class Removal:
             parts.append(f"{self.strays} leftover process{'es' * (self.strays != 1)}")
         if self.server:
             parts.append(self.server)
+        if self.neon:
+            parts.append("the fake Neon with its branches' clusters")
         parts.append(f"its directory {demo.root}")
         return ", ".join(parts[:-1]) + " and " + parts[-1]
 
@@ -119,15 +122,18 @@ def teardown(demo: Demo) -> Removal:
             removal.services = asyncio.run(_stop_services(demo))
         except Exception as exc:  # keep tearing down: the clusters must go regardless
             removal.problems.append(f"stopping the services through the state failed: {exc}")
-    for home in [*projects.glob("*/branches/*"), *projects.glob("*/spares/*-*"),
-                 demo.state_dir / "postgres"]:  # fmt: skip
-        if not home.exists():
-            continue
+    removal.clusters = _destroy_clusters(demo.state_dir, removal)
+    # The fake Neon after the services (they used its branches), before the strays:
+    # stopped, it stops its own clusters (a local provider's, in its directory); they
+    # are destroyed then, their sockets' directories (outside it) with them.
+    if demo.neon is not None:
         try:
-            Cluster(home).destroy()
-            removal.clusters += 1
+            demo.neon.stop()
+            removal.neon = True
         except Exception as exc:
-            removal.problems.append(f"the Postgres cluster {home.name} did not stop: {exc}")
+            removal.problems.append(f"the fake Neon did not stop: {exc}")
+    if demo.neon_dir.exists():
+        _destroy_clusters(demo.neon_dir, removal)
     # Whatever still runs for it: a service started as the demo was stopped, before it
     # was recorded; a serve starting. Found by environment, which nothing hides.
     strays = started_for(demo.root, tags)
@@ -143,6 +149,22 @@ def teardown(demo: Demo) -> Removal:
     if demo.root.exists():
         removal.problems.append(f"its directory {demo.root} could not be removed")
     return removal
+
+
+def _destroy_clusters(state_dir: Path, removal: Removal) -> int:
+    """Stop and remove every Postgres cluster of a state directory; how many there were."""
+    projects = state_dir / "projects"
+    destroyed = 0
+    for home in [*projects.glob("*/branches/*"), *projects.glob("*/spares/*-*"),
+                 state_dir / "postgres"]:  # fmt: skip
+        if not home.exists():
+            continue
+        try:
+            Cluster(home).destroy()
+            destroyed += 1
+        except Exception as exc:
+            removal.problems.append(f"the Postgres cluster {home.name} did not stop: {exc}")
+    return destroyed
 
 
 async def _stop_services(demo: Demo) -> int:
