@@ -353,8 +353,16 @@ class Cluster:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
             if _wait_gone(pid, wait):
+                self._remove_socket_dir()
                 return
         raise PostgresError(f"postmaster {pid} of {self.home} did not stop")
+
+    def _remove_socket_dir(self) -> None:
+        """A stopped server's socket directory goes (a start makes a fresh one): a
+        machine that starts and stops many clusters keeps no trail in its TMPDIR."""
+        path = self.socket_dir
+        if path.name.startswith("branchline-pg-") and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
 
     def destroy(self) -> None:
         """Stop and remove everything the cluster owns. No-op when already gone.
