@@ -53,6 +53,12 @@ from branchline.providers.database.local_disk import (
     raise_if_disk_full,
     short_of_room,
 )
+from branchline.providers.database.recorded import (
+    branch_from_row,
+    checked_names,
+    refuse_other_moment,
+    require_parent,
+)
 from branchline.store import Store, locks, resources
 from branchline.store import branches as branch_rows
 from branchline.store.queries import Conn
@@ -205,10 +211,7 @@ class LocalDatabaseProvider:
         expires: datetime | None = None,
         data: DataPlan | None = None,
     ) -> Branch:
-        name = naming.validate_branch_id(name)
-        parent = naming.validate_branch_id(parent or self.root)
-        if name == parent:
-            raise UsageError(f"branch {name!r} cannot be its own parent")
+        name, parent = checked_names(name, parent, self.root)
         if at is not None and parent != self.root:
             raise UsageError(
                 f"point-in-time copies come only from {self.root!r}, which archives its WAL",
@@ -217,20 +220,10 @@ class LocalDatabaseProvider:
         async with self._locked(name) as conn:
             row = await branch_rows.get(conn, self.project, name)
             if row is not None and row.status == BranchStatus.READY.value:
-                if at is not None and row.detail.get("restored_to") != at.isoformat():
-                    raise UsageError(
-                        f"branch {name!r} already exists; it is not a restore to {at.isoformat()}",
-                        hint="Choose another --name for the restored branch.",
-                    )
+                refuse_other_moment(row, at)
                 await finish_in_thread(self.cluster(name).start)
                 return await self._branch(conn, name)  # idempotent: it is already there
-            source = await branch_rows.get(conn, self.project, parent)
-            if source is None or source.status != BranchStatus.READY.value:
-                raise UsageError(
-                    f"parent branch {parent!r} does not exist",
-                    hint="Run `branchline db init` to create production, or name an existing "
-                    "parent (`branchline db branches list`).",
-                )
+            require_parent(parent, await branch_rows.get(conn, self.project, parent))
             # Refused before anything is made: a copy that would fill the disk takes
             # production down with it (Postgres stops when it cannot write its WAL).
             restorable = await self._restorable(at) if at is not None else None
@@ -519,7 +512,7 @@ class LocalDatabaseProvider:
     async def list_branches(self) -> list[Branch]:
         async with self.store.connect() as conn:
             rows = await branch_rows.list_all(conn, self.project)
-            return [_to_branch(row, self._compute_state(row.name)) for row in rows]
+            return [branch_from_row(row, self._compute_state(row.name)) for row in rows]
 
     async def connection_uri(self, name: str) -> str:
         branch = await self.get_branch(name)
@@ -946,24 +939,10 @@ class LocalDatabaseProvider:
         row = await branch_rows.get(conn, self.project, name)
         if row is None:
             raise PostgresError(f"branch {name!r} vanished from the store")
-        return _to_branch(row, self._compute_state(name))
+        return branch_from_row(row, self._compute_state(name))
 
     def _compute_state(self, name: str) -> str:
         return self.cluster(name).state().value
-
-
-def _to_branch(row: branch_rows.BranchRow, compute: str) -> Branch:
-    return Branch(
-        name=row.name,
-        parent=row.parent,
-        status=BranchStatus(row.status),
-        created_at=row.created_at,
-        expires_at=row.expires_at,
-        size_bytes=row.size_bytes,
-        port=row.port,
-        compute=compute,
-        detail=row.detail,
-    )
 
 
 def _connect(uri: str) -> psycopg.Connection[tuple[Any, ...]]:

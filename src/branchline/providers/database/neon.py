@@ -36,6 +36,12 @@ from branchline.providers.database.neon_api import (
     NeonError,
     NeonLimitError,
 )
+from branchline.providers.database.recorded import (
+    branch_from_row,
+    checked_names,
+    refuse_other_moment,
+    require_parent,
+)
 from branchline.store import Store, locks, resources
 from branchline.store import branches as branch_rows
 from branchline.store.queries import Conn
@@ -76,10 +82,9 @@ class NeonDatabaseProvider:
 
     async def init_root(self) -> Branch:
         """Find the team's root branch on Neon by name and record it. Idempotent."""
-        await verify(self.client, self.root)  # a wrong id, key or root, said plainly
+        await self.client.project()  # a wrong id or key, said plainly
         async with self._locked(self.root) as conn:
-            found = await self.client.find_branch(self.root)
-            assert found is not None, "verify found it"
+            found = await find_root(self.client, self.root)
             await branch_rows.upsert(
                 conn, self.project, self.root, parent=None, provider=PROVIDER,
                 status=BranchStatus.CREATING.value, expires_at=None,
@@ -97,31 +102,18 @@ class NeonDatabaseProvider:
         expires: datetime | None = None,
         data: DataPlan | None = None,
     ) -> Branch:
-        name = naming.validate_branch_id(name)
-        parent = naming.validate_branch_id(parent or self.root)
-        if name == parent:
-            raise UsageError(f"branch {name!r} cannot be its own parent")
+        name, parent = checked_names(name, parent, self.root)
         if at is not None and at > datetime.now(UTC):
             raise UsageError(f"{at.isoformat()} is in the future", hint="Choose a past moment.")
         plan = data or DataPlan()
         async with self._locked(name) as conn:
             row = await branch_rows.get(conn, self.project, name)
             if row is not None and row.status == BranchStatus.READY.value:
-                if at is not None and row.detail.get("restored_to") != at.isoformat():
-                    raise UsageError(
-                        f"branch {name!r} already exists; it is not a restore to {at.isoformat()}",
-                        hint="Choose another --name for the restored branch.",
-                    )
+                refuse_other_moment(row, at)
                 if await self.client.get_branch(str(row.detail.get("neon_id"))) is not None:
                     return await self._branch(conn, name)  # idempotent: it is already there
                 await branch_rows.delete(conn, self.project, name)  # gone from Neon meanwhile
-            source = await branch_rows.get(conn, self.project, parent)
-            if source is None or source.status != BranchStatus.READY.value:
-                raise UsageError(
-                    f"parent branch {parent!r} does not exist",
-                    hint="Run `branchline db init` to record production, or name an existing "
-                    "parent (`branchline db branches list`).",
-                )
+            source = require_parent(parent, await branch_rows.get(conn, self.project, parent))
             await resources.record(
                 conn, self.project, RESOURCE_KIND, name, "creating", detail={"parent": parent}
             )
@@ -199,7 +191,10 @@ class NeonDatabaseProvider:
             delay = min(delay * 1.5, 2.0)
             fresh = await self.client.get_branch(branch.id)
             if fresh is None:
-                raise NeonError(f"Neon branch {branch.name!r} vanished while it was being made")
+                raise NeonError(
+                    f"Neon branch {branch.name!r} vanished while it was being made",
+                    hint="Someone deleted it meanwhile; run the command again to make it anew.",
+                )
             branch = fresh
         return branch
 
@@ -289,17 +284,26 @@ class NeonDatabaseProvider:
                     f"branch {name!r} does not exist", hint="See `branchline db branches list`."
                 )
             if row.parent is None:
-                raise UsageError(f"branch {name!r} has no parent to reset to")
+                raise UsageError(
+                    f"branch {name!r} has no parent to reset to",
+                    hint="Only a branch made from another can be reset; delete and create it.",
+                )
             parent = await branch_rows.get(conn, self.project, row.parent)
             if parent is None:
-                raise UsageError(f"the parent of {name!r}, {row.parent!r}, is gone")
+                raise UsageError(
+                    f"the parent of {name!r}, {row.parent!r}, is gone",
+                    hint=f"Delete {name!r} and create it from an existing branch.",
+                )
             branch_id, parent_id = str(row.detail["neon_id"]), str(parent.detail["neon_id"])
             operations = await self.client.restore_branch(branch_id, parent_id)
             await self.client.wait(operations, deadline=self.operation_timeout,
                                    what=f"resetting {name!r}")  # fmt: skip
             branch = await self.client.get_branch(branch_id)
             if branch is None:
-                raise NeonError(f"Neon branch {name!r} vanished during its reset")
+                raise NeonError(
+                    f"Neon branch {name!r} vanished during its reset",
+                    hint="Someone deleted it meanwhile; `branchline db gc` forgets its record.",
+                )
             branch = await self._until_ready(branch)
             # A masked (or schema-only) branch stays so: its plan is in its record.
             await self._shape(branch, DataPlan.from_dict(row.detail.get("data")), reset=True)
@@ -311,25 +315,26 @@ class NeonDatabaseProvider:
     async def get_branch(self, name: str) -> Branch | None:
         async with self.store.connect() as conn:
             row = await branch_rows.get(conn, self.project, name)
-        return None if row is None else _to_branch(row)
+        return None if row is None else branch_from_row(row, None)
 
     async def list_branches(self) -> list[Branch]:
         async with self.store.connect() as conn:
             rows = await branch_rows.list_all(conn, self.project)
         states = {b.id: b.current_state for b in await self.client.list_branches()}
-        return [_to_branch(row, states.get(str(row.detail.get("neon_id")), "missing"))
+        return [branch_from_row(row, states.get(str(row.detail.get("neon_id")), "missing"))
                 for row in rows]  # fmt: skip
 
     async def connection_uri(self, name: str) -> str:
-        return await self._uri(name, pooled=self.pooled)
+        return await self._uri_of(await self._neon_id(name), pooled=self.pooled)
 
-    async def _uri(self, name: str, *, pooled: bool) -> str:
+    async def _neon_id(self, name: str) -> str:
+        """The Neon id of the ready branch `name`."""
         branch = await self.get_branch(name)
         if branch is None or branch.status is not BranchStatus.READY:
             raise UsageError(
                 f"branch {name!r} does not exist", hint="See `branchline db branches list`."
             )
-        return await self._uri_of(str(branch.detail["neon_id"]), pooled=pooled)
+        return str(branch.detail["neon_id"])
 
     async def _uri_of(self, branch_id: str, *, pooled: bool) -> str:
         key = (branch_id, pooled)
@@ -344,10 +349,7 @@ class NeonDatabaseProvider:
             del self._uris[key]
 
     async def schema_dump(self, name: str) -> str:
-        branch = await self.get_branch(name)
-        if branch is None:
-            raise UsageError(f"branch {name!r} does not exist")
-        return await self.client.schema(str(branch.detail["neon_id"]), database=self.database)
+        return await self.client.schema(await self._neon_id(name), database=self.database)
 
     async def compare_schema(self, name: str, base: str) -> str | None:
         """Neon's own diff of `name`'s schema against `base`'s (None: ask the caller to
@@ -469,20 +471,26 @@ class NeonDatabaseProvider:
         row = await branch_rows.get(conn, self.project, name)
         if row is None:
             raise NeonError(f"branch {name!r} vanished from the store")
-        return _to_branch(row)
+        return branch_from_row(row, None)
 
 
 async def verify(client: NeonClient, root: str) -> str:
     """Whether the settings can work: the key is accepted, the project and its root
     branch exist. Says what it found; raises what is wrong."""
     project = await client.project()
-    if await client.find_branch(root) is None:
+    await find_root(client, root)
+    return f"Neon project {project.get('name', client.project_id)!r} has branch {root!r}"
+
+
+async def find_root(client: NeonClient, root: str) -> NeonBranch:
+    found = await client.find_branch(root)
+    if found is None:
         raise UsageError(
             f"Neon project {client.project_id} has no branch named {root!r}",
             hint=f"Create it in the Neon console (or rename the default branch to {root!r}), "
             "or set [database] parent to the branch production uses.",
         )
-    return f"Neon project {project.get('name', client.project_id)!r} has branch {root!r}"
+    return found
 
 
 def _shape_sync(uri: str, plan: DataPlan, report: ShapeReport) -> ShapeReport:
@@ -513,17 +521,3 @@ def _empty_database(conn: psycopg.Connection[Any]) -> None:
         for (schema,) in rows:
             conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(str(schema))))
         conn.execute("CREATE SCHEMA IF NOT EXISTS public")
-
-
-def _to_branch(row: branch_rows.BranchRow, compute: str | None = None) -> Branch:
-    return Branch(
-        name=row.name,
-        parent=row.parent,
-        status=BranchStatus(row.status),
-        created_at=row.created_at,
-        expires_at=row.expires_at,
-        size_bytes=row.size_bytes,
-        port=None,
-        compute=compute,
-        detail=row.detail,
-    )
