@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -95,6 +96,19 @@ def stop_serve_and_services(root: Path, env: dict[str, str]) -> None:
         if pid is not None and deployment["status"] in ("live", "starting", "draining"):
             # The whole tree: a sandboxed service's own processes too.
             processes.stop(pid)
+
+
+def stop_everything_started(root: Path, env: dict[str, str], state_dir: Path) -> None:
+    """After a chaos test: serve stopped, and every service started for the project
+    killed, group and all (its sandbox too), found by environment: a kill may have
+    left one no record knows."""
+    run_cli("stop", "--all", cwd=root, env=env)
+    ours = str(state_dir / "projects" / "codex")
+    for pid, _env, _age in processes.started_for(
+        {"BRANCHLINE_PROJECT": "codex", "BRANCHLINE_STATE": ours}
+    ):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
 
 
 def commit_on(repo: Path, branch: str, files: dict[str, str], message: str) -> str:

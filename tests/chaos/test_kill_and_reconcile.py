@@ -12,13 +12,11 @@ Seeded and repeatable: BRANCHLINE_CHAOS_SEED (default 7), BRANCHLINE_CHAOS_ITERA
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import random
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -35,7 +33,7 @@ from branchline.store import Store, locate_state, routes
 from branchline.store import compute as compute_rows
 from branchline.store import forge as forge_rows
 from branchline.store import previews as preview_rows
-from tests.codex_project import commit_on, git, make_project
+from tests.codex_project import cli_env, commit_on, git, make_project, stop_everything_started
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.integration
@@ -51,19 +49,11 @@ def project(tmp_path: Path, state_dir: Path) -> Iterator[tuple[Path, dict[str, s
     config = root / "branchline.toml"
     config.write_text(config.read_text().replace("max_live = 10", "max_live = 100"))
     git(root, "commit", "-qam", "room for every preview")
-    env = {
-        "BRANCHLINE_STATE_DIR": str(state_dir),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    }
+    env = cli_env(state_dir)
     try:
         yield root, env
     finally:
-        run_cli("stop", "--all", cwd=root, env=env)
-        ours = str(state_dir / "projects" / "codex")
-        for pid, _env, _age in started_for({"BRANCHLINE_PROJECT": "codex",
-                                            "BRANCHLINE_STATE": ours}):  # fmt: skip
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)  # the service's whole group: its sandbox too
+        stop_everything_started(root, env, state_dir)
 
 
 def cli(project: tuple[Path, dict[str, str]], *args: str) -> subprocess.CompletedProcess[str]:

@@ -12,12 +12,10 @@ Seeded and repeatable: BRANCHLINE_CHAOS_SEED (default 11), BRANCHLINE_CHAOS_KILL
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import random
 import signal
-import sys
 import threading
 import time
 import urllib.error
@@ -29,10 +27,9 @@ from pathlib import Path
 import pytest
 
 from branchline.postgres.cluster import free_port
-from branchline.processes import started_for
 from branchline.store import Store, locate_state
 from tests.chaos.test_kill_and_reconcile import check_invariants
-from tests.codex_project import commit_on, git, make_project
+from tests.codex_project import cli_env, commit_on, git, make_project, stop_everything_started
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.integration
@@ -49,19 +46,11 @@ Project = tuple[Path, dict[str, str]]
 @pytest.fixture
 def project(tmp_path: Path, state_dir: Path) -> Iterator[Project]:
     root = make_project(tmp_path / "codex", quick_tests=True)
-    env = {
-        "BRANCHLINE_STATE_DIR": str(state_dir),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    }
+    env = cli_env(state_dir)
     try:
         yield root, env
     finally:
-        run_cli("stop", "--all", cwd=root, env=env)
-        ours = str(state_dir / "projects" / "codex")
-        for pid, _env, _age in started_for({"BRANCHLINE_PROJECT": "codex",
-                                            "BRANCHLINE_STATE": ours}):  # fmt: skip
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)  # the service's whole group: its sandbox too
+        stop_everything_started(root, env, state_dir)
 
 
 def cli(project: Project, *args: str) -> str:

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from branchline.store import Store, locate_state
-from tests.codex_project import commit_on, git, make_project, stop_serve_and_services
+from tests.codex_project import cli_env, commit_on, git, make_project, stop_serve_and_services
 from tests.conftest import ANY_FREE_PORT, eventually, run_cli
 
 pytestmark = pytest.mark.integration
@@ -28,10 +28,7 @@ Project = tuple[Path, dict[str, str]]
 @pytest.fixture
 def codex(tmp_path: Path, state_dir: Path) -> Iterator[Project]:
     root = make_project(tmp_path / "codex", quick_tests=True)
-    env = {
-        "BRANCHLINE_STATE_DIR": str(state_dir),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    }
+    env = cli_env(state_dir)
     try:
         yield root, env
     finally:

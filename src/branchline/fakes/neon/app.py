@@ -32,6 +32,7 @@ from branchline.fakes.neon.spec import (
     response_errors,
 )
 from branchline.fakes.neon.world import ApiError, NeonWorld, one_line
+from branchline.masking import mask_url
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +156,7 @@ class FakeNeonApp:
         )
         if why is None:
             return response
+        why = mask_url(why)  # the offending value may be a connection URI, password and all
         self.counters.response_failures += 1
         self._remember(f"response to {method} {path} ({response.status_code}): {why}")
         logger.error("fake neon: invalid response to %s %s: %s", method, template, why)
@@ -183,6 +185,7 @@ class FakeNeonApp:
         if params.get("project_id") != self.world.project_id:
             return error(404, f"project {params.get('project_id')} not found")
         why = request_errors(spec_request)
+        why = mask_url(why) if why is not None else None
         if why is not None:
             self.counters.request_failures += 1
             self._remember(f"request {method} {path}: {why}")
