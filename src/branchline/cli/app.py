@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from branchline import __version__
+from branchline.cli import ci as ci_cmd
 from branchline.cli import config as config_cmd
 from branchline.cli import db as db_cmd
 from branchline.cli import demo as demo_cmd
 from branchline.cli import deploy as deploy_cmd
 from branchline.cli import dns as dns_cmd
 from branchline.cli import env as env_cmd
+from branchline.cli import export as export_cmd
 from branchline.cli import init as init_cmd
 from branchline.cli import issues as issues_cmd
 from branchline.cli import lifecycle as lifecycle_cmd
@@ -107,6 +109,8 @@ app.command("push")(pr_cmd.push)
 app.add_typer(pr_cmd.app, name="pr")
 app.add_typer(issues_cmd.app, name="issues")
 app.add_typer(token_cmd.app, name="token")
+app.add_typer(ci_cmd.app, name="ci")
+app.add_typer(export_cmd.app, name="export")
 
 
 def app_for(args: list[str]) -> typer.Typer:

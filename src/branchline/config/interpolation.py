@@ -7,6 +7,7 @@ that they are masked from then on.
 from __future__ import annotations
 
 import re
+import tomllib
 from collections.abc import Mapping
 from typing import Any
 
@@ -62,3 +63,26 @@ def _interpolate_text(text: str, loc: Loc, env: Mapping[str, str], secrets: _Sec
         return value
 
     return _REFERENCE.sub(replace, text)
+
+
+def references(text: str) -> list[tuple[str, bool]]:
+    """The variables a branchline.toml's values refer to (comments do not count), in
+    order, once each: (name, whether every reference has a default). What a CI
+    workflow must provide."""
+    found: dict[str, bool] = {}
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str):
+            for match in _REFERENCE.finditer(value):
+                name = match.group("name")
+                if name is not None:
+                    found[name] = found.get(name, True) and match.group("default") is not None
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(tomllib.loads(text))
+    return list(found.items())

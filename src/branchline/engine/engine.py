@@ -91,6 +91,10 @@ class EngineOptions:
     retain_logs: float | None = 30 * 86400.0
     retain_artifacts: float | None = 30 * 86400.0
     prune_every: float = 600.0
+    # The queue this engine's runs are worked from and its worker works: QUEUE, or one
+    # of a single process's own (`branchline ci`: a runner works its run and nothing
+    # else, whatever else shares the state database). Stored with each run.
+    queue: str = QUEUE
 
 
 class Engine:
@@ -153,7 +157,9 @@ class Engine:
         changed = (
             await asyncio.to_thread(changed_files, repo, base_sha, sha) if (repo and sha) else None
         )
-        definition = {"workflow": workflow.to_dict(), "changed": changed}
+        definition: dict[str, Any] = {"workflow": workflow.to_dict(), "changed": changed}
+        if self.options.queue != QUEUE:
+            definition["queue"] = self.options.queue
         jobs = [
             (job.name, list(job.needs), job.run_if.value, [s.name for s in job.steps])
             for job in workflow.jobs
@@ -291,9 +297,18 @@ class Engine:
             await self.advance(next_run)
 
     async def _enqueue(self, job_id: int) -> None:
+        # The run's own queue, whichever engine moves it along (a newer run's, a recovery).
+        async with self.store.connect() as conn:
+            cur = await conn.execute(
+                """SELECT r.definition->>'queue' FROM branchline.jobs j
+                   JOIN branchline.runs r ON r.id = j.run_id WHERE j.id = %s""",
+                (job_id,),
+            )
+            row = await cur.fetchone()
+        queue = str(row[0]) if row and row[0] else QUEUE
         with contextlib.suppress(procrastinate.exceptions.AlreadyEnqueued):
             await self.app.configure_task(
-                TASK, queue=QUEUE, queueing_lock=f"job-{job_id}"
+                TASK, queue=queue, queueing_lock=f"job-{job_id}"
             ).defer_async(job_id=job_id)
 
     # -- running a job (on a worker) ------------------------------------------
@@ -514,7 +529,7 @@ class Engine:
         recovery = asyncio.create_task(self._recover_forever())
         try:
             await self.app.run_worker_async(
-                queues=[QUEUE],
+                queues=[self.options.queue],
                 concurrency=concurrency,
                 install_signal_handlers=install_signal_handlers,
                 update_heartbeat_interval=self.options.heartbeat,

@@ -32,7 +32,7 @@ from starlette.types import Scope
 from branchline import events, naming
 from branchline.providers.forge import github_events, payloads
 from branchline.server.limits import Refusal
-from branchline.store import Store, approvals
+from branchline.store import Store, deliveries
 from branchline.store import forge as forge_rows
 
 logger = logging.getLogger(__name__)
@@ -146,15 +146,8 @@ async def _handle(
 async def _record(
     settings: WebhookSettings, event: events.Event, delivery: str, head_repo: str
 ) -> forge_rows.EventRow | None:
-    async with settings.store.connect() as conn, conn.transaction():
-        if isinstance(event, events.PullRequestChanged):
-            await forge_rows.mirror_pr(
-                conn, settings.project, number=event.number, title=event.title,
-                head=event.head_branch, base=event.base_branch, sha=event.head_sha,
-                state=github_events.state_of(event), fork=event.fork, head_repo=head_repo,
-            )  # fmt: skip
-        if isinstance(event, events.PullRequestApproved):
-            await approvals.approve(conn, settings.project, event.number, event.sha, event.by)
-        return await forge_rows.record(
-            conn, settings.project, event, delivery_id=f"github-{delivery}", source="webhook"
-        )
+    async with settings.store.connect() as conn:
+        return await deliveries.record_github(
+            conn, settings.project, event, delivery_id=f"github-{delivery}", source="webhook",
+            head_repo=head_repo,
+        )  # fmt: skip

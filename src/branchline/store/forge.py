@@ -293,6 +293,16 @@ async def mark_processed(conn: Conn, event_id: int, error: str | None = None) ->
     )
 
 
+async def by_delivery(conn: Conn, delivery_id: str) -> EventRow | None:
+    async with conn.cursor(row_factory=class_row(EventRow)) as cur:
+        await cur.execute(
+            """SELECT id, delivery_id, kind, action, source, payload, received_at, processed_at
+               FROM branchline.events WHERE delivery_id = %s""",
+            (delivery_id,),
+        )
+        return await cur.fetchone()
+
+
 async def pending_count(conn: Conn, project: str) -> int:
     cur = await conn.execute(
         "SELECT count(*) FROM branchline.events WHERE project = %s AND processed_at IS NULL",

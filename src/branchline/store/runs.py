@@ -160,6 +160,17 @@ async def list_runs(conn: Conn, project: str, limit: int = 50) -> list[RunRow]:
         return await cur.fetchall()
 
 
+async def of_commit(conn: Conn, project: str, workflow: str, sha: str) -> list[RunRow]:
+    """`workflow`'s runs of commit `sha`, newest first."""
+    async with conn.cursor(row_factory=class_row(RunRow)) as cur:
+        await cur.execute(
+            f"SELECT {_RUN} FROM branchline.runs WHERE project = %s AND workflow = %s "  # noqa: S608
+            "AND sha = %s ORDER BY id DESC",
+            (project, workflow, sha),
+        )
+        return await cur.fetchall()
+
+
 async def active_in_group(conn: Conn, project: str, group: str, before: int) -> list[RunRow]:
     async with conn.cursor(row_factory=class_row(RunRow)) as cur:
         await cur.execute(

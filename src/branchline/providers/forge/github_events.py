@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from branchline import events
 from branchline.providers.forge import payloads
+from branchline.store import deliveries
 
 HANDLED = ("push", "pull_request")
 APPROVAL_LABEL = "safe-to-preview"  # a writer's label that approves a fork's head commit
@@ -95,6 +96,4 @@ def _pull_request(
 
 def state_of(change: events.PullRequestChanged) -> str:
     """The pull request's state after this change: open, closed or merged."""
-    if change.action != "closed":
-        return "open"
-    return "merged" if change.merged else "closed"
+    return deliveries.pr_state(change)

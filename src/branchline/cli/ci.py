@@ -1,0 +1,123 @@
+"""`branchline ci testing|preview|production|cleanup`: one pipeline inside a GitHub
+Actions job (the workflows `branchline export github-actions` writes call these)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from branchline.cli.context import app_context
+
+if TYPE_CHECKING:
+    from branchline.operations.ci import Outcome
+
+app = typer.Typer(
+    help="Run one pipeline in a GitHub Actions job (state in BRANCHLINE_DATABASE_URL).",
+    no_args_is_help=True,
+)
+WaitOption = Annotated[
+    str,
+    typer.Option(
+        "--wait-for-testing",
+        help="How long to wait for this commit's testing run (testing.yml) to pass, "
+        "e.g. 30m; 0 to require it passed already.",
+    ),
+]
+
+
+def _run(ctx: typer.Context, pipeline: str, wait: str = "0") -> None:
+    import asyncio
+
+    from branchline.config.durations import parse_duration
+    from branchline.edge import daemon
+    from branchline.errors import UsageError
+    from branchline.operations import ci, ci_event, ci_report
+
+    app = app_context(ctx)
+    out = app.output
+    try:
+        waiting = parse_duration(wait).total_seconds()
+    except ValueError as exc:
+        raise UsageError(
+            f"--wait-for-testing {wait!r}: {exc}", hint="Write a duration: 90s, 30m, 1h."
+        ) from None
+    job = ci_event.from_env(os.environ)
+    # GitHub reads workflow commands from stdout; with --json that is the answer's.
+    commands = sys.stderr if out.json else sys.stdout
+
+    def mask(value: str) -> None:
+        for line in ci_report.mask_commands(value):
+            commands.write(line + "\n")
+        commands.flush()
+
+    url = os.environ.get("BRANCHLINE_DATABASE_URL", "")
+    if url:
+        mask(url)  # before anything could print it
+    stream = sys.stderr if out.json else sys.stdout
+
+    def line(text: str) -> None:
+        stream.write(text + "\n")
+        stream.flush()
+
+    console = ci.Console(line=line, mask=mask, note=out.notice)
+    config = app.config()
+    store = app.store()
+    info = None
+    if pipeline in ("preview", "production") and config.compute.provider == "local":
+        # Local services are reached through the edge: started when it does not run.
+        info, _started = daemon.ensure_running(store.location.state_dir, config.path)
+    outcome = asyncio.run(ci.run(
+        config, store, pipeline, job, console, wait_for_testing=waiting,
+        edge_port=info.edge_port if info else None, dns_port=info.dns_port if info else None,
+    ))  # fmt: skip
+    if job.summary_path is not None:
+        ci_report.write_summary(job.summary_path, outcome)
+    _show(ctx, outcome)
+
+
+def _show(ctx: typer.Context, outcome: Outcome) -> None:
+    out = app_context(ctx).output
+
+    def human(console: object) -> None:
+        said = f"{outcome.pipeline}: {outcome.status}"
+        if outcome.run_id is not None:
+            said += f" (run {outcome.run_id})"
+        if outcome.reason:
+            said += f": {outcome.reason}"
+        out.out.print(said, markup=False, highlight=False)
+        for job in outcome.jobs:
+            took = "" if job.seconds is None else f" in {job.seconds:.1f} s"
+            out.out.print(f"  {job.name}: {job.status}{took}", markup=False, highlight=False)
+        for service, url in sorted(outcome.urls.items()):
+            out.out.print(f"  {service}: {url}", markup=False, highlight=False)
+
+    out.emit(outcome.as_dict(), human)
+    if outcome.status not in ("success", "skipped"):
+        raise typer.Exit(1)
+
+
+@app.command("testing")
+def testing(ctx: typer.Context) -> None:
+    """Test the pushed commit, or the pull request's head, on an ephemeral branch."""
+    _run(ctx, "testing")
+
+
+@app.command("preview")
+def preview(ctx: typer.Context, wait_for_testing: WaitOption = "30m") -> None:
+    """Create or update the pull request's preview once its commit's tests passed."""
+    _run(ctx, "preview", wait_for_testing)
+
+
+@app.command("production")
+def production(ctx: typer.Context, wait_for_testing: WaitOption = "30m") -> None:
+    """Roll the production branch's pushed commit out, once its tests passed."""
+    _run(ctx, "production", wait_for_testing)
+
+
+@app.command("cleanup")
+def cleanup(ctx: typer.Context) -> None:
+    """Remove a closed pull request's preview: services, DNS, secrets, branch."""
+    _run(ctx, "cleanup")

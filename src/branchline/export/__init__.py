@@ -1,0 +1,1 @@
+"""Files written from a project's config for other tools (GitHub Actions workflows)."""
