@@ -13,6 +13,7 @@ from branchline.cli.context import app_context
 
 if TYPE_CHECKING:
     from branchline.operations.ci import Outcome
+    from branchline.operations.ci_event import ActionsJob
 
 app = typer.Typer(
     help="Run one pipeline in a GitHub Actions job (state in BRANCHLINE_DATABASE_URL).",
@@ -64,15 +65,26 @@ def _run(ctx: typer.Context, pipeline: str, wait: str = "0") -> None:
 
     console = ci.Console(line=line, mask=mask, note=out.notice)
     config = app.config()
+    loaded = ci_event.load(pipeline, job, config.project.production_branch)
+    if isinstance(loaded.target, ci_event.Skip):
+        _finish(ctx, job, ci.skipped(pipeline, job, loaded.target.reason))
+        return
     store = app.store()
     info = None
     if pipeline in ("preview", "production") and config.compute.provider == "local":
         # Local services are reached through the edge: started when it does not run.
         info, _started = daemon.ensure_running(store.location.state_dir, config.path)
     outcome = asyncio.run(ci.run(
-        config, store, pipeline, job, console, wait_for_testing=waiting,
-        edge_port=info.edge_port if info else None, dns_port=info.dns_port if info else None,
+        config, store, pipeline, job, loaded.target, console, head_repo=loaded.head_repo,
+        wait_for_testing=waiting, edge_port=info.edge_port if info else None,
+        dns_port=info.dns_port if info else None,
     ))  # fmt: skip
+    _finish(ctx, job, outcome)
+
+
+def _finish(ctx: typer.Context, job: ActionsJob, outcome: Outcome) -> None:
+    from branchline.operations import ci_report
+
     if job.summary_path is not None:
         ci_report.write_summary(job.summary_path, outcome)
     _show(ctx, outcome)

@@ -78,18 +78,18 @@ class Console:
     note: Emit  # what branchline itself says (progress)
 
 
+def skipped(pipeline: str, job: ci_event.ActionsJob, reason: str) -> Outcome:
+    return Outcome(pipeline, "skipped", reason=reason, actions_run=job.run_url)
+
+
 async def run(
-    config: Config, store: Store, pipeline: str, job: ci_event.ActionsJob, console: Console,
-    *, wait_for_testing: float, edge_port: int | None = None, dns_port: int | None = None,
+    config: Config, store: Store, pipeline: str, job: ci_event.ActionsJob,
+    target: events.Event, console: Console, *, head_repo: str = "", wait_for_testing: float,
+    edge_port: int | None = None, dns_port: int | None = None,
 ) -> Outcome:  # fmt: skip
-    """Run `pipeline` for the job's event to its end (or say why there is nothing to do)."""
-    payload = ci_event.read_payload(job)
-    head_repo = getattr(payload, "head_repository", "")
-    target = ci_event.event_for(pipeline, job, payload, config.project.production_branch)
+    """Run `pipeline` for the job's event (`ci_event.load`) to its end, or say why
+    there is nothing to do."""
     outcome = Outcome(pipeline, "skipped", actions_run=job.run_url)
-    if isinstance(target, ci_event.Skip):
-        outcome.reason = target.reason
-        return outcome
     await store.start()
     options = EngineOptions(pool_size=20, poll=0.5, queue=f"ci-{job.delivery_id(pipeline)}")
     async with open_pipelines(
@@ -97,9 +97,11 @@ async def run(
     ) as pipelines:
         kit = pipelines.kit
         async with store.connect() as conn:
+            # GitHub's webhook body, handed over by the job instead of over HTTP (its
+            # delivery id, gha-<run>-<attempt>-<pipeline>, tells them apart).
             row = await deliveries.record_github(
                 conn, kit.project, target, delivery_id=job.delivery_id(pipeline),
-                source="github-actions", head_repo=head_repo,
+                source="webhook", head_repo=head_repo,
             ) or await forge_rows.by_delivery(conn, job.delivery_id(pipeline))  # fmt: skip
         assert row is not None
         run_id = await _existing_run(store, row.id, pipeline)

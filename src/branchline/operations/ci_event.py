@@ -181,3 +181,17 @@ def _pull_request(pipeline: str, event: events.PullRequestChanged) -> events.Eve
             "(cleanup.yml removes its preview)"
         )
     return event
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """The job's event as `pipeline` takes it: what to run, or why nothing."""
+
+    target: events.Event | Skip
+    head_repo: str  # a fork's "owner/name" ("" for the repository's own branches)
+
+
+def load(pipeline: str, job: ActionsJob, production_branch: str) -> Loaded:
+    payload = read_payload(job)
+    head_repo = payload.head_repository if isinstance(payload, payloads.PullRequestPayload) else ""
+    return Loaded(event_for(pipeline, job, payload, production_branch), head_repo)
