@@ -34,7 +34,8 @@ PAYLOADS = REPO / "tests" / "fixtures" / "github-webhooks" / "octokit-examples"
 # branch's URL and a generated secret (the engine masks them in its lines).
 LEAKY_JOB = """
 [tests.leaky]
-command = ["python", "-c", "import os; print('url', os.environ['DATABASE_URL']); print('secret', os.environ['AUTH_SECRET'])"]
+command = ["python", "-c", "import os; print('url', os.environ['DATABASE_URL']); \
+print('secret', os.environ['AUTH_SECRET'])"]
 database = true
 """
 
