@@ -66,6 +66,9 @@ class WebhookSettings:
     secret: bytes | None
     repository: str | None  # "owner/name": deliveries for any other are ignored
     store: Store
+    # True: a label's approval is recorded as asked, and confirmed by the dispatcher
+    # once the code host says its sender may write (a payload is not trusted for it).
+    approvals_checked: bool = False
 
 
 def _answer(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -153,7 +156,7 @@ async def _record(
                 head=event.head_branch, base=event.base_branch, sha=event.head_sha,
                 state=github_events.state_of(event), fork=event.fork, head_repo=head_repo,
             )  # fmt: skip
-        if isinstance(event, events.PullRequestApproved):
+        if isinstance(event, events.PullRequestApproved) and not settings.approvals_checked:
             await approvals.approve(conn, settings.project, event.number, event.sha, event.by)
         return await forge_rows.record(
             conn, settings.project, event, delivery_id=f"github-{delivery}", source="webhook"
