@@ -221,6 +221,29 @@ class Kit:
         port = f":{self.edge_port}" if self.edge_port and self.edge_port != 80 else ""
         return f"http://{host}{port}/"
 
+    def run_url(self, run_id: int) -> str | None:
+        """Where a person sees run `run_id`: serve's page at `[server] public_url`; in
+        GitHub Actions, the workflow run; else serve's page on this machine (None
+        without an HTTP server)."""
+        public = self.config.server.public_url
+        if public:
+            return f"{public.rstrip('/')}/runs/{run_id}"
+        env = os.environ
+        if env.get("GITHUB_ACTIONS") == "true" and env.get("GITHUB_RUN_ID"):
+            server = env.get("GITHUB_SERVER_URL", "https://github.com")
+            return (
+                f"{server}/{env.get('GITHUB_REPOSITORY', '')}/actions/runs/{env['GITHUB_RUN_ID']}"
+            )
+        port = self.config.edge.api_port
+        return f"http://127.0.0.1:{port}/runs/{run_id}" if port else None
+
+    def environment_url(self, environment: Environment) -> str | None:
+        """The address that stands for `environment` on the code host: its `web`
+        service's, else its first service's."""
+        hosts = self.hosts(environment)
+        host = hosts.get("web") or next(iter(hosts.values()), None)
+        return self.url(host) if host else None
+
     async def database_branch(self, environment: Environment) -> str | None:
         """The branch `environment`'s services use: `pr-<n>` for a preview; for
         production its branch, or the one `branchline restore` pointed it at; none

@@ -510,6 +510,10 @@ class ForgeContract:
     def status(self, sha: str, context: str) -> str | None:
         raise NotImplementedError
 
+    def issue_state(self, number: int) -> str:
+        """open or closed."""
+        raise NotImplementedError
+
 
 class MemoryForgeContract(ForgeContract):
     provider: MemoryForge
@@ -524,6 +528,10 @@ class MemoryForgeContract(ForgeContract):
     def status(self, sha: str, context: str) -> str | None:
         found = self.provider.statuses.get((sha, context))
         return found[0] if found else None
+
+    def issue_state(self, number: int) -> str:
+        assert 0 < number <= len(self.provider.issues)
+        return "closed" if number in self.provider.closed_issues else "open"
 
 
 class LocalForgeContract(ForgeContract):
@@ -553,6 +561,14 @@ class LocalForgeContract(ForgeContract):
                 return await forge_rows.statuses(conn, self.provider.project, sha)
 
         return next((row.state for row in self.run(read()) if row.context == context), None)
+
+    def issue_state(self, number: int) -> str:
+        async def read() -> list[forge_rows.IssueRow]:
+            async with self.provider.store.connect() as conn:
+                return await forge_rows.issues(conn, self.provider.project, number)
+
+        (row,) = self.run(read())
+        return row.state
 
 
 @pytest.fixture(scope="module")

@@ -38,6 +38,16 @@ def test_issues_are_numbered_upwards(forge: ForgeContract) -> None:
     assert 0 < first < second < third
 
 
+def test_an_issue_closes_once_with_its_comment(forge: ForgeContract) -> None:
+    provider, run = forge.provider, forge.run
+    number = run(provider.create_issue("Rollout failed", "details", ["incident"]))
+    other = run(provider.create_issue("Rollout failed again", "details", ["incident"]))
+    assert forge.issue_state(number) == "open"
+    run(provider.close_issue(number, "Production is healthy again."))
+    run(provider.close_issue(number, "Said twice: nothing more happens."))
+    assert (forge.issue_state(number), forge.issue_state(other)) == ("closed", "open")
+
+
 def test_commit_statuses_of_known_states_only(forge: ForgeContract) -> None:
     provider, run = forge.provider, forge.run
     sha = forge.open_pr(fresh("status-")).head_sha

@@ -15,6 +15,7 @@ class MemoryForge:
         self.comments: dict[tuple[int, str], str] = {}
         self.comment_edits: dict[tuple[int, str], int] = {}
         self.issues: list[tuple[str, str, list[str]]] = []
+        self.closed_issues: dict[int, str] = {}
         self.statuses: dict[tuple[str, str], tuple[str, str | None, str | None]] = {}
 
     # -- test helpers -----------------------------------------------------------------
@@ -39,6 +40,9 @@ class MemoryForge:
     async def create_issue(self, title: str, body: str, labels: list[str]) -> int:
         self.issues.append((title, body, list(labels)))
         return len(self.issues)
+
+    async def close_issue(self, number: int, comment: str) -> None:
+        self.closed_issues[number] = comment
 
     async def set_status(
         self, sha: str, context: str, state: str, url: str | None = None,

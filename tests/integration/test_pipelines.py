@@ -418,6 +418,24 @@ def test_production_rollout_and_automatic_rollback_under_load(project: Path) -> 
             assert "Rolled back automatically, newest first:\n- auth" in issue.body
             assert "code-only rollback above is complete" in issue.body
             assert ("branchline/production", "failure") in [(s.context, s.state) for s in statuses]
+            # Each status links to its run's page.
+            assert {s.url for s in statuses if s.context == "branchline/production"} == {
+                f"http://127.0.0.1:{kit.config.edge.api_port}/runs/{run.id}"
+            }
+
+            # The fix rolls out, and the incident's issue is closed saying so, once.
+            app.write_text(text)
+            git(project, "commit", "-qam", "web is fixed")
+            await kit.forge.push("main")
+            await p.run_until_settled()
+            fixed = (await runs_of(kit))["production"][-1]
+            assert fixed.status == "success"
+            async with kit.store.connect() as conn:
+                (closed,) = await forge_rows.issues(conn, kit.project)
+                rollout = await rollout_rows.of_run(conn, run.id)
+            assert closed.state == "closed" and closed.body.count("healthy again") == 1
+            assert f"run {fixed.id}" in closed.body
+            assert rollout is not None and rollout.detail["issue_closed"] is True
 
     asyncio.run(test())
 

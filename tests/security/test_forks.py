@@ -47,6 +47,12 @@ def said(project: tuple[Path, dict[str, str]], run_id: int) -> str:
     return next(line for line in logs.splitlines() if "has secret:" in line)
 
 
+def approval_status(shown: Any) -> tuple[str, str]:
+    """The state and description of the head commit's `branchline/fork-approval`."""
+    (status,) = [s for s in shown["statuses"] if s["context"] == "branchline/fork-approval"]
+    return status["state"], status["description"]
+
+
 def test_a_forks_code_gets_no_secrets_and_no_preview_until_approved(
     project: tuple[Path, dict[str, str]],
 ) -> None:
@@ -59,17 +65,22 @@ def test_a_forks_code_gets_no_secrets_and_no_preview_until_approved(
     assert opened["previews"] == []  # tested, not previewed
     shown = cli(project, "pr", "show", "1")
     assert shown["preview"] is None and shown["fork"] is True
+    assert approval_status(shown) == ("pending", "waiting for approval: a writer adds the "
+                                      "safe-to-preview label")  # fmt: skip
 
     approved = cli(project, "pr", "approve", "1", "--by", "a-writer")
     assert [(r["workflow"], r["status"]) for r in approved["runs"]] == [("preview", "success")]
     (preview,) = approved["previews"]
     assert sorted(preview["urls"]) == ["api", "auth", "web"]
+    state, description = approval_status(cli(project, "pr", "show", "1"))
+    assert state == "success" and description.startswith("approved by a-writer at ")
 
     # A new commit: tested without secrets again; its preview waits for a new approval.
     commit_on(root, "theirs", {"NOTE": "changed again\n"}, "more from the fork")
     synced = cli(project, "pr", "sync", "1")
     assert [r["workflow"] for r in synced["runs"]] == ["testing"]
     assert said(project, synced["runs"][0]["id"]).endswith("has secret: False")
+    assert approval_status(cli(project, "pr", "show", "1"))[0] == "pending"
     again = cli(project, "pr", "approve", "1", "--by", "a-writer")
     assert [r["workflow"] for r in again["runs"]] == ["preview"]
 

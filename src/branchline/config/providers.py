@@ -13,7 +13,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from branchline.config.base import _Model
 from branchline.config.data import MaskValue, check_mask_rules
-from branchline.config.fields import Command, Duration, NonEmpty
+from branchline.config.fields import Command, Duration, NonEmpty, Repository
 from branchline.config.problems import _invalid
 from branchline.config.sizes import SizeSpec, parse_size
 
@@ -135,11 +135,42 @@ class DnsConfig(_Model):
 
 
 class GithubForgeConfig(_Model):
-    """`[forge.github]`: pull requests, comments and issues on GitHub."""
+    """`[forge.github]`: pull requests, comments, commit statuses, deployments and
+    issues on GitHub, as a token or as a GitHub App (see the README's GitHub part)."""
 
-    token: SecretStr
+    # "owner/name"; default: `[project] github_repository`.
+    repository: Repository | None = None
+    # Default: the GITHUB_TOKEN variable. Never write a token itself in the file: use
+    # `token = "${SOME_VARIABLE}"` when it lives under another name.
+    token: SecretStr | None = None
+    # A GitHub App instead of a token: its id and private key (PEM text, e.g.
+    # "${GITHUB_APP_PRIVATE_KEY}"); the installation is looked up unless given.
+    app_id: int | None = Field(None, gt=0)
+    private_key: SecretStr | None = None
+    installation_id: int | None = Field(None, gt=0)
     webhook_secret: SecretStr | None = None
     api_url: str = "https://api.github.com"
+    # The longest one call waits out GitHub's rate limits before it fails.
+    rate_limit_wait: Duration = timedelta(minutes=10)
+    # GitHub asks for a second between writes (its secondary rate limits punish bursts).
+    write_interval: Duration = timedelta(seconds=1)
+
+    @model_validator(mode="after")
+    def _app_whole(self) -> Self:
+        if (self.app_id is None) != (self.private_key is None):
+            raise _invalid(
+                "a GitHub App needs both `app_id` and `private_key`",
+                'set both (`private_key = "${GITHUB_APP_PRIVATE_KEY}"`), or neither to use '
+                "a token (GITHUB_TOKEN)",
+                loc=("app_id" if self.app_id is None else "private_key",),
+            )
+        if self.app_id is not None and self.token is not None:
+            raise _invalid(
+                "`token` and a GitHub App (`app_id`) are two ways to sign in: choose one",
+                "remove `token` to act as the App, or `app_id` and `private_key` to use it",
+                loc=("token",),
+            )
+        return self
 
 
 class ForgeConfig(_Model):

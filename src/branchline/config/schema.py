@@ -205,6 +205,9 @@ class ServerConfig(_Model):
     # When set, /metrics answers only `Authorization: Bearer <this>` (a reference such
     # as "${BRANCHLINE_METRICS_TOKEN}", like every secret here).
     metrics_token: SecretStr | None = None
+    # The address people reach serve's pages at ("https://ci.example.com"): commit
+    # statuses and deployments on the code host link to `<public_url>/runs/<id>`.
+    public_url: str | None = Field(None, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
 
     @field_validator("metrics_token")
     @classmethod

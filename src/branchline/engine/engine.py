@@ -46,6 +46,13 @@ logger = logging.getLogger(__name__)
 _COMMIT = re.compile(r"[0-9a-f]{7,64}")
 QUEUE = "branchline"
 TASK = "branchline.run_job"
+
+
+class Unknown:
+    """`changed` not given: the engine asks git."""
+
+
+UNKNOWN = Unknown()
 SecretSource = Callable[[rows.RunRow], Awaitable[Mapping[str, str]]]
 # Jobs this process runs now (a worker's name is its host and pid, so this is one set
 # for every engine in it): a job claimed by this process but not among them was
@@ -146,17 +153,23 @@ class Engine:
         secret_scope: str | None = None,
         rerun_of: int | None = None,
         event_id: int | None = None,
+        changed: list[str] | Unknown | None = UNKNOWN,
     ) -> int:
-        """Record a run and start it, or queue it behind its concurrency group."""
+        """Record a run and start it, or queue it behind its concurrency group.
+        `changed`: the files `base_sha..sha` changed, when the caller knows them (the
+        code host's list); by default git's diff of the two in `repo`."""
         for commit in (sha, base_sha):
             # Commits reach git as arguments: only ids, never anything option-like.
             if commit is not None and not _COMMIT.fullmatch(commit):
                 raise UsageError(
                     f"{commit[:80]!r} is not a commit id", hint="Pass a full or short hex id."
                 )
-        changed = (
-            await asyncio.to_thread(changed_files, repo, base_sha, sha) if (repo and sha) else None
-        )
+        if isinstance(changed, Unknown):
+            changed = (
+                await asyncio.to_thread(changed_files, repo, base_sha, sha)
+                if (repo and sha)
+                else None
+            )
         definition: dict[str, Any] = {"workflow": workflow.to_dict(), "changed": changed}
         if self.options.queue != QUEUE:
             definition["queue"] = self.options.queue

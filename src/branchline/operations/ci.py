@@ -24,8 +24,9 @@ from branchline.errors import BranchlineError, UsageError
 from branchline.kit import Kit
 from branchline.operations import ci_event
 from branchline.operations.runtime import Pipelines, open_pipelines
-from branchline.pipelines import testing
+from branchline.pipelines import forks, testing
 from branchline.pipelines.dispatch import Planned, ensure_commit, plan
+from branchline.providers.forge import ApprovalGate
 from branchline.store import Store, deliveries
 from branchline.store import artifacts as artifact_rows
 from branchline.store import forge as forge_rows
@@ -102,6 +103,7 @@ async def run(
             row = await deliveries.record_github(
                 conn, kit.project, target, delivery_id=job.delivery_id(pipeline),
                 source="webhook", head_repo=head_repo,
+                approve=not isinstance(kit.forge, ApprovalGate),
             ) or await forge_rows.by_delivery(conn, job.delivery_id(pipeline))  # fmt: skip
         assert row is not None
         run_id = await _existing_run(store, row.id, pipeline)
@@ -151,6 +153,13 @@ async def _plan(
     number = getattr(event, "number", None)
     if number is not None:
         pull = await kit.forge.pull_request(number)
+    # What dispatch does for a fork's pull request, the same way.
+    changed = isinstance(event, events.PullRequestChanged) and event.is_update
+    if pull is not None and changed and pipeline == "testing" and not kit.trusts(pull):
+        assert isinstance(event, events.PullRequestChanged)
+        await forks.awaiting_approval(kit, pull, event)
+    if pull is not None and isinstance(event, events.PullRequestApproved):
+        await forks.confirm(kit, pull, event)
     if pipeline in ("testing", "cleanup"):
         found = plan(event, kit, pull)
     else:

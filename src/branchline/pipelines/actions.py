@@ -19,6 +19,7 @@ from branchline.engine.checkout import checked_out, git_dir
 from branchline.engine.runner import StepContext
 from branchline.errors import BranchlineError
 from branchline.kit import Kit
+from branchline.pipelines import posting
 from branchline.providers.database import CreateDbGrants
 
 KitAction = Callable[..., Awaitable[Any]]
@@ -145,7 +146,7 @@ async def set_status(
     kit: Kit, ctx: StepContext, *, state: str, description: str, context: str = STATUS_CONTEXT
 ) -> None:
     if ctx.sha:
-        await kit.forge.set_status(ctx.sha, context, state, None, description)
+        await posting.status(kit, ctx, ctx.sha, context, state, description)
 
 
 SHARED: Mapping[str, KitAction] = {

@@ -17,6 +17,7 @@ from branchline.engine.runner import StepContext
 from branchline.environment import Environment
 from branchline.errors import BranchlineError
 from branchline.kit import Kit
+from branchline.pipelines import posting
 from branchline.pipelines.actions import KitAction, Log, run_hook
 
 NAME = "cleanup"
@@ -98,6 +99,7 @@ async def run(kit: Kit, ctx: StepContext, *, reason: str) -> None:
     removed = await teardown(kit, ctx.pr, ctx)
     if not had_preview and not any(removed.values()):
         return  # the pull request never had a preview: nothing to tell
+    await posting.deployment(kit, ctx, Environment.preview(ctx.pr), "inactive")
     if await kit.forge.pull_request(ctx.pr) is None:
         return  # a preview deployed by hand, with no pull request to comment on
     what = ", ".join(f"{len(v)} {k}" for k, v in removed.items() if v) or "nothing was left"

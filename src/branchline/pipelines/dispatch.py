@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from branchline import events
-from branchline.engine.engine import Engine
+from branchline.engine.engine import UNKNOWN, Engine, Unknown
 from branchline.engine.model import Workflow
 from branchline.environment import PRODUCTION, TEST, Environment
 from branchline.errors import BranchlineError, StoreError, UsageError
 from branchline.kit import Kit
 from branchline.masking import mask_url
-from branchline.pipelines import cleanup, preview, production, testing
-from branchline.providers.forge import PullRequest
+from branchline.pipelines import cleanup, forks, preview, production, testing
+from branchline.providers.forge import ChangeLister, PullRequest
 from branchline.store import Store
 from branchline.store import artifacts as artifact_rows
 from branchline.store import forge as forge_rows
@@ -104,8 +104,12 @@ class Dispatcher:
             approved = pull is not None and await self.kit.may_preview(pull, event.sha)
         if isinstance(event, events.PullRequestChanged):
             pull = await self.kit.forge.pull_request(event.number)
+            if pull is not None and event.is_update and not self.kit.trusts(pull):
+                await forks.awaiting_approval(self.kit, pull, event)
         if isinstance(event, events.PullRequestApproved):
             pull = await self.kit.forge.pull_request(event.number)
+            if pull is not None:
+                await forks.confirm(self.kit, pull, event)
             approved = pull is not None and await self.kit.may_preview(pull, event.sha)
             async with self.kit.store.connect() as conn:
                 report, _expired = await artifact_rows.find(
@@ -153,10 +157,17 @@ class Dispatcher:
             existing = await run_rows.run_for_event(conn, row.id, planned.workflow.name)
         if existing is not None:
             return existing, planned.workflow.name
+        changed: list[str] | Unknown | None = UNKNOWN
+        forge = self.kit.forge
+        base = planned.base_sha
+        if planned.sha and base and base.strip("0") and isinstance(forge, ChangeLister):
+            # The code host's list: a shallow clone (a CI runner's) may lack the base.
+            changed = await forge.changed_files(base, planned.sha)
         run_id = await self.engine.submit(
             planned.workflow, repo=self.kit.repo if planned.sha else None, event_id=row.id,
             sha=planned.sha, base_sha=planned.base_sha, ref=planned.ref, pr=planned.pr,
             secret_scope=planned.secret_scope, triggered_by=planned.triggered_by,
+            changed=changed,
         )  # fmt: skip
         return run_id, planned.workflow.name
 

@@ -31,7 +31,7 @@ from branchline.engine.runner import StepContext
 from branchline.environment import Environment
 from branchline.errors import BranchlineError
 from branchline.kit import Kit
-from branchline.pipelines import cleanup
+from branchline.pipelines import cleanup, posting
 from branchline.pipelines.actions import KitAction, migrate_branch, seed_branch, shaped
 from branchline.pipelines.testing import NAME as TESTING
 from branchline.pipelines.testing import REPORT
@@ -137,6 +137,7 @@ async def reserve(kit: Kit, ctx: StepContext) -> None:
         )  # fmt: skip
         raise PreviewRefusedError(f"all {limits.max_live} preview places are taken ({listed})")
     await ctx.log(f"preview-{pr} reserved; it expires {limits.ttl} after its last update")
+    await posting.deployment(kit, ctx, Environment.preview(pr), "in_progress", "building")
 
 
 async def ensure_secrets(kit: Kit, ctx: StepContext) -> None:
@@ -262,6 +263,7 @@ async def finish(kit: Kit, ctx: StepContext) -> None:
     await kit.previews.set_status(
         pr, "live", {"sha": ctx.sha, "urls": {name: url for name, _w, url, _r in rows}}
     )
+    await posting.deployment(kit, ctx, environment, "success", "preview live")
     for name, _worker, url, _release in rows:
         await ctx.log(f"{name}: {url}")
 
@@ -275,6 +277,7 @@ async def failed(kit: Kit, ctx: StepContext) -> None:
     row = await kit.previews.get(pr)
     if row is not None and row.status == "creating":
         await kit.previews.set_status(pr, "failed")
+    await posting.deployment(kit, ctx, Environment.preview(pr), "failure", "preview failed")
     await kit.forge.upsert_comment(
         pr, COMMENT_KEY,
         f"### Preview failed\n\nThe preview of {(ctx.sha or '')[:8]} failed; see "

@@ -31,6 +31,7 @@ from branchline.engine.runner import StepContext
 from branchline.environment import Environment
 from branchline.errors import BranchlineError
 from branchline.kit import Kit
+from branchline.pipelines import posting
 from branchline.pipelines.actions import KitAction, migrate_branch
 from branchline.providers.compute import TrialRuns, UnhealthyError
 from branchline.providers.database import Backups
@@ -86,7 +87,8 @@ async def _detail(kit: Kit, ctx: StepContext) -> dict[str, Any]:
 
 async def start(kit: Kit, ctx: StepContext) -> None:
     await kit.rollouts.start(ctx.run_id, sha=_sha(ctx), triggered_by=ctx.triggered_by)
-    await kit.forge.set_status(_sha(ctx), STATUS_CONTEXT, "pending", None, "rolling out")
+    await posting.status(kit, ctx, _sha(ctx), STATUS_CONTEXT, "pending", "rolling out")
+    await posting.deployment(kit, ctx, ENVIRONMENT, "in_progress", "rolling out")
     await ctx.log(f"rollout of {_sha(ctx)[:12]} to production started")
 
 
@@ -255,8 +257,11 @@ async def _roll_back(
 
 async def finish(kit: Kit, ctx: StepContext) -> None:
     await kit.rollouts.finish(ctx.run_id, "success")
-    await kit.forge.set_status(_sha(ctx), STATUS_CONTEXT, "success", None, "live in production")
+    await posting.status(kit, ctx, _sha(ctx), STATUS_CONTEXT, "success", "live in production")
+    await posting.deployment(kit, ctx, ENVIRONMENT, "success", "live in production")
     await ctx.log("production rollout succeeded")
+    for issue in await posting.close_incidents(kit, ctx):
+        await ctx.log(f"closed incident issue #{issue}: production is healthy again")
 
 
 async def failed(kit: Kit, ctx: StepContext) -> None:
@@ -282,7 +287,8 @@ async def failed(kit: Kit, ctx: StepContext) -> None:
     row = await kit.rollouts.get(ctx.run_id)
     if ctx.sha:
         state = "rolled back" if row and row.status == "rolled_back" else "stopped"
-        await kit.forge.set_status(ctx.sha, STATUS_CONTEXT, "failure", None, f"{state}: {error}")
+        await posting.status(kit, ctx, ctx.sha, STATUS_CONTEXT, "failure", f"{state}: {error}")
+        await posting.deployment(kit, ctx, ENVIRONMENT, "failure", f"{state}: {error}")
 
 
 # -- the incident issue ---------------------------------------------------------------

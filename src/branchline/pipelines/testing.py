@@ -21,6 +21,7 @@ from branchline.config import Config, JobConfig, ServiceConfig
 from branchline.engine.model import Call, Command, Job, RunIf, Step, Workflow
 from branchline.engine.runner import StepContext
 from branchline.kit import Kit
+from branchline.pipelines import posting
 from branchline.pipelines.actions import DATABASE_URL, KitAction
 
 NAME = "testing"
@@ -148,7 +149,7 @@ async def report(kit: Kit, ctx: StepContext, *, tests: list[str]) -> None:
     else:
         state, text = "success", "all jobs passed"
     if ctx.sha:
-        await kit.forge.set_status(ctx.sha, "branchline/testing", state, None, text)
+        await posting.status(kit, ctx, ctx.sha, "branchline/testing", state, text)
     await ctx.log(f"testing {state}: {text}")
     if not failed:
         body = {"run_id": ctx.run_id, "sha": ctx.sha, "pr": ctx.pr, "jobs": outcome}

@@ -18,6 +18,7 @@ from branchline.store import Store
 
 if TYPE_CHECKING:
     from branchline.providers.database.neon_api import NeonClient
+    from branchline.providers.forge.github_api import GitHubClient
 
 
 def database_provider(config: Config, store: Store) -> DatabaseProvider:
@@ -121,7 +122,43 @@ def forge_provider(config: Config, store: Store) -> ForgeProvider:
             repo=config.root,
             production_branch=config.project.production_branch,
         )
+    if config.forge.provider == "github":
+        from branchline.providers.forge.github import GitHubForge
+
+        return GitHubForge(github_client(config))
     raise _unavailable("forge", config.forge.provider)
+
+
+def github_client(config: Config) -> GitHubClient:
+    """The GitHub client `[forge.github]` describes (token or App; no I/O)."""
+    from branchline.providers.forge.github_api import TOKEN_VARIABLE, Credentials, GitHubClient
+
+    github = config.forge.github
+    if github is None:
+        raise UsageError(
+            "the GitHub code host needs a `[forge.github]` table",
+            hint='Add `[forge.github]` with `repository = "owner/name"` to branchline.toml.',
+        )
+    repository = github.repository or config.project.github_repository
+    if not repository:
+        raise UsageError(
+            "which GitHub repository? Neither `[forge.github] repository` nor "
+            "`[project] github_repository` is set",
+            hint='Add `repository = "owner/name"` under [forge.github] in branchline.toml.',
+        )
+    token = github.token.get_secret_value() if github.token else None
+    if github.app_id is None and not token:
+        token = os.environ.get(TOKEN_VARIABLE) or None
+    credentials = Credentials(
+        token=token, app_id=github.app_id,
+        private_key=github.private_key.get_secret_value() if github.private_key else None,
+        installation_id=github.installation_id,
+    )  # fmt: skip
+    return GitHubClient(
+        repository=repository, credentials=credentials, api_url=github.api_url,
+        rate_limit_wait=github.rate_limit_wait.total_seconds(),
+        write_interval=github.write_interval.total_seconds(),
+    )  # fmt: skip
 
 
 def _unavailable(section: str, provider: str) -> UsageError:

@@ -19,6 +19,7 @@ from branchline.config import Config
 from branchline.errors import StoreError
 from branchline.kit import Kit
 from branchline.masking import mask_url
+from branchline.providers.forge import ApprovalGate
 from branchline.server import api, dashboard, limits, metrics, webhooks
 from branchline.server.actions import Actions
 from branchline.store import Store
@@ -58,8 +59,11 @@ def create_app(
     settings = webhooks.WebhookSettings(
         project=config.project.name,
         secret=secret if secret is not None else webhook_secret(config),
-        repository=config.project.github_repository,
+        repository=(config.forge.github and config.forge.github.repository)
+        or config.project.github_repository,
         store=store,
+        # A code host that says who may write is asked before a label approves.
+        approvals_checked=isinstance(kit.forge, ApprovalGate),
     )
     sessions = dashboard.Sessions()
     app.include_router(webhooks.router(settings))

@@ -66,6 +66,9 @@ class WebhookSettings:
     secret: bytes | None
     repository: str | None  # "owner/name": deliveries for any other are ignored
     store: Store
+    # True: a label's approval is recorded as asked, and confirmed by the dispatcher
+    # once the code host says its sender may write (a payload is not trusted for it).
+    approvals_checked: bool = False
 
 
 def _answer(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -149,5 +152,5 @@ async def _record(
     async with settings.store.connect() as conn:
         return await deliveries.record_github(
             conn, settings.project, event, delivery_id=f"github-{delivery}", source="webhook",
-            head_repo=head_repo,
+            head_repo=head_repo, approve=not settings.approvals_checked,
         )  # fmt: skip

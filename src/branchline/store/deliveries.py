@@ -19,9 +19,11 @@ def pr_state(change: events.PullRequestChanged) -> str:
 
 async def record_github(
     conn: Conn, project: str, event: events.Event, *, delivery_id: str, source: str,
-    head_repo: str = "",
+    head_repo: str = "", approve: bool = True,
 ) -> forge_rows.EventRow | None:  # fmt: skip
-    """The new event row, or None when this delivery was recorded before."""
+    """The new event row, or None when this delivery was recorded before. `approve`:
+    an approval label counts as such (False when the code host confirms the labeller
+    may approve, later)."""
     async with conn.transaction():
         if isinstance(event, events.PullRequestChanged):
             await forge_rows.mirror_pr(
@@ -29,6 +31,6 @@ async def record_github(
                 head=event.head_branch, base=event.base_branch, sha=event.head_sha,
                 state=pr_state(event), fork=event.fork, head_repo=head_repo,
             )  # fmt: skip
-        if isinstance(event, events.PullRequestApproved):
+        if isinstance(event, events.PullRequestApproved) and approve:
             await approvals.approve(conn, project, event.number, event.sha, event.by)
         return await forge_rows.record(conn, project, event, delivery_id=delivery_id, source=source)

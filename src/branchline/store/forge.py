@@ -322,6 +322,17 @@ class IssueRow:
     created_at: datetime
 
 
+async def close_issue(conn: Conn, project: str, number: int, comment: str) -> bool:
+    """Close issue `number` with `comment` added to its body; False when it was not
+    open (closing twice adds nothing)."""
+    cur = await conn.execute(
+        """UPDATE branchline.issues SET state = 'closed', body = body || %s
+           WHERE project = %s AND number = %s AND state <> 'closed'""",
+        ("\n\n---\n" + comment, project, number),
+    )
+    return cur.rowcount > 0
+
+
 async def issues(conn: Conn, project: str, number: int | None = None) -> list[IssueRow]:
     async with conn.cursor(row_factory=class_row(IssueRow)) as cur:
         await cur.execute(

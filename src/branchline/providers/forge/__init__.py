@@ -2,7 +2,11 @@
 
 `ForgeProvider` is what pipelines post back and ask. A forge whose pull requests
 branchline itself keeps (the local one) also has `LocalPullRequests`: pushes and
-pull requests recorded from the command line or a git hook, each an event.
+pull requests recorded from the command line or a git hook, each an event. A code
+host with more to offer has capabilities, asked for with `isinstance`:
+`DeploymentTracker` (environments on the host's own pages), `ApprovalGate` (who may
+approve a fork's pull request, asked of the host rather than trusted from a
+payload) and `ChangeLister` (the files two commits differ by, from the host).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from branchline import events
 
 PullRequestState = Literal["open", "closed", "merged"]
 STATUS_STATES = ("pending", "success", "failure", "error")
+DeploymentState = Literal["in_progress", "success", "failure", "error", "inactive"]
+APPROVAL_LABEL = "safe-to-preview"  # a writer's label that approves a fork's head commit
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,10 @@ class ForgeProvider(Protocol):
         """Open an issue; returns its number."""
         ...
 
+    async def close_issue(self, number: int, comment: str) -> None:
+        """Say `comment` on issue `number` and close it (a closed one stays closed)."""
+        ...
+
     async def set_status(
         self, sha: str, context: str, state: str, url: str | None = None,
         description: str | None = None,
@@ -61,6 +71,41 @@ class ForgeProvider(Protocol):
 
     async def pull_requests(self) -> list[PullRequest]:
         """Every pull request the code host knows of this project (open ones at least)."""
+        ...
+
+
+@runtime_checkable
+class DeploymentTracker(Protocol):
+    """A code host that shows environments and what is deployed to them."""
+
+    async def deployment_status(
+        self, environment: str, *, sha: str, ref: str, state: DeploymentState,
+        url: str | None = None, log_url: str | None = None, description: str | None = None,
+    ) -> None:  # fmt: skip
+        """The deployment of `sha` to `environment` (made on first use) is now `state`;
+        `url` is the environment's address. `inactive`: the environment is gone."""
+        ...
+
+
+@runtime_checkable
+class ApprovalGate(Protocol):
+    """A code host that knows who may approve a fork's pull request."""
+
+    async def may_approve(self, login: str) -> bool:
+        """Whether `login` may write to the repository (write, maintain or admin)."""
+        ...
+
+    async def withdraw_approval(self, pr: int) -> None:
+        """Take the approval label off pull request `pr` (a new commit needs a new one)."""
+        ...
+
+
+@runtime_checkable
+class ChangeLister(Protocol):
+    """A code host that lists the files two commits differ by."""
+
+    async def changed_files(self, base: str, head: str) -> list[str] | None:
+        """Files changed from `base` to `head` (None: too many to list, or unknown)."""
         ...
 
 

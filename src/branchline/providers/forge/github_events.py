@@ -15,11 +15,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from branchline import events
-from branchline.providers.forge import payloads
+from branchline.providers.forge import APPROVAL_LABEL, payloads
 from branchline.store import deliveries
 
 HANDLED = ("push", "pull_request")
-APPROVAL_LABEL = "safe-to-preview"  # a writer's label that approves a fork's head commit
 
 MalformedDeliveryError = payloads.MalformedPayloadError
 Payload = payloads.PushPayload | payloads.PullRequestPayload

@@ -172,6 +172,10 @@ class LocalForge:
         async with self.store.connect() as conn:
             return await rows.create_issue(conn, self.project, title, body, labels)
 
+    async def close_issue(self, number: int, comment: str) -> None:
+        async with self.store.connect() as conn:
+            await rows.close_issue(conn, self.project, number, comment)
+
     async def set_status(
         self, sha: str, context: str, state: str, url: str | None = None,
         description: str | None = None,
