@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +25,7 @@ from tests.codex_project import (
     make_project,
     served,
 )
-from tests.conftest import run_cli
+from tests.conftest import ANY_FREE_PORT, run_cli
 from tests.e2e.test_github_actions_workflow import pull_request_payload, state_url
 
 __all__ = ["state_url"]  # the fixture, shared
@@ -84,3 +88,56 @@ async def _leftovers(root: Path, env: dict[str, str], pr: int) -> dict[str, list
         return await leftovers(kit, pr)
     finally:
         await kit.aclose()
+
+
+SLOW_JOB = """
+[tests.slow]
+command = ["python", "-u", "-c", "import time; print('started'); time.sleep(120)"]
+database = true
+"""
+
+
+def test_github_cancelling_the_job_cancels_the_run_and_still_cleans_up(
+    tmp_path: Path, state_dir: Path, state_url: str
+) -> None:
+    """GitHub cancels a job (a newer commit, cancel-in-progress) with SIGINT, then
+    SIGTERM: the run is cancelled, its ephemeral branch deleted all the same."""
+    root = make_project(tmp_path / "codex", quick_tests=True)
+    config = root / "branchline.toml"
+    config.write_text(config.read_text() + SLOW_JOB)
+    git(root, "commit", "-qam", "a slow job")
+    base = git(root, "rev-parse", "HEAD")
+    head = commit_on(root, "feature", {"services/web/NOTE.md": "hi\n"}, "a change")
+    env = {**cli_env(state_dir), "BRANCHLINE_DATABASE_URL": state_url}
+    assert run_cli("db", "init", cwd=root, env=env).returncode == 0
+    event = tmp_path / "event.json"
+    event.write_text(json.dumps(pull_request_payload(8, "feature", head, base)))
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BRANCHLINE_")}
+    full_env.update({
+        **ANY_FREE_PORT, **env, "GITHUB_EVENT_NAME": "pull_request",
+        "GITHUB_EVENT_PATH": str(event), "GITHUB_REPOSITORY": "acme/codex",
+        "GITHUB_RUN_ID": "9",
+    })  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "branchline", "ci", "testing"], cwd=root, env=full_env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        seen = []
+        assert process.stdout is not None
+        for line in process.stdout:
+            seen.append(line)
+            if line.startswith("slow | started"):
+                break
+        assert seen and seen[-1].startswith("slow | started"), "".join(seen)
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    said = "".join(seen) + rest
+    assert process.returncode == 1, said
+    assert "cancelling run 1: its cleanup still runs" in said
+    assert "testing: cancelled (run 1)" in said and "  cleanup: success" in said, said
+    assert asyncio.run(_leftovers(root, env, 8))["branches"] == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import time
 from collections.abc import Callable
@@ -240,8 +241,13 @@ async def _submit(pipelines: Pipelines, event_id: int, planned: Planned) -> int:
     kit, engine = pipelines.kit, pipelines.engine
     if planned.sha:
         await asyncio.to_thread(ensure_commit, kit.repo, planned.sha)
+    # GitHub's concurrency groups order and cancel these runs (a cancelled job's run
+    # is cancelled here, see `_follow`); a branchline group would wait forever behind
+    # a run whose runner GitHub killed.
+    workflow = dataclasses.replace(planned.workflow, concurrency_group=None,
+                                   cancel_in_progress=False)  # fmt: skip
     run_id = await engine.submit(
-        planned.workflow, repo=kit.repo if planned.sha else None, event_id=event_id,
+        workflow, repo=kit.repo if planned.sha else None, event_id=event_id,
         sha=planned.sha, base_sha=planned.base_sha, ref=planned.ref, pr=planned.pr,
         secret_scope=planned.secret_scope, triggered_by=f"{planned.triggered_by} (GitHub Actions)",
     )  # fmt: skip
@@ -264,16 +270,18 @@ async def _follow(pipelines: Pipelines, run_id: int, console: Console) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop)
     worker = asyncio.create_task(engine.run_worker(concurrency=8, install_signal_handlers=False))
-    jobs: dict[int, str] = {}
-    masked: set[str] = set()
+    reader = asyncio.create_task(_print_lines(pipelines, run_id, console))
     try:
-        async with pipelines.kit.store.connect() as conn:
-            jobs = {j.id: j.name for j in await run_rows.jobs_of(conn, run_id)}
-        async for line in run_logs.read(engine.store, run_id, follow=True):
-            await _mask_artifacts(pipelines, run_id, masked, console)
-            # Each line behind its job's name: output of the tested code can never start
-            # a line, so it cannot issue GitHub workflow commands.
-            console.line(f"{jobs.get(line.job_id or 0, 'run')} | {line.content}")
+        await asyncio.wait({worker, reader}, return_when=asyncio.FIRST_COMPLETED)
+        if not reader.done():  # the worker stopped first: the run cannot go on
+            reader.cancel()
+            worker.result()  # its error, if it had one
+            raise BranchlineError(
+                f"the job worker stopped before run {run_id} ended",
+                hint="Check that the state database (BRANCHLINE_DATABASE_URL) stays "
+                "reachable from the runner; `branchline runs show` tells where the run is.",
+            )
+        reader.result()
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
@@ -284,6 +292,18 @@ async def _follow(pipelines: Pipelines, run_id: int, console: Console) -> None:
         ended = await forge_rows.by_delivery(conn, f"run-{run_id}-completed")
         if ended is not None and ended.processed_at is None:
             await forge_rows.mark_processed(conn, ended.id, "handled by GitHub Actions")
+
+
+async def _print_lines(pipelines: Pipelines, run_id: int, console: Console) -> None:
+    """The run's log lines as they come, until it ends."""
+    masked: set[str] = set()
+    async with pipelines.kit.store.connect() as conn:
+        jobs = {j.id: j.name for j in await run_rows.jobs_of(conn, run_id)}
+    async for line in run_logs.read(pipelines.engine.store, run_id, follow=True):
+        await _mask_artifacts(pipelines, run_id, masked, console)
+        # Each line behind its job's name: output of the tested code can never start
+        # a line, so it cannot issue GitHub workflow commands.
+        console.line(f"{jobs.get(line.job_id or 0, 'run')} | {line.content}")
 
 
 async def _mask_artifacts(
