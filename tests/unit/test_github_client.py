@@ -55,11 +55,11 @@ def primary(reset_in: float) -> Answer:
                 "x-ratelimit-remaining": "0",
                 "x-ratelimit-limit": "5000",
                 "x-ratelimit-reset": str(int(time.time() + reset_in)),
-            },  # fmt: skip
+            },
             json={
                 "message": "API rate limit exceeded for installation ID 1.",
                 "documentation_url": DOCS,
-            },  # fmt: skip
+            },
         )
 
     return answer
@@ -86,7 +86,7 @@ def get_issue(gh: GitHubClient) -> object:
         gh.read(
             "GET /repos/{owner}/{repo}/issues/{issue_number}",
             lambda g: g.rest.issues.async_get("acme", "codex", 7),
-        )  # fmt: skip
+        )
     )
 
 
