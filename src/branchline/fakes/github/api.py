@@ -12,9 +12,10 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from branchline.fakes.github.auth import Credentials
+from branchline.fakes.github.records import Actor, ApiError, invalid, not_found
 from branchline.fakes.github.render import PERMISSIONS, Renderer
 from branchline.fakes.github.shapes import stamp
-from branchline.fakes.github.world import Actor, ApiError, GitHubWorld, invalid, not_found
+from branchline.fakes.github.world import GitHubWorld
 
 DEFAULT_PER_PAGE = 30  # GitHub's page size when none is asked for
 MAX_PER_PAGE = 100
@@ -224,51 +225,55 @@ class GitHubApi:
     # -- statuses and check runs --------------------------------------------------------
 
     def create_status(self, call: Call) -> Reply:
-        status = self.world.add_status(call.actor, call.params["sha"], call.body or {})
+        status = self.world.commits.add_status(call.actor, call.params["sha"], call.body or {})
         return Reply(201, self.render.status(status))
 
     def combined_status(self, call: Call) -> Reply:
         return Reply(200, self.render.combined(call.params["ref"]))
 
     def create_check_run(self, call: Call) -> Reply:
-        run = self.world.create_check_run(call.actor, call.body or {})
+        run = self.world.commits.create_check_run(call.actor, call.body or {})
         return Reply(201, self.render.check_run(run))
 
     def get_check_run(self, call: Call) -> Reply:
-        run = self.world.check_run(_int(call.params["check_run_id"]))
+        run = self.world.commits.check_run(_int(call.params["check_run_id"]))
         return Reply(200, self.render.check_run(run))
 
     def update_check_run(self, call: Call) -> Reply:
-        run = self.world.update_check_run(_int(call.params["check_run_id"]), call.body or {})
+        run = self.world.commits.update_check_run(
+            _int(call.params["check_run_id"]), call.body or {}
+        )
         return Reply(200, self.render.check_run(run))
 
     # -- deployments --------------------------------------------------------------------
 
     def list_deployments(self, call: Call) -> Reply:
-        page, headers = paginate(self.world.list_deployments(call.query), call)
+        page, headers = paginate(self.world.commits.list_deployments(call.query), call)
         return Reply(200, [self.render.deployment(d) for d in page], headers)
 
     def create_deployment(self, call: Call) -> Reply:
-        deployment = self.world.create_deployment(call.actor, call.body or {})
+        deployment = self.world.commits.create_deployment(call.actor, call.body or {})
         return Reply(201, self.render.deployment(deployment))
 
     def get_deployment(self, call: Call) -> Reply:
-        deployment = self.world.deployment(_int(call.params["deployment_id"]))
+        deployment = self.world.commits.deployment(_int(call.params["deployment_id"]))
         return Reply(200, self.render.deployment(deployment))
 
     def delete_deployment(self, call: Call) -> Reply:
-        self.world.delete_deployment(_int(call.params["deployment_id"]))
+        self.world.commits.delete_deployment(_int(call.params["deployment_id"]))
         return Reply(204)
 
     def list_deployment_statuses(self, call: Call) -> Reply:
-        deployment = self.world.deployment(_int(call.params["deployment_id"]))
+        deployment = self.world.commits.deployment(_int(call.params["deployment_id"]))
         page, headers = paginate(list(reversed(deployment.statuses)), call)
         return Reply(200, [self.render.deployment_status(deployment, s) for s in page], headers)
 
     def create_deployment_status(self, call: Call) -> Reply:
         ident = _int(call.params["deployment_id"])
-        status = self.world.add_deployment_status(call.actor, ident, call.body or {})
-        return Reply(201, self.render.deployment_status(self.world.deployment(ident), status))
+        status = self.world.commits.add_deployment_status(call.actor, ident, call.body or {})
+        return Reply(
+            201, self.render.deployment_status(self.world.commits.deployment(ident), status)
+        )
 
     # -- pulls --------------------------------------------------------------------------
 

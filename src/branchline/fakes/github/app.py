@@ -29,9 +29,10 @@ from branchline.fakes.github import spec
 from branchline.fakes.github.api import Call, Found, GitHubApi, Reply
 from branchline.fakes.github.auth import Credentials
 from branchline.fakes.github.faults import Fault, RateLimit, fault_answer
+from branchline.fakes.github.records import Actor, ApiError
 from branchline.fakes.github.render import Renderer
 from branchline.fakes.github.shapes import DOCS
-from branchline.fakes.github.world import Actor, ApiError, GitHubWorld, snapshot
+from branchline.fakes.github.world import GitHubWorld, snapshot
 from branchline.fakes.openapi import SpecRequest, SpecResponse
 
 logger = logging.getLogger(__name__)

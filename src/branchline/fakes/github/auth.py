@@ -13,8 +13,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
+from branchline.fakes.github.records import Actor, ApiError
 from branchline.fakes.github.shapes import APP_SLUG
-from branchline.fakes.github.world import Actor, ApiError
 
 JWT_MAX_LIFETIME = 600  # seconds: GitHub refuses an `exp` further than ten minutes on
 CLOCK_DRIFT = 60  # seconds of drift GitHub forgives on `iat`

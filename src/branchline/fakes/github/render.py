@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from branchline.fakes.github import shapes
-from branchline.fakes.github.shapes import APP_SLUG, HTML, node_id, stamp
-from branchline.fakes.github.world import (
+from branchline.fakes.github.records import (
     PERMISSION_OF_ROLE,
     Actor,
     CheckRun,
@@ -14,12 +13,13 @@ from branchline.fakes.github.world import (
     CommitStatus,
     Deployment,
     DeploymentStatus,
-    GitHubWorld,
     Issue,
     Label,
     Pull,
     fake_sha,
 )
+from branchline.fakes.github.shapes import APP_SLUG, HTML, node_id, stamp
+from branchline.fakes.github.world import GitHubWorld
 
 
 class Renderer:
@@ -291,7 +291,7 @@ class Renderer:
         }
 
     def combined(self, ref: str) -> dict[str, Any]:
-        state, sha, latest = self.world.combined_status(ref)
+        state, sha, latest = self.world.commits.combined_status(ref)
         statuses = []
         for s in latest:
             one = self.status(s)

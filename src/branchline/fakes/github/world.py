@@ -1,170 +1,30 @@
 """What the fake GitHub keeps for its one repository, in memory, and GitHub's rules
 over it: issues and pull requests share one number sequence, ids are unique across
 everything, a label added to an issue is made in the repository when missing, a
-success deployment status makes older deployments of its environment inactive, only
-an inactive deployment may be deleted."""
+label removed that is not there is a 404. Statuses, check runs and deployments are
+`commits.CommitRecords`'."""
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
+from branchline.fakes.github.commits import CommitRecords
+from branchline.fakes.github.records import (
+    ROLES,
+    Actor,
+    ApiError,
+    Comment,
+    Issue,
+    Label,
+    Pull,
+    fake_sha,
+    invalid,
+    not_found,
+)
 from branchline.fakes.github.shapes import now, stamp
-
-ROLES = ("admin", "maintain", "write", "triage", "read", "none")
-# GitHub's `permission` says admin/write/read/none; `role_name` says the fine role.
-PERMISSION_OF_ROLE = {
-    "admin": "admin", "maintain": "write", "write": "write",
-    "triage": "read", "read": "read", "none": "none",
-}  # fmt: skip
-STATUS_STATES = ("error", "failure", "pending", "success")
-DEPLOYMENT_STATES = ("error", "failure", "inactive", "pending", "success", "queued", "in_progress")
-
-
-class ApiError(Exception):
-    """An answer other than success: GitHub's status, message and (422) errors."""
-
-    def __init__(
-        self, status: int, message: str, errors: list[dict[str, Any]] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.errors = errors
-
-
-def not_found() -> ApiError:
-    return ApiError(404, "Not Found")
-
-
-def invalid(resource: str, field_name: str, code: str = "invalid", message: str = "") -> ApiError:
-    error: dict[str, Any] = {"resource": resource, "field": field_name, "code": code}
-    if message:
-        error["message"] = message
-    return ApiError(422, "Validation Failed", [error])
-
-
-@dataclass(frozen=True)
-class Actor:
-    """Who makes a call: a person (personal token) or an App's bot (installation token)."""
-
-    login: str
-    bot: bool = False
-
-
-@dataclass
-class Issue:
-    number: int
-    id: int
-    title: str
-    body: str | None
-    author: Actor
-    created: datetime
-    updated: datetime
-    state: str = "open"
-    state_reason: str | None = None
-    closed_at: datetime | None = None
-    labels: list[str] = field(default_factory=list)
-    is_pull: bool = False
-
-
-@dataclass
-class Pull:
-    number: int
-    id: int
-    head_ref: str
-    head_sha: str
-    base_ref: str
-    base_sha: str
-    fork: bool
-    files: list[str]
-    merged: bool = False
-    merged_at: datetime | None = None
-
-
-@dataclass
-class Comment:
-    id: int
-    issue: int
-    body: str
-    author: Actor
-    created: datetime
-    updated: datetime
-
-
-@dataclass
-class Label:
-    id: int
-    name: str
-    color: str = "ededed"
-    description: str | None = None
-
-
-@dataclass
-class CommitStatus:
-    id: int
-    sha: str
-    state: str
-    context: str
-    description: str | None
-    target_url: str | None
-    author: Actor
-    created: datetime
-
-
-@dataclass
-class CheckRun:
-    id: int
-    head_sha: str
-    name: str
-    status: str
-    conclusion: str | None
-    details_url: str | None
-    external_id: str | None
-    started: datetime | None
-    completed: datetime | None
-    output: dict[str, Any]
-    author: Actor
-
-
-@dataclass
-class DeploymentStatus:
-    id: int
-    state: str
-    description: str
-    environment: str
-    environment_url: str
-    log_url: str
-    author: Actor
-    created: datetime
-
-
-@dataclass
-class Deployment:
-    id: int
-    sha: str
-    ref: str
-    task: str
-    environment: str
-    description: str | None
-    payload: Any
-    transient: bool
-    production: bool
-    author: Actor
-    created: datetime
-    updated: datetime
-    statuses: list[DeploymentStatus] = field(default_factory=list)
-
-
-_DEPLOYMENT_FILTERS = ("sha", "ref", "task", "environment")
-
-
-def fake_sha(*parts: str) -> str:
-    """A stable 40-hex commit id for a ref the fake was never told the commit of."""
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:40]
 
 
 class GitHubWorld:
@@ -185,9 +45,7 @@ class GitHubWorld:
         self.pulls: dict[int, Pull] = {}
         self.comments: dict[int, Comment] = {}
         self.labels: dict[str, Label] = {}
-        self.statuses: list[CommitStatus] = []
-        self.check_runs: dict[int, CheckRun] = {}
-        self.deployments: dict[int, Deployment] = {}
+        self.commits = CommitRecords(self.next_id, self.resolve)
         self.roles: dict[str, str] = {self.owner: "admin"}
 
     @property
@@ -430,36 +288,6 @@ class GitHubWorld:
         issue.labels = kept
         return self.labels_of(number)
 
-    # -- commit statuses and check runs ----------------------------------------------
-
-    def add_status(self, actor: Actor, sha: str, body: dict[str, Any]) -> CommitStatus:
-        if body.get("state") not in STATUS_STATES:
-            raise invalid("Status", "state")
-        status = CommitStatus(
-            self.next_id(), sha, body["state"], body.get("context") or "default",
-            body.get("description"), body.get("target_url"), actor, now(),
-        )  # fmt: skip
-        self.statuses.append(status)
-        return status
-
-    def combined_status(self, ref: str) -> tuple[str, str, list[CommitStatus]]:
-        """(state, sha, the latest status of each context) of `ref` (a sha or a pull's
-        head ref), with GitHub's rule: any error or failure fails, any pending or none
-        is pending, else success."""
-        sha = self.resolve(ref)
-        latest: dict[str, CommitStatus] = {}
-        for status in self.statuses:
-            if status.sha == sha:
-                latest[status.context] = status
-        states = {s.state for s in latest.values()}
-        if states & {"error", "failure"}:
-            state = "failure"
-        elif not states or "pending" in states:
-            state = "pending"
-        else:
-            state = "success"
-        return state, sha, sorted(latest.values(), key=lambda s: s.id, reverse=True)
-
     def resolve(self, ref: str) -> str:
         """A ref's commit: a pull's head or base ref, else `ref` itself (a sha)."""
         for pull in sorted(self.pulls.values(), key=lambda p: p.number, reverse=True):
@@ -468,117 +296,6 @@ class GitHubWorld:
             if ref == pull.base_ref:
                 return pull.base_sha
         return ref
-
-    def check_run(self, ident: int) -> CheckRun:
-        found = self.check_runs.get(ident)
-        if found is None:
-            raise not_found()
-        return found
-
-    def create_check_run(self, actor: Actor, body: dict[str, Any]) -> CheckRun:
-        run = CheckRun(
-            self.next_id(), body["head_sha"], body["name"], "queued", None, None, None,
-            now(), None, {}, actor,
-        )  # fmt: skip
-        self.check_runs[run.id] = run
-        return self.update_check_run(run.id, body)
-
-    def update_check_run(self, ident: int, body: dict[str, Any]) -> CheckRun:
-        run = self.check_run(ident)
-        for key in ("name", "details_url", "external_id"):
-            if key in body:
-                setattr(run, key, body[key])
-        if "output" in body and body["output"] is not None:
-            run.output = dict(body["output"])
-        if "status" in body and body["status"] is not None:
-            run.status = body["status"]
-        if body.get("conclusion") is not None:
-            run.conclusion = body["conclusion"]
-            run.status = "completed"  # a conclusion completes the run, as on GitHub
-        if run.status == "completed":
-            if run.conclusion is None:
-                raise invalid("CheckRun", "conclusion", "missing_field",
-                              "a completed check run needs a conclusion")  # fmt: skip
-            run.completed = run.completed or now()
-        return run
-
-    # -- deployments -------------------------------------------------------------------
-
-    def deployment(self, ident: int) -> Deployment:
-        found = self.deployments.get(ident)
-        if found is None:
-            raise not_found()
-        return found
-
-    def create_deployment(self, actor: Actor, body: dict[str, Any]) -> Deployment:
-        ref = body["ref"]
-        environment = body.get("environment") or "production"
-        moment = now()
-        deployment = Deployment(
-            self.next_id(), self.resolve(ref), ref, body.get("task") or "deploy", environment,
-            body.get("description") or "", body.get("payload") or {},
-            bool(body.get("transient_environment", False)),
-            bool(body.get("production_environment", environment == "production")),
-            actor, moment, moment,
-        )  # fmt: skip
-        self.deployments[deployment.id] = deployment
-        return deployment
-
-    def list_deployments(self, query: dict[str, str]) -> list[Deployment]:
-        found = [
-            d
-            for d in self.deployments.values()
-            if all(
-                not query.get(key) or query[key] == getattr(d, key) for key in _DEPLOYMENT_FILTERS
-            )
-        ]
-        return sorted(found, key=lambda d: d.id, reverse=True)
-
-    def add_deployment_status(
-        self, actor: Actor, ident: int, body: dict[str, Any]
-    ) -> DeploymentStatus:
-        deployment = self.deployment(ident)
-        state = body["state"]
-        if state not in DEPLOYMENT_STATES:
-            raise invalid("DeploymentStatus", "state")
-        environment = body.get("environment") or deployment.environment
-        status = self._status(deployment, actor, state, environment, body)
-        # GitHub's auto_inactive (default true): a success marks the prior
-        # non-transient, non-production deployments of the environment inactive.
-        if state == "success" and body.get("auto_inactive", True):
-            for other in self.deployments.values():
-                if (other.id < deployment.id and other.environment == environment
-                        and not other.transient and not other.production
-                        and self.deployment_state(other) != "inactive"):  # fmt: skip
-                    self._status(other, actor, "inactive", environment, {})
-        return status
-
-    def _status(self, deployment: Deployment, actor: Actor, state: str, environment: str,
-                body: dict[str, Any]) -> DeploymentStatus:  # fmt: skip
-        url = body.get("environment_url") or ""
-        status = DeploymentStatus(
-            self.next_id(), state, body.get("description") or "", environment, url,
-            body.get("log_url") or body.get("target_url") or "", actor, now(),
-        )  # fmt: skip
-        deployment.statuses.append(status)
-        deployment.updated = status.created
-        if environment != deployment.environment:
-            deployment.environment = environment
-        return status
-
-    def deployment_state(self, deployment: Deployment) -> str | None:
-        return deployment.statuses[-1].state if deployment.statuses else None
-
-    def delete_deployment(self, ident: int) -> None:
-        deployment = self.deployment(ident)
-        # GitHub deletes only an inactive deployment: one whose last status is not a
-        # success (or one that never had a status).
-        if self.deployment_state(deployment) in ("success", "in_progress", "queued", "pending"):
-            raise ApiError(
-                422, "We cannot delete an active deployment unless it is the only "
-                "deployment in a given environment.",
-            )  # fmt: skip
-        del self.deployments[ident]
 
     # -- collaborators ---------------------------------------------------------------
 
@@ -605,9 +322,9 @@ def snapshot(world: GitHubWorld) -> dict[str, Any]:
         "labels": {str(n): list(i.labels) for n, i in sorted(world.issues.items())},
         "repository_labels": [_plain(asdict(x)) for x in world.labels.values()],
         "comments": [_plain(asdict(c)) for c in sorted(world.comments.values(), key=_by_id)],
-        "statuses": [_plain(asdict(s)) for s in world.statuses],
-        "check_runs": [_plain(asdict(r)) for r in world.check_runs.values()],
-        "deployments": [_plain(asdict(d)) for d in world.deployments.values()],
+        "statuses": [_plain(asdict(s)) for s in world.commits.statuses],
+        "check_runs": [_plain(asdict(r)) for r in world.commits.check_runs.values()],
+        "deployments": [_plain(asdict(d)) for d in world.commits.deployments.values()],
         "roles": dict(world.roles),
     }
 
