@@ -7,13 +7,16 @@ faults as GitHub sends them, and a stop that leaves nothing running."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import os
 import time
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -587,6 +590,68 @@ def test_installation_tokens_expire_and_githubkit_gets_new_ones(
     finally:
         fake.stop()
         remove_state_dir(state)
+
+
+def test_environments_and_their_secrets(fake: FakeGitHub) -> None:
+    async def work() -> None:
+        gh = client(fake)
+        env = "preview-12"
+        with pytest.raises(RequestFailed) as missing:
+            await gh.rest.repos.async_get_environment(OWNER, NAME, env)
+        assert missing.value.response.status_code == 404
+        made = await gh.rest.repos.async_create_or_update_environment(OWNER, NAME, env)
+        assert made.parsed_data.name == env
+        key = (await gh.rest.actions.async_get_repo_public_key(OWNER, NAME)).parsed_data
+        assert len(base64.b64decode(key.key)) == 32
+        sealed = base64.b64encode(os.urandom(64)).decode()  # what a sealed box looks like
+        first = await gh.rest.actions.async_create_or_update_environment_secret(
+            OWNER, NAME, env, "database_url", encrypted_value=sealed, key_id=key.key_id
+        )
+        assert first.status_code == 201
+        again = await gh.rest.actions.async_create_or_update_environment_secret(
+            OWNER, NAME, env, "DATABASE_URL", encrypted_value=sealed, key_id=key.key_id
+        )
+        assert again.status_code == 204
+        with pytest.raises(RequestFailed) as stale:
+            await gh.rest.actions.async_create_or_update_environment_secret(
+                OWNER, NAME, env, "OTHER", encrypted_value=sealed, key_id="1"
+            )
+        assert stale.value.response.status_code == 422
+        got = await gh.rest.actions.async_get_environment_secret(OWNER, NAME, env, "DATABASE_URL")
+        assert got.parsed_data.name == "DATABASE_URL"
+        state = fake.state()
+        assert {"environment": env, "name": "DATABASE_URL"}.items() <= state["secrets"][0].items()
+        assert sealed not in str(state)
+        gone = await gh.rest.actions.async_delete_environment_secret(
+            OWNER, NAME, env, "DATABASE_URL"
+        )
+        assert gone.status_code == 204
+        assert (
+            await gh.rest.repos.async_delete_an_environment(OWNER, NAME, env)
+        ).status_code == 204
+        # A first deployment to an environment makes it, as on GitHub.
+        await gh.rest.repos.async_create_deployment(
+            OWNER, NAME, ref="main", environment="preview-13", auto_merge=False,
+            required_contexts=[],
+        )  # fmt: skip
+        assert (
+            await gh.rest.repos.async_get_environment(OWNER, NAME, "preview-13")
+        ).status_code == 200
+
+    run(work())
+
+
+def test_a_jwt_longer_than_ten_minutes_is_refused(fake: FakeGitHub, app_key: str) -> None:
+    moment = int(time.time())
+    token = jwt.encode(
+        {"iss": str(APP_ID), "iat": moment - 30, "exp": moment + 3600}, app_key, "RS256"
+    )
+    response = httpx.get(f"{fake.url}/app", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401
+    assert "too far in the future" in response.json()["message"]
+    stranger = jwt.encode({"iss": "1", "iat": moment - 30, "exp": moment + 300}, app_key, "RS256")
+    response = httpx.get(f"{fake.url}/app", headers={"Authorization": f"Bearer {stranger}"})
+    assert response.status_code == 401
 
 
 def test_an_invalid_request_gets_422_and_is_counted(fake: FakeGitHub) -> None:

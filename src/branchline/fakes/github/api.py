@@ -97,6 +97,7 @@ class GitHubApi:
     def _table(self) -> list[tuple[str, str, Handler] | tuple[str, str, Handler, str]]:
         i = REPO + "/issues/{issue_number}"
         d = REPO + "/deployments/{deployment_id}"
+        e = REPO + "/environments/{environment_name}"
         return [
             ("GET", REPO, self.get_repo),
             ("GET", REPO + "/issues", self.list_issues),
@@ -131,6 +132,13 @@ class GitHubApi:
             ("GET", REPO + "/pulls/{pull_number}/files", self.pull_files),
             ("GET", REPO + "/compare/{basehead}", self.compare),
             ("GET", REPO + "/collaborators/{username}/permission", self.permission),
+            ("GET", REPO + "/actions/secrets/public-key", self.public_key),
+            ("GET", e, self.get_environment),
+            ("PUT", e, self.put_environment),
+            ("DELETE", e, self.delete_environment),
+            ("GET", e + "/secrets/{secret_name}", self.get_secret),
+            ("PUT", e + "/secrets/{secret_name}", self.put_secret),
+            ("DELETE", e + "/secrets/{secret_name}", self.delete_secret),
             ("GET", "/app", self.get_app, "jwt"),
             ("GET", REPO + "/installation", self.get_installation, "jwt"),
             ("POST", "/app/installations/{installation_id}/access_tokens", self.create_token,
@@ -253,6 +261,7 @@ class GitHubApi:
 
     def create_deployment(self, call: Call) -> Reply:
         deployment = self.world.commits.create_deployment(call.actor, call.body or {})
+        self.world.environments.ensure(deployment.environment)  # as GitHub makes it
         return Reply(201, self.render.deployment(deployment))
 
     def get_deployment(self, call: Call) -> Reply:
@@ -331,6 +340,42 @@ class GitHubApi:
 
     def permission(self, call: Call) -> Reply:
         return Reply(200, self.render.permission(call.params["username"]))
+
+    # -- environments and their secrets ------------------------------------------------
+
+    def public_key(self, call: Call) -> Reply:
+        envs = self.world.environments
+        return Reply(200, {"key_id": envs.key_id, "key": envs.public_key.decode()})
+
+    def get_environment(self, call: Call) -> Reply:
+        found = self.world.environments.environment(call.params["environment_name"])
+        return Reply(200, self.render.environment(found))
+
+    def put_environment(self, call: Call) -> Reply:
+        made = self.world.environments.ensure(call.params["environment_name"])
+        return Reply(200, self.render.environment(made))
+
+    def delete_environment(self, call: Call) -> Reply:
+        self.world.environments.delete(call.params["environment_name"])
+        return Reply(204)
+
+    def get_secret(self, call: Call) -> Reply:
+        p = call.params
+        found = self.world.environments.secret(p["environment_name"], p["secret_name"])
+        return Reply(200, self.render.secret(found))
+
+    def put_secret(self, call: Call) -> Reply:
+        p, body = call.params, call.body or {}
+        new = self.world.environments.put_secret(
+            p["environment_name"], p["secret_name"], str(body["encrypted_value"]),
+            str(body["key_id"]),
+        )  # fmt: skip
+        return Reply(201, {}) if new else Reply(204)
+
+    def delete_secret(self, call: Call) -> Reply:
+        p = call.params
+        self.world.environments.delete_secret(p["environment_name"], p["secret_name"])
+        return Reply(204)
 
     # -- the GitHub App ---------------------------------------------------------------
 

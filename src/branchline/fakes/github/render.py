@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from branchline.fakes.github import shapes
+from branchline.fakes.github.environments import Environment, Secret
 from branchline.fakes.github.records import (
     PERMISSION_OF_ROLE,
     Actor,
@@ -414,6 +416,27 @@ class Renderer:
             "updated_at": stamp(status.created),
             "deployment_url": url,
             "repository_url": self.repo_api,
+        }
+
+    def environment(self, environment: Environment) -> dict[str, Any]:
+        name = environment.name
+        return {
+            "id": environment.id,
+            "node_id": node_id("EN", environment.id),
+            "name": name,
+            "url": f"{self.repo_api}/environments/{quote(name, safe='')}",
+            "html_url": f"{self.repo_html}/deployments/activity_log?environments_filter={name}",
+            "created_at": stamp(environment.created),
+            "updated_at": stamp(environment.updated),
+            "protection_rules": [],
+            "deployment_branch_policy": None,
+        }
+
+    def secret(self, secret: Secret) -> dict[str, Any]:
+        return {
+            "name": secret.name,
+            "created_at": stamp(secret.created),
+            "updated_at": stamp(secret.updated),
         }
 
     def permission(self, login: str) -> dict[str, Any]:

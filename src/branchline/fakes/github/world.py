@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from branchline.fakes.github.commits import CommitRecords
+from branchline.fakes.github.environments import Environments
 from branchline.fakes.github.records import (
     ROLES,
     Actor,
@@ -46,6 +47,7 @@ class GitHubWorld:
         self.comments: dict[int, Comment] = {}
         self.labels: dict[str, Label] = {}
         self.commits = CommitRecords(self.next_id, self.resolve)
+        self.environments = Environments(self.next_id)
         self.roles: dict[str, str] = {self.owner: "admin"}
 
     @property
@@ -326,6 +328,12 @@ def snapshot(world: GitHubWorld) -> dict[str, Any]:
         "check_runs": [_plain(asdict(r)) for r in world.commits.check_runs.values()],
         "deployments": [_plain(asdict(d)) for d in world.commits.deployments.values()],
         "roles": dict(world.roles),
+        "environments": sorted(e.name for e in world.environments.environments.values()),
+        # names and times only: a secret's sealed value is not shown, as on GitHub
+        "secrets": [
+            {"environment": env, "name": s.name, "updated_at": stamp(s.updated)}
+            for (env, _), s in sorted(world.environments.secrets.items())
+        ],
     }
 
 
