@@ -41,6 +41,8 @@ TOKEN = "ghp_fake_github_test_token_0123456789"
 OWNER, NAME = "octo", "codex"
 APP_ID = 4242
 SHARED_SPEC = REPO.parent / "shared" / "realworld" / "github-rest" / "api.github.com.subset.json"
+# GitHub's document as shared (a subset of @octokit/openapi 23.0.2's): byte for byte.
+SPEC_SHA256 = "4d7a598d2499de1145d5c50ed07612d112de63b0b1a946115e63f4aad812bc74"
 # The one request the tests send against the document on purpose (its path says so).
 DELIBERATE = "deliberately-invalid"
 
@@ -81,8 +83,9 @@ def client(fake: FakeGitHub, token: str = TOKEN, *, retry: bool = False) -> GitH
 
 
 def test_the_document_is_githubs_byte_for_byte() -> None:
-    assert SPEC_PATH.read_bytes() == SHARED_SPEC.read_bytes()
-    assert hashlib.sha256(SPEC_PATH.read_bytes()).hexdigest()
+    assert hashlib.sha256(SPEC_PATH.read_bytes()).hexdigest() == SPEC_SHA256
+    if SHARED_SPEC.exists():
+        assert SPEC_PATH.read_bytes() == SHARED_SPEC.read_bytes()
 
 
 def test_comments_paginate_edit_and_delete(fake: FakeGitHub) -> None:
@@ -669,6 +672,14 @@ def test_an_invalid_request_gets_422_and_is_counted(fake: FakeGitHub) -> None:
     invalid = fake.calls()["invalid"][before:]
     assert [(x["kind"], x["method"], x["status"]) for x in invalid] == [("request", "POST", 422)]
     assert "splendid" in invalid[0]["errors"]
+    broken = httpx.post(
+        f"{fake.url}/repos/{OWNER}/{NAME}/statuses/{DELIBERATE}",
+        content=b"{not json",
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert (broken.status_code, broken.json()["message"]) == (400, "Problems parsing JSON")
+    assert len(fake.calls()["invalid"]) == before + 2
     assert not [s for s in fake.state()["statuses"] if s["sha"] == DELIBERATE]
 
 

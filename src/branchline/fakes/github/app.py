@@ -98,7 +98,7 @@ class FakeGitHubApp:
         if why is None:
             return response
         self._record("response", method, request.url.path, status, why)
-        return error(500, f"the fake GitHub answered what GitHub's document forbids: {why}",
+        return error(500, f"the fake GitHub answered what GitHub's document forbids: {why[:2000]}",
                      headers=self.rate.headers())  # fmt: skip
 
     async def answer(
@@ -121,6 +121,9 @@ class FakeGitHubApp:
             if exc.errors is not None:
                 body["errors"] = exc.errors
             return exc.status, body, headers
+        except Exception:  # the fake's own fault: GitHub's 500, and the log says why
+            logger.exception("fake github: %s %s failed", method, path)
+            return 500, {"message": "Server Error", "documentation_url": DOCS}, headers
         return reply.status, reply.body, {**headers, **reply.headers}
 
     def _dispatch(self, request: Request, found: Found | None, checked: SpecRequest) -> Reply:
@@ -136,16 +139,17 @@ class FakeGitHubApp:
             actor = self.credentials.actor(header)
         if "owner" in params and not self.world.owns(params["owner"], params["repo"]):
             raise ApiError(404, "Not Found")
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            self._record("request", method, path, 400, "the body is not JSON")
+            raise ApiError(400, "Problems parsing JSON") from None
         why = spec.request_errors(checked)
         if why is not None:
             self._record("request", method, path, 422, why)
             raise ApiError(422, "Invalid request.\n\n" + why.splitlines()[0],
                            [{"resource": route.template, "code": "invalid", "message": line}
                             for line in why.splitlines()])  # fmt: skip
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            raise ApiError(400, "Problems parsing JSON") from None
         # URLs in answers point back at the fake, wherever it was reached.
         self.handlers.render.api = str(request.base_url).rstrip("/")
         call = Call(params, dict(request.query_params), body, str(request.url), actor)

@@ -32,9 +32,9 @@ def patch(document: dict[str, Any]) -> dict[str, Any]:
             if method not in item:
                 continue
             responses = item[method].setdefault("responses", {})
-            # GitHub answers these on every path (bad credentials, rate limits, a
-            # repository it will not show, a request it refuses, an outage) but the
-            # document lists them only on some operations.
+            # GitHub answers these on every path (a body that is not JSON, bad
+            # credentials, rate limits, a repository it will not show, a request it
+            # refuses, an outage) but the document lists them only on some operations.
             for status, schema in _ANY_PATH_ERRORS.items():
                 responses.setdefault(status, _error_response(schema))
     # A nullable enum (`state_reason`, `conclusion`, ...) lists no null, so openapi-core
@@ -78,6 +78,7 @@ def _null_in_nullable_enums(schema: dict[str, Any]) -> None:
 
 
 _ANY_PATH_ERRORS = {
+    "400": _BASIC_ERROR,
     "401": _BASIC_ERROR,
     "403": _BASIC_ERROR,
     "404": _BASIC_ERROR,
