@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-CREDENTIALS = {"test_neon_live.py": ("NEON_API_KEY", "NEON_PROJECT_ID")}
+CREDENTIALS = {
+    "test_neon_live.py": ("NEON_API_KEY", "NEON_PROJECT_ID"),
+    "test_github_live.py": ("GITHUB_TOKEN", "BRANCHLINE_GITHUB_TEST_REPO"),
+}
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:

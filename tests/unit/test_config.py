@@ -486,6 +486,54 @@ def test_neon_table_with_local_provider_is_allowed(tmp_path: Path) -> None:
     assert load(tmp_path, text).database.provider == "local"
 
 
+GITHUB = BASE + '\n[forge]\nprovider = "github"\n\n[forge.github]\nrepository = "acme/codex"\n'
+
+
+def test_github_forge_with_a_token_or_an_app(tmp_path: Path) -> None:
+    from branchline.providers.registry import github_client
+
+    config = load(tmp_path, GITHUB)
+    assert config.forge.github is not None and config.forge.github.token is None
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("GITHUB_TOKEN", "ghp-from-the-environment")
+        client = github_client(config)
+    assert client.credentials.token == "ghp-from-the-environment"
+    assert "ghp-" not in repr(client.credentials)
+    app = load(tmp_path, GITHUB + 'app_id = 12\nprivate_key = "${KEY}"\n', env={"KEY": "pem"})
+    creds = github_client(app).credentials
+    assert (creds.app_id, creds.private_key, creds.token) == (12, "pem", None)
+    assert (client.owner, client.name) == ("acme", "codex")
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "says"),
+    [
+        ("app_id = 12\n", "forge.github.private_key", "both `app_id` and `private_key`"),
+        ('private_key = "pem"\n', "forge.github.app_id", "both `app_id` and `private_key`"),
+        ('app_id = 12\nprivate_key = "pem"\ntoken = "t"\n', "forge.github.token", "choose one"),
+        ("app_id = -3\n", "forge.github.app_id", ""),
+        ('repository = "not a repository"\n', "forge.github.repository", ""),
+    ],
+)
+def test_github_forge_settings_that_cannot_work(
+    tmp_path: Path, extra: str, key: str, says: str
+) -> None:
+    text = GITHUB.replace('repository = "acme/codex"\n', "") + extra
+    err = error(tmp_path, text)
+    assert err.key == key
+    assert says in str(err)
+
+
+def test_github_forge_needs_a_repository(tmp_path: Path) -> None:
+    from branchline.errors import UsageError
+    from branchline.providers.registry import github_client
+
+    config = load(tmp_path, GITHUB.replace('repository = "acme/codex"\n', ""))
+    with pytest.raises(UsageError) as caught:
+        github_client(config)
+    assert "repository" in caught.value.hint
+
+
 # --------------------------------------------------------------------- secrets, tests
 
 

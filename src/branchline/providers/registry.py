@@ -75,6 +75,15 @@ async def verify_database(config: Config) -> str | None:
         await client.aclose()
 
 
+async def verify_forge(config: Config) -> str | None:
+    """Ask GitHub whether `[forge.github]` works (None for the local code host)."""
+    if config.forge.provider != "github":
+        return None
+    from branchline.providers.forge.github import GitHubForge
+
+    return await GitHubForge(github_client(config)).verify()
+
+
 def compute_provider(
     config: Config,
     store: Store,

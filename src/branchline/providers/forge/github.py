@@ -330,6 +330,28 @@ class GitHubForge:
             if exc.status != 404:  # not labelled: nothing to withdraw
                 raise
 
+    async def verify(self) -> str:
+        """Whether the settings can work: the credentials are accepted and reach the
+        repository, and a token may write to it. Says what it found; raises what is
+        wrong."""
+        found = await self.client.read(
+            "GET /repos/{owner}/{repo}", lambda gh: gh.rest.repos.async_get(self.owner, self.repo)
+        )
+        how = (
+            f"as GitHub App {self.client.credentials.app_id}"
+            if self.client.credentials.app_id is not None
+            else "with a token"
+        )
+        permissions = found.get("permissions")
+        if isinstance(permissions, dict) and not permissions.get("push"):
+            raise UsageError(
+                f"the GitHub token can read {self.repository} but not write to it: "
+                "branchline could not post statuses, comments or issues",
+                hint="Use a token of someone with write access (fine-grained: pull requests, "
+                "issues, commit statuses and deployments read and write), or a GitHub App.",
+            )
+        return f"GitHub repository {found.get('full_name', self.repository)} reached {how}"
+
     async def aclose(self) -> None:
         """Nothing held open between calls (each call has its own connection)."""
 

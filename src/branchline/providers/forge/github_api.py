@@ -107,6 +107,7 @@ class GitHubClient:
     def __init__(
         self, *, repository: str, credentials: Credentials, api_url: str = "https://api.github.com",
         rate_limit_wait: float = 600.0, write_interval: float = 1.0, timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:  # fmt: skip
         owner, _, name = repository.partition("/")
         self.repository = repository
@@ -116,6 +117,7 @@ class GitHubClient:
         self.rate_limit_wait = rate_limit_wait
         self.write_interval = write_interval
         self.timeout = timeout
+        self.transport = transport  # tests answer with their own
         self.count = CallCount()
         self._github: GitHub[Any] | None = None
         self._write_lock: asyncio.Lock | None = None
@@ -144,6 +146,7 @@ class GitHubClient:
         return GitHub(
             auth, base_url=self.api_url, auto_retry=False, timeout=self.timeout,
             user_agent="branchline", http_cache=False, cache_strategy=MemCacheStrategy(),
+            async_transport=self.transport,
         )  # fmt: skip
 
     async def _installation(self) -> int:
