@@ -3,7 +3,9 @@ executed in order as a runner would (`tests/actions_runner.py`: `run:` steps in
 `bash -e`; the `uses:` steps of checkout and setup-python simulated, since the
 temporary checkout is already there and python is on PATH), for a real
 pull_request payload adjusted to the checkout, with the state in a Postgres URL
-(a database of the test session's own cluster) and the local providers."""
+(a database of the test session's own cluster), the local database, compute and DNS,
+and the GitHub code host against a started fake GitHub (which receives the commit
+statuses)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import pytest
 from psycopg import sql
 
 from branchline.config import load_config
+from branchline.fakes.github.process import FakeGitHub
 from branchline.postgres import Cluster
 from branchline.secrets import Secrets
 from branchline.store import Store, locate_state
@@ -65,13 +68,36 @@ def pull_request_payload(number: int, head: str, sha: str, base_sha: str) -> dic
     return payload
 
 
+@pytest.fixture
+def github(tmp_path: Path) -> Iterator[FakeGitHub]:
+    fake = FakeGitHub.start(tmp_path / "fake-github", repository="acme/codex",
+                            token="ghp_" + random.token_hex(18))  # fmt: skip
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+def on_github(config: Path, fake: FakeGitHub) -> None:
+    """The project's code host: GitHub (the fake), its token GITHUB_TOKEN's."""
+    text = config.read_text().replace(
+        '[forge]\nprovider = "local" ', '[forge]\nprovider = "github"', 1
+    )
+    assert 'provider = "github"' in text
+    config.write_text(
+        text + f'\n[forge.github]\nrepository = "{fake.repository}"\napi_url = "{fake.url}"\n'
+        'write_interval = "0s"\n'
+    )
+
+
 def test_exported_testing_workflow_runs_a_pull_request(
-    tmp_path: Path, state_dir: Path, state_url: str
+    tmp_path: Path, state_dir: Path, state_url: str, github: FakeGitHub
 ) -> None:
     root = make_project(tmp_path / "codex", quick_tests=True)
     config = root / "branchline.toml"
     config.write_text(config.read_text() + LEAKY_JOB)
-    git(root, "commit", "-qam", "a job that prints its secrets")
+    on_github(config, github)
+    git(root, "commit", "-qam", "a job that prints its secrets; the code host is GitHub")
     base_sha = git(root, "rev-parse", "HEAD")
     head_sha = commit_on(root, "feature", {"services/api/NOTE.md": "hi\n"}, "a change")
     exported = run_cli(
@@ -83,6 +109,8 @@ def test_exported_testing_workflow_runs_a_pull_request(
     assert set(workflow["on"]) == {"push", "pull_request"}
 
     payload = pull_request_payload(8, "feature", head_sha, base_sha)
+    github.add_pull(head="feature", sha=head_sha, base="main", base_sha=base_sha, number=8,
+                    files=["services/api/NOTE.md"])  # fmt: skip
     event_path = tmp_path / "event.json"
     event_path.write_text(json.dumps(payload))
     summary = tmp_path / "summary.md"
@@ -90,7 +118,7 @@ def test_exported_testing_workflow_runs_a_pull_request(
     key = base64.b64encode(os.urandom(32)).decode()
     contexts = actions_runner.Contexts(
         secrets={"BRANCHLINE_DATABASE_URL": state_url, "BRANCHLINE_SECRET_KEY": key,
-                 "GITHUB_TOKEN": "ghs_" + random.token_hex(18)},
+                 "GITHUB_TOKEN": github.token},
         github={"event": payload, "sha": head_sha, "ref": "refs/pull/8/merge",
                 "event_name": "pull_request", "repository": "acme/codex"},
     )  # fmt: skip
@@ -113,7 +141,8 @@ def test_exported_testing_workflow_runs_a_pull_request(
     }  # fmt: skip
     # Production exists before any pipeline runs (made once, from a workstation).
     made = run_cli("db", "init", cwd=root, env={"BRANCHLINE_STATE_DIR": str(state_dir),
-                                                 "BRANCHLINE_DATABASE_URL": state_url})  # fmt: skip
+                                                 "BRANCHLINE_DATABASE_URL": state_url,
+                                                 "GITHUB_TOKEN": github.token})  # fmt: skip
     assert made.returncode == 0, made.stderr
     results = actions_runner.run_job(
         workflow, "testing", checkout=root, contexts=contexts, base_env=runner_env
@@ -128,6 +157,13 @@ def test_exported_testing_workflow_runs_a_pull_request(
     assert f"commit `{head_sha[:12]}`, pull request #8" in written
     for job in ("database", "quick", "leaky", "cleanup", "report"):
         assert f"| {job} | ✅ success |" in written, written
+
+    # GitHub got the commit's statuses: pending, then the result.
+    statuses = [(x["context"], x["state"]) for x in github.state()["statuses"]
+                if x["sha"] == head_sha]  # fmt: skip
+    assert ("branchline/testing", "pending") in statuses, statuses
+    assert statuses[-1] == ("branchline/testing", "success"), statuses
+    assert github.calls()["invalid"] == [], "every call fits GitHub's API document"
 
     # No secret anywhere but on the lines that tell GitHub to hide it.
     generated = _test_secrets(root, state_dir, state_url, key)
@@ -148,7 +184,8 @@ def test_exported_testing_workflow_runs_a_pull_request(
     assert [r.returncode for r in again] == [0, 0], again[-1].output
     runs = json.loads(run_cli("--json", "runs", "list", cwd=root,
                               env={k: runner_env[k] for k in ("BRANCHLINE_STATE_DIR",)}
-                              | {"BRANCHLINE_DATABASE_URL": state_url}).stdout)  # fmt: skip
+                              | {"BRANCHLINE_DATABASE_URL": state_url,
+                                 "GITHUB_TOKEN": github.token}).stdout)  # fmt: skip
     assert [r["workflow"] for r in runs] == ["testing"], runs
     assert runs[0]["status"] == "success"
 
