@@ -144,6 +144,13 @@ def test_exported_testing_workflow_runs_a_pull_request(
                                                  "BRANCHLINE_DATABASE_URL": state_url,
                                                  "GITHUB_TOKEN": github.token})  # fmt: skip
     assert made.returncode == 0, made.stderr
+    # Every job of the workflow, one after the other (GitHub runs them side by side).
+    assert list(workflow["jobs"]) == ["testing", "workflows"]
+    checked = actions_runner.run_job(
+        workflow, "workflows", checkout=root, contexts=contexts, base_env=runner_env
+    )
+    assert [r.returncode for r in checked] == [0, 0], checked[-1].output
+    assert "unchanged" in checked[-1].output
     results = actions_runner.run_job(
         workflow, "testing", checkout=root, contexts=contexts, base_env=runner_env
     )

@@ -248,6 +248,24 @@ def test_export_writes_five_workflows_and_again_changes_nothing(
     assert (workflows / "cleanup.yml").read_bytes() == before["cleanup.yml"]
 
 
+def test_export_check_writes_nothing_and_fails_on_a_difference(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["export", "github-actions", "--check"]) == 1
+    assert "run `branchline export github-actions` and commit them" in capsys.readouterr().err
+    assert not (project / ".github").exists()
+    assert run(["export", "github-actions"]) == 0
+    assert run(["--json", "export", "github-actions", "--check"]) == 0
+    capsys.readouterr()
+    toml = project / "branchline.toml"
+    toml.write_text(toml.read_text().replace("order = 3", "order = 0"))  # web deploys first
+    assert run(["--json", "export", "github-actions", "--check"]) == 1
+    answer = json.loads(capsys.readouterr().out)
+    assert {Path(f["path"]).name: f["change"] for f in answer["files"]}["rollback.yml"] == (
+        "differs"
+    )
+
+
 def test_export_refuses_a_file_it_did_not_write_unless_forced(
     project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -12,6 +12,8 @@ from branchline.cli.context import app_context
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from branchline.export.files import Written
+
 app = typer.Typer(help="Files for other tools, written from branchline.toml.", no_args_is_help=True)
 
 
@@ -27,6 +29,14 @@ def github_actions(
     force: Annotated[
         bool, typer.Option("--force", help="Overwrite workflow files branchline did not write.")
     ] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Write nothing; exit 1 when the files differ from what branchline.toml "
+            "makes (testing.yml runs this).",
+        ),
+    ] = False,
 ) -> None:
     """Write testing.yml, preview.yml, production.yml, cleanup.yml and rollback.yml:
     GitHub Actions runs the pipelines with `branchline ci`, the state in the
@@ -39,9 +49,11 @@ def github_actions(
     top, prefix = files.repository_top(config.root)
     target = directory if directory is not None else top / ".github" / "workflows"
     settings = github_actions.Settings(version=__version__, prefix=prefix)
-    written = files.write_all(
-        target, github_actions.render(config, settings), header=github_actions.HEADER, force=force
-    )
+    rendered = github_actions.render(config, settings)
+    if check:
+        _check(ctx, target, files.compare(target, rendered))
+        return
+    written = files.write_all(target, rendered, header=github_actions.HEADER, force=force)
 
     def human(console: Console) -> None:
         for item in written:
@@ -54,3 +66,20 @@ def github_actions(
         )
 
     app.output.emit({"directory": str(target), "files": [w.as_dict() for w in written]}, human)
+
+
+def _check(ctx: typer.Context, target: Path, found: list[Written]) -> None:
+    out = app_context(ctx).output
+    stale = [item for item in found if item.change != "unchanged"]
+
+    def human(console: Console) -> None:
+        for item in found:
+            console.print(f"{item.change:9} {item.path}", markup=False, highlight=False)
+
+    out.emit({"directory": str(target), "files": [w.as_dict() for w in found]}, human)
+    if stale:
+        out.notice(
+            "the workflows are not what branchline.toml makes now: run `branchline export "
+            "github-actions` and commit them"
+        )
+        raise typer.Exit(1)

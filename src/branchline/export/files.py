@@ -69,3 +69,18 @@ def repository_top(root: Path) -> tuple[Path, str]:
             relative = resolved.relative_to(top).as_posix()
             return top, "" if relative == "." else f"{relative}/"
     return resolved, ""
+
+
+def compare(directory: Path, files: dict[str, str]) -> list[Written]:
+    """What writing `files` would change, writing nothing: each one `unchanged`,
+    `differs` or `missing`."""
+    found = []
+    for name, text in files.items():
+        path = directory / name
+        try:
+            before: str | None = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            before = None
+        change = "missing" if before is None else "unchanged" if before == text else "differs"
+        found.append(Written(path, change))
+    return found

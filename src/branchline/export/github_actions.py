@@ -62,6 +62,15 @@ def step_env(config: Config) -> dict[str, str]:
     return env
 
 
+def loading_env(config: Config) -> dict[str, str]:
+    """Only what loading branchline.toml needs: its variables without a default."""
+    return {
+        name: f"${{{{ secrets.{name} }}}}"
+        for name, has_default in references(config.path.read_text(encoding="utf-8"))
+        if not has_default and not name.startswith("GITHUB_")
+    }
+
+
 def watched_paths(config: Config, prefix: str) -> list[str] | None:
     """Every path a test job or a service declares, when each test job declares some;
     None when any job runs on every change (a filter would skip it)."""
@@ -139,8 +148,10 @@ def _job(
     ]
     if always:
         lines.append("        if: always()")
-    lines += ["        env:"]
-    for key, value in {**env, **(extra_env or {})}.items():
+    variables = {**env, **(extra_env or {})}
+    if variables:
+        lines.append("        env:")
+    for key, value in variables.items():
         lines.append(f"          {key}: {value}")
     lines.append(f"        run: {run}")
     return lines
@@ -176,6 +187,9 @@ def testing(config: Config, settings: Settings) -> str:
          f"  # branchline runs the test jobs ({jobs}) side by side, each only when its paths",
          "  # changed; the ephemeral branch is deleted even when one fails."],
         _job("testing", settings, step_env(config), "branchline ci testing", ref=HEAD),
+        ["", "  # Beside it: these workflows still match branchline.toml (no secrets needed)."],
+        _job("workflows", settings, loading_env(config),
+             "branchline export github-actions --check", ref=HEAD, timeout=10),
     )  # fmt: skip
 
 

@@ -164,9 +164,7 @@ async def _plan(
     if pipeline in ("testing", "cleanup"):
         found = plan(event, kit, pull)
     else:
-        sha = event.after if isinstance(event, events.Push) else getattr(event, "head_sha", None)
-        sha = sha or getattr(event, "sha", None)
-        assert sha is not None
+        sha = _commit_of(event)
         tested = await _tested(store, kit.project, sha, console, wait_for_testing)
         ref = event.branch if isinstance(event, events.Push) else None
         finished = events.WorkflowFinished(tested, testing.NAME, "success", sha, ref, number)
@@ -176,6 +174,17 @@ async def _plan(
     if not chosen:
         return ci_event.Skip(_why_nothing(pipeline, event, pull is not None))
     return chosen[0]
+
+
+def _commit_of(event: events.Event) -> str:
+    """The commit a preview or a rollout would deploy."""
+    if isinstance(event, events.Push):
+        return event.after
+    if isinstance(event, events.PullRequestChanged):
+        return event.head_sha
+    if isinstance(event, events.PullRequestApproved):
+        return event.sha
+    raise UsageError(f"a {event.kind} event deploys no commit", hint="See `branchline ci --help`.")
 
 
 def _why_nothing(pipeline: str, event: events.Event, known: bool) -> str:
