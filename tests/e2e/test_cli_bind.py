@@ -152,6 +152,10 @@ def route_to(root: Path, env: dict[str, str], port: int) -> str:
 
 
 def proxies(host: str, edge_port: int, name: str) -> None:
+    """The edge forwards `name` to the upstream, and answers its own address (a
+    reviewer opening it by IP) with its index of routes."""
+    own = fetch(url(host, edge_port))
+    assert own is not None and own[0] == 200, own
     seen: list[object] = []
 
     def through() -> bool | None:
@@ -267,6 +271,8 @@ def test_serve_refuses_an_address_it_cannot_listen_on(
     assert bad.returncode == 2
     assert "--bind: `localhost` is not an IP address" in bad.stderr
     assert "--bind 0.0.0.0" in bad.stderr
+    edge = run_cli("edge", "--bind", "::1:", cwd=root, env=env)  # `branchline edge` too
+    assert edge.returncode == 2 and "--bind: `::1:` is not an IP address" in edge.stderr
     # 203.0.113.0/24 is for documentation: no machine has it.
     absent = run_cli("serve", "--bind", "203.0.113.9", cwd=root, env=env)
     assert absent.returncode == 2
