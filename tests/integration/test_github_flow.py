@@ -26,11 +26,12 @@ from branchline.server.app import create_app
 from branchline.server.webhooks import signature_of
 from tests.codex_project import commit_on, git
 from tests.conftest import REPO
-from tests.integration.test_pipelines import pipelines, project, runs_of, story
+from tests.integration.test_pipelines import BROKEN_WEB, pipelines, project, runs_of, story
 
 pytestmark = pytest.mark.integration
 __all__ = ["project"]  # the fixture, shared with the local pipelines' tests
-CAPTURED = REPO / "tests" / "fixtures" / "github-webhooks" / "captured-deliveries"
+WEBHOOKS = REPO / "tests" / "fixtures" / "github-webhooks"
+CAPTURED = WEBHOOKS / "captured-deliveries"
 REPOSITORY = "acme/codex"
 TOKEN = "ghp_flow-test-token-0123456789abcdef"
 SECRET = "a webhook secret for the flow test"
@@ -82,6 +83,21 @@ def delivery(
     body = json.dumps(payload).encode()
     headers = {
         "content-type": "application/json", "x-github-event": "pull_request",
+        "x-github-delivery": str(uuid.uuid4()),
+        "x-hub-signature-256": signature_of(SECRET.encode(), body),
+    }  # fmt: skip
+    return headers, body
+
+
+def push_delivery(before: str, after: str) -> tuple[dict[str, str], bytes]:
+    """GitHub's example `push` delivery, made a push to this repository's main."""
+    payload = json.loads((WEBHOOKS / "octokit-examples" / "push.new-branch-master.payload.json")
+                         .read_text())  # fmt: skip
+    payload.update(ref="refs/heads/main", before=before, after=after, created=False)
+    payload["repository"]["full_name"] = REPOSITORY
+    body = json.dumps(payload).encode()
+    headers = {
+        "content-type": "application/json", "x-github-event": "push",
         "x-github-delivery": str(uuid.uuid4()),
         "x-hub-signature-256": signature_of(SECRET.encode(), body),
     }  # fmt: skip
@@ -215,6 +231,52 @@ def test_a_forks_preview_waits_for_a_writers_label(project: Path, github: FakeGi
             assert "safe-to-preview" not in github.state()["labels"].get(str(number), [])
             assert len((await runs_of(kit))["preview"]) == 1
             assert statuses(github, newer)["branchline/fork-approval"]["state"] == "pending"
+        assert github.calls()["invalid"] == []
+
+    asyncio.run(test())
+
+
+def test_production_on_github_a_failed_rollout_opens_an_issue_the_fix_closes(
+    project: Path, github: FakeGitHub
+) -> None:
+    async def test() -> None:
+        async with pipelines(project) as p:
+            kit = p.kit
+            for name in ("AUTH_SECRET", "PAYMENT_WEBHOOK_SECRET"):
+                await kit.secrets.set("production", name, f"production-{name}-0123456789")
+            good = git(project, "rev-parse", "main")
+            await deliver(kit, push_delivery(git(project, "rev-parse", "main~1"), good))
+            await p.run_until_settled()
+            (deployment,) = deployments(github, "production")
+            assert deployment["statuses"][-1]["state"] == "success", await story(kit)
+            web = kit.url("web.codex.localhost")
+            assert deployment["statuses"][-1]["environment_url"] == web
+            assert statuses(github, good)["branchline/production"]["state"] == "success"
+
+            app = project / "services" / "web" / "app.py"
+            text = app.read_text()
+            app.write_text(text.replace("\nfrom common", BROKEN_WEB + "\nfrom common"))
+            git(project, "commit", "-qam", "web needs a currency")
+            bad = git(project, "rev-parse", "main")
+            await deliver(kit, push_delivery(good, bad))
+            await p.run_until_settled()
+            assert statuses(github, bad)["branchline/production"]["state"] == "failure"
+            (incident,) = github.state()["issues"].values()
+            assert "web unhealthy" in incident["title"] and incident["state"] == "open"
+            assert "incident" in incident["labels"]
+            failed = [d for d in deployments(github, "production") if d["sha"] == bad]
+            assert failed[0]["statuses"][-1]["state"] == "failure"
+
+            app.write_text(text)
+            git(project, "commit", "-qam", "web is fixed")
+            fixed = git(project, "rev-parse", "main")
+            await deliver(kit, push_delivery(bad, fixed))
+            await p.run_until_settled()
+            assert statuses(github, fixed)["branchline/production"]["state"] == "success"
+            (closed,) = github.state()["issues"].values()
+            assert closed["state"] == "closed"
+            number = next(iter(github.state()["issues"]))
+            assert any("healthy again" in c for c in comments(github, int(number)))
         assert github.calls()["invalid"] == []
 
     asyncio.run(test())
