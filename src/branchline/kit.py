@@ -17,7 +17,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from branchline import naming
+from branchline import naming, ports
 from branchline.config import (
     CONFIG_FILENAME,
     Config,
@@ -54,6 +54,9 @@ class Kit:
     approvals: ApprovalLedger
     sandbox: Sandbox
     edge_port: int | None = None
+    # Where this machine reaches the edge and DNS (loopback unless `[edge] bind` is
+    # one address of another interface).
+    edge_host: str = "127.0.0.1"
     _prefix: str | None = field(default=None, repr=False)
     # Each commit's config, read once (a commit never changes).
     _at_commit: dict[str, Config] = field(default_factory=dict, repr=False)
@@ -67,9 +70,12 @@ class Kit:
         *,
         edge_port: int | None = None,
         dns_port: int | None = None,
+        edge_bind: str | None = None,
     ) -> Kit:
-        """The providers the config names. Construction does no I/O."""
-        address = ("127.0.0.1", dns_port) if dns_port else None
+        """The providers the config names; the edge and DNS listen on `edge_bind`
+        (default `[edge] bind`). Construction does no I/O."""
+        edge_host = ports.reachable(config.edge.bind if edge_bind is None else edge_bind)
+        address = (edge_host, dns_port) if dns_port else None
         sandbox = Sandbox.for_project(config, store.location.state_dir)
         kit: Kit
 
@@ -91,6 +97,7 @@ class Kit:
             approvals=Approvals(store, config.project.name),
             sandbox=sandbox,
             edge_port=edge_port,
+            edge_host=edge_host,
         )
         return kit
 
@@ -271,7 +278,7 @@ class Kit:
                 database_url = await self.database.connection_uri(branch)
         if database_url is not None:
             vars["DATABASE_URL"] = database_url
-        base = f"http://127.0.0.1:{self.edge_port}" if self.edge_port else ""
+        base = f"http://{ports.url_host(self.edge_host)}:{self.edge_port}" if self.edge_port else ""
         for name, host in self.hosts(environment).items():
             key = naming.sql_identifier(name).upper()
             vars[f"{key}_URL"] = base

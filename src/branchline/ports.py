@@ -9,6 +9,7 @@ only the fact that the port is held is known.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -36,20 +37,65 @@ class Holder:
         return f"a connection of {what}" if self.connection else what
 
 
-def is_free(port: int, *, udp: bool = False) -> bool:
-    """Whether this process could bind `port` on loopback now (TCP, or UDP)."""
+LOOPBACK = "127.0.0.1"
+
+
+def family(host: str) -> socket.AddressFamily:
+    """The socket family of an IP address (a bind address: validated by the config)."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine reaches a listener bound at `host`."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def is_every_interface(host: str) -> bool:
+    """0.0.0.0 or ::: every address of the machine."""
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+def reachable(host: str) -> str:
+    """The address this machine reaches a listener bound at `host` on: loopback for
+    0.0.0.0 or :: (they are no destination), else the address itself."""
+    if is_every_interface(host):
+        return "::1" if family(host) == socket.AF_INET6 else LOOPBACK
+    return host
+
+
+def url_host(host: str) -> str:
+    """`host` as a URL spells it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
+def is_free(port: int, *, udp: bool = False, host: str = LOOPBACK) -> bool:
+    """Whether this process could bind `port` on `host` now (TCP, or UDP)."""
     kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
-    with socket.socket(socket.AF_INET, kind) as sock:
+    with socket.socket(family(host), kind) as sock:
         # As servers bind: a port whose old connections linger in TIME_WAIT is free.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind(("127.0.0.1", port))
+            sock.bind((host, port))
         except OSError:
             return False
     return True
 
 
-def holder(port: int, *, udp: bool = False) -> Holder | None:
+def holder(port: int, *, udp: bool = False, host: str = LOOPBACK) -> Holder | None:
     """The process listening on (TCP) or bound to (UDP) `port`, else one whose
     connection's local end uses it; None when no socket of this network namespace
     holds it."""
@@ -63,7 +109,7 @@ def holder(port: int, *, udp: bool = False) -> Holder | None:
         # may (ours), and say only that the port is held when none of them holds it.
         held = _on_port(_sockets_of_each_process(kind), port, udp=udp)
         if not held:
-            return None if is_free(port, udp=udp) else Holder(None, None)
+            return None if is_free(port, udp=udp, host=host) else Holder(None, None)
     if not held:
         return None
     # A listener (a bound UDP socket) first: it is what a server set to use the port

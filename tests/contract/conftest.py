@@ -35,6 +35,7 @@ import pytest
 from branchline.config import Config, load_config
 from branchline.edge.dns_server import ZoneServer
 from branchline.environment import Environment
+from branchline.fakes.github import FakeGitHub
 from branchline.fakes.neon import FakeNeon
 from branchline.postgres import Cluster
 from branchline.processes import ProcessId, start_time_of, stop
@@ -47,6 +48,8 @@ from branchline.providers.database.neon_api import NeonClient
 from branchline.providers.dns import DnsProvider
 from branchline.providers.dns.local import LocalDnsProvider
 from branchline.providers.forge import ForgeProvider, PullRequest
+from branchline.providers.forge.github import GitHubForge
+from branchline.providers.forge.github_api import Credentials, GitHubClient
 from branchline.providers.forge.local import LocalForge
 from branchline.store import Store
 from branchline.store import forge as forge_rows
@@ -55,6 +58,7 @@ from tests.integration.conftest import store_in
 
 T = TypeVar("T")
 BACKENDS = ["memory", pytest.param("local", marks=pytest.mark.integration)]
+GITHUB_TOKEN = "ghp_contract-test-token-0123456789"  # the fake GitHub's, of no account
 ZONE = "contract.test"
 SERVICE = "api"
 MARK = "CONTRACT_"  # the variables a contract gives a service, and reads back
@@ -571,6 +575,51 @@ class LocalForgeContract(ForgeContract):
         return row.state
 
 
+class GitHubForgeContract(ForgeContract):
+    """The GitHub code host against a fake GitHub: pull requests are the fake's, and
+    what was posted is read back from it."""
+
+    provider: GitHubForge
+
+    def __init__(self, provider: GitHubForge, fake: FakeGitHub) -> None:
+        super().__init__(provider)
+        self.fake = fake
+
+    def open_pr(self, branch: str) -> PullRequest:
+        sha = os.urandom(20).hex()
+        number = self.fake.add_pull(head=branch, sha=sha, base="main", title=branch)
+        return PullRequest(number=number, title=branch, head_branch=branch,
+                           base_branch="main", head_sha=sha, state="open")  # fmt: skip
+
+    def comments(self, pr: int) -> list[tuple[str, str]]:
+        found = []
+        for comment in self.fake.state()["comments"]:
+            first, _, body = str(comment["body"]).partition("\n")
+            if comment["issue"] == pr and first.startswith("<!-- branchline:"):
+                found.append((first.removeprefix("<!-- branchline:").removesuffix(" -->"), body))
+        return sorted(found)
+
+    def status(self, sha: str, context: str) -> str | None:
+        states = [s["state"] for s in self.fake.state()["statuses"]
+                  if s["sha"] == sha and s["context"] == context]  # fmt: skip
+        return states[-1] if states else None
+
+    def issue_state(self, number: int) -> str:
+        return str(self.fake.state()["issues"][str(number)]["state"])
+
+
+@pytest.fixture
+def fake_github(tmp_path: Path) -> Iterator[FakeGitHub]:
+    """A repository of its own per test, as the other backends' projects are."""
+    fake = FakeGitHub.start(
+        tmp_path / "fake-github", repository="acme/contract", token=GITHUB_TOKEN
+    )
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
 @pytest.fixture(scope="module")
 def forge_repo() -> Iterator[Path]:
     """A git repository with `main`; each test opens pull requests of new branches."""
@@ -585,11 +634,18 @@ def forge_repo() -> Iterator[Path]:
         shutil.rmtree(repo, ignore_errors=True)
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=[*BACKENDS, pytest.param("github", marks=pytest.mark.integration)])
 def forge(request: pytest.FixtureRequest) -> ForgeContract:
     """A project of its own per test (its pull requests and issues numbered from 1)."""
     if request.param == "memory":
         return MemoryForgeContract(MemoryForge())
+    if request.param == "github":
+        fake: FakeGitHub = request.getfixturevalue("fake_github")
+        client = GitHubClient(
+            repository=fake.repository, credentials=Credentials(token=GITHUB_TOKEN),
+            api_url=fake.url, write_interval=0.0,
+        )  # fmt: skip
+        return GitHubForgeContract(GitHubForge(client), fake)
     return LocalForgeContract(
         LocalForge(
             project=fresh("contract-forge-"),

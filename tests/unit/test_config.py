@@ -770,3 +770,36 @@ def test_a_bad_step_log_size_says_how_to_write_one(tmp_path: Path) -> None:
     assert "at least 1KB" in str(tiny)
     never = error(tmp_path, BASE + '\n[limits]\nstep_timeout = "0s"\n')
     assert never.key == "limits.step_timeout" and "longer than zero" in str(never)
+
+
+# ----------------------------------------------------------------- listen addresses
+
+
+def test_bind_addresses_default_to_loopback(tmp_path: Path) -> None:
+    config = load(tmp_path, BASE)
+    assert (config.edge.bind, config.server.bind) == ("127.0.0.1", "127.0.0.1")
+
+
+@pytest.mark.parametrize(
+    ("written", "kept"),
+    [("0.0.0.0", "0.0.0.0"), ("::", "::"),  # noqa: S104 ("::1", "::1"), ("0:0::0001", "::1"),
+     ("192.0.2.7", "192.0.2.7"), ("fd00::2", "fd00::2")],
+)  # fmt: skip
+def test_a_bind_is_any_ip_address_in_one_spelling(tmp_path: Path, written: str, kept: str) -> None:
+    config = load(tmp_path, BASE + f'\n[edge]\nbind = "{written}"\n[server]\nbind = "{written}"\n')
+    assert (config.edge.bind, config.server.bind) == (kept, kept)
+
+
+@pytest.mark.parametrize("written", ["localhost", "[::1]", "0.0.0.0:8080", "300.1.1.1", ""])
+def test_a_bind_that_is_no_ip_address_is_a_config_error(tmp_path: Path, written: str) -> None:
+    err = error(tmp_path, BASE + f'\n[server]\nbind = "{written}"\n')
+    assert err.key == "server.bind"
+    assert f"`{written}` is not an IP address" in str(err)
+    assert 'bind = "127.0.0.1"' in err.hint and 'bind = "0.0.0.0"' in err.hint
+    assert err.line == 17
+
+
+def test_a_bind_that_is_not_a_string_says_what_to_write(tmp_path: Path) -> None:
+    err = error(tmp_path, BASE + "\n[edge]\nbind = 8080\n")
+    assert err.key == "edge.bind"
+    assert '"127.0.0.1"' in err.hint

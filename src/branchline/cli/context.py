@@ -130,7 +130,7 @@ class AppContext:
             info = daemon.read_info(store.location.state_dir)
         kit = Kit.build(
             config, store, edge_port=info.edge_port if info else None,
-            dns_port=info.dns_port if info else None,
+            dns_port=info.dns_port if info else None, edge_bind=info.edge_bind if info else None,
         )  # fmt: skip
         try:
             if engine is False:

@@ -250,15 +250,61 @@ ApiPort = Annotated[
                  "(default: `[edge] api_port`, 8081); 0: none.",
                  envvar="BRANCHLINE_API_PORT", show_default=False),
 ]  # fmt: skip
+EdgeBind = Annotated[
+    str | None,
+    typer.Option("--bind", metavar="ADDRESS", help="IP address the edge and DNS listen on, "
+                 "and serve's HTTP server unless --api-bind says otherwise (default: `[edge] "
+                 "bind` and `[server] bind`, 127.0.0.1; 0.0.0.0: every interface).",
+                 envvar="BRANCHLINE_BIND", show_default=False),
+]  # fmt: skip
+ApiBind = Annotated[
+    str | None,
+    typer.Option("--api-bind", metavar="ADDRESS", help="IP address of the HTTP server "
+                 "(webhooks, API, dashboard, /metrics) alone (default: --bind, else `[server] "
+                 "bind`, 127.0.0.1).", envvar="BRANCHLINE_API_BIND", show_default=False),
+]  # fmt: skip
 Ready = Callable[[int, int], None]
+
+
+def bind_option(value: str | None, flag: str) -> str | None:
+    """A --bind style flag checked as the config checks `bind`, in one spelling."""
+    from branchline.config.fields import bind_problem, normalize_bind
+
+    if value is None:
+        return None
+    problem = bind_problem(value)
+    if problem is not None:
+        raise UsageError(
+            f"{flag}: {problem}",
+            hint=f"Give an IP address: `{flag} 127.0.0.1` (this machine only), "
+            f"`{flag} 0.0.0.0` (every IPv4 interface) or `{flag} ::1` (IPv6 loopback).",
+        )
+    return normalize_bind(value)
+
+
+def listen_url(bind: str, port: int) -> str:
+    """Where this machine reaches a listener bound at `bind`:`port`."""
+    from branchline import ports
+
+    return f"http://{ports.url_host(ports.reachable(bind))}:{port}/"
+
+
+def listen_note(bind: str) -> str:
+    """What a ready line adds for a listener reachable from other machines."""
+    from branchline import ports
+
+    if ports.is_every_interface(bind):
+        return f" (bound to {bind}: every interface, other machines too)"
+    return "" if ports.is_loopback(bind) else " (reachable from other machines)"
 
 
 def run_edge_here(
     config: Config, store: Store, *, port: int, dns_port: int, on_ready: Ready,
-    background: daemon.Background | None = None,
+    background: daemon.Background | None = None, bind: str | None = None,
 ) -> None:  # fmt: skip
-    """The edge, DNS and supervisor in this process until stopped; `background` (given
-    the edge and DNS ports) runs beside them (serve's workers), on the same store."""
+    """The edge, DNS and supervisor in this process until stopped, listening on
+    `bind` (default `[edge] bind`); `background` (given the edge and DNS ports) runs
+    beside them (serve's workers), on the same store."""
     import asyncio
 
     from branchline.edge import daemon
@@ -266,12 +312,14 @@ def run_edge_here(
     from branchline.providers.compute import Supervisor
 
     kits: list[Kit] = []
+    edge_bind = config.edge.bind if bind is None else bind
 
     async def supervise(edge_port: int, dns: int) -> list[str]:
         # Built once the ports are known: a service started again is told its
         # siblings' URLs through this edge.
         if not kits:
-            kits.append(Kit.build(config, store, edge_port=edge_port, dns_port=dns))
+            kits.append(Kit.build(config, store, edge_port=edge_port, dns_port=dns,
+                                  edge_bind=edge_bind))  # fmt: skip
         compute = kits[0].compute
         return await compute.supervise() if isinstance(compute, Supervisor) else []
 
@@ -282,6 +330,7 @@ def run_edge_here(
                 store, project=config.project.name, zone=config.project.zone,
                 state_dir=store.location.state_dir, supervise=supervise,
                 edge_port=port, dns_port=dns_port, on_ready=on_ready, background=background,
+                edge_bind=edge_bind,
             )  # fmt: skip
         finally:
             for kit in kits:
@@ -294,25 +343,32 @@ def edge(
     ctx: typer.Context,
     port: EdgePort = None,
     dns_port: DnsPort = None,
+    bind: EdgeBind = None,
 ) -> None:
     """Run the edge proxy, the zone's DNS server and the service supervisor here."""
     from rich.markup import escape
+
+    from branchline import ports
 
     app = app_context(ctx)
     config = app.config()
     edge_port = config.edge.port if port is None else port
     dns_port = config.edge.dns_port if dns_port is None else dns_port
+    edge_bind = bind_option(bind, "--bind") or config.edge.bind
 
     def ready(edge_port: int, dns: int) -> None:
+        dns_at = f"{ports.url_host(ports.reachable(edge_bind))}:{dns}"
         app.output.emit(
-            {"edge_port": edge_port, "dns_port": dns},
+            {"edge_port": edge_port, "dns_port": dns, "edge_bind": edge_bind},
             lambda c: c.print(
-                f"edge on http://127.0.0.1:{edge_port}/ (try http://{escape(config.project.zone)}:"
-                f"{edge_port}/), DNS on 127.0.0.1:{dns}; Ctrl-C stops"
+                f"edge on {listen_url(edge_bind, edge_port)} (try http://"
+                f"{escape(config.project.zone)}:{edge_port}/), DNS on {dns_at}"
+                f"{listen_note(edge_bind)}; Ctrl-C stops"
             ),
         )
 
-    run_edge_here(config, app.store(), port=edge_port, dns_port=dns_port, on_ready=ready)
+    run_edge_here(config, app.store(), port=edge_port, dns_port=dns_port, on_ready=ready,
+                  bind=edge_bind)  # fmt: skip
 
 
 def health(

@@ -80,7 +80,12 @@ async def run_pipelines(
     else:
         options = EngineOptions(pool_size=20, poll=0.5)
         async with open_pipelines(
-            config, store, edge_port=info.edge_port, dns_port=info.dns_port, options=options
+            config,
+            store,
+            edge_port=info.edge_port,
+            dns_port=info.dns_port,
+            options=options,
+            edge_bind=info.edge_bind,
         ) as pipelines:
             await pipelines.run_until_settled(on_tick=on_tick)
     async with store.connect() as conn:

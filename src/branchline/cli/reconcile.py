@@ -48,7 +48,11 @@ def reconcile_command(
                 f"started branchline serve in the background (edge on port {info.edge_port})"
             )
         async with open_pipelines(
-            config, store, edge_port=info.edge_port, dns_port=info.dns_port
+            config,
+            store,
+            edge_port=info.edge_port,
+            dns_port=info.dns_port,
+            edge_bind=info.edge_bind,
         ) as pipelines:
             found = await reconcile(pipelines.kit, engine=pipelines.engine, dry_run=dry_run)
             for _ in range(0 if dry_run else 3):

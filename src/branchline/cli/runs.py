@@ -315,7 +315,12 @@ def worker(
         app_ctx.output.progress(f"worker started (concurrency {concurrency}); Ctrl-C stops it")
         options = EngineOptions(pool_size=3 * concurrency + 6)
         async with open_pipelines(
-            config, store, edge_port=info.edge_port, dns_port=info.dns_port, options=options
+            config,
+            store,
+            edge_port=info.edge_port,
+            dns_port=info.dns_port,
+            options=options,
+            edge_bind=info.edge_bind,
         ) as pipelines:
             await pipelines.run_forever(concurrency=concurrency)
 

@@ -7,6 +7,7 @@ messages are never shown.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import shlex
 from datetime import timedelta
@@ -156,6 +157,35 @@ def _check_health_path(value: str) -> str:
     return value
 
 
+def bind_problem(value: str) -> str | None:
+    """What is wrong with `value` as an address to listen on, or None. An IP address
+    (v4 or v6; 0.0.0.0 or :: for every interface): a host name would resolve to one
+    address of several, and a bracketed v6 literal is a URL's spelling."""
+    try:
+        ipaddress.ip_address(value.strip())
+    except ValueError:
+        return f"`{value}` is not an IP address to listen on"
+    return None
+
+
+BIND_HINT = (
+    'write an IP address, e.g. `{key} = "127.0.0.1"` (this machine only, the default), '
+    '`{key} = "0.0.0.0"` (every IPv4 interface) or `{key} = "::1"` (IPv6 loopback)'
+)
+
+
+def normalize_bind(value: str) -> str:
+    """The one spelling of a valid bind address (`::0001` -> `::1`)."""
+    return str(ipaddress.ip_address(value.strip()))
+
+
+def _check_bind(value: str) -> str:
+    problem = bind_problem(value)
+    if problem is not None:
+        raise _invalid(problem, BIND_HINT)
+    return normalize_bind(value)
+
+
 Slug = Annotated[str, AfterValidator(_check_slug)]
 Label = Annotated[str, AfterValidator(_check_label)]
 Domain = Annotated[str, AfterValidator(_check_domain)]
@@ -164,3 +194,4 @@ EnvName = Annotated[str, AfterValidator(_check_env_name)]
 Repository = Annotated[str, AfterValidator(_check_repository)]
 NonEmpty = Annotated[str, AfterValidator(_check_not_empty)]
 HealthPath = Annotated[str, AfterValidator(_check_health_path)]
+BindAddress = Annotated[str, AfterValidator(_check_bind)]

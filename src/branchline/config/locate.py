@@ -104,6 +104,7 @@ _EXAMPLES = {
     "token": '"${GITHUB_TOKEN}"',
     "webhook_secret": '"${GITHUB_WEBHOOK_SECRET}"',
     "metrics_token": '"${BRANCHLINE_METRICS_TOKEN}"',
+    "bind": '"127.0.0.1"',
     "service": '"api"',
     "names": '["AUTH_SECRET"]',
     "env": '{ LOG_LEVEL = "info" }',

@@ -20,6 +20,7 @@ from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_valid
 from branchline.config.base import _assign_masks, _collect_secrets, _Model, is_secret_name
 from branchline.config.data import DataChoice, check_seed
 from branchline.config.fields import (
+    BindAddress,
     Command,
     Domain,
     Duration,
@@ -185,6 +186,9 @@ class EdgeConfig(_Model):
     port: Port = 8080  # the edge proxy (HTTP, by host name)
     dns_port: Port = 8053  # the zone's DNS server (UDP and TCP)
     api_port: Port = 8081  # serve's HTTP server (webhooks, API, dashboard); 0: none
+    # The address the edge proxy and the DNS server listen on: loopback unless a
+    # team lets reviewers reach previews directly ("0.0.0.0": every interface).
+    bind: BindAddress = "127.0.0.1"
 
 
 class SecurityConfig(_Model):
@@ -208,6 +212,9 @@ class ServerConfig(_Model):
     # The address people reach serve's pages at ("https://ci.example.com"): commit
     # statuses and deployments on the code host link to `<public_url>/runs/<id>`.
     public_url: str | None = Field(None, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+    # The address the HTTP server listens on: loopback unless GitHub must reach the
+    # webhooks directly (behind a TLS-terminating proxy: serve speaks plain HTTP).
+    bind: BindAddress = "127.0.0.1"
 
     @field_validator("metrics_token")
     @classmethod

@@ -59,6 +59,12 @@ class EdgeInfo:
     dns_port: int
     workers: bool = False  # the pipelines' workers run in it now
     can_work: bool = False  # `branchline serve` (not `edge`): its workers can resume
+    edge_bind: str = ports.LOOPBACK  # the address the edge and DNS listen on
+
+    @property
+    def edge_host(self) -> str:
+        """The address this machine reaches the edge and DNS on."""
+        return ports.reachable(self.edge_bind)
 
     @property
     def alive(self) -> bool:
@@ -71,19 +77,20 @@ def read_info(state_dir: Path) -> EdgeInfo | None:
         raw = json.loads((state_dir / STATE_FILE).read_text())
         workers = bool(raw.get("workers", False))
         info = EdgeInfo(int(raw["pid"]), int(raw["start_time"]), int(raw["edge_port"]),
-                        int(raw["dns_port"]), workers,
-                        bool(raw.get("can_work", workers)))  # fmt: skip
+                        int(raw["dns_port"]), workers, bool(raw.get("can_work", workers)),
+                        str(raw.get("edge_bind", ports.LOOPBACK)))  # fmt: skip
     except (OSError, ValueError, KeyError):
         return None
     return info if info.alive else None
 
 
 def _write_info(
-    state_dir: Path, edge_port: int, dns_port: int, workers: bool, can_work: bool
+    state_dir: Path, edge_port: int, dns_port: int, workers: bool, can_work: bool, bind: str
 ) -> None:
     pid = os.getpid()
     info = {"pid": pid, "start_time": start_time_of(pid), "edge_port": edge_port,
-            "dns_port": dns_port, "workers": workers, "can_work": can_work}  # fmt: skip
+            "dns_port": dns_port, "workers": workers, "can_work": can_work,
+            "edge_bind": bind}  # fmt: skip
     tmp = state_dir / (STATE_FILE + ".tmp")
     tmp.write_text(json.dumps(info))
     tmp.replace(state_dir / STATE_FILE)
@@ -101,32 +108,57 @@ class PortTakenError(UsageError):
     """A port the project is set to use is held by another program."""
 
 
-def check_port(port: int, which: str) -> None:
+def check_port(port: int, which: str, host: str = ports.LOOPBACK) -> None:
     """Raise PortTakenError, naming who holds it and how to choose another, when
-    `port` (0: any free one) cannot be bound. DNS needs it for UDP and TCP."""
+    `port` (0: any free one) cannot be bound on `host`. DNS needs it for UDP and TCP.
+    An address this machine does not have is an error saying how to change it."""
+    _check_address(host, which)
     if port == 0:
         return
     for udp in (False, True) if which == "dns" else (False,):
-        if ports.is_free(port, udp=udp):
+        if ports.is_free(port, udp=udp, host=host):
             continue
-        held = ports.holder(port, udp=udp)
+        held = ports.holder(port, udp=udp, host=host)
         if _edge_of_a_dead_serve(held):
             # The edge's process of a serve that was just killed: it is ending.
             deadline = time.monotonic() + EDGE_GONE_WITHIN
-            while not ports.is_free(port, udp=udp) and time.monotonic() < deadline:
+            while not ports.is_free(port, udp=udp, host=host) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if ports.is_free(port, udp=udp):
+            if ports.is_free(port, udp=udp, host=host):
                 continue
-            held = ports.holder(port, udp=udp)
+            held = ports.holder(port, udp=udp, host=host)
         who = held.describe() if held is not None else "another program"
         what, key, variable, flag = PORT_SETTINGS[which]
         other = port + 10
+        on = "" if host == ports.LOOPBACK else f" on {host}"
         raise PortTakenError(
-            f"port {port} ({what}, {'UDP' if udp else 'TCP'}) is in use by {who}",
+            f"port {port}{on} ({what}, {'UDP' if udp else 'TCP'}) is in use by {who}",
             hint=f"Stop that program, or give this project another port: `[edge] {key} = "
             f"{other}` in branchline.toml (or {variable}={other}, or `{flag} {other}`). "
             "The port stays fixed: previews' URLs carry it.",
         )
+
+
+def _check_address(host: str, which: str) -> None:
+    """An address of another machine (or none at all) cannot be listened on: say so,
+    rather than as a port in use."""
+    import errno
+    import socket
+
+    with socket.socket(ports.family(host), socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, 0))
+        except OSError as exc:
+            if exc.errno not in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                return  # anything else is the port check's to tell
+            key = "[server] bind" if which == "api" else "[edge] bind"
+            flag = "--api-bind" if which == "api" else "--bind"
+            raise UsageError(
+                f"cannot listen on {host} ({PORT_SETTINGS[which][0]}): this machine has "
+                f"no such address ({exc.strerror})",
+                hint=f"Use one of this machine's addresses, 127.0.0.1 or 0.0.0.0 (every "
+                f"interface): `{key}` in branchline.toml or `{flag}`.",
+            ) from None
 
 
 EDGE_GONE_WITHIN = 5.0  # seconds an orphaned edge process takes to let go of its ports
@@ -157,10 +189,12 @@ async def run_foreground(
     dns_port: int = DEFAULT_DNS_PORT,
     on_ready: Callable[[int, int], None] | None = None,
     background: Background | None = None,
+    edge_bind: str = ports.LOOPBACK,
 ) -> None:
-    """Serve until SIGINT or SIGTERM. One edge per state directory: a lock held for
-    the process's lifetime (released by the kernel if it dies) says so. `background`
-    (the pipelines' workers) runs beside, given the edge's and DNS's ports."""
+    """Serve until SIGINT or SIGTERM, the edge and DNS on `edge_bind`. One edge per
+    state directory: a lock held for the process's lifetime (released by the kernel if
+    it dies) says so. `background` (the pipelines' workers) runs beside, given the
+    edge's and DNS's ports."""
     lock = (state_dir / "edge.lock").open("a")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -172,8 +206,9 @@ async def run_foreground(
         ) from None
     try:
         await _serve(
-            store, project, zone, state_dir, supervise, edge_port, dns_port, on_ready, background
-        )
+            store, project, zone, state_dir, supervise, edge_port, dns_port, on_ready,
+            background, edge_bind,
+        )  # fmt: skip
     finally:
         lock.close()
 
@@ -188,9 +223,10 @@ async def _serve(
     dns_port: int,
     on_ready: Callable[[int, int], None] | None,
     background: Background | None = None,
+    edge_bind: str = ports.LOOPBACK,
 ) -> None:
-    await asyncio.to_thread(check_port, edge_port, "edge")
-    await asyncio.to_thread(check_port, dns_port, "dns")
+    await asyncio.to_thread(check_port, edge_port, "edge", edge_bind)
+    await asyncio.to_thread(check_port, dns_port, "dns", edge_bind)
     asked: set[str] = set()  # "stop", "pause", "resume": what signals asked for
     wake = asyncio.Event()
 
@@ -206,7 +242,7 @@ async def _serve(
     from branchline.edge.process import EdgeProcess  # serve's alone: not for `status`
 
     edge = EdgeProcess(store, project=project, zone=zone, edge_port=edge_port,
-                       dns_port=dns_port)  # fmt: skip
+                       dns_port=dns_port, host=edge_bind)  # fmt: skip
     await edge.start()
     beside = [asyncio.create_task(edge.watch()), asyncio.create_task(store.keep_alive())]
     try:
@@ -215,7 +251,7 @@ async def _serve(
             try:
                 workers.start()
                 _write_info(state_dir, edge.edge_port, edge.dns_port, workers.running,
-                            background is not None)  # fmt: skip
+                            background is not None, edge_bind)  # fmt: skip
                 if on_ready is not None:
                     on_ready(edge.edge_port, edge.dns_port)
                 while "stop" not in asked:
@@ -224,7 +260,7 @@ async def _serve(
                         await (workers.resume() if "resume" in asked else workers.pause())
                         asked.difference_update({"pause", "resume"})
                         _write_info(state_dir, edge.edge_port, edge.dns_port, workers.running,
-                                    background is not None)  # fmt: skip
+                                    background is not None, edge_bind)  # fmt: skip
                     try:
                         if supervise is not None:
                             await supervise(edge.edge_port, edge.dns_port)

@@ -56,6 +56,7 @@ class EdgeSpec:
     zone: str
     edge_port: int
     dns_port: int
+    host: str = "127.0.0.1"  # the address both listen on
 
 
 # -- serve's side ---------------------------------------------------------------------
@@ -66,8 +67,9 @@ class EdgeProcess:
     with their hint), `watch` (start it again when it ends by itself), `stop`."""
 
     def __init__(self, store: Store, *, project: str, zone: str, edge_port: int,
-                 dns_port: int) -> None:  # fmt: skip
+                 dns_port: int, host: str = "127.0.0.1") -> None:  # fmt: skip
         self.store = store
+        self.host = host
         self.project = project
         self.zone = zone
         self.edge_port = edge_port
@@ -82,7 +84,7 @@ class EdgeProcess:
 
     async def start(self) -> None:
         spec = EdgeSpec(self.store.url, str(self.store.location.state_dir), self.project,
-                        self.zone, self.edge_port, self.dns_port)  # fmt: skip
+                        self.zone, self.edge_port, self.dns_port, self.host)  # fmt: skip
         child = await asyncio.create_subprocess_exec(
             sys.executable, "-m", MODULE,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
@@ -194,8 +196,8 @@ def _say(what: dict[str, object]) -> None:
 
 async def _serve(spec: EdgeSpec) -> int:
     store = Store(StateLocation(Path(spec.state_dir), external_url=spec.url))
-    edge = EdgeProxy(store, port=spec.edge_port)
-    dns = ZoneServer(spec.project, spec.zone, store, port=spec.dns_port)
+    edge = EdgeProxy(store, host=spec.host, port=spec.edge_port)
+    dns = ZoneServer(spec.project, spec.zone, store, host=spec.host, port=spec.dns_port)
     try:
         await edge.start()
         await asyncio.to_thread(dns.start)

@@ -37,6 +37,7 @@ from typing import Any
 
 import psycopg
 
+from branchline import ports
 from branchline.edge import pages
 from branchline.edge.http import (
     HOP_BY_HOP,
@@ -129,7 +130,10 @@ class EdgeProxy:
         self.refreshes = 0  # how many times the route table was loaded
         self.requests = 0  # request heads received
         self.pool = Pool(connect_timeout=connect_timeout, idle_timeout=upstream_idle_timeout)
-        self._own_names = _OWN_NAMES | {normalize_host(host)}
+        # The edge's own address (an IPv6 one as a Host header spells it, in brackets);
+        # bound to every interface, any address of the machine is its own.
+        self._own_names = _OWN_NAMES | {normalize_host(host), f"[{host}]" if ":" in host else host}
+        self._any_address_is_own = ports.is_every_interface(host)
         self._server: asyncio.Server | None = None
         self._port: int | None = None
         self._stopping = False
@@ -369,7 +373,9 @@ class EdgeProxy:
         return await self._forward(request, route, reader, writer, ip)
 
     async def _local(self, request: Request, writer: asyncio.StreamWriter, host: str) -> bool:
-        own = host in self._own_names
+        own = host in self._own_names or (
+            self._any_address_is_own and ports.is_ip_address(host.strip("[]"))
+        )
         body = pages.index(self.route_list, port=self.port or 0, unknown_host=None if own else host)
         keep = request.head.keep_alive and not request.has_body
         await self._answer(

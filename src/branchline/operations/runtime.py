@@ -219,8 +219,9 @@ async def open_pipelines(
     edge_port: int | None,
     dns_port: int | None,
     options: EngineOptions | None = None,
+    edge_bind: str | None = None,
 ) -> AsyncIterator[Pipelines]:
-    kit = Kit.build(config, store, edge_port=edge_port, dns_port=dns_port)
+    kit = Kit.build(config, store, edge_port=edge_port, dns_port=dns_port, edge_bind=edge_bind)
     engine = Engine(
         store, project=config.project.name, actions=catalog.bound(kit), secrets=secrets_for(kit),
         options=configured(options or EngineOptions(), config), sandbox=kit.sandbox,

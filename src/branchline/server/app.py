@@ -153,11 +153,11 @@ class EmbeddedServer(uvicorn.Server):
 GRACEFUL_SHUTDOWN = 2  # seconds open requests (a streamed log) get when serve stops
 
 
-async def run_server(app: FastAPI, *, port: int) -> None:
-    """Serve `app` on 127.0.0.1:`port` until cancelled."""
+async def run_server(app: FastAPI, *, port: int, host: str = "127.0.0.1") -> None:
+    """Serve `app` on `host`:`port` (`[server] bind`) until cancelled."""
     server = EmbeddedServer(
         uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
+            app, host=host, port=port, log_level="warning", lifespan="on",
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
         )
     )  # fmt: skip

@@ -120,6 +120,7 @@ class GitHubClient:
         self.transport = transport  # tests answer with their own
         self.count = CallCount()
         self._github: GitHub[Any] | None = None
+        self._installation_id: int | None = None
         self._write_lock: asyncio.Lock | None = None
         self._last_write = 0.0
 
@@ -131,7 +132,9 @@ class GitHubClient:
             return self._github
         creds = self.credentials
         if creds.app_id is not None and creds.private_key:
-            installation = creds.installation_id or await self._installation()
+            if self._installation_id is None:
+                self._installation_id = creds.installation_id or await self._installation()
+            installation = self._installation_id
             auth: Any = AppInstallationAuthStrategy(
                 creds.app_id, creds.private_key, installation_id=installation
             )
@@ -220,7 +223,14 @@ class GitHubClient:
             self.count.calls += 1
             self.count.by_route[route] += 1
             try:
-                return await send(client or await self.github())
+                try:
+                    return await send(client or await self.github())
+                except RequestError as wrapped:
+                    # An App's token exchange failing inside the auth flow arrives
+                    # wrapped: handled as the refusal it is.
+                    if isinstance(wrapped.exc, RequestFailed):
+                        raise wrapped.exc from None
+                    raise
             except RateLimitExceeded as exc:
                 wait = exc.retry_after.total_seconds()
                 kind = "secondary" if isinstance(exc, SecondaryRateLimitExceeded) else "primary"
