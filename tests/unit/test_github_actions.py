@@ -134,11 +134,23 @@ def test_ci_masks_the_state_url_before_anything_else(
 ) -> None:
     actions_env(monkeypatch, "push", PAYLOADS / "push.tag-deleted.payload.json")
     monkeypatch.setenv("BRANCHLINE_DATABASE_URL", "postgresql://ci:s3cr%25t-pw@db.example/state")
+    monkeypatch.setenv("BRANCHLINE_SECRET_KEY", "c2VhbGluZy1rZXk=")
+    # A value branchline.toml takes from a secret-looking variable is hidden too.
+    toml = project / "branchline.toml"
+    before = 'LOG_LEVEL = "${CODEX_LOG_LEVEL:-info}"\nSESSION_DAYS'
+    toml.write_text(
+        toml.read_text().replace(before, before.replace("LOG_LEVEL:-info", "API_TOKEN"))
+    )
+    monkeypatch.setenv("CODEX_API_TOKEN", "tok-from-a-secret")
     assert run(["ci", "testing"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "::add-mask::postgresql://ci:s3cr%2525t-pw@db.example/state"
-    assert out[1] == "::add-mask::s3cr%25t-pw"  # the password, decoded, then escaped
-    assert out[2].startswith("testing: skipped: push of a tag starts nothing")
+    assert out[:4] == [
+        "::add-mask::postgresql://ci:s3cr%2525t-pw@db.example/state",
+        "::add-mask::s3cr%25t-pw",  # the password, decoded, then escaped
+        "::add-mask::c2VhbGluZy1rZXk=",
+        "::add-mask::tok-from-a-secret",
+    ]  # fmt: skip
+    assert out[4].startswith("testing: skipped: push of a tag starts nothing")
 
 
 # -- which events each pipeline takes ------------------------------------------------------

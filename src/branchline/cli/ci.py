@@ -54,9 +54,11 @@ def _run(ctx: typer.Context, pipeline: str, wait: str = "0") -> None:
             commands.write(line + "\n")
         commands.flush()
 
-    url = os.environ.get("BRANCHLINE_DATABASE_URL", "")
-    if url:
-        mask(url)  # before anything could print it
+    # Before anything could print them: the state's URL and the sealing key (GitHub
+    # hides its secrets' values already, but not a password inside a URL).
+    for name in ("BRANCHLINE_DATABASE_URL", "BRANCHLINE_SECRET_KEY"):
+        if os.environ.get(name, ""):
+            mask(os.environ[name])
     stream = sys.stderr if out.json else sys.stdout
 
     def line(text: str) -> None:
@@ -65,6 +67,8 @@ def _run(ctx: typer.Context, pipeline: str, wait: str = "0") -> None:
 
     console = ci.Console(line=line, mask=mask, note=out.notice)
     config = app.config()
+    for value in sorted(config.secret_values()):  # what branchline.toml took from secrets
+        mask(value)
     loaded = ci_event.load(pipeline, job, config.project.production_branch)
     if isinstance(loaded.target, ci_event.Skip):
         _finish(ctx, job, ci.skipped(pipeline, job, loaded.target.reason))
