@@ -112,6 +112,15 @@ def test_ci_production_on_a_pull_request_is_refused(
     assert code == 2 and "not 'workflow_dispatch'" in err
 
 
+def test_ci_needs_a_shared_state_database(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    actions_env(monkeypatch, "pull_request", PAYLOADS / "pull_request.opened.payload.json")
+    code, err = one_liner(capsys, "ci", "testing")
+    assert code == 2 and "BRANCHLINE_DATABASE_URL is not set" in err
+    assert "repository secret" in err
+
+
 def test_ci_preview_of_a_closed_pull_request_does_nothing_and_says_so(
     project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],

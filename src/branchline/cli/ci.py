@@ -73,6 +73,15 @@ def _run(ctx: typer.Context, pipeline: str, wait: str = "0") -> None:
     if isinstance(loaded.target, ci_event.Skip):
         _finish(ctx, job, ci.skipped(pipeline, job, loaded.target.reason))
         return
+    if not os.environ.get("BRANCHLINE_DATABASE_URL", "").strip():
+        # A runner's own disk is gone after the job: runs, previews and the testing
+        # result a preview waits for must live in a Postgres every job reaches.
+        raise UsageError(
+            "BRANCHLINE_DATABASE_URL is not set: `branchline ci` keeps its state in a "
+            "Postgres every job reaches",
+            hint="Set the repository secret BRANCHLINE_DATABASE_URL (a postgresql:// URL); "
+            "GitHub gives no secrets to pull requests from forks.",
+        )
     store = app.store()
     info = None
     if pipeline in ("preview", "production") and config.compute.provider == "local":
