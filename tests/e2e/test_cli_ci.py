@@ -64,6 +64,7 @@ def test_a_pull_request_tested_previewed_and_cleaned_up_by_ci(
         code, answer, said = ci(root, env, tmp_path, "preview", opened, 1,
                                 "--wait-for-testing", "0")  # fmt: skip
         assert code == 1 and f"no testing run of {head[:12]} passed" in said, said
+        assert "## branchline preview: ❌ failure" in said, "the job summary says so too"
 
         code, answer, said = ci(root, env, tmp_path, "testing", opened, 2)
         assert code == 0 and answer["status"] == "success", said
