@@ -166,8 +166,9 @@ def test_ci_masks_the_state_url_before_anything_else(
 
 
 def job(event_name: str) -> ci_event.ActionsJob:
+    """A job whose GITHUB_SHA says nothing (checked against a push's own below)."""
     return ci_event.ActionsJob(
-        event_name, Path("/e.json"), SHA, "refs/heads/x", "acme/codex", "5", "1",
+        event_name, Path("/e.json"), "", "refs/heads/x", "acme/codex", "5", "1",
         "https://github.com", None,
     )  # fmt: skip
 
@@ -206,6 +207,16 @@ def test_each_pipeline_takes_its_events() -> None:
                       ci_event.Skip)  # fmt: skip
     with pytest.raises(UsageError, match="runs on a pull_request event, not push"):
         ci_event.event_for("cleanup", job("push"), pushed, "main")
+
+
+def test_a_push_payload_must_be_the_jobs_commit() -> None:
+    pushed = typed("push.new-branch-master.payload.json")
+    other = ci_event.ActionsJob(
+        "push", Path("/e.json"), "0" * 39 + "1", "refs/heads/master", "acme/codex", "5", "1",
+        "https://github.com", None,
+    )  # fmt: skip
+    with pytest.raises(UsageError, match="is not the pushed commit"):
+        ci_event.event_for("testing", other, pushed, "main")
 
 
 def test_a_delivery_per_attempt_and_pipeline() -> None:

@@ -147,6 +147,13 @@ def event_for(
         what = "a tag" if isinstance(payload, payloads.PushPayload) else "this action"
         return Skip(f"{job.event_name} of {what} starts nothing in branchline")
     if isinstance(event, events.Push):
+        if job.sha and not event.deleted and job.sha != event.after:
+            raise UsageError(
+                f"GITHUB_SHA {job.sha[:12]} is not the pushed commit {event.after[:12]} "
+                f"of the payload {job.event_path}",
+                hint="GitHub sets both for the same push: do not override GITHUB_SHA or "
+                "GITHUB_EVENT_PATH in the workflow.",
+            )
         return _push(pipeline, event, production_branch)
     if isinstance(event, events.PullRequestApproved):
         if pipeline == "preview":
