@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from branchline.errors import UsageError
-from branchline.providers.forge import STATUS_STATES, PullRequest, PullRequestState
+from branchline.providers.forge import PullRequest, PullRequestState, check_status
 
 
 class MemoryForge:
@@ -48,8 +47,7 @@ class MemoryForge:
         self, sha: str, context: str, state: str, url: str | None = None,
         description: str | None = None,
     ) -> None:  # fmt: skip
-        if state not in STATUS_STATES:
-            raise UsageError(f"unknown commit status {state!r}")
+        check_status(state)
         self.statuses[(sha, context)] = (state, url, description)
 
     async def pull_request(self, number: int) -> PullRequest | None:

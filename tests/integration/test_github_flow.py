@@ -80,9 +80,14 @@ def delivery(
     if label is not None:
         payload["label"] = {"id": 1, "node_id": "L_1", "url": "", "name": label,
                             "color": "0e8a16", "default": False, "description": None}  # fmt: skip
+    return signed("pull_request", payload)
+
+
+def signed(kind: str, payload: dict[str, Any]) -> tuple[dict[str, str], bytes]:
+    """A delivery of `kind` as GitHub sends it: headers and the body, signed."""
     body = json.dumps(payload).encode()
     headers = {
-        "content-type": "application/json", "x-github-event": "pull_request",
+        "content-type": "application/json", "x-github-event": kind,
         "x-github-delivery": str(uuid.uuid4()),
         "x-hub-signature-256": signature_of(SECRET.encode(), body),
     }  # fmt: skip
@@ -95,13 +100,7 @@ def push_delivery(before: str, after: str) -> tuple[dict[str, str], bytes]:
                          .read_text())  # fmt: skip
     payload.update(ref="refs/heads/main", before=before, after=after, created=False)
     payload["repository"]["full_name"] = REPOSITORY
-    body = json.dumps(payload).encode()
-    headers = {
-        "content-type": "application/json", "x-github-event": "push",
-        "x-github-delivery": str(uuid.uuid4()),
-        "x-hub-signature-256": signature_of(SECRET.encode(), body),
-    }  # fmt: skip
-    return headers, body
+    return signed("push", payload)
 
 
 async def deliver(kit: Kit, sent: tuple[dict[str, str], bytes]) -> None:

@@ -3,29 +3,23 @@ demo. Give githubkit `base_url=fake.url`."""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import httpx
 
+from branchline.fakes.running import RunningFake, launch
+
 START_TIMEOUT = 60.0  # seconds: the document's parse on a slow machine
-STOP_TIMEOUT = 10.0
 
 
 class FakeGitHubError(RuntimeError):
     """The fake did not start (its log's end says why)."""
 
 
-class FakeGitHub:
+class FakeGitHub(RunningFake):
     """A running fake GitHub: `url` (no trailing slash), `repository` (owner/name),
     `token` (the personal token it accepts)."""
 
@@ -33,12 +27,10 @@ class FakeGitHub:
         self, process: subprocess.Popen[bytes], *, url: str, repository: str, token: str,
         state_dir: Path, log_file: Path,
     ) -> None:  # fmt: skip
-        self.process = process
+        super().__init__(process, state_dir, log_file)
         self.url = url
         self.repository = repository
         self.token = token
-        self.state_dir = state_dir
-        self.log_file = log_file
 
     @classmethod
     def start(
@@ -57,40 +49,15 @@ class FakeGitHub:
         `state_dir`) and wait until it answers. The process carries
         BRANCHLINE_STATE_DIR=`state_dir`; the token and the App key go by environment."""
         state_dir = state_dir.absolute()
-        state_dir.mkdir(parents=True, exist_ok=True)
-        ready_file = state_dir / "fake-github.ready.json"
-        ready_file.unlink(missing_ok=True)
-        log_file = state_dir / "fake-github.log"
-        command = [
-            sys.executable, "-m", "branchline.fakes.github",
-            "--state-dir", str(state_dir), "--ready-file", str(ready_file),
-            "--repository", repository, "--installation-id", str(installation_id),
-            "--token-lifetime", str(token_lifetime),
-        ]  # fmt: skip
-        env = {**os.environ, "GITHUB_TOKEN": token, "BRANCHLINE_STATE_DIR": str(state_dir)}
-        env.pop("GITHUB_APP_PRIVATE_KEY", None)
+        args = ["--repository", repository, "--installation-id", str(installation_id),
+                "--token-lifetime", str(token_lifetime)]  # fmt: skip
         if app_id is not None:
-            command += ["--app-id", str(app_id)]
-        if app_private_key_pem:
-            env["GITHUB_APP_PRIVATE_KEY"] = app_private_key_pem
-        with log_file.open("ab") as log:
-            process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=env, start_new_session=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while not ready_file.exists():
-            if process.poll() is not None:
-                raise FakeGitHubError(
-                    f"the fake GitHub exited with {process.returncode}:\n{_tail(log_file)}"
-                )
-            if time.monotonic() > deadline:
-                _kill_group(process)
-                raise FakeGitHubError(
-                    f"the fake GitHub did not start within {timeout:g} s:\n{_tail(log_file)}"
-                )
-            time.sleep(0.05)
-        ready = json.loads(ready_file.read_text())
+            args += ["--app-id", str(app_id)]
+        env = {"GITHUB_TOKEN": token, "GITHUB_APP_PRIVATE_KEY": app_private_key_pem or None}
+        process, ready, log_file = launch(
+            "branchline.fakes.github", "the fake GitHub", state_dir, args, env=env,
+            timeout=timeout, error=FakeGitHubError,
+        )  # fmt: skip
         return cls(
             process, url=ready["url"], repository=ready["repository"], token=token,
             state_dir=state_dir, log_file=log_file,
@@ -187,41 +154,3 @@ class FakeGitHub:
 
     def reset_counters(self) -> None:
         self._control("POST", "/_fake/reset-counters")
-
-    # -- stopping ---------------------------------------------------------------
-
-    def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
-        """SIGTERM and wait; SIGKILL the group if it hangs."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                _kill_group(self.process)
-        return self.process.returncode
-
-    def __enter__(self) -> FakeGitHub:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(10)
-
-
-def _tail(path: Path, size: int = 4000) -> str:
-    try:
-        return path.read_bytes()[-size:].decode(errors="replace")
-    except OSError:
-        return "(no log)"

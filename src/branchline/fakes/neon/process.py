@@ -2,40 +2,34 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import httpx
 
+from branchline.fakes.running import RunningFake, launch
+
 START_TIMEOUT = 120.0  # seconds: a state database and a first cluster on a slow machine
-STOP_TIMEOUT = 60.0
 
 
 class FakeNeonError(RuntimeError):
     """The fake did not start (its log's end says why)."""
 
 
-class FakeNeon:
+class FakeNeon(RunningFake):
     """A running fake Neon: `url` (ends in /api/v2), `project_id`, `api_key`."""
+
+    stop_timeout = 60.0  # its clusters stop first
 
     def __init__(
         self, process: subprocess.Popen[bytes], *, url: str, project_id: str, api_key: str,
         state_dir: Path, log_file: Path,
     ) -> None:  # fmt: skip
-        self.process = process
+        super().__init__(process, state_dir, log_file)
         self.url = url
         self.project_id = project_id
         self.api_key = api_key
-        self.state_dir = state_dir
-        self.log_file = log_file
 
     @classmethod
     def start(
@@ -54,38 +48,18 @@ class FakeNeon:
         unprivileged Postgres user must be able to enter it) and wait until it answers.
         Its processes carry BRANCHLINE_STATE_DIR=`state_dir`; the key goes by environment."""
         state_dir = state_dir.absolute()
-        state_dir.mkdir(parents=True, exist_ok=True)
-        ready_file = state_dir / "fake-neon.ready.json"
-        ready_file.unlink(missing_ok=True)
-        log_file = state_dir / "fake-neon.log"
-        command = [
-            sys.executable, "-m", "branchline.fakes.neon",
-            "--state-dir", str(state_dir), "--ready-file", str(ready_file),
+        args = [
             "--operation-delay", str(operation_delay), "--branch-limit", str(branch_limit),
             "--default-branch", default_branch, "--database", database,
         ]  # fmt: skip
         if project_id:
-            command += ["--project-id", project_id]
-        env = {**os.environ, "NEON_API_KEY": api_key, "BRANCHLINE_STATE_DIR": str(state_dir)}
-        env.pop("BRANCHLINE_DATABASE_URL", None)  # its state is its own
-        with log_file.open("ab") as log:
-            process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=env, start_new_session=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while not ready_file.exists():
-            if process.poll() is not None:
-                raise FakeNeonError(
-                    f"the fake Neon exited with {process.returncode}:\n{_tail(log_file)}"
-                )
-            if time.monotonic() > deadline:
-                _kill_group(process)
-                raise FakeNeonError(
-                    f"the fake Neon did not start within {timeout:g} s:\n{_tail(log_file)}"
-                )
-            time.sleep(0.05)
-        ready = json.loads(ready_file.read_text())
+            args += ["--project-id", project_id]
+        # Its state is its own: never a state database the caller's environment names.
+        env = {"NEON_API_KEY": api_key, "BRANCHLINE_DATABASE_URL": None}
+        process, ready, log_file = launch(
+            "branchline.fakes.neon", "the fake Neon", state_dir, args, env=env, timeout=timeout,
+            error=FakeNeonError,
+        )  # fmt: skip
         return cls(
             process, url=ready["url"], project_id=ready["project_id"], api_key=api_key,
             state_dir=state_dir, log_file=log_file,
@@ -141,41 +115,3 @@ class FakeNeon:
 
     def reset_counters(self) -> None:
         self._control("POST", "/_fake/reset-counters")
-
-    # -- stopping ---------------------------------------------------------------
-
-    def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
-        """SIGTERM, wait for the clusters to stop; SIGKILL the group if it hangs."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                _kill_group(self.process)
-        return self.process.returncode
-
-    def __enter__(self) -> FakeNeon:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(10)
-
-
-def _tail(path: Path, size: int = 4000) -> str:
-    try:
-        return path.read_bytes()[-size:].decode(errors="replace")
-    except OSError:
-        return "(no log)"

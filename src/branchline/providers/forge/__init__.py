@@ -16,11 +16,20 @@ from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from branchline import events
+from branchline.errors import UsageError
 
 PullRequestState = Literal["open", "closed", "merged"]
 STATUS_STATES = ("pending", "success", "failure", "error")
 DeploymentState = Literal["in_progress", "success", "failure", "error", "inactive"]
 APPROVAL_LABEL = "safe-to-preview"  # a writer's label that approves a fork's head commit
+
+
+def check_status(state: str) -> None:
+    """A commit status every code host knows, or a UsageError."""
+    if state not in STATUS_STATES:
+        raise UsageError(
+            f"unknown commit status {state!r}", hint=f"Use one of {', '.join(STATUS_STATES)}."
+        )
 
 
 @dataclass(frozen=True)

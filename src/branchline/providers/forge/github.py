@@ -28,10 +28,10 @@ from typing import Any, cast
 from branchline.errors import UsageError
 from branchline.providers.forge import (
     APPROVAL_LABEL,
-    STATUS_STATES,
     DeploymentState,
     PullRequest,
     PullRequestState,
+    check_status,
 )
 from branchline.providers.forge.github_api import GitHubClient, GitHubError
 
@@ -146,8 +146,7 @@ class GitHubForge:
         self, sha: str, context: str, state: str, url: str | None = None,
         description: str | None = None,
     ) -> None:  # fmt: skip
-        if state not in STATUS_STATES:
-            raise UsageError(f"unknown commit status {state!r}")
+        check_status(state)
         body: dict[str, Any] = {"state": state, "context": context}
         if url:
             body["target_url"] = url

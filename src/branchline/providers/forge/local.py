@@ -14,7 +14,7 @@ from pathlib import Path
 
 from branchline import events, naming
 from branchline.errors import UsageError
-from branchline.providers.forge import STATUS_STATES, PullRequest, Recorded, git
+from branchline.providers.forge import PullRequest, Recorded, check_status, git
 from branchline.store import Store, approvals
 from branchline.store import forge as rows
 
@@ -180,8 +180,7 @@ class LocalForge:
         self, sha: str, context: str, state: str, url: str | None = None,
         description: str | None = None,
     ) -> None:  # fmt: skip
-        if state not in STATUS_STATES:
-            raise UsageError(f"unknown commit status {state!r}")
+        check_status(state)
         async with self.store.connect() as conn:
             await rows.set_status(conn, self.project, sha, context, state, url, description)
 
