@@ -287,7 +287,7 @@ class Kit:
         return DeploymentEnv(vars=vars, secrets=secrets)
 
     async def aclose(self) -> None:
-        await asyncio.gather(self.database.aclose(), self.compute.aclose())
+        await asyncio.gather(self.database.aclose(), self.compute.aclose(), self.forge.aclose())
 
 
 def _prefix_in_repo(root: Path) -> str:

@@ -43,6 +43,9 @@ class MemoryForge:
     async def close_issue(self, number: int, comment: str) -> None:
         self.closed_issues[number] = comment
 
+    async def aclose(self) -> None:
+        pass
+
     async def set_status(
         self, sha: str, context: str, state: str, url: str | None = None,
         description: str | None = None,

@@ -82,6 +82,10 @@ class ForgeProvider(Protocol):
         """Every pull request the code host knows of this project (open ones at least)."""
         ...
 
+    async def aclose(self) -> None:
+        """Let go of what is held open (connections) in this event loop."""
+        ...
+
 
 @runtime_checkable
 class DeploymentTracker(Protocol):

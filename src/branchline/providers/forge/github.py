@@ -352,7 +352,7 @@ class GitHubForge:
         return f"GitHub repository {found.get('full_name', self.repository)} reached {how}"
 
     async def aclose(self) -> None:
-        """Nothing held open between calls (each call has its own connection)."""
+        await self.client.aclose()
 
 
 def _shorten(text: str, limit: int) -> str:

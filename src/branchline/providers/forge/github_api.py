@@ -25,6 +25,7 @@ import asyncio
 import functools
 import random
 import time
+import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -119,17 +120,28 @@ class GitHubClient:
         self.timeout = timeout
         self.transport = transport  # tests answer with their own
         self.count = CallCount()
-        self._github: GitHub[Any] | None = None
+        # Per event loop (a connection pool belongs to one): the signed-in client, the
+        # connections its requests share, the lock that spaces writes.
+        self._githubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GitHub[Any]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pool] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._write_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
         self._installation_id: int | None = None
-        self._write_lock: asyncio.Lock | None = None
         self._last_write = 0.0
 
     # -- signing in -------------------------------------------------------------
 
     async def github(self) -> GitHub[Any]:
         """The signed-in githubkit client (an App's installation found on first use)."""
-        if self._github is not None:
-            return self._github
+        loop = asyncio.get_running_loop()
+        known = self._githubs.get(loop)
+        if known is not None:
+            return known
         creds = self.credentials
         if creds.app_id is not None and creds.private_key:
             if self._installation_id is None:
@@ -142,15 +154,31 @@ class GitHubClient:
             auth = TokenAuthStrategy(creds.token)
         else:
             raise missing_token(self.repository)
-        self._github = self._client(auth)
-        return self._github
+        self._githubs[loop] = made = self._client(auth)
+        return made
 
     def _client(self, auth: Any) -> GitHub[Any]:
         return GitHub(
             auth, base_url=self.api_url, auto_retry=False, timeout=self.timeout,
             user_agent="branchline", http_cache=False, cache_strategy=MemCacheStrategy(),
-            async_transport=self.transport,
+            async_transport=self.transport or self._pool(),
         )  # fmt: skip
+
+    def _pool(self) -> _Pool:
+        """This loop's connections. githubkit makes a client per request and closes it
+        after; kept here, the connections (and TLS set-up) outlive each request."""
+        loop = asyncio.get_running_loop()
+        pool = self._pools.get(loop)
+        if pool is None:
+            self._pools[loop] = pool = _Pool(httpx.AsyncHTTPTransport(retries=0))
+        return pool
+
+    async def aclose(self) -> None:
+        """Close this loop's connections."""
+        pool = self._pools.pop(asyncio.get_running_loop(), None)
+        self._githubs.pop(asyncio.get_running_loop(), None)
+        if pool is not None:
+            await pool.inner.aclose()
 
     async def _installation(self) -> int:
         creds = self.credentials
@@ -204,9 +232,8 @@ class GitHubClient:
         return items
 
     async def _pace(self) -> None:
-        if self._write_lock is None:
-            self._write_lock = asyncio.Lock()
-        async with self._write_lock:
+        lock = self._write_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+        async with lock:
             wait = self._last_write + self.write_interval - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
@@ -279,7 +306,7 @@ class GitHubClient:
     async def _forget_tokens(self) -> None:
         """Drop the installation token: the next call signs in afresh (each client keeps
         its tokens in a cache of its own, never shared with another project's)."""
-        self._github = None
+        self._githubs.pop(asyncio.get_running_loop(), None)
 
     def _error(self, route: str, exc: RequestFailed) -> GitHubError:
         status = exc.response.status_code
@@ -307,6 +334,20 @@ class GitHubClient:
                 "can see it (a token GitHub does not let read a private repository gets 404).",
             )
         return GitHubError(f"GitHub answered {status} for {route}: {message}", status=status)
+
+
+class _Pool(httpx.AsyncBaseTransport):
+    """A transport githubkit's per-request clients share: their close leaves it open
+    (`GitHubClient.aclose` closes it)."""
+
+    def __init__(self, inner: httpx.AsyncHTTPTransport) -> None:
+        self.inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        """Kept open: the next request's client uses it too."""
 
 
 def _paged(

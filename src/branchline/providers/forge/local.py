@@ -184,6 +184,9 @@ class LocalForge:
         async with self.store.connect() as conn:
             await rows.set_status(conn, self.project, sha, context, state, url, description)
 
+    async def aclose(self) -> None:
+        """Nothing held open: the store's connections are the store's."""
+
     # -- internals ----------------------------------------------------------------
 
     async def _record(
