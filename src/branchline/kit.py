@@ -242,7 +242,8 @@ class Kit:
                 f"{server}/{env.get('GITHUB_REPOSITORY', '')}/actions/runs/{env['GITHUB_RUN_ID']}"
             )
         port = self.config.edge.api_port
-        return f"http://127.0.0.1:{port}/runs/{run_id}" if port else None
+        host = ports.url_host(ports.reachable(self.config.server.bind))
+        return f"http://{host}:{port}/runs/{run_id}" if port else None
 
     def environment_url(self, environment: Environment) -> str | None:
         """The address that stands for `environment` on the code host: its `web`
