@@ -70,6 +70,18 @@ def test_the_sticky_comment_is_found_again_by_its_marker(fake: FakeGitHub) -> No
         )
         await forge_of(fake).upsert_comment(number, "tests", "passed")
         assert len(bodies(fake, number)) == 3
+        # A stranger's copy of the marker (a fork's author, older than ours or not)
+        # is neither edited nor deleted, and does not stop ours being kept.
+        fake.add_comment(number, f"{marker('tests')}\nspoofed", author="a-stranger")
+        await forge_of(fake).upsert_comment(number, "tests", "passed")
+        assert f"{marker('tests')}\nspoofed" in bodies(fake, number)
+        assert f"{marker('tests')}\npassed" in bodies(fake, number)
+        assert len(bodies(fake, number)) == 4
+        first = fake.add_pull(head="spoofed-first", sha="9" * 40)
+        fake.add_comment(first, f"{marker('preview')}\nspoofed", author="a-stranger")
+        await forge_of(fake).upsert_comment(first, "preview", "ours")
+        assert bodies(fake, first) == [f"{marker('preview')}\nspoofed",
+                                       f"{marker('preview')}\nours"]  # fmt: skip
         # Unchanged text is not written again.
         before = fake.calls()["by_route"].get(
             "PATCH /repos/{owner}/{repo}/issues/comments/{comment_id}", 0

@@ -213,6 +213,9 @@ class FakeGitHubApp:
                 world.update_pull(int(number), sha=body.get("sha"), state=body.get("state"),
                                   merged=body.get("merged"), files=body.get("files"))  # fmt: skip
                 return {"number": int(number)}
+            case "POST", ["issues", number, "comments"]:
+                said = world.add_comment(Actor(str(body["author"])), int(number), str(body["body"]))
+                return {"id": said.id}
             case "POST", ["issues", number, "labels"]:
                 world.add_labels(int(number), [str(body["name"])])
                 return {"labels": world.issue(int(number)).labels}

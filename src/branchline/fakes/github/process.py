@@ -113,6 +113,13 @@ class FakeGitHub(RunningFake):
         """`login`'s role: admin, maintain, write, triage, read or none."""
         self._control("PUT", f"/_fake/permissions/{login}", {"permission": permission})
 
+    def add_comment(self, number: int, body: str, *, author: str) -> int:
+        """A comment `author` writes on an issue or pull on github.com; its id."""
+        said = self._control(
+            "POST", f"/_fake/issues/{number}/comments", {"body": body, "author": author}
+        )
+        return int(said["id"])
+
     def add_label(self, number: int, name: str) -> None:
         """A label put on an issue or pull as a person would on github.com."""
         self._control("POST", f"/_fake/issues/{number}/labels", {"name": name})

@@ -36,6 +36,7 @@ from branchline.providers.forge import (
 from branchline.providers.forge.github_api import GitHubClient, GitHubError
 
 WRITERS = frozenset({"admin", "maintain", "write"})
+TRUSTED_AUTHORS = frozenset({"OWNER", "MEMBER", "COLLABORATOR"})
 DESCRIPTION_LIMIT = 140  # GitHub refuses a longer status description
 COMPARE_LIMIT = 300  # files GitHub lists in a comparison; more: unknown
 PRODUCTION = "production"
@@ -106,7 +107,9 @@ class GitHubForge:
             ),
         )
         tag = marker(key)
-        mine = [c for c in comments if str(c.get("body") or "").startswith(tag)]
+        mine = [
+            c for c in comments if str(c.get("body") or "").startswith(tag) and _ours(c)
+        ]  # fmt: skip
         return sorted(mine, key=lambda c: int(c["id"]))
 
     # -- issues -----------------------------------------------------------------------
@@ -353,6 +356,17 @@ class GitHubForge:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+def _ours(comment: Mapping[str, Any]) -> bool:
+    """Whether a marked comment may be branchline's: written by an App (a bot) or by
+    someone with a say in the repository. A marker copied by anyone else (a fork's
+    author) is neither edited nor counted: it could not be edited, and would stop
+    the preview's comment."""
+    user = comment.get("user") or {}
+    if user.get("type") == "Bot":
+        return True
+    return comment.get("author_association") in TRUSTED_AUTHORS
 
 
 def _shorten(text: str, limit: int) -> str:
