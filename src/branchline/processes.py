@@ -146,6 +146,23 @@ def command_line(pid: int) -> list[str] | None:
         return None
 
 
+def running_with_arguments(program: str, argument: str) -> list[int]:
+    """Pids of live processes whose program's name is `program` and whose arguments
+    include `argument`: found by what they run, for a process no file records."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter():
+        try:
+            argv = process.cmdline()
+        except psutil.Error:  # gone, or not ours to look into
+            continue
+        ours = argv and Path(argv[0]).name == program and argument in argv[1:]
+        if ours and _running(process.pid):
+            found.append(process.pid)
+    return found
+
+
 def is_zombie(pid: int) -> bool:
     """Whether `pid` has exited and waits to be reaped (False when it is gone)."""
     import psutil

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -102,3 +103,45 @@ def test_start_without_init_explains(cluster: Cluster) -> None:
         cluster.start()
     assert "no cluster" in info.value.message
     assert info.value.hint
+
+
+def test_destroy_stops_a_postmaster_no_file_records(cluster: Cluster) -> None:
+    """A starter killed before the postmaster wrote postmaster.pid leaves a server
+    known only by its arguments: destroying the cluster stops it all the same."""
+    from branchline import processes
+
+    cluster.init(durable=False)
+    cluster.start()
+    pid = cluster.postmaster_pid()
+    assert pid is not None
+    (cluster.data_dir / "postmaster.pid").rename(cluster.home / "postmaster.pid.hidden")
+    assert cluster.postmaster_pid() is None
+    cluster.destroy()
+    assert not processes.command_line(pid), "the postmaster still runs"
+    assert not cluster.home.exists()
+
+
+def test_a_start_waiting_on_a_destroy_finds_the_cluster_gone(cluster: Cluster) -> None:
+    """destroy removes the files while it holds the start lock: a start that waited
+    for it says the cluster is gone instead of starting on half-removed files."""
+    import threading
+
+    cluster.init(durable=False)
+    errors: list[BaseException] = []
+    with cluster._start_lock():
+        starter = threading.Thread(target=lambda: _record_error(cluster.start, errors))
+        starter.start()
+        starter.join(0.3)
+        assert starter.is_alive(), "the start should wait for the lock"
+        cluster._stop_every_postmaster()
+        cluster._remove_files()
+    starter.join(10)
+    assert [type(e) for e in errors] == [PostgresError]
+    assert cluster.state() is ClusterState.MISSING
+
+
+def _record_error(action: Callable[[], object], errors: list[BaseException]) -> None:
+    try:
+        action()
+    except BaseException as error:  # the test looks at it
+        errors.append(error)

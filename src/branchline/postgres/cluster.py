@@ -369,11 +369,31 @@ class Cluster:
         A home that is a link (an adopted spare) goes with the directory it names."""
         if self.home.is_dir():
             # A start under way in another thread or process ends first, so that its
-            # postmaster is seen and stopped, not left running with its files gone.
+            # postmaster is seen and stopped, not left running with its files gone;
+            # the files go under the lock too, so that a start waiting on it finds
+            # the cluster gone rather than half removed.
             with self._start_lock():
-                self.stop()
+                self._stop_every_postmaster()
+                self._remove_files()
         else:
-            self.stop()
+            self._stop_every_postmaster()
+            self._remove_files()
+
+    def _stop_every_postmaster(self) -> None:
+        """Stop the recorded postmaster, then any other still running on the data
+        directory: one whose starter was killed before it wrote postmaster.pid is
+        known only by its arguments."""
+        self.stop()
+        names = {str(self.data_dir), str(self.data_dir.resolve())}  # a spare's link too
+        strays = {p for name in names for p in processes.running_with_arguments("postgres", name)}
+        for pid in strays:
+            for sig, wait in ((signal.SIGQUIT, 5.0), (signal.SIGKILL, 5.0)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+                if _wait_gone(pid, wait):
+                    break
+
+    def _remove_files(self) -> None:
         socket_dir = self.socket_dir
         if self.home.is_symlink():
             target = self.home.resolve()
