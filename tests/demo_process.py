@@ -52,7 +52,12 @@ class DemoProcess:
         return Path(found.group(1))
 
     def ended(self, timeout: float) -> int:
-        code = self.process.wait(timeout=timeout)
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"the demo did not end within {timeout:g} s:\n{self.out[-3000:]}"
+            ) from None
         self.reader.join(timeout=5)
         return code
 

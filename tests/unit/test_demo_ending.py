@@ -83,6 +83,26 @@ def test_sigterm_stops_the_demo_as_ctrl_c_does() -> None:
     assert signal.getsignal(signal.SIGTERM) == before  # given back
 
 
+def test_ctrl_c_stops_a_demo_started_with_it_ignored() -> None:
+    """A script without job control (a CI job, `nohup`) starts its commands with
+    SIGINT ignored, and asyncio.run then installs no handler: the demo takes SIGINT
+    itself, and gives the ignored disposition back at its end."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+
+        async def main(interruptions: stopping.Interruptions) -> None:
+            interruptions.task = asyncio.current_task()
+            os.kill(os.getpid(), signal.SIGINT)
+            await asyncio.sleep(10)
+
+        with stopping.Interruptions() as interruptions, pytest.raises(asyncio.CancelledError):
+            asyncio.run(main(interruptions))
+        assert interruptions.stopped_by == signal.SIGINT
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # given back
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def test_the_teardown_is_not_interrupted_by_a_second_signal() -> None:
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with stopping.Interruptions.held():

@@ -23,9 +23,11 @@ from branchline.kit import Kit
 from branchline.postgres import Cluster
 from branchline.store import Store, locate_state
 
-# Ctrl-C is SIGINT, which asyncio.run turns into a cancel of its main task; these
-# others do the same here (Python's default for them is to end at once, cleanup skipped).
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+# Each cancels the demo's main task, as asyncio.run does for Ctrl-C: Python's default
+# for SIGTERM and SIGHUP is to end at once, cleanup skipped; and SIGINT is taken here
+# too, because a process started with it ignored (from a script without job control:
+# a CI job, `nohup`) would get no handler from asyncio.run and never stop for it.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # The variables branchline gives what it starts, naming a path in the demo's directory:
 # services' sandboxes and keepers (BRANCHLINE_STATE), a background serve and Postgres
 # (BRANCHLINE_STATE_DIR).
@@ -33,7 +35,7 @@ STATE_VARIABLES = ("BRANCHLINE_STATE", "BRANCHLINE_STATE_DIR")
 
 
 class Interruptions:
-    """While in use, SIGTERM and SIGHUP stop the demo as Ctrl-C does: its main task
+    """While in use, SIGINT, SIGTERM and SIGHUP stop the demo: its main task
     (`task`, once set) is cancelled, or else KeyboardInterrupt is raised, and its
     cleanup and teardown run. `received` is the signal that stopped it."""
 
@@ -77,7 +79,7 @@ class Interruptions:
         def note(_signum: int, _frame: FrameType | None) -> None:
             os.write(2, b"branchline demo: removing what it started, a moment\n")
 
-        before = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, *STOP_SIGNALS)}
+        before = {sig: signal.signal(sig, note) for sig in STOP_SIGNALS}
         try:
             yield
         finally:
