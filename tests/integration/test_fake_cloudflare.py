@@ -303,6 +303,7 @@ def test_bad_tokens_unknown_paths_and_other_accounts(fake: FakeCloudflare) -> No
         assert envelope_error(anonymous) == (400, 9106)
     with raw(fake) as client:
         assert envelope_error(client.get("/nowhere")) == (404, 7000)
+        assert envelope_error(client.post("/zones", json={})) == (405, 7001)
         other = client.get(f"/accounts/{'f' * 32}/workers/scripts")
         assert envelope_error(other) == (403, 10000)
     # The token is never in the fake's log.

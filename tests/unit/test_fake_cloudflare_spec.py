@@ -169,3 +169,23 @@ def test_secrets_live_in_versions_and_are_never_public() -> None:
                       [Module("w.js", "text/javascript", b"4")], source="api",
                       create=False)  # fmt: skip
     assert code(no_main) == (400, 10021)
+
+
+def test_an_upload_is_held_to_the_modules_and_metadata_shape() -> None:
+    def upload(metadata: dict[str, Any]) -> shared.SpecRequest:
+        body = (
+            b'--XX\r\nContent-Disposition: form-data; name="files"; filename="worker.js"\r\n'
+            b"Content-Type: application/javascript+module\r\n\r\nexport default {}\r\n"
+            b'--XX\r\nContent-Disposition: form-data; name="metadata"\r\n'
+            b"Content-Type: application/json\r\n\r\n" + json.dumps(metadata).encode() + b"\r\n"
+            b"--XX--\r\n"
+        )
+        kind = "multipart/form-data; boundary=XX"
+        headers = {"authorization": "Bearer t", "content-type": kind}
+        return spec.spec_request(
+            "PUT", SCRIPT, query=[], body=body, content_type=kind, headers=headers
+        )
+
+    assert spec.request_errors(upload({"main_module": "worker.js"})) is None
+    refused = spec.request_errors(upload({"main_module": "worker.js", "usage_model": "bogus"}))
+    assert "bogus" in (refused or "")

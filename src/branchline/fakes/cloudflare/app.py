@@ -256,7 +256,7 @@ class FakeCloudflareApp:
             return refused
         if found is None:
             if any(r.pattern.match(path) for r in self.routes):
-                return envelope_error(405, 10000, f"Method {method} not allowed for this route")
+                return envelope_error(405, 7001, f"Method {method} not allowed for this route")
             return envelope_error(404, 7000, "No route for that URI")
         route, params = found
         if "account_id" in params and params["account_id"] != self.world.account_id:

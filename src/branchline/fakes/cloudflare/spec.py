@@ -81,13 +81,16 @@ def patch(document: dict[str, Any], secrets: dict[str, Any]) -> dict[str, Any]:
     }
     # 6. The upload's multipart body is oneOf(modules + metadata, a rollback message):
     #    neither alternative requires anything, so every upload matches both and oneOf
-    #    fails. anyOf keeps both shapes.
+    #    fails (anyOf would pass anything through the message). The message is read
+    #    only with `rollback_to`, which the fake refuses: an upload is held to the
+    #    modules + metadata shape alone, so its metadata is checked.
     upload = document["components"]["requestBodies"]["workers_script_upload"]
-    multipart = upload["content"]["multipart/form-data"]["schema"]
-    multipart["anyOf"] = multipart.pop("oneOf")
+    multipart = upload["content"]["multipart/form-data"]
+    multipart["schema"] = multipart["schema"]["oneOf"][0]
     # 7. A DNS record requires `id`, `proxiable`, `created_on` and `modified_on`, all
-    #    set by Cloudflare (read-only), and the create and overwrite bodies are that
-    #    record: no client could send a valid one. Answers keep them required.
+    #    set by Cloudflare (the last three marked readOnly, the id assigned), and the
+    #    create and overwrite bodies are that record: no client could send a valid
+    #    one. Answers keep them required.
     written = dict(schemas["dns-records_dns-record"])
     written["required"] = [name for name in written["required"] if name not in _SERVER_SET]
     schemas["dns-records_dns-record-written"] = written
