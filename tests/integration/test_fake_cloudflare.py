@@ -22,6 +22,7 @@ from cloudflare import AsyncCloudflare, Cloudflare
 from branchline.fakes.cloudflare import FakeCloudflare
 from branchline.fakes.cloudflare.app import build_app
 from branchline.fakes.cloudflare.runners import EchoRunnerForTests
+from branchline.fakes.running import kill_group
 from tests.conftest import leftover_processes, new_state_dir, remove_state_dir
 
 pytestmark = pytest.mark.integration
@@ -399,6 +400,19 @@ def test_stop_leaves_nothing_running(cluster_root: Path) -> None:
         # The fake and the two versions it runs.
         assert len(leftover_processes(state)) == 3
         assert cf.stop() == 0
+        assert leftover_processes(state) == []
+    finally:
+        cf.stop()
+        remove_state_dir(state)
+
+
+def test_a_fake_killed_with_its_group_takes_its_workers_along(cluster_root: Path) -> None:
+    state = new_state_dir(cluster_root)
+    cf = FakeCloudflare.start(state, token=TOKEN)
+    try:
+        upload(cf, "one", "one")
+        assert len(leftover_processes(state)) == 2
+        kill_group(cf.process)  # what `stop` does to a fake that hangs
         assert leftover_processes(state) == []
     finally:
         cf.stop()

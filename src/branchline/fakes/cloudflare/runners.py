@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from branchline.fakes.running import kill_group, tail
+from branchline.fakes.running import tail
 
 START_TIMEOUT = 30.0  # seconds
 
@@ -85,15 +85,15 @@ class EchoRunnerForTests:
         command = [sys.executable, "-m", "branchline.fakes.cloudflare.echo", "--body", str(body),
                    "--script", deployable.script, "--version", deployable.version_id,
                    "--ready-file", str(ready)]  # fmt: skip
+        # In the fake's own process group: a fake killed with its group takes them along.
         with log.open("ab") as out:
             process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
+                command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+            )
         try:
             url = _wait_ready(process, ready, log)
         except RunnerError:
-            kill_group(process)
+            _end(process)
             raise
         self.processes[deployable.script] = process
         return url
@@ -102,15 +102,22 @@ class EchoRunnerForTests:
         process = self.processes.pop(script, None)
         if process is None:
             return
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            kill_group(process)
+        _end(process)
 
     def close(self) -> None:
         for script in list(self.processes):
             self.stop(script)
+
+
+def _end(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it lingers (the process alone, not its group: that
+    is the fake's)."""
+    process.terminate()
+    try:
+        process.wait(5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
 
 
 def _wait_ready(process: subprocess.Popen[bytes], ready: Path, log: Path) -> str:
