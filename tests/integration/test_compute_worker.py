@@ -133,7 +133,9 @@ def test_a_worker_service_deployed_in_a_preview_answers_through_the_edge(
     boxed = processes.command_line(started.pid) or []
     assert Path(boxed[0]).name == "bwrap" and "serve" in boxed  # workerd, in the sandbox
     assert through_edge(edge, "/health") == {"status": "ok", "commit": first}
-    assert through_edge(edge, "/greeting") == {"greeting": "hello from preview-5"}
+    # Its variables: branchline's over the wrangler config's `[vars]`, which it keeps.
+    assert through_edge(edge, "/var/GREETING") == {"GREETING": "hello from preview-5"}
+    assert through_edge(edge, "/var/SOURCE") == {"SOURCE": "wrangler.toml"}
     assert through_edge(edge, "/secret")["sha256"] == hashlib.sha256(SECRET.encode()).hexdigest()
     # Its branch, over TCP from inside the sandbox.
     assert through_edge(edge, "/notes", b"first note") == {"id": 1}

@@ -99,7 +99,7 @@ def test_a_worker_bundled_by_wrangler_runs_in_workerd_on_a_branch_database(
         began = time.monotonic()
         assert eventually(health, timeout=20) == {"status": "ok", "commit": "c0ffee"}
         started_in = time.monotonic() - began
-        assert get(port, "/greeting") == {"greeting": GREETING}  # plain text, escaped right
+        assert get(port, "/var/GREETING") == {"GREETING": GREETING}  # plain text, escaped right
         # The secret reached the Worker, from workerd's environment.
         assert get(port, "/secret") == {
             "set": True,

@@ -123,3 +123,12 @@ def test_the_serve_command_is_the_projects_workerd(tmp_path: Path) -> None:
         str(tmp_path / "wrangler.js"),
         "deploy",
     ]
+
+
+def test_a_wrangler_configs_vars_are_plain_text(tmp_path: Path) -> None:
+    config = tmp_path / "wrangler.toml"
+    config.write_text(WRANGLER_TOML + '\n[vars]\nSOURCE = "wrangler"\n')
+    assert workerd.vars_of(config) == {"SOURCE": "wrangler"}
+    config.write_text(WRANGLER_TOML + "\n[vars]\nLIMITS = { max = 3 }\n")
+    with pytest.raises(BranchlineError, match=r"`vars\.LIMITS` in wrangler\.toml is not a string"):
+        workerd.vars_of(config)

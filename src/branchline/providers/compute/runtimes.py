@@ -119,11 +119,14 @@ class WorkerRuntime:
         env: dict[str, str], own: Sequence[str], port: int, workdir: Path,
     ) -> Launch:  # fmt: skip
         service_dir = location / "tree" / spec.path
-        bundle = workerd.bundle_from_dir(location / BUNDLE, wrangler_config(service_dir))
-        # Every variable and secret from the environment, none written down: the config
-        # names them, workerd reads them from its own environment.
+        declared = wrangler_config(service_dir)
+        bundle = workerd.bundle_from_dir(location / BUNDLE, declared)
+        # The Worker's own `[vars]` as plain text (they are in its repository anyway);
+        # every variable and secret of the environment from workerd's environment, none
+        # written down: the config names them. The environment's win over a same name.
+        plain = {k: v for k, v in workerd.vars_of(declared).items() if k not in own}
         config = workerd.write_config(
-            bundle, port=port, bindings_from_env=sorted(own), vars={}, directory=workdir
+            bundle, port=port, bindings_from_env=sorted(own), vars=plain, directory=workdir
         )
         return Launch(workerd.serve_command(config, self.tools), env,
                       readable=(self.tools.root, workdir))  # fmt: skip

@@ -7,7 +7,7 @@ uploaded scripts:
 
     bundle = bundle_from_dir(outdir, service_dir / "wrangler.toml")
     config = write_config(bundle, port=8787, bindings_from_env=["API_KEY"],
-                          vars={"GREETING": "hi"}, directory=somewhere)
+                          vars=vars_of(service_dir / "wrangler.toml"), directory=somewhere)
     argv = serve_command(config)   # start it with API_KEY in its environment
 
 Bindings: `vars` are written into the config as plain text; every name in
@@ -118,6 +118,22 @@ def read_wrangler_config(path: Path) -> dict[str, Any]:
     if not isinstance(loaded, dict):
         raise BranchlineError(f"the wrangler config {path} is not an object")
     return loaded
+
+
+def vars_of(wrangler_config: Path) -> dict[str, str]:
+    """The plain-text variables a wrangler config declares (`[vars]`), which wrangler
+    uploads as plain-text bindings. Only strings: a JSON value is refused, said so."""
+    declared = read_wrangler_config(wrangler_config).get("vars") or {}
+    found: dict[str, str] = {}
+    for name, value in dict(declared).items():
+        if not isinstance(value, str):
+            raise BranchlineError(
+                f"`vars.{name}` in {wrangler_config.name} is not a string",
+                hint="Locally, a Worker's `[vars]` are plain text: write the value as a "
+                "string (JSON.parse it in the Worker).",
+            )
+        found[str(name)] = value
+    return found
 
 
 def bundle_from_dir(path: Path, wrangler_config: Path) -> WorkerBundle:

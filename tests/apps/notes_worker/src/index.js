@@ -24,8 +24,11 @@ export default {
     if (url.pathname === "/health") {
       return Response.json({ status: "ok", commit: env.BRANCHLINE_COMMIT ?? null });
     }
-    if (url.pathname === "/greeting") {
-      return Response.json({ greeting: env.GREETING ?? null });
+    if (url.pathname.startsWith("/var/")) {
+      // A plain variable's value (never the secret's).
+      const name = url.pathname.slice("/var/".length);
+      const value = name === "API_SECRET" ? undefined : env[name];
+      return Response.json({ [name]: typeof value === "string" ? value : null });
     }
     if (url.pathname === "/secret") {
       // Its digest only: the value itself is never shown.
