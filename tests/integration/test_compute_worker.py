@@ -157,6 +157,10 @@ def test_a_worker_service_deployed_in_a_preview_answers_through_the_edge(
     old = processes.recorded(deployment.detail)
     assert old is not None
     eventually(lambda: True if not old.alive() else None, timeout=10)
+    # What was written for it (its config, its modules) went with it; its log stays.
+    assert not Path(str(deployment.detail["log"])).with_suffix(".worker").exists()
+    assert Path(str(deployment.detail["log"])).is_file()
+    assert Path(str(deployment2.detail["log"])).with_suffix(".worker").is_dir()
 
     # Supervised like any service: killed, it is started again.
     new = processes.recorded(deployment2.detail)

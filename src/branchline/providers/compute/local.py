@@ -567,6 +567,7 @@ class LocalComputeProvider:
             pid = processes.recorded(deployment.detail)
             if pid is not None:
                 await asyncio.to_thread(processes.stop, pid)
+            await asyncio.to_thread(_forget_start_files, deployment.detail)
             async with self.store.connect() as conn:
                 await rows.update_deployment(
                     conn, deployment.id, status=status, detail={"stopped_at": _now()}
@@ -678,6 +679,7 @@ class LocalComputeProvider:
                 pid = processes.recorded(deployment.detail)
                 if pid is not None:
                     await asyncio.to_thread(processes.stop, pid, grace=self.shutdown_grace)
+                await asyncio.to_thread(_forget_start_files, deployment.detail)
                 await rows.update_deployment(conn, deployment.id, status="stopped")
             await resources.record(
                 conn, self.project, "deployment", f"{service}:{where}", "deleted"
@@ -1095,6 +1097,17 @@ async def _kill_tree(process: asyncio.subprocess.Process, tag: str) -> None:
 
     await asyncio.to_thread(tagged)
     await process.wait()
+
+
+def _forget_start_files(detail: Mapping[str, Any]) -> None:
+    """What a runtime wrote beside a stopped deployment's log for its starts (a worker's
+    config and modules: `<id>.worker/`); the log itself stays."""
+    if "log" not in detail:
+        return
+    log = Path(str(detail["log"]))
+    for path in log.parent.glob(f"{log.stem}.*"):
+        if path.is_dir() and not path.is_symlink():
+            releases.remove(path)
 
 
 def _recorded(pid: processes.ProcessId) -> dict[str, object]:
