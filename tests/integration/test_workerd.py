@@ -122,3 +122,19 @@ def test_a_worker_bundled_by_wrangler_runs_in_workerd_on_a_branch_database(
         assert not path.is_file() or SECRET.encode() not in path.read_bytes(), path
     assert '(name = "API_SECRET", fromEnvironment = "API_SECRET")' in config.read_text()
     print(f"wrangler build {built_in:.2f} s, workerd healthy {started_in:.2f} s")
+
+
+def test_the_installed_tools_are_the_pinned_ones() -> None:
+    tools = workers_tools.required()
+    versions = {
+        "workerd": [str(tools.workerd), "--version"],
+        "wrangler": tools.wrangler_command("--version"),
+        "node": [str(tools.node), "--version"],
+    }
+    seen = {
+        name: subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True).stdout
+        for name, argv in versions.items()
+    }
+    assert "workerd 2026-11-23" in seen["workerd"]  # 1.20261123.1
+    assert "4.164.0" in seen["wrangler"]
+    assert seen["node"].startswith("v22.")  # wrangler 4 needs 22.12 or newer

@@ -51,10 +51,14 @@ def find(env: Mapping[str, str] | None = None) -> WorkersTools:
     """The tools, or an error saying what is missing and the command that installs it."""
     root = tools_dir(env)
     modules = root / "node_modules"
+    # The binary of this platform's package (`@cloudflare/workerd-linux-64`), not the
+    # `workerd` package's launcher: that is the binary only once its install script ran,
+    # and npm may be set to run none.
+    native = sorted((modules / "@cloudflare").glob("workerd-*/bin/workerd"))
     wanted = {
         "node": modules / ".bin" / "node",
         "wrangler": modules / "wrangler" / "bin" / "wrangler.js",
-        "workerd": modules / "workerd" / "bin" / "workerd",
+        "workerd": native[0] if native else modules / "workerd" / "bin" / "workerd",
     }
     missing = [name for name, path in wanted.items() if not path.is_file()]
     if missing:
