@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from branchline.config import ServiceConfig
 from branchline.errors import BranchlineError
-from branchline.providers.compute import workerd, workertools
+from branchline.providers.compute import runtimes, workerd, workertools
 
 WRANGLER_TOML = """\
 name = "notes"
@@ -132,3 +133,41 @@ def test_a_wrangler_configs_vars_are_plain_text(tmp_path: Path) -> None:
     config.write_text(WRANGLER_TOML + "\n[vars]\nLIMITS = { max = 3 }\n")
     with pytest.raises(BranchlineError, match=r"`vars\.LIMITS` in wrangler\.toml is not a string"):
         workerd.vars_of(config)
+
+
+def test_a_bundle_or_config_reaching_out_through_a_link_is_refused(tmp_path: Path) -> None:
+    # The outdir and the release are written by untrusted code; branchline reads them
+    # outside its sandbox, where a link could lead to its own secret key.
+    secret = tmp_path / "secret.key"
+    secret.write_text("key material")
+    (tmp_path / "wrangler.toml").write_text(WRANGLER_TOML)
+    out = outdir(tmp_path)
+    (out / "lib" / "stolen.txt").symlink_to(secret)
+    with pytest.raises(BranchlineError, match=r"symbolic link, lib/stolen\.txt"):
+        workerd.bundle_from_dir(out, tmp_path / "wrangler.toml")
+    (out / "lib" / "stolen.txt").unlink()
+    (out / "elsewhere").symlink_to(tmp_path, target_is_directory=True)
+    with pytest.raises(BranchlineError, match="symbolic link, elsewhere"):
+        workerd.bundle_from_dir(out, tmp_path / "wrangler.toml")
+    (out / "elsewhere").unlink()
+    linked = tmp_path / "linked.toml"
+    linked.symlink_to(tmp_path / "wrangler.toml")
+    with pytest.raises(BranchlineError, match="cannot read the wrangler config"):
+        workerd.bundle_from_dir(out, linked)
+
+
+def test_a_worker_release_whose_directory_leads_out_is_refused(tmp_path: Path) -> None:
+    spec = ServiceConfig.model_validate(
+        {"path": "services/notes", "runtime": "worker", "subdomain": "notes"}
+    )
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "wrangler.toml").write_text(WRANGLER_TOML)
+    release = tmp_path / "release"
+    (release / "tree" / "services").mkdir(parents=True)
+    (release / "tree" / "services" / "notes").symlink_to(outside, target_is_directory=True)
+    tools = workertools.WorkersTools(tmp_path, tmp_path / "node", tmp_path / "w", tmp_path / "wd")
+    with pytest.raises(BranchlineError, match="leads out of the release"):
+        runtimes.WorkerRuntime(tools).launch(
+            spec, release, facts={}, env={}, own=[], port=1, workdir=tmp_path / "work"
+        )

@@ -118,7 +118,14 @@ class WorkerRuntime:
         self, spec: ServiceConfig, location: Path, *, facts: Mapping[str, str],
         env: dict[str, str], own: Sequence[str], port: int, workdir: Path,
     ) -> Launch:  # fmt: skip
-        service_dir = location / "tree" / spec.path
+        tree = location / "tree"
+        service_dir = tree / spec.path
+        # The build (untrusted) could write the tree: read nothing through a link out of it.
+        if not service_dir.resolve().is_relative_to(tree.resolve()):
+            raise BranchlineError(
+                f"the release's {spec.path}/ leads out of the release (a symbolic link)",
+                hint="The service's build must not replace its directories with links.",
+            )
         declared = wrangler_config(service_dir)
         bundle = workerd.bundle_from_dir(location / BUNDLE, declared)
         # The Worker's own `[vars]` as plain text (they are in its repository anyway);

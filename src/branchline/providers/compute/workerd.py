@@ -23,9 +23,12 @@ ones; a Worker run locally must reach its local Postgres.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import json
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -98,9 +101,10 @@ class WorkerBundle:
 
 
 def read_wrangler_config(path: Path) -> dict[str, Any]:
-    """A wrangler config (`wrangler.toml`, `wrangler.json` or `wrangler.jsonc`) as data."""
+    """A wrangler config (`wrangler.toml`, `wrangler.json` or `wrangler.jsonc`) as data.
+    Never through a symbolic link (see `_read_regular`)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_regular(path).decode("utf-8", errors="replace")
     except OSError as exc:
         raise BranchlineError(
             f"cannot read the wrangler config {path}: {exc.strerror}",
@@ -150,13 +154,13 @@ def bundle_from_dir(path: Path, wrangler_config: Path) -> WorkerBundle:
     flags = config.get("compatibility_flags") or []
     rules = _rules(config.get("rules") or [])
     modules: dict[str, WorkerModule] = {}
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+    for file in _files_in(path):
         name = file.relative_to(path).as_posix()
         if any(fnmatch.fnmatch(file.name, pattern) for pattern in _NOT_MODULES):
             continue
         kind = _kind_of(name, rules)
         if kind is not None:
-            modules[name] = WorkerModule(kind, file.read_bytes())
+            modules[name] = WorkerModule(kind, _read_regular(file))
     main = config.get("main")
     entry = PurePosixPath(str(main)).with_suffix(".js").name if main else ""
     if entry not in modules:
@@ -238,6 +242,33 @@ def serve_command(config_path: Path, tools: workertools.WorkersTools | None = No
 
 
 # -- internals ------------------------------------------------------------------------
+
+
+def _files_in(path: Path) -> list[Path]:
+    """The files under `path`, refusing any symbolic link: the directory was written by
+    untrusted code (a build), and a link would make branchline, reading it outside the
+    sandbox, copy a file of its own (its secret key) into the Worker's reach."""
+    found = []
+    for top, dirs, files in os.walk(path, followlinks=False):
+        for name in (*dirs, *files):
+            entry = Path(top) / name
+            if entry.is_symlink():
+                raise BranchlineError(
+                    f"the Worker's bundle holds a symbolic link, {entry.relative_to(path)}: "
+                    "refused",
+                    hint="wrangler writes none; the build must not make one in its --outdir.",
+                )
+        found += [Path(top) / name for name in files]
+    return sorted(found)
+
+
+def _read_regular(path: Path) -> bytes:
+    """A regular file's bytes; a symbolic link (as the last part) is refused by the OS."""
+    handle = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(handle, "rb") as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return file.read()
 
 
 def _rules(configured: Sequence[Any]) -> list[tuple[ModuleKind, tuple[str, ...]]]:
