@@ -186,7 +186,13 @@ def test_a_worker_service_deployed_in_a_preview_answers_through_the_edge(
         if path.is_file() and not path.is_symlink():
             assert SECRET.encode() not in path.read_bytes(), path
     written = list(compute.state_dir.glob("deployments/preview-5/notes/*.worker/config.capnp"))
-    assert written and all("fromEnvironment" in p.read_text() for p in written)
+    assert len(written) == 1  # the live one's; the others went with their deployments
+    named = written[0].read_text()
+    for binding in ("DATABASE_URL", "PGPASSWORD", "API_SECRET", "BRANCHLINE_COMMIT", "GREETING"):
+        assert f'(name = "{binding}", fromEnvironment = "{binding}")' in named
+    for other in ("PATH", "HOME", "PORT", "BRANCHLINE_STATE", "BRANCHLINE_DEPLOYMENT"):
+        assert f'"{other}"' not in named  # not the Worker's: how branchline runs and finds it
+    assert '(name = "SOURCE", text = "wrangler.toml")' in named
 
 
 def test_a_worker_service_without_a_wrangler_config_is_explained(

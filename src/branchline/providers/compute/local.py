@@ -506,9 +506,9 @@ class LocalComputeProvider:
         )  # fmt: skip
         if command is not None:
             return runtimes.Launch(envtemplate.render_args(command, facts, service=spec.name), env)
-        # The service's own variables: what it was given, not what finds it again.
-        own = [k for k, v in env.items()
-               if k not in FINDING and (k not in base or v != base[k])]  # fmt: skip
+        # The service's own variables: what it was given, not what every program from a
+        # branch gets (PATH, HOME) nor what finds it again.
+        own = [k for k in env if k not in FINDING and k not in base]
         if workdir is None:
             log = self.log_path(environment, spec.name, deployment_id or 0)
             workdir = log.with_name(f"{log.stem}.{spec.runtime}")
