@@ -133,6 +133,21 @@ def test_missing_required_field(tmp_path: Path) -> None:
     assert err.line == 12  # the table's header: the key itself is not there
 
 
+def test_a_worker_service_has_no_run_and_a_process_service_needs_one(tmp_path: Path) -> None:
+    worker = BASE.replace('run = "python -m web"\n', 'runtime = "worker"\nbuild = "npm ci"\n')
+    config = load(tmp_path, worker)
+    assert config.services["web"].runtime == "worker" and config.services["web"].run is None
+    assert config.services["api"].runtime == "process"
+    err = error(
+        tmp_path, BASE.replace('run = "python -m web"\n', 'runtime = "worker"\nrun = "x"\n')
+    )
+    assert err.key == "services.web.run" and "a worker service has no `run`" in str(err)
+    err = error(tmp_path, BASE.replace('run = "python -m web"\n', 'runtime = "lambda"\n'))
+    assert err.key == "services.web.runtime"
+    err = error(tmp_path, BASE.replace('run = "python -m web"\n', ""))
+    assert 'runtime = "worker"' in err.hint
+
+
 def test_missing_required_table(tmp_path: Path) -> None:
     err = error(tmp_path, BASE.replace('[database]\nmigrate = "python -m migrate"\n', ""))
     assert err.key == "database"

@@ -320,6 +320,7 @@ class Config(_Model):
         for name, job in self.tests.items():
             job._name = name
         _check_unique_subdomains(self.services)
+        _check_run_commands(self.services)
         _check_job_services(self.tests, self.services)
         _check_shared_branch_data(self.tests)
         _assign_masks(self, self._masked | _secret_env_paths(self.services))
@@ -398,6 +399,17 @@ def _check_unique_subdomains(services: Mapping[str, ServiceConfig]) -> None:
                 f'each service needs its own host name: set `subdomain = "..."` under '
                 f"`[services.{name}]` to one no other service uses",
                 loc=("services", name, "subdomain"),
+            )
+
+
+def _check_run_commands(services: Mapping[str, ServiceConfig]) -> None:
+    for name, service in services.items():
+        if service.runtime == "process" and service.run is None:
+            raise _invalid(
+                "missing required key `run` (the command that serves the service on $PORT)",
+                f'add `run = ["python", "app.py"]` (say) under `[services.{name}]`, or '
+                '`runtime = "worker"` for a Cloudflare Worker',
+                loc=("services", name, "run"),
             )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
@@ -53,11 +53,17 @@ class ServiceConfig(_Model):
     project root that mark the service as changed (default `<path>/**`; empty means
     always changed). `subdomain` defaults to the name and `order` to the position in
     the file; deploys go by (order, name).
+
+    `runtime = "worker"`: the service is a Cloudflare Worker (its wrangler.toml or
+    wrangler.jsonc in `path`). Its release is the bundle `wrangler deploy --dry-run
+    --outdir` makes (after `build`, if any: `npm ci`, say), and it runs in workerd with
+    the environment's variables and secrets as bindings; it has no `run`.
     """
 
     path: str
+    runtime: Literal["process", "worker"] = "process"
     build: Command | None = None
-    run: Command
+    run: Command | None = None  # required by the process runtime
     health_path: HealthPath = "/health"
     subdomain: Label
     order: int = 0
@@ -132,6 +138,17 @@ class ServiceConfig(_Model):
                     loc=(name,),
                 )
         return value
+
+    @model_validator(mode="after")
+    def _worker_has_no_run(self) -> Self:
+        # (A process service without `run` is refused where its name is known: Config.)
+        if self.runtime == "worker" and self.run is not None:
+            raise _invalid(
+                "a worker service has no `run`: workerd serves its bundle",
+                "remove `run`; `build` may prepare the bundle (`npm ci`), wrangler makes it",
+                loc=("run",),
+            )
+        return self
 
 
 def _normalize_path(value: str) -> str:

@@ -44,6 +44,7 @@ from branchline.providers.compute import (
     UnhealthyError,
     envtemplate,
     releases,
+    runtimes,
 )
 from branchline.providers.reconciling import Finding
 from branchline.sandbox import Box, Sandbox
@@ -69,6 +70,9 @@ FOLLOW_POLL = 0.2  # how often a followed log is read again (a file has nothing 
 # Kept on the sandbox process (how reconcile and the supervisor find a service), never
 # handed to the service: a path into branchline's state.
 SANDBOX_ONLY = ("BRANCHLINE_STATE",)
+# How branchline finds a service's processes again (and its port): never one of the
+# service's own variables (a worker's bindings).
+FINDING = ("BRANCHLINE_STATE", "BRANCHLINE_PROJECT", "BRANCHLINE_DEPLOYMENT", "PORT")
 READY = ".branchline-ready"  # in a dependency install that finished
 RELEASE_TIMEOUT = 600.0  # seconds a service's `release` command may take
 
@@ -210,16 +214,21 @@ class LocalComputeProvider:
         )
         releases.record_spec(location, spec, frozenset(self.config.secret_values()))
         tree = location / "tree"
-        if spec.deps or spec.build:
+        steps = runtimes.runtime_of(spec).build_steps(spec, service_dir, location)
+        if spec.deps or steps:
             self.sandbox.check()
-            self.sandbox.hand_over(tree)  # the install and the build write into the release
+            # The install and the build write into the release.
+            for writable in (tree, *(w for step in steps for w in step.writable)):
+                self.sandbox.hand_over(writable)
         if spec.deps:
             self._install_deps(spec, commit, service_dir, tree)
-        if spec.build:
-            argv = self.sandbox.wrap(spec.build, Box(writable=(tree,)), cwd=service_dir)
-            env = {**self.sandbox.base_env(own=service_dir), "BRANCHLINE_COMMIT": commit,
-                   "BRANCHLINE_SERVICE": spec.name}  # fmt: skip
-            releases.run_build(argv, service_dir, location / "build.log", env)
+        for number, step in enumerate(steps):
+            box = Box(writable=(tree, *step.writable), readable=step.readable)
+            argv = self.sandbox.wrap(step.argv, box, cwd=service_dir)
+            env = {**self.sandbox.base_env(own=service_dir), **step.env,
+                   "BRANCHLINE_COMMIT": commit, "BRANCHLINE_SERVICE": spec.name}  # fmt: skip
+            log = location / ("build.log" if number == 0 else f"build-{number + 1}.log")
+            releases.run_build(argv, service_dir, log, env)
 
     def _install_deps(
         self, spec: ServiceConfig, commit: str, service_dir: Path, tree: Path
@@ -359,12 +368,12 @@ class LocalComputeProvider:
         position: int,
     ) -> tuple[int, processes.ProcessId, HealthResult]:
         port = free_port()
-        argv, variables = self._process(spec, environment, release, port, env, deployment_id)
         log = self.log_path(environment, spec.name, deployment_id)
         log.parent.mkdir(parents=True, exist_ok=True)
-        pid = await asyncio.to_thread(
-            self._launch, spec, release, argv, variables, log, f"d{deployment_id}"
+        launch = await asyncio.to_thread(
+            self._process, spec, environment, release, port, env, deployment_id
         )
+        pid = await asyncio.to_thread(self._launch, spec, release, launch, log, f"d{deployment_id}")
         try:
             async with self.store.connect() as conn:
                 await rows.update_deployment(
@@ -467,16 +476,18 @@ class LocalComputeProvider:
         given: DeploymentEnv,
         deployment_id: int | None = None,
         command: Sequence[str] | None = None,
-    ) -> tuple[list[str], dict[str, str]]:
-        """The service's command (`run`, or `command`: its release phase) and
-        environment: declared values only, with the deployment's facts filled into
-        `{{ placeholders }}`."""
+        workdir: Path | None = None,
+    ) -> runtimes.Launch:
+        """The service's command (what its runtime serves it with, or `command`: its
+        release phase) and environment: declared values only, with the deployment's
+        facts filled into `{{ placeholders }}`. `workdir`: where the runtime may write
+        files for this start (default: beside the deployment's log)."""
         facts = self._facts(spec, environment, release, port, given)
         host, db = facts["host"], envtemplate.database_facts(given.vars.get("DATABASE_URL"))
-        argv = envtemplate.render_args(command or spec.run, facts, service=spec.name)
         # Declared only: nothing of the environment branchline itself runs with.
         service_dir = Path(release.location) / "tree" / spec.path
-        env = self.sandbox.base_env(own=service_dir)
+        base = self.sandbox.base_env(own=service_dir)
+        env = dict(base)
         if spec.deps:  # its dependencies' tools before anything else
             env["PATH"] = os.pathsep.join([str(service_dir / spec.deps.link / "bin"), env["PATH"]])
         env.update(envtemplate.render(spec.env, facts, service=spec.name))
@@ -493,7 +504,18 @@ class LocalComputeProvider:
             BRANCHLINE_HOST=host, BRANCHLINE_PROJECT=self.project,
             BRANCHLINE_STATE=str(self.state_dir), BRANCHLINE_DEPLOYMENT=str(deployment_id or ""),
         )  # fmt: skip
-        return argv, env
+        if command is not None:
+            return runtimes.Launch(envtemplate.render_args(command, facts, service=spec.name), env)
+        # The service's own variables: what it was given, not what every program from a
+        # branch gets (PATH, HOME) nor what finds it again.
+        own = [k for k in env if k not in FINDING and k not in base]
+        if workdir is None:
+            log = self.log_path(environment, spec.name, deployment_id or 0)
+            workdir = log.with_name(f"{log.stem}.{spec.runtime}")
+        return runtimes.runtime_of(spec).launch(
+            spec, Path(release.location), facts=facts, env=env, own=own, port=port,
+            workdir=workdir,
+        )  # fmt: skip
 
     def _facts(
         self, spec: ServiceConfig, environment: Environment, release: Release, port: int,
@@ -516,9 +538,10 @@ class LocalComputeProvider:
         release starts: boxed like the service, with its variables and secrets, its
         output in the deployment's log. A failure stops the deploy."""
         assert spec.release is not None
-        argv, env = self._process(
+        launch = self._process(
             spec, environment, release, 0, given, deployment_id, command=spec.release
         )
+        argv, env = launch.argv, launch.env
         for name in (*SANDBOX_ONLY, "PORT"):  # it listens on nothing; it is not found again
             env.pop(name, None)
         log = self.log_path(environment, spec.name, deployment_id)
@@ -544,6 +567,7 @@ class LocalComputeProvider:
             pid = processes.recorded(deployment.detail)
             if pid is not None:
                 await asyncio.to_thread(processes.stop, pid)
+            await asyncio.to_thread(_forget_start_files, deployment.detail)
             async with self.store.connect() as conn:
                 await rows.update_deployment(
                     conn, deployment.id, status=status, detail={"stopped_at": _now()}
@@ -564,15 +588,19 @@ class LocalComputeProvider:
         retries: that release is known to start, so a failure is not a slow warm-up."""
         spec = await self._spec_of(release)
         port = free_port()
-        argv, variables = self._process(spec, environment, release, port, env)
-        variables["BRANCHLINE_TRIAL"] = "1"  # reconcile leaves a running trial alone
         log = self.state_dir / "trials" / f"{spec.name}-{release.id}-{port}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        pid = await asyncio.to_thread(self._launch, spec, release, argv, variables, log, "trial")
+        workdir = log.with_suffix(f".{spec.runtime}")
+        launch = await asyncio.to_thread(
+            self._process, spec, environment, release, port, env, None, None, workdir
+        )
+        launch.env["BRANCHLINE_TRIAL"] = "1"  # reconcile leaves a running trial alone
+        pid = await asyncio.to_thread(self._launch, spec, release, launch, log, "trial")
         try:
             return await self._health(spec, environment, port, release, pid, 0, retries)
         finally:
             await asyncio.shield(asyncio.to_thread(processes.stop, pid, grace=2.0))
+            await asyncio.to_thread(releases.remove, workdir)
 
     async def rollback(
         self, service: str, environment: Environment, to: int | None = None
@@ -651,6 +679,7 @@ class LocalComputeProvider:
                 pid = processes.recorded(deployment.detail)
                 if pid is not None:
                     await asyncio.to_thread(processes.stop, pid, grace=self.shutdown_grace)
+                await asyncio.to_thread(_forget_start_files, deployment.detail)
                 await rows.update_deployment(conn, deployment.id, status="stopped")
             await resources.record(
                 conn, self.project, "deployment", f"{service}:{where}", "deleted"
@@ -915,14 +944,14 @@ class LocalComputeProvider:
         port = int(deployment.detail["port"])
         environment = Environment.parse(deployment.environment)
         given = await self.environment_of(environment)
-        argv, env = self._process(spec, environment, release, port, given, deployment.id)
+        launch = await asyncio.to_thread(
+            self._process, spec, environment, release, port, given, deployment.id
+        )
         log = Path(deployment.detail["log"])
         await asyncio.to_thread(
             _append, log, f"\n[branchline] process exited; restarting at {_now()}\n"
         )
-        pid = await asyncio.to_thread(
-            self._launch, spec, release, argv, env, log, f"d{deployment.id}"
-        )
+        pid = await asyncio.to_thread(self._launch, spec, release, launch, log, f"d{deployment.id}")
         async with self.store.connect() as conn:
             await rows.update_deployment(
                 conn, deployment.id,
@@ -965,8 +994,8 @@ class LocalComputeProvider:
         )  # fmt: skip
 
     def _launch(
-        self, spec: ServiceConfig, release: Release, argv: list[str], env: Mapping[str, str],
-        log: Path, what: str,
+        self, spec: ServiceConfig, release: Release, launch: runtimes.Launch, log: Path,
+        what: str,
     ) -> processes.ProcessId:  # fmt: skip
         """Start `release` of `spec` in the sandbox under its keeper (which owns the
         service's whole process tree, daemons included): its release directory
@@ -977,11 +1006,12 @@ class LocalComputeProvider:
         self.sandbox.check()
         files = Path(release.location) / "tree"
         service_dir = files / spec.path
-        readable = (files, processes.KEEPER, *_deps_of(spec, service_dir))
+        readable = (files, processes.KEEPER, *_deps_of(spec, service_dir), *launch.readable)
         box = Box(readable=readable, with_parent=False, unset=SANDBOX_ONLY)
-        boxed = self.sandbox.wrap(processes.kept(argv, unset=SANDBOX_ONLY), box,
+        boxed = self.sandbox.wrap(processes.kept(launch.argv, unset=SANDBOX_ONLY), box,
                                   cwd=service_dir)  # fmt: skip
-        tagged = {**env, processes.TREE_VARIABLE: processes.new_tree(self.state_dir, what)}
+        tagged = {**launch.env,
+                  processes.TREE_VARIABLE: processes.new_tree(self.state_dir, what)}  # fmt: skip
         return processes.start(boxed, cwd=service_dir, env=tagged, log=log)
 
     def _locked(self, what: str) -> contextlib.AbstractAsyncContextManager[Conn]:
@@ -1067,6 +1097,17 @@ async def _kill_tree(process: asyncio.subprocess.Process, tag: str) -> None:
 
     await asyncio.to_thread(tagged)
     await process.wait()
+
+
+def _forget_start_files(detail: Mapping[str, Any]) -> None:
+    """What a runtime wrote beside a stopped deployment's log for its starts (a worker's
+    config and modules: `<id>.worker/`); the log itself stays."""
+    if "log" not in detail:
+        return
+    log = Path(str(detail["log"]))
+    for path in log.parent.glob(f"{log.stem}.*"):
+        if path.is_dir() and not path.is_symlink():
+            releases.remove(path)
 
 
 def _recorded(pid: processes.ProcessId) -> dict[str, object]:
