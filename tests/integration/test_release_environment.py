@@ -320,3 +320,21 @@ def test_a_cancelled_deploy_stops_its_release_phase(
 
     run(provider, go())
     assert ours() == []
+
+
+def test_a_build_that_points_the_dependency_link_elsewhere_is_refused(
+    compute: tuple[LocalComputeProvider, Path],
+) -> None:
+    """The build runs after the dependency link is made, with the tree writable: a
+    build pointing the link at another directory (the state, a home) would have it
+    shown to the service's box. The build fails instead, naming the link."""
+    provider, repo = compute
+    spec = provider.config.services["app"]
+    repoint = ("python3", "-c", "import os; os.remove('.venv'); os.symlink('/root', '.venv')")
+    services = {**provider.config.services, "app": spec.model_copy(update={"build": repoint})}
+    provider.config = provider.config.model_copy(update={"services": services})
+    sha = commit(repo, lock="deps-a", greeting="hello")
+    with pytest.raises(BranchlineError) as info:
+        run(provider, provider.build("app", sha))
+    assert "dependency link .venv" in info.value.message
+    assert "outside branchline's dependency cache" in info.value.message

@@ -229,6 +229,7 @@ class LocalComputeProvider:
                    "BRANCHLINE_COMMIT": commit, "BRANCHLINE_SERVICE": spec.name}  # fmt: skip
             log = location / ("build.log" if number == 0 else f"build-{number + 1}.log")
             releases.run_build(argv, service_dir, log, env)
+        _deps_of(spec, service_dir, self.state_dir)  # the build left the link as it was
 
     def _install_deps(
         self, spec: ServiceConfig, commit: str, service_dir: Path, tree: Path
@@ -548,7 +549,7 @@ class LocalComputeProvider:
         log.parent.mkdir(parents=True, exist_ok=True)
         files = Path(release.location) / "tree"
         service_dir = files / spec.path
-        readable = (files, *await asyncio.to_thread(_deps_of, spec, service_dir))
+        readable = (files, *await asyncio.to_thread(_deps_of, spec, service_dir, self.state_dir))
         boxed = self.sandbox.wrap(argv, Box(readable=readable), cwd=service_dir)
         await asyncio.to_thread(_append, log, f"[branchline] release: {' '.join(argv)}\n")
         code = await _run_logged(boxed, service_dir, env, log, RELEASE_TIMEOUT)
@@ -1006,7 +1007,8 @@ class LocalComputeProvider:
         self.sandbox.check()
         files = Path(release.location) / "tree"
         service_dir = files / spec.path
-        readable = (files, processes.KEEPER, *_deps_of(spec, service_dir), *launch.readable)
+        readable = (files, processes.KEEPER, *_deps_of(spec, service_dir, self.state_dir),
+                    *launch.readable)  # fmt: skip
         box = Box(readable=readable, with_parent=False, unset=SANDBOX_ONLY)
         boxed = self.sandbox.wrap(processes.kept(launch.argv, unset=SANDBOX_ONLY), box,
                                   cwd=service_dir)  # fmt: skip
@@ -1047,12 +1049,26 @@ def _masked(health: dict[str, Any], sensitive: Iterable[str]) -> dict[str, Any]:
     return health
 
 
-def _deps_of(spec: ServiceConfig, service_dir: Path) -> tuple[Path, ...]:
-    """Where the release's dependency link points (shown read-only in the box)."""
+def _deps_of(spec: ServiceConfig, service_dir: Path, state_dir: Path) -> tuple[Path, ...]:
+    """Where the release's dependency link points (shown read-only in the box): one of
+    the service's dependency caches, nothing else. The build ran after the link was
+    made, with the tree writable, so it may have pointed the link anywhere (a home
+    directory, the state): that release is refused, not shown what the link names."""
     if spec.deps is None:
         return ()
     link = service_dir / spec.deps.link
-    return (link.resolve(),) if link.is_symlink() else ()
+    if not link.is_symlink():
+        return ()
+    target = link.resolve()
+    caches = (state_dir / "deps" / spec.name).resolve()
+    if not target.is_relative_to(caches) or target == caches:
+        raise BranchlineError(
+            f"the release of {spec.name} has its dependency link {spec.deps.link} pointing "
+            "outside branchline's dependency cache (its build changed it)",
+            hint=f"Keep the build of {spec.name} from writing {spec.deps.link}; then deploy "
+            "a new commit.",
+        )
+    return (target,)
 
 
 async def _run_logged(
