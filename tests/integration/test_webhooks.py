@@ -165,7 +165,11 @@ def server(tmp_path: Path, store: Store) -> Iterator[tuple[str, str]]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    running = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    # Keep-alive outlasting any stall of a loaded machine: a connection the server
+    # times out just as the client reuses it (uvicorn's default is 5 s) fails the post
+    # with a ReadError that says nothing about recording deliveries.
+    running = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error",
+                                            timeout_keep_alive=120))  # fmt: skip
     thread = threading.Thread(target=running.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
