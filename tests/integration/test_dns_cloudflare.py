@@ -126,37 +126,42 @@ def test_the_registry_builds_it_and_it_has_the_capabilities(
     assert built.resolvers == (Resolver("127.0.0.1", 5353),)
 
 
-def test_a_preview_s_records_cost_one_call_each_once_made(
+def test_a_preview_s_records_cost_nine_calls_and_six_once_made(
     fake: FakeCloudflare, provider: CloudflareDnsProvider
 ) -> None:
+    """What the preview pipeline does (ensure every host, then verify each), then
+    what cleanup does (list the environment's records, delete each), counted."""
     hosts = [f"{service}-preview-8.{ZONE}" for service in ("web", "auth", "api")]
+    listing, making = "GET /zones/{zone_id}/dns_records", "POST /zones/{zone_id}/dns_records"
 
-    async def ensure_all() -> None:
+    async def preview() -> None:
         for host in hosts:
             await provider.ensure_record(host, "CNAME", "@", proxied=True, environment=PREVIEW_8)
+        for host in hosts:
+            assert (await provider.verify(host, type="CNAME")).ok
 
     fake.reset_counters()
-    run(provider, ensure_all())
-    made = fake.calls()["by_route"]
-    assert made == {"GET /zones/{zone_id}/dns_records": 3, "POST /zones/{zone_id}/dns_records": 3}
-    for host in hosts:
-        assert run(provider, provider.verify(host)).ok
+    run(provider, preview())
+    assert fake.calls()["by_route"] == {listing: 6, making: 3}  # 9 calls for a preview
     fake.reset_counters()
-    run(provider, ensure_all())  # the same again: looked at, not written
-    assert fake.calls()["by_route"] == {"GET /zones/{zone_id}/dns_records": 3}
+    run(provider, preview())  # the same again: looked at, not written
+    assert fake.calls()["by_route"] == {listing: 6}
     records = {r["name"]: r for r in in_zone(fake).values()}
     assert sorted(records) == sorted(hosts)
     assert {r["comment"] for r in records.values()} == {f"branchline:{provider.project} preview-8"}
     # The store mirrors them, with Cloudflare's ids.
     rows = run(provider, _rows(provider))
     assert {(r.name, r.provider_id) for r in rows} == {(n, r["id"]) for n, r in records.items()}
+
+    async def cleanup() -> list[bool]:
+        found = await provider.list_records(PREVIEW_8)
+        return [await provider.delete_record(r.name, r.type) for r in found]
+
     fake.reset_counters()
-    for host in hosts:
-        assert run(provider, provider.delete_record(host)) is True
+    assert run(provider, cleanup()) == [True, True, True]
     assert fake.calls()["by_route"] == {
-        "GET /zones/{zone_id}/dns_records": 3,
-        "DELETE /zones/{zone_id}/dns_records/{dns_record_id}": 3,
-    }
+        listing: 4, "DELETE /zones/{zone_id}/dns_records/{dns_record_id}": 3,
+    }  # fmt: skip
     assert in_zone(fake) == {} and run(provider, _rows(provider)) == []
 
 

@@ -38,7 +38,7 @@ from branchline.providers.dns import (
     record_type,
     same_content,
 )
-from branchline.providers.dns.cloudflare_api import CfRecord, CloudflareDnsClient
+from branchline.providers.dns.cloudflare_api import CfRecord, CloudflareDnsClient, CloudflareError
 
 # An answer is read (CNAMEs followed) and matched as the local provider does.
 from branchline.providers.dns.local import _answer_values, _matches
@@ -277,6 +277,9 @@ class CloudflareDnsProvider:
                 async with self._try_locked(record.name) as conn:
                     if conn is None:
                         continue  # a change of that name is under way
+                    row = await dns_rows.get(conn, self.project, record.name, record.type)
+                    if row is not None and row.provider_id == record.id:
+                        continue  # a change made it ours since the rows were read
                     await self.client.delete_record(record.id)
                     resource = f"{record.type}:{record.name}"
                     await resources.record(conn, self.project, RESOURCE_KIND, resource, "deleted")
@@ -291,6 +294,9 @@ class CloudflareDnsProvider:
                 async with self._try_locked(row.name) as conn:
                     if conn is None:
                         continue
+                    now = await dns_rows.get(conn, self.project, row.name, row.type)
+                    if now is None or now.provider_id != row.provider_id:
+                        continue  # changed since it was read: not this finding's
                     await self._forget(conn, row.name, row.type, f"{row.type}:{row.name}")
                     finding.done = True
             found.append(finding)
@@ -489,7 +495,16 @@ async def verify(client: CloudflareDnsClient, zone: str) -> str:
     the zone id is `[project] zone`'s. Says what it found; raises what is wrong."""
     zone = naming.normalize_zone(zone)
     await client.list_records(per_page=1)  # the token, the zone id, DNS read
-    named = await client.zone_named(zone)
+    try:
+        named = await client.zone_named(zone)
+    except CloudflareError as exc:
+        if exc.status not in (401, 403):
+            raise
+        # A token with DNS Edit alone may not read zones: the records were reached.
+        return (
+            f"Cloudflare zone {client.zone_id}'s DNS records are reachable with the token "
+            f"(it may not read zones, so the zone's name was not compared with {zone!r})"
+        )
     if named != client.zone_id:
         raise UsageError(
             f"the Cloudflare zone {client.zone_id} is not {zone!r} "

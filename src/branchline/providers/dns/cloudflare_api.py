@@ -148,11 +148,13 @@ class CloudflareDnsClient:
 
     # -- the zone -----------------------------------------------------------------
 
-    async def zone_named(self, name: str) -> str | None:
-        """The id of the zone called `name` that the token reaches, or None."""
-        body = await self._call(
-            "GET /zones", lambda cf: cf.zones.with_raw_response.list(name=name, per_page=50)
-        )
+    async def zone_named(self, name: str, account_id: str | None = None) -> str | None:
+        """The id of the zone called `name` that the token reaches (in `account_id`'s
+        account when given), or None."""
+        query: dict[str, Any] = {"name": name, "per_page": 50}
+        if account_id:
+            query["account"] = {"id": account_id}
+        body = await self._call("GET /zones", lambda cf: cf.zones.with_raw_response.list(**query))
         for zone in body.get("result") or []:
             if str(zone.get("name", "")).lower() == name:
                 return str(zone["id"])
