@@ -407,14 +407,16 @@ async def _system_resolvers() -> list[Resolver]:
 class _Seen:
     answer: tuple[str, ...] = ()
     rcode: str | None = None
-    error: str | None = None
+    error: str | None = None  # the last query's, when it got no answer
     ok: bool = False
 
     def describe(self, server: Resolver) -> str:
-        if self.error is not None:
-            return f"{server}: {self.error}"
+        """The last answer, and the error of a later query that got none."""
         said = ", ".join(self.answer) if self.answer else "no answer"
-        return f"{server}: {self.rcode or '?'} ({said})"
+        answered = f"{self.rcode} ({said})" if self.rcode is not None else None
+        if self.error is None:
+            return f"{server}: {answered or 'not asked'}"
+        return f"{server}: {answered}, then {self.error}" if answered else f"{server}: {self.error}"
 
 
 async def poll(

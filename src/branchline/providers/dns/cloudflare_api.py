@@ -13,8 +13,9 @@ and it cannot bound the waits by a deadline. Here:
 A refused token names CLOUDFLARE_API_TOKEN, an unknown zone `[dns.cloudflare]
 zone_id`; the token never reaches an error or a log.
 
-The SDK does not block the event loop: its HTTP is httpx's async client, and its
-one blocking probe (the platform, for a header) runs in a thread (`asyncify`).
+The SDK does not block the event loop once made: its HTTP is httpx's async client,
+and its one blocking probe (the platform, for a header) runs in a thread
+(`asyncify`). Making it loads the CA certificates: done in a thread too.
 """
 
 from __future__ import annotations
@@ -123,22 +124,28 @@ class CloudflareDnsClient:
         self._sdk: AsyncCloudflare | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def _client(self) -> AsyncCloudflare:
+    async def _client(self) -> AsyncCloudflare:
         """The SDK client of the running event loop: a command may run several loops
-        one after the other, and a connection belongs to the loop that opened it."""
+        one after the other, and a connection belongs to the loop that opened it.
+        Made in a thread: its HTTP client loads the CA certificates (25-50 ms)."""
         if not self._token:
             raise CloudflareError(
                 "no Cloudflare API token: the Cloudflare DNS provider needs one",
                 hint=TOKEN_HINT,
             )
         loop = asyncio.get_running_loop()
-        if self._sdk is None or self._loop is not loop:
-            self._sdk = AsyncCloudflare(
-                api_token=self._token, base_url=self._base_url, max_retries=0,
-                timeout=self._timeout, http_client=self._given_http,
-            )  # fmt: skip
-            self._loop = loop
-        return self._sdk
+        if self._sdk is not None and self._loop is loop:
+            return self._sdk
+        made = await asyncio.to_thread(
+            AsyncCloudflare, api_token=self._token, base_url=self._base_url, max_retries=0,
+            timeout=self._timeout, http_client=self._given_http,
+        )  # fmt: skip
+        if self._sdk is not None and self._loop is loop:  # a concurrent call made one first
+            if self._given_http is None:
+                await made.close()
+            return self._sdk
+        self._sdk, self._loop = made, loop
+        return made
 
     async def aclose(self) -> None:
         """Close the connections; the client may still be used (it opens new ones)."""
@@ -232,7 +239,7 @@ class CloudflareDnsClient:
             self.count.by_route[route] = self.count.by_route.get(route, 0) + 1
             wait: float | None = None
             try:
-                answer = await send(self._client())
+                answer = await send(await self._client())
             except cloudflare.APIStatusError as exc:
                 if exc.status_code == 429:
                     wait = _retry_after(exc.response.headers) + random.uniform(0, 0.1)  # noqa: S311 - jitter
