@@ -294,7 +294,10 @@ def _error(route: str, exc: cloudflare.APIStatusError) -> CloudflareError:
     hint = None
     if status in (401, 403) or code in (9106, 6003, 10000, 9109):
         message = f"Cloudflare refused the API token ({status}, code {code}: {said})"
-        hint = TOKEN_HINT + " A token limited to other zones is refused too."
+        hint = (
+            TOKEN_HINT + " A token limited to other zones is refused too: check that "
+            "`[dns.cloudflare] zone_id` is this zone's."
+        )
     elif code == BAD_ZONE or (status == 404 and code in (7000, 7003)):
         message = f"Cloudflare knows no zone with this id ({status}, code {code}: {said})"
         hint = (
