@@ -51,9 +51,10 @@ async def reconcile(
     found += await _previews(kit, engine, dry_run)
     if isinstance(kit.compute, Reconcilable):
         found += await kit.compute.reconcile(dry_run=dry_run)
-    if isinstance(kit.dns, Reconcilable):  # a cloud zone: records no row explains
-        found += await kit.dns.reconcile(dry_run=dry_run)
     found += await _branches(kit, dry_run)
+    # Last: a cloud zone (records no row explains) may be unreachable; the rest is done.
+    if isinstance(kit.dns, Reconcilable):
+        found += await kit.dns.reconcile(dry_run=dry_run)
     return found
 
 
