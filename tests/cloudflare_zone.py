@@ -63,15 +63,19 @@ class FakeZoneServer:
     def start(self) -> FakeZoneServer:
         # ZoneResolver reads only its server's `.snapshot`, which this gives.
         resolver, logger = ZoneResolver(cast(ZoneServer, self)), _QuietLogger()
-        udp = DNSServer(resolver, address="127.0.0.1", port=0, logger=logger,
-                        handler=_Handler, server=_UdpServer)  # fmt: skip
-        port = int(udp.server.server_address[1])
-        try:
-            tcp = DNSServer(resolver, address="127.0.0.1", port=port, tcp=True, logger=logger,
-                            handler=_Handler, server=_TcpServer)  # fmt: skip
-        except OSError:
-            udp.server.server_close()
-            raise
+        for attempt in range(20):  # the port the kernel gave UDP may be TCP's elsewhere
+            udp = DNSServer(resolver, address="127.0.0.1", port=0, logger=logger,
+                            handler=_Handler, server=_UdpServer)  # fmt: skip
+            port = int(udp.server.server_address[1])
+            try:
+                tcp = DNSServer(resolver, address="127.0.0.1", port=port, tcp=True,
+                                logger=logger, handler=_Handler, server=_TcpServer)  # fmt: skip
+            except OSError:
+                udp.server.server_close()
+                if attempt == 19:
+                    raise
+                continue
+            break
         self._servers = [udp, tcp]
         for server in self._servers:
             server.start_thread()

@@ -27,7 +27,7 @@ from branchline.providers.dns import DnsProvider
 from branchline.providers.dns.cloudflare import CloudflareDnsProvider, Resolver
 from branchline.providers.dns.cloudflare_api import CloudflareDnsClient, CloudflareError
 from branchline.providers.reconciling import Reconcilable
-from branchline.store import Store
+from branchline.store import Store, resources
 from branchline.store import dns as dns_rows
 from tests.cloudflare_zone import FakeZoneServer
 from tests.conftest import new_state_dir, remove_state_dir
@@ -199,7 +199,9 @@ def test_reconcile_removes_only_branchline_s_orphans(
     shared_store: Store,
 ) -> None:  # fmt: skip
     kept = run(provider, provider.ensure_record("kept", "A", "192.0.2.1", environment=PREVIEW_8))
-    # A crash after Cloudflare made a record and before the store heard of it.
+    # A crash after Cloudflare made a record and before the store heard of it: the
+    # intent log says `creating`.
+    run(provider, _intent(provider, f"A:orphan.{ZONE}", "creating"))
     orphan = foreign(fake, f"orphan.{ZONE}", "A", "192.0.2.2", f"branchline:{provider.project}")
     # Someone else's, and another project's of branchline: never touched.
     theirs = foreign(fake, f"theirs.{ZONE}", "A", "192.0.2.3", "managed by hand")
@@ -223,6 +225,8 @@ def test_reconcile_removes_only_branchline_s_orphans(
     assert names == [f"kept.{ZONE}", f"next-door.{ZONE}", f"theirs.{ZONE}"]
     assert theirs in in_zone(fake)
     assert [r.name for r in run(provider, _rows(provider))] == [kept.name]
+    assert run(provider, _intent(provider, f"A:orphan.{ZONE}")) == "deleted"
+    assert run(provider, _intent(provider, f"A:kept.{ZONE}")) == "ready"
     assert run(provider, provider.reconcile()) == []  # nothing left to do
 
 
@@ -328,6 +332,16 @@ def test_config_check_reaches_the_zone(
 async def _rows(provider: CloudflareDnsProvider) -> list[dns_rows.DnsRow]:
     async with provider.store.connect() as conn:
         return await dns_rows.list_all(conn, provider.project)
+
+
+async def _intent(provider: CloudflareDnsProvider, name: str, state: str | None = None) -> str:
+    """The intent log's state of resource `name` (after writing `state`, if given)."""
+    async with provider.store.connect() as conn:
+        if state is not None:
+            await resources.record(conn, provider.project, "dns_record", name, state)
+        entry = await resources.get(conn, provider.project, "dns_record", name)
+    assert entry is not None
+    return entry.state
 
 
 async def _closing(client: CloudflareDnsClient, work: Coroutine[Any, Any, T]) -> T:

@@ -300,12 +300,16 @@ class CloudflareDnsProvider:
                     await self._forget(conn, row.name, row.type, f"{row.type}:{row.name}")
                     finding.done = True
             found.append(finding)
-        if not dry_run:
+        if not dry_run:  # the intent log: what a crash left at `creating` or `deleting`
             async with self.store.connect() as conn:
-                mirrored = {(r.type, r.name) for r in await dns_rows.list_all(conn, self.project)}
-                for entry in await resources.unfinished(conn, self.project, RESOURCE_KIND):
-                    entry_kind, _, entry_name = entry.name.partition(":")
-                    state = "ready" if (entry_kind, entry_name) in mirrored else "deleted"
+                unfinished = await resources.unfinished(conn, self.project, RESOURCE_KIND)
+            for entry in unfinished:
+                entry_kind, _, entry_name = entry.name.partition(":")
+                async with self._try_locked(entry_name) as conn:
+                    if conn is None:
+                        continue  # under way right now: its own call finishes it
+                    row = await dns_rows.get(conn, self.project, entry_name, entry_kind)
+                    state = "ready" if row is not None else "deleted"
                     await resources.record(conn, self.project, RESOURCE_KIND, entry.name, state)
         return found
 
