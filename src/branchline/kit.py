@@ -288,7 +288,9 @@ class Kit:
         return DeploymentEnv(vars=vars, secrets=secrets)
 
     async def aclose(self) -> None:
-        await asyncio.gather(self.database.aclose(), self.compute.aclose(), self.forge.aclose())
+        await asyncio.gather(
+            self.database.aclose(), self.compute.aclose(), self.dns.aclose(), self.forge.aclose()
+        )
 
 
 def _prefix_in_repo(root: Path) -> str:

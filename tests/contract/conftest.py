@@ -1,5 +1,6 @@
 """Fixtures of the protocol contract suites: each provider twice, as its in-memory
-fake ("memory") and as the local provider ("local", marked integration), behind a
+fake ("memory") and as the local provider ("local", marked integration), and the
+cloud providers on their HTTP fakes ("neon", "github", "cloudflare"), behind a
 small adapter that holds the provider and the few backend-specific helpers a
 contract needs and the protocol does not give: writing and reading a branch's data,
 building a release that does or does not pass its health check, seeing what a
@@ -35,6 +36,7 @@ import pytest
 from branchline.config import Config, load_config
 from branchline.edge.dns_server import ZoneServer
 from branchline.environment import Environment
+from branchline.fakes.cloudflare import FakeCloudflare
 from branchline.fakes.github import FakeGitHub
 from branchline.fakes.neon import FakeNeon
 from branchline.postgres import Cluster
@@ -46,6 +48,8 @@ from branchline.providers.database.local import LocalDatabaseProvider
 from branchline.providers.database.neon import NeonDatabaseProvider
 from branchline.providers.database.neon_api import NeonClient
 from branchline.providers.dns import DnsProvider
+from branchline.providers.dns.cloudflare import CloudflareDnsProvider, Resolver
+from branchline.providers.dns.cloudflare_api import CloudflareDnsClient
 from branchline.providers.dns.local import LocalDnsProvider
 from branchline.providers.forge import ForgeProvider, PullRequest
 from branchline.providers.forge.github import GitHubForge
@@ -53,12 +57,14 @@ from branchline.providers.forge.github_api import Credentials, GitHubClient
 from branchline.providers.forge.local import LocalForge
 from branchline.store import Store
 from branchline.store import forge as forge_rows
+from tests.cloudflare_zone import FakeZoneServer
 from tests.fakes import MemoryCompute, MemoryDatabase, MemoryDns, MemoryForge
 from tests.integration.conftest import store_in
 
 T = TypeVar("T")
 BACKENDS = ["memory", pytest.param("local", marks=pytest.mark.integration)]
 GITHUB_TOKEN = "ghp_contract-test-token-0123456789"  # the fake GitHub's, of no account
+CLOUDFLARE_TOKEN = "cf-contract-test-token-0123456789"  # the fake Cloudflare's
 ZONE = "contract.test"
 SERVICE = "api"
 MARK = "CONTRACT_"  # the variables a contract gives a service, and reads back
@@ -480,15 +486,68 @@ def _zone_server(store: Store) -> Iterator[ZoneServer]:
         server.stop()
 
 
-@pytest.fixture(params=BACKENDS)
+class CloudflareDnsContract(DnsContract):
+    """Work run as a command does: the provider's connections closed at the end."""
+
+    provider: CloudflareDnsProvider
+
+    def run(self, work: Coroutine[Any, Any, T]) -> T:
+        return run_closing(self.provider, work)
+
+
+@pytest.fixture(scope="module")
+def fake_cloudflare(cluster_root: Path) -> Iterator[tuple[FakeCloudflare, FakeZoneServer]]:
+    """A fake Cloudflare holding the contract's zone (every exchange held to
+    Cloudflare's documents), and a real DNS server answering that zone from the
+    fake's records, for the module's tests."""
+    state = temp_dir(cluster_root, "contract-cloudflare-")
+    fake = FakeCloudflare.start(state, token=CLOUDFLARE_TOKEN, zones=(ZONE,))
+    try:
+        with FakeZoneServer(fake, ZONE) as zone_server:
+            yield fake, zone_server
+        assert fake.calls()["invalid"] == []
+    finally:
+        fake.stop()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(params=[*BACKENDS, pytest.param("cloudflare", marks=pytest.mark.integration)])
 def dns(request: pytest.FixtureRequest) -> Iterator[DnsContract]:
-    """A zone of its own per test; locally a DNS server on a free loopback port."""
+    """A zone of its own per test; locally a DNS server on a free loopback port; on
+    the fake Cloudflare a project of its own, the zone emptied after each test."""
     if request.param == "memory":
         yield DnsContract(MemoryDns(ZONE))
         return
     store: Store = request.getfixturevalue("contract_store")
+    if request.param == "cloudflare":
+        fake, zone_server = request.getfixturevalue("fake_cloudflare")
+        client = CloudflareDnsClient(
+            zone_id=fake.zones[ZONE], api_token=CLOUDFLARE_TOKEN, base_url=fake.url
+        )
+        provider = CloudflareDnsProvider(
+            fresh("contract-cf-"), ZONE, store, client,
+            resolvers=[Resolver(*zone_server.address)],
+        )  # fmt: skip
+        try:
+            yield CloudflareDnsContract(provider)
+        finally:
+            empty_zone(client)
+        return
     with _zone_server(store) as server:
         yield DnsContract(LocalDnsProvider(server.project, ZONE, store, server.address))
+
+
+def empty_zone(client: CloudflareDnsClient) -> None:
+    """Delete every record of the client's zone, whoever made it."""
+
+    async def work() -> None:
+        try:
+            for record in await client.list_records():
+                await client.delete_record(record.id)
+        finally:
+            await client.aclose()
+
+    asyncio.run(work())
 
 
 # -- forge ----------------------------------------------------------------------------

@@ -89,3 +89,6 @@ class MemoryDns:
         ok = bool(answer) and (wanted is None or same_content(kind, answer[0], wanted))
         return VerifyResult(fqdn, kind, ok, 1, 0.0, answer, wanted,
                             "NOERROR" if answer else "NXDOMAIN")  # fmt: skip
+
+    async def aclose(self) -> None:
+        return None

@@ -13,6 +13,11 @@ HERE = Path(__file__).resolve().parent
 CREDENTIALS = {
     "test_neon_live.py": ("NEON_API_KEY", "NEON_PROJECT_ID"),
     "test_github_live.py": ("GITHUB_TOKEN", "BRANCHLINE_GITHUB_TEST_REPO"),
+    "test_cloudflare_live.py": (
+        "CLOUDFLARE_API_TOKEN",
+        "CLOUDFLARE_ACCOUNT_ID",
+        "BRANCHLINE_CLOUDFLARE_TEST_ZONE",
+    ),
 }
 
 

@@ -1,4 +1,5 @@
-"""`branchline dns`: the zone's records, served by the local DNS server."""
+"""`branchline dns`: the zone's records, served by the local DNS server or kept in
+a Cloudflare zone (`[dns] provider`)."""
 
 from __future__ import annotations
 
@@ -91,6 +92,8 @@ def verify(
     timeout: Annotated[float, typer.Option(help="Seconds to keep asking.")] = 10.0,
 ) -> None:
     """Ask the zone's DNS server until it answers as expected (or the timeout)."""
+    from rich.markup import escape
+
     result = _run(ctx, lambda dns: dns.verify(name, type=type, expect=expect, timeout=timeout))
     data: dict[str, Any] = result.as_dict()
     app_context(ctx).output.emit(
@@ -98,8 +101,35 @@ def verify(
         lambda c: c.print(
             f"{'ok' if result.ok else 'not yet'}: {name} {type} -> "
             f"{', '.join(result.answer) or '-'} after {result.attempts} attempts "
-            f"in {result.elapsed:.2f} s"
+            f"in {result.elapsed:.2f} s" + (f"\n{escape(result.error)}" if result.error else "")
         ),
     )
     if not result.ok:
         raise typer.Exit(1)
+
+
+@app.command("gc")
+def gc(
+    ctx: typer.Context,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would go.")] = False,
+) -> None:
+    """Remove branchline's records in a cloud zone that no record explains (a crash
+    between the cloud's answer and branchline's note of it); never another's."""
+    from rich.markup import escape
+
+    from branchline.providers.reconciling import Finding, Reconcilable
+
+    async def work(dns: DnsProvider) -> list[Finding]:
+        if not isinstance(dns, Reconcilable):
+            return []  # the local zone is its own record: nothing can be orphaned
+        return await dns.reconcile(dry_run=dry_run)
+
+    found = _run(ctx, work)
+
+    def human(console: Console) -> None:
+        for finding in found:
+            console.print(escape(finding.describe()))
+        if not found:
+            console.print("nothing to collect")
+
+    app_context(ctx).output.emit([f.as_dict() for f in found], human)

@@ -6,6 +6,7 @@ its own settings (`[database.neon]`, `[compute.cloudflare]`, ...).
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import timedelta
 from typing import Literal, Self
 
@@ -116,10 +117,51 @@ class ComputeConfig(_Model):
 
 
 class CloudflareDnsConfig(_Model):
-    """`[dns.cloudflare]`: records through the Cloudflare DNS API."""
+    """`[dns.cloudflare]`: records through the Cloudflare DNS API (see the README's
+    Cloudflare DNS part)."""
 
-    zone_id: NonEmpty
-    api_token: SecretStr
+    zone_id: NonEmpty  # the id of `[project] zone` in Cloudflare (its Overview page)
+    # Default: the CLOUDFLARE_API_TOKEN variable. Never write the token itself in the
+    # file: use `api_token = "${SOME_VARIABLE}"` when it lives under another name.
+    api_token: SecretStr | None = None
+    api_url: str = "https://api.cloudflare.com/client/v4"
+    # The DNS servers `verify` asks ("1.1.1.1", "127.0.0.1:5353"); default: the system's.
+    resolvers: list[str] = Field(default_factory=list)
+    # How long `verify` waits for every resolver to see a record.
+    verify_timeout: Duration = timedelta(minutes=2)
+    # The longest one API call waits out Cloudflare's rate limits and errors.
+    call_deadline: Duration = timedelta(minutes=2)
+
+    @field_validator("resolvers")
+    @classmethod
+    def _resolvers(cls, value: list[str]) -> list[str]:
+        for text in value:
+            try:
+                resolver_address(text)
+            except ValueError:
+                raise _invalid(
+                    f"{text!r} is not a DNS server address",
+                    'write an IP address, with a port if not 53: `resolvers = ["1.1.1.1", '
+                    '"127.0.0.1:5353"]`',
+                ) from None
+        return value
+
+
+def resolver_address(text: str) -> tuple[str, int]:
+    """(host, port) of a DNS server written `1.1.1.1`, `127.0.0.1:5353`,
+    `2606:4700::1111` or `[::1]:5353`; ValueError for anything else."""
+    host, port = text.strip(), 53
+    if host.startswith("["):
+        host, _, rest = host[1:].partition("]")
+        if rest:
+            port = int(rest.removeprefix(":"))
+    elif host.count(":") == 1:
+        host, _, number = host.partition(":")
+        port = int(number)
+    ipaddress.ip_address(host)
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} is out of range")
+    return host, port
 
 
 class DnsConfig(_Model):

@@ -10,7 +10,9 @@ code host has open, then (unless `dry_run`):
   deployment knows, adopts services started but never recorded, fixes routes;
 - branches: ephemeral test branches no run uses; the database provider's garbage
   collection (expired branches, interrupted creations and deletions, clusters
-  without a record) when it has one.
+  without a record) when it has one;
+- DNS: a cloud zone's records of branchline's that no record explains (never
+  another's), and records of records that are gone.
 
 Production is only touched where its own records say so (a dead `starting`
 deployment, a route to a deployment that is no longer live).
@@ -50,6 +52,9 @@ async def reconcile(
     if isinstance(kit.compute, Reconcilable):
         found += await kit.compute.reconcile(dry_run=dry_run)
     found += await _branches(kit, dry_run)
+    # Last: a cloud zone (records no row explains) may be unreachable; the rest is done.
+    if isinstance(kit.dns, Reconcilable):
+        found += await kit.dns.reconcile(dry_run=dry_run)
     return found
 
 

@@ -172,8 +172,10 @@ async def ensure_dns(kit: Kit, ctx: StepContext) -> None:
         result = await kit.dns.verify(host, type="CNAME")
         if not result.ok:
             raise BranchlineError(
-                f"the DNS record {host} did not resolve after {result.attempts} attempts",
-                hint="Check that the edge (and its DNS server) runs: `branchline edge`.",
+                f"the DNS record {host} did not resolve after {result.attempts} attempts"
+                + (f" ({result.error})" if result.error else ""),
+                hint="Check that the zone's DNS server answers (locally: `branchline edge` "
+                f"runs); `branchline dns verify {host}` asks again.",
             )
         await ctx.log(f"dns {host} resolves ({result.attempts} attempts, {result.elapsed:.2f} s)")
 

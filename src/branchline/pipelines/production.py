@@ -101,8 +101,10 @@ async def dns(kit: Kit, ctx: StepContext) -> None:
         if not result.ok:
             raise BranchlineError(
                 f"the production record {host} did not resolve after {result.attempts} "
-                "attempts", hint="Check that the edge's DNS server runs: `branchline edge`.",
-            )  # fmt: skip
+                "attempts" + (f" ({result.error})" if result.error else ""),
+                hint="Check that the zone's DNS server answers (locally: `branchline edge` "
+                f"runs); `branchline dns verify {host}` asks again.",
+            )
         await ctx.log(f"dns {host} resolves")
 
 

@@ -18,6 +18,7 @@ from branchline.store import Store
 
 if TYPE_CHECKING:
     from branchline.providers.database.neon_api import NeonClient
+    from branchline.providers.dns.cloudflare_api import CloudflareDnsClient
     from branchline.providers.forge.github_api import GitHubClient
 
 
@@ -118,7 +119,44 @@ def dns_provider(
         return LocalDnsProvider(
             config.project.name, config.project.zone, store, server_address=server_address
         )
+    if config.dns.provider == "cloudflare" and config.dns.cloudflare is not None:
+        from branchline.providers.dns.cloudflare import CloudflareDnsProvider, Resolver
+
+        cloudflare = config.dns.cloudflare
+        return CloudflareDnsProvider(
+            config.project.name, config.project.zone, store, cloudflare_dns_client(config),
+            resolvers=[Resolver.parse(text) for text in cloudflare.resolvers],
+            verify_timeout=cloudflare.verify_timeout.total_seconds(),
+        )  # fmt: skip
     raise _unavailable("dns", config.dns.provider)
+
+
+def cloudflare_dns_client(config: Config) -> CloudflareDnsClient:
+    """The client of `[dns.cloudflare]`'s zone (the token: its `api_token`, else
+    CLOUDFLARE_API_TOKEN; no I/O)."""
+    from branchline.providers.dns.cloudflare_api import TOKEN_VARIABLE, CloudflareDnsClient
+
+    cloudflare = config.dns.cloudflare
+    assert cloudflare is not None, "the config requires [dns.cloudflare] with provider cloudflare"
+    token = cloudflare.api_token.get_secret_value() if cloudflare.api_token else None
+    return CloudflareDnsClient(
+        zone_id=cloudflare.zone_id, api_token=token or os.environ.get(TOKEN_VARIABLE),
+        base_url=cloudflare.api_url, deadline=cloudflare.call_deadline.total_seconds(),
+    )  # fmt: skip
+
+
+async def verify_dns(config: Config) -> str | None:
+    """Ask Cloudflare whether `[dns.cloudflare]` works: the token is accepted and
+    reaches the zone's records (None for the local DNS)."""
+    if config.dns.provider != "cloudflare":
+        return None
+    from branchline.providers.dns.cloudflare import verify
+
+    client = cloudflare_dns_client(config)
+    try:
+        return await verify(client, config.project.zone)
+    finally:
+        await client.aclose()
 
 
 def forge_provider(config: Config, store: Store) -> ForgeProvider:

@@ -261,3 +261,7 @@ class DnsProvider(Protocol):
         content; any answer when nothing is recorded) or `timeout` seconds pass.
         Polls with a short backoff; never sleeps a fixed time."""
         ...
+
+    async def aclose(self) -> None:
+        """Close the provider's connections (a cloud API's) before the event loop ends."""
+        ...

@@ -265,6 +265,9 @@ class LocalDnsProvider:
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, MAX_DELAY)
 
+    async def aclose(self) -> None:
+        return None  # every connection is the store's, opened and closed per call
+
     # -- helpers ------------------------------------------------------------
 
     async def _finish_deletes(self, conn: Conn, fqdn: str, kind: str | None) -> None:
