@@ -10,6 +10,7 @@ from branchline.errors import UsageError
 from branchline.providers.dns import (
     DnsRecord,
     VerifyResult,
+    checked_record,
     record_content,
     record_name,
     record_type,
@@ -32,9 +33,7 @@ class MemoryDns:
         proxied: bool = False,
         environment: Environment | None = None,
     ) -> DnsRecord:
-        kind = record_type(type)
-        fqdn = record_name(name, self.zone, type=kind)
-        value = record_content(kind, content, self.zone)
+        kind, fqdn, value = checked_record(name, type, content, self.zone, proxied=proxied)
         others = {t for (n, t) in self.records if n == fqdn and t != kind}
         if others and (kind == "CNAME" or "CNAME" in others):
             raise UsageError(f"{fqdn} has other records: a CNAME must stand alone")

@@ -139,6 +139,32 @@ def record_content(type: str, content: str, zone: str) -> str:
     return content
 
 
+def checked_record(
+    name: str, type: str, content: str, zone: str, *, proxied: bool = False
+) -> tuple[str, str, str]:
+    """(type, fully qualified name, content) of a record to ensure, in canonical form:
+    the one check every provider makes before it writes (UsageError otherwise)."""
+    kind = record_type(type)
+    fqdn = record_name(name, zone, type=kind)
+    value = record_content(kind, content, zone)
+    if kind == "CNAME" and fqdn == zone:
+        raise UsageError(
+            f"The zone apex {fqdn!r} cannot be a CNAME: it holds the zone's SOA and NS.",
+            hint="Give the apex an A or AAAA record instead.",
+        )
+    if kind == "CNAME" and value == fqdn:
+        raise UsageError(
+            f"A CNAME at {fqdn!r} cannot point at itself.",
+            hint="Point it at another host name, or use an A or AAAA record.",
+        )
+    if kind == "TXT" and proxied:
+        raise UsageError(
+            f"TXT record {fqdn!r} cannot be proxied.",
+            hint="Only A, AAAA and CNAME records are proxied; drop `proxied`.",
+        )
+    return kind, fqdn, value
+
+
 def _address(kind: str, content: str) -> str:
     want = ipaddress.IPv4Address if kind == "A" else ipaddress.IPv6Address
     try:

@@ -24,6 +24,7 @@ from branchline.errors import UsageError
 from branchline.providers.dns import (
     DnsRecord,
     VerifyResult,
+    checked_record,
     record_content,
     record_name,
     record_type,
@@ -77,22 +78,8 @@ class LocalDnsProvider:
         proxied: bool = False,
         environment: Environment | None = None,
     ) -> DnsRecord:
-        kind = record_type(type)
-        fqdn = record_name(name, self.zone, type=kind)
-        value = record_content(kind, content, self.zone)
+        kind, fqdn, value = checked_record(name, type, content, self.zone, proxied=proxied)
         label = environment.name if environment is not None else None
-        if kind == "CNAME" and fqdn == self.zone:
-            raise UsageError(
-                f"The zone apex {fqdn!r} cannot be a CNAME: it holds the zone's SOA and NS.",
-                hint="Give the apex an A or AAAA record instead.",
-            )
-        if kind == "CNAME" and value == fqdn:
-            raise UsageError(f"A CNAME at {fqdn!r} cannot point at itself.")
-        if kind == "TXT" and proxied:
-            raise UsageError(
-                f"TXT record {fqdn!r} cannot be proxied.",
-                hint="Only A, AAAA and CNAME records go through the edge; drop `proxied`.",
-            )
         resource = f"{kind}:{fqdn}"
         async with self._locked(fqdn) as conn:
             present = await dns_rows.for_name(conn, self.project, fqdn)
