@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -100,3 +100,47 @@ def tail(path: Path, size: int = 4000) -> str:
         return path.read_bytes()[-size:].decode(errors="replace")
     except OSError:
         return "(no log)"
+
+
+async def serve_until_stopped(
+    app: Any, *, name: str, port: int, ready_file: Path, facts: Mapping[str, Any],
+    url_path: str = "",
+) -> None:  # fmt: skip
+    """The fake's side of `launch`: serve `app` on 127.0.0.1:`port` (0: any), write
+    the ready file (`url`, `pid` and `facts`) once it listens, and serve until SIGTERM
+    or SIGINT, then exit cleanly. Its signals are its own, not uvicorn's."""
+    import asyncio
+    import logging
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                            access_log=False, lifespan="off")  # fmt: skip
+    server = Server(config)
+    serving = asyncio.ensure_future(server.serve())
+    while not server.started and not serving.done():
+        await asyncio.sleep(0.02)
+    if serving.done():
+        await serving  # it could not listen: its error ends the process
+        raise SystemExit(f"the fake {name} could not start serving")
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    ready = {"url": f"http://127.0.0.1:{bound}{url_path}", **facts, "pid": os.getpid()}
+    partial = ready_file.with_name(ready_file.name + ".partial")
+    partial.write_text(json.dumps(ready))
+    partial.replace(ready_file)
+    logging.getLogger(f"branchline.fakes.{name.lower()}").warning(
+        "fake %s: serving on %s", name, ready["url"]
+    )
+    await asyncio.wait({serving, asyncio.ensure_future(stop.wait())},
+                       return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+    server.should_exit = True
+    await serving

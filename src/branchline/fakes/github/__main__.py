@@ -8,29 +8,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
 import logging
 import os
-import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import uvicorn
 
 from branchline.fakes.github.app import FakeGitHubApp, build_app
 from branchline.fakes.github.spec import openapi
+from branchline.fakes.running import serve_until_stopped
 
 logger = logging.getLogger("branchline.fakes.github")
-
-
-class _Server(uvicorn.Server):
-    """uvicorn whose signals are the runner's: a SIGTERM ends in a clean exit 0."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -46,32 +33,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 async def serve(args: argparse.Namespace, app: FakeGitHubApp) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await asyncio.to_thread(openapi)  # the document, parsed before the first request
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False,
-        lifespan="off",
-    )  # fmt: skip
-    server = _Server(config)
-    serving = asyncio.ensure_future(server.serve())
-    while not server.started and not serving.done():
-        await asyncio.sleep(0.02)
-    if serving.done():
-        await serving  # it could not listen: its error ends the process
-        raise SystemExit("the fake GitHub could not start serving")
-    port = server.servers[0].sockets[0].getsockname()[1]
-    ready = {"url": f"http://127.0.0.1:{port}", "repository": args.repository, "pid": os.getpid()}
-    partial = args.ready_file.with_name(args.ready_file.name + ".partial")
-    partial.write_text(json.dumps(ready))
-    partial.replace(args.ready_file)
-    logger.warning("fake github: serving %s on %s", args.repository, ready["url"])
-    await asyncio.wait({serving, asyncio.ensure_future(stop.wait())},
-                       return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
-    server.should_exit = True
-    await serving
+    await serve_until_stopped(app, name="GitHub", port=args.port, ready_file=args.ready_file,
+                              facts={"repository": args.repository})  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

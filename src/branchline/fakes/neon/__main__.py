@@ -8,30 +8,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
 import logging
 import os
-import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import uvicorn
 
 from branchline.fakes.neon.app import FakeNeonApp
 from branchline.fakes.neon.spec import API_PREFIX, openapi
 from branchline.fakes.neon.world import NeonWorld
+from branchline.fakes.running import serve_until_stopped
 
 logger = logging.getLogger("branchline.fakes.neon")
-
-
-class _Server(uvicorn.Server):
-    """uvicorn whose signals are the runner's: a SIGTERM ends in a clean exit 0."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -49,10 +36,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 async def serve(args: argparse.Namespace, api_key: str) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await asyncio.to_thread(openapi)  # the document, parsed before the first request
     world = NeonWorld(
         args.state_dir.absolute(),
@@ -64,32 +47,11 @@ async def serve(args: argparse.Namespace, api_key: str) -> None:
     )
     try:
         await world.open()
-        server = _Server(
-            uvicorn.Config(
-                FakeNeonApp(world, api_key), host="127.0.0.1", port=args.port,
-                log_level="warning", access_log=False, lifespan="off",
-            )
+        await serve_until_stopped(
+            FakeNeonApp(world, api_key), name="Neon", port=args.port,
+            ready_file=args.ready_file, url_path=API_PREFIX,
+            facts={"project_id": world.project_id},
         )  # fmt: skip
-        serving = asyncio.ensure_future(server.serve())
-        while not server.started and not serving.done():
-            await asyncio.sleep(0.02)
-        if serving.done():
-            await serving  # it could not listen: its error ends the process
-            raise SystemExit("the fake Neon could not start serving")
-        port = server.servers[0].sockets[0].getsockname()[1]
-        ready = {
-            "url": f"http://127.0.0.1:{port}{API_PREFIX}",
-            "project_id": world.project_id,
-            "pid": os.getpid(),
-        }
-        partial = args.ready_file.with_name(args.ready_file.name + ".partial")
-        partial.write_text(json.dumps(ready))
-        partial.replace(args.ready_file)
-        logger.warning("fake neon: serving project %s on %s", world.project_id, ready["url"])
-        await asyncio.wait({serving, asyncio.ensure_future(stop.wait())},
-                           return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
-        server.should_exit = True
-        await serving
     finally:
         await world.close()
 
