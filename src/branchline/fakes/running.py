@@ -144,3 +144,17 @@ async def serve_until_stopped(
                        return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
     server.should_exit = True
     await serving
+
+
+async def lifespan_answered(scope: Any, receive: Any, send: Any) -> bool:
+    """True when `scope` was ASGI's lifespan, now answered (a fake has nothing to
+    start or stop with it: its runner opens and closes its world)."""
+    if scope["type"] != "lifespan":
+        return False
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return True

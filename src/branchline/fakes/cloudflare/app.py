@@ -51,6 +51,7 @@ from branchline.fakes.cloudflare.world import (
     stamp,
 )
 from branchline.fakes.openapi import SpecRequest, SpecResponse
+from branchline.fakes.running import lifespan_answered
 from branchline.masking import mask
 
 logger = logging.getLogger(__name__)
@@ -192,14 +193,8 @@ class FakeCloudflareApp:
     # -- ASGI -----------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+        if await lifespan_answered(scope, receive, send):
+            return
         if scope["type"] != "http":
             return
         request = Request(scope, receive)

@@ -34,6 +34,7 @@ from branchline.fakes.github.render import Renderer
 from branchline.fakes.github.shapes import DOCS
 from branchline.fakes.github.world import GitHubWorld, snapshot
 from branchline.fakes.openapi import SpecRequest, SpecResponse
+from branchline.fakes.running import lifespan_answered
 
 logger = logging.getLogger(__name__)
 
@@ -51,14 +52,8 @@ class FakeGitHubApp:
         self.invalid: list[dict[str, Any]] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+        if await lifespan_answered(scope, receive, send):
+            return
         if scope["type"] != "http":
             return
         request = Request(scope, receive)

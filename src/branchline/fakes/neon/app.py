@@ -32,6 +32,7 @@ from branchline.fakes.neon.spec import (
     response_errors,
 )
 from branchline.fakes.neon.world import ApiError, NeonWorld, one_line
+from branchline.fakes.running import lifespan_answered
 from branchline.masking import mask_url
 
 logger = logging.getLogger(__name__)
@@ -106,14 +107,8 @@ class FakeNeonApp:
     # -- ASGI ---------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":  # nothing to do: its runner opens and closes the world
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+        if await lifespan_answered(scope, receive, send):
+            return
         if scope["type"] != "http":
             return
         request = Request(scope, receive)
