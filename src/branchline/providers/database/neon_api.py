@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 
 from branchline.errors import BranchlineError, UsageError
+from branchline.providers.calls import CallCount
 
 API_KEY_VARIABLE = "NEON_API_KEY"
 RETRIED = frozenset({423, 429})
@@ -106,17 +107,6 @@ class NeonOperation:
             branch_id=_opt_str(data.get("branch_id")),
             error=_opt_str(data.get("error")),
         )
-
-
-@dataclass
-class CallCount:
-    """What the client did: calls made, retried, and seconds spent waiting on Neon
-    (operations running, Retry-After): how a preview's cost is measured."""
-
-    calls: int = 0
-    retries: int = 0
-    waited: float = 0.0
-    by_route: dict[str, int] = field(default_factory=dict)
 
 
 class NeonClient:
@@ -366,8 +356,7 @@ class NeonClient:
         attempt = 0
         while True:
             attempt += 1
-            self.count.calls += 1
-            self.count.by_route[route] = self.count.by_route.get(route, 0) + 1
+            self.count.called(route)
             try:
                 answer = await self._client().request(
                     method, path, json=json, params=params,

@@ -27,7 +27,7 @@ import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,6 +36,7 @@ import httpx
 from cloudflare import AsyncCloudflare
 
 from branchline.errors import BranchlineError
+from branchline.providers.calls import CallCount
 
 TOKEN_VARIABLE = "CLOUDFLARE_API_TOKEN"  # noqa: S105 - the variable's name
 DEFAULT_API_URL = "https://api.cloudflare.com/client/v4"
@@ -89,16 +90,6 @@ class CfRecord:
             created_on=_time(data.get("created_on")),
             modified_on=_time(data.get("modified_on")),
         )
-
-
-@dataclass
-class CallCount:
-    """What the client did: calls made (by route), retried, seconds waited."""
-
-    calls: int = 0
-    retries: int = 0
-    waited: float = 0.0
-    by_route: dict[str, int] = field(default_factory=dict)
 
 
 class CloudflareDnsClient:
@@ -235,8 +226,7 @@ class CloudflareDnsClient:
         give_up = time.monotonic() + self.deadline
         backoff = FIRST_BACKOFF
         while True:
-            self.count.calls += 1
-            self.count.by_route[route] = self.count.by_route.get(route, 0) + 1
+            self.count.called(route)
             wait: float | None = None
             try:
                 answer = await send(await self._client())

@@ -26,7 +26,6 @@ import functools
 import random
 import time
 import weakref
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -50,6 +49,7 @@ from githubkit.exception import (
 )
 
 from branchline.errors import BranchlineError, UsageError
+from branchline.providers.calls import CallCount
 
 TOKEN_VARIABLE = "GITHUB_TOKEN"  # noqa: S105 - the variable's name, not a token
 READ_RETRIES = 3
@@ -67,16 +67,6 @@ class GitHubError(BranchlineError):
 
 class GitHubRateLimitError(GitHubError):
     """A rate limit outlasted `rate_limit_wait`."""
-
-
-@dataclass
-class CallCount:
-    """What the client did: calls by route, retries, and seconds waited on limits."""
-
-    calls: int = 0
-    retries: int = 0
-    waited: float = 0.0
-    by_route: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass(frozen=True)
@@ -247,8 +237,7 @@ class GitHubClient:
         attempt = 0
         refreshed = False
         while True:
-            self.count.calls += 1
-            self.count.by_route[route] += 1
+            self.count.called(route)
             try:
                 try:
                     return await send(client or await self.github())
