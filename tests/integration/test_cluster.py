@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -121,27 +120,32 @@ def test_destroy_stops_a_postmaster_no_file_records(cluster: Cluster) -> None:
     assert not cluster.home.exists()
 
 
-def test_a_start_waiting_on_a_destroy_finds_the_cluster_gone(cluster: Cluster) -> None:
-    """destroy removes the files while it holds the start lock: a start that waited
-    for it says the cluster is gone instead of starting on half-removed files."""
-    import threading
+def test_destroy_removes_the_files_while_it_holds_the_start_lock(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start waiting on destroy's lock must find the cluster gone, not half removed:
+    the files go while destroy still holds the start lock."""
+    import fcntl
+    import shutil
+
+    from branchline.postgres import cluster as cluster_module
 
     cluster.init(durable=False)
-    errors: list[BaseException] = []
-    with cluster._start_lock():
-        starter = threading.Thread(target=lambda: _record_error(cluster.start, errors))
-        starter.start()
-        starter.join(0.3)
-        assert starter.is_alive(), "the start should wait for the lock"
-        cluster._stop_every_postmaster()
-        cluster._remove_files()
-    starter.join(10)
-    assert [type(e) for e in errors] == [PostgresError]
+    lock_file = cluster.home / "start.lock"
+    held: list[bool] = []
+    remove = shutil.rmtree
+
+    def watched(path: object, *args: object, **kwargs: object) -> None:
+        if Path(str(path)) == cluster.home:
+            with lock_file.open("a") as other:
+                try:
+                    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    held.append(False)
+                except BlockingIOError:
+                    held.append(True)
+        remove(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cluster_module.shutil, "rmtree", watched)
+    cluster.destroy()
+    assert held == [True], "destroy let go of the start lock before removing the files"
     assert cluster.state() is ClusterState.MISSING
-
-
-def _record_error(action: Callable[[], object], errors: list[BaseException]) -> None:
-    try:
-        action()
-    except BaseException as error:  # the test looks at it
-        errors.append(error)
