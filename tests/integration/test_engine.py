@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -27,7 +28,9 @@ from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
 PY = sys.executable
-FAST = EngineOptions(grace=1.0, heartbeat=0.5, stalled_after=2.0, recover_every=0.5, poll=0.5)
+FAST = EngineOptions(
+    grace=1.0, heartbeat=0.5, stalled_after=2.0, recover_every=0.5, poll=0.5, stop_grace=3.0
+)
 
 
 @pytest.fixture(scope="module")
@@ -71,11 +74,11 @@ def cmd(*code: str, **kw: Any) -> Command:
 @asynccontextmanager
 async def engine_with_workers(
     url: str, *, workers: int = 1, concurrency: int = 2, options: EngineOptions = FAST,
-    **kwargs: Any,
+    project: str | None = None, **kwargs: Any,
 ) -> AsyncIterator[Engine]:  # fmt: skip
     store = Store(locate_state(Path("/"), {"BRANCHLINE_DATABASE_URL": url}))
     await store.start()
-    project = f"p{os.urandom(3).hex()}"
+    project = project or f"p{os.urandom(3).hex()}"
     engine = Engine(store, project=project, options=options, **kwargs)
     async with engine.open():
         tasks = [
@@ -107,6 +110,18 @@ async def _workers_ready(engine: Engine, count: int, timeout: float = 20) -> Non
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"{count} workers did not start")
+
+
+async def pid_written(path: Path, timeout: float = 20) -> int:
+    """The pid a step's process writes to `path`, once it is there whole (the file
+    exists, empty, before the write that fills it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError):
+            if text := path.read_text().strip():
+                return int(text)
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no pid in {path} after {timeout:g} s")
 
 
 async def wait_run(engine: Engine, run_id: int, timeout: float = 30) -> rows.RunRow:
@@ -229,10 +244,7 @@ def test_cancel_kills_the_step_and_its_grandchildren(
     async def test() -> None:
         async with engine_with_workers(state_url) as engine:
             run_id = await engine.submit(workflow, triggered_by="test", repo=path, sha=sha)
-            deadline = time.monotonic() + 20
-            while not pidfile.exists() and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            grandchild = int(pidfile.read_text())
+            grandchild = await pid_written(pidfile)
             assert await engine.cancel(run_id, by="alice, by hand") is True
             run = await wait_run(engine, run_id)
             assert run.status == "cancelled"

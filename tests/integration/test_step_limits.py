@@ -29,6 +29,7 @@ from tests.integration.test_engine import (
     engine_with_workers,
     jobs,
     log_text,
+    pid_written,
     repo,
     run_async,
     state_url,
@@ -219,10 +220,7 @@ def test_runs_cancel_reaches_a_call_step_and_its_processes(
         ) as engine:
             assert engine.options.step_timeout == 3600  # the default deadline
             run_id = await engine.submit(workflow, triggered_by="t", repo=path, sha=sha)
-            deadline = time.monotonic() + 20
-            while not pidfile.exists() and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            child = int(pidfile.read_text())
+            child = await pid_written(pidfile)
             assert await engine.cancel(run_id, by="carol") is True
             run = await wait_run(engine, run_id)
             assert run.status == "cancelled"
@@ -247,6 +245,46 @@ def test_a_step_without_a_deadline_of_its_own_gets_the_engine_s(
             assert (await wait_run(engine, run_id)).status == "failure"
             j = await jobs(engine, run_id)
             assert j["j"].error == "step 'sleep': timed out after 1s ([limits] step_timeout)"
+
+    run_async(test)
+
+
+def test_a_stopping_worker_waits_its_grace_then_hands_its_running_job_back(
+    state_url: str, repo: tuple[Path, str, str], tmp_path: Path
+) -> None:
+    """A worker stopped while a step runs waits `stop_grace` for it, then stops the
+    step's processes and hands the job back: the next worker runs it again. (It used
+    to wait forever: a stop, or a test's teardown, hung with the step.)"""
+    path, _, sha = repo
+    pids: list[int] = []
+    pidfile = tmp_path / "child.pid"
+    workflow = Workflow("stopped", (Job("j", (Step("wait", Call("hang")),), checkout=False),))
+    project = f"p{os.urandom(3).hex()}"
+
+    async def quick(ctx: StepContext, **_params: Any) -> None:
+        await ctx.log("ran again")
+
+    async def test() -> None:
+        async with engine_with_workers(
+            state_url, project=project, actions={"hang": _tree_action(pids, pidfile)}
+        ) as engine:
+            run_id = await engine.submit(workflow, triggered_by="t", repo=path, sha=sha)
+            child = await pid_written(pidfile)
+            stopping = time.monotonic()
+        took = time.monotonic() - stopping
+        assert FAST.stop_grace <= took < FAST.stop_grace + 15, took
+        assert not _alive(pids[0]) and not _alive(child), "the step's processes survived"
+        async with engine_with_workers(
+            state_url, project=project, actions={"hang": quick}
+        ) as engine:
+            j = await jobs(engine, run_id)
+            assert j["j"].status in ("queued", "running", "success"), j["j"]
+            run = await wait_run(engine, run_id)
+            assert run.status == "success"
+            assert (await jobs(engine, run_id))["j"].attempt == 2
+            log = await log_text(engine, run_id)
+            assert "its worker stopped while it ran" in log
+            assert "ran again" in log
 
     run_async(test)
 
@@ -379,6 +417,11 @@ def test_retention_prunes_old_runs_logs_and_artifacts_and_keeps_the_rest(
                     "UPDATE branchline.runs SET status = 'running' WHERE id = %s",
                     (ids["running"],),
                 )
+                # ... with its job running on another host: else a recovery pass
+                # rightly finishes a run with nothing left to run, before the prune.
+                await conn.execute(
+                    "UPDATE branchline.jobs SET status = 'running', worker = 'elsewhere:1' "
+                    "WHERE run_id = %s", (ids["running"],))  # fmt: skip
                 cur = await conn.execute(
                     "INSERT INTO branchline.releases (project, service, commit_sha, status) "
                     "VALUES (%s, 'api', %s, 'ready') RETURNING id",

@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 _COMMIT = re.compile(r"[0-9a-f]{7,64}")
 QUEUE = "branchline"
 TASK = "branchline.run_job"
+HAND_BACK_TIMEOUT = 15.0  # seconds a stopping worker spends handing a job back
 
 
 class Unknown:
@@ -87,6 +88,9 @@ class EngineOptions:
     recover_every: float = 2.0  # how often a worker looks for dead workers' jobs
     cancel_poll: float = 0.2  # how often a running step checks for a cancel
     poll: float = 5.0  # a worker looks for jobs this often even without a notification
+    # A stopping worker waits this long for its running jobs, then stops their steps
+    # and hands the jobs back (retried by the next worker), rather than forever.
+    stop_grace: float = 30.0
     # A running job holds two connections and briefly a third: size for the concurrency.
     pool_size: int = 20
     workdir: Path | None = None  # where job checkouts go (default: the system's temp dir)
@@ -333,8 +337,28 @@ class Engine:
         self.in_flight.add(job_id)
         try:
             await self._run_job(job_id)
+        except asyncio.CancelledError:
+            # The worker stops (past its stop grace): the job's steps are stopped by
+            # now; hand the job back at once instead of leaving it "running" until a
+            # recovery pass somewhere notices.
+            self.in_flight.discard(job_id)
+            await asyncio.shield(self._hand_back(job_id))
+            raise
         finally:
             self.in_flight.discard(job_id)
+
+    async def _hand_back(self, job_id: int) -> None:
+        """Retry (or fail) a job this worker stopped while it ran. Best effort, and
+        bounded: the state database may be what is going away; then the recovery
+        passes of the next worker take the job."""
+        try:
+            async with asyncio.timeout(HAND_BACK_TIMEOUT):
+                await self._recover_job(job_id, "its worker stopped while it ran", extra_attempts=1)
+        except Exception as exc:
+            logger.warning(
+                "job %s: could not hand it back (%s); a recovery pass will",
+                job_id, mask_url(str(exc)),
+            )  # fmt: skip
 
     async def _run_job(self, job_id: int) -> None:
         async with self.store.connect() as conn:
@@ -546,6 +570,7 @@ class Engine:
                 concurrency=concurrency,
                 install_signal_handlers=install_signal_handlers,
                 update_heartbeat_interval=self.options.heartbeat,
+                shutdown_graceful_timeout=self.options.stop_grace,
                 stalled_worker_timeout=self.options.stalled_after,
                 fetch_job_polling_interval=self.options.poll,  # NOTIFY wakes it sooner
                 delete_jobs="successful",
