@@ -13,8 +13,8 @@ import pytest
 from branchline.config import Config, load_config, load_config_text
 from branchline.errors import ConfigError
 from branchline.export import github_actions
+from branchline.providers.cloudflare_client import _retry_after
 from branchline.providers.dns.cloudflare import Resolver
-from branchline.providers.dns.cloudflare_api import _retry_after
 
 BASE = """\
 [project]

@@ -7,6 +7,7 @@ its own settings (`[database.neon]`, `[compute.cloudflare]`, ...).
 from __future__ import annotations
 
 import ipaddress
+import re
 from datetime import timedelta
 from typing import Literal, Self
 
@@ -98,10 +99,45 @@ class DatabaseConfig(_Model):
 
 
 class CloudflareComputeConfig(_Model):
-    """`[compute.cloudflare]`: services as Cloudflare Workers."""
+    """`[compute.cloudflare]`: services as Cloudflare Workers (see the README's
+    Cloudflare part). Every service must be `runtime = "worker"`."""
 
     account_id: NonEmpty
-    api_token: SecretStr
+    # The zone the services' Workers routes live in; default: `[dns.cloudflare] zone_id`.
+    zone_id: str | None = None
+    # Default: the CLOUDFLARE_API_TOKEN variable (`api_token = "${SOME_VARIABLE}"` else).
+    api_token: SecretStr | None = None
+    api_url: str = "https://api.cloudflare.com/client/v4"
+    # A service's script name: `{project}`, `{service}` and `{environment}` filled in
+    # (`codex-web-preview-8`, `codex-auth-production`).
+    script_name: str = Field("{project}-{service}-{environment}", min_length=1)
+    # Where requests for the services' host names go, for health checks: default
+    # `https://<host>` (as DNS answers); a proxy or a test's fake edge otherwise.
+    edge_url: str | None = None
+    call_deadline: Duration = timedelta(minutes=2)
+
+    @field_validator("script_name")
+    @classmethod
+    def _script_name(cls, value: str) -> str:
+        try:
+            filled = value.format(project="p", service="s", environment="e")
+        except (KeyError, IndexError, ValueError):
+            raise _invalid(
+                f"`script_name = {value!r}` uses a placeholder other than {{project}}, "
+                "{service} and {environment}",
+                'write e.g. `script_name = "{project}-{service}-{environment}"`',
+            ) from None
+        if "{service}" not in value or "{environment}" not in value:
+            raise _invalid(
+                f"`script_name = {value!r}` must hold {{service}} and {{environment}}",
+                "two services or two environments would share one script otherwise",
+            )
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", filled):
+            raise _invalid(
+                f"`script_name = {value!r}` makes names Cloudflare refuses",
+                "use lowercase letters, digits, `-` and `_` around the placeholders",
+            )
+        return value
 
 
 class ComputeConfig(_Model):

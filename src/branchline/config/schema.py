@@ -321,6 +321,7 @@ class Config(_Model):
             job._name = name
         _check_unique_subdomains(self.services)
         _check_run_commands(self.services)
+        _check_cloud_runtimes(self.compute.provider, self.services)
         _check_job_services(self.tests, self.services)
         _check_shared_branch_data(self.tests)
         _assign_masks(self, self._masked | _secret_env_paths(self.services))
@@ -410,6 +411,21 @@ def _check_run_commands(services: Mapping[str, ServiceConfig]) -> None:
                 f'add `run = ["python", "app.py"]` (say) under `[services.{name}]`, or '
                 '`runtime = "worker"` for a Cloudflare Worker',
                 loc=("services", name, "run"),
+            )
+
+
+def _check_cloud_runtimes(provider: str, services: Mapping[str, ServiceConfig]) -> None:
+    """Cloudflare runs Workers only: a process service has nowhere to run there."""
+    if provider != "cloudflare":
+        return
+    for name, service in services.items():
+        if service.runtime != "worker":
+            raise _invalid(
+                f'`[compute] provider = "cloudflare"` runs Workers only, and service '
+                f"`{name}` is a process",
+                f'make it a Worker (`runtime = "worker"`, its wrangler.toml in its path), '
+                'or keep `[compute] provider = "local"`',
+                loc=("services", name, "runtime"),
             )
 
 

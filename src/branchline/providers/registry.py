@@ -17,6 +17,7 @@ from branchline.sandbox import Sandbox
 from branchline.store import Store
 
 if TYPE_CHECKING:
+    from branchline.providers.compute.cloudflare_api import CloudflareWorkersClient
     from branchline.providers.database.neon_api import NeonClient
     from branchline.providers.dns.cloudflare_api import CloudflareDnsClient
     from branchline.providers.forge.github_api import GitHubClient
@@ -96,18 +97,44 @@ def compute_provider(
     """`environment` gives a service's current DeploymentEnv when compute starts one
     by itself (a restart, a rollback); without it such a start gets no variables.
     Builds and services run in `sandbox` (the project's, by default)."""
-    if config.compute.provider == "local":
-        from branchline.providers.compute.local import LocalComputeProvider
+    from branchline.providers.compute.local import LocalComputeProvider
 
-        return LocalComputeProvider(
-            config=config,
-            store=store,
-            state_dir=store.location.project_dir(config.project.name),
-            edge_port=edge_port,
-            environment=environment,
-            sandbox=sandbox or Sandbox.for_project(config, store.location.state_dir),
-        )
+    local = LocalComputeProvider(
+        config=config,
+        store=store,
+        state_dir=store.location.project_dir(config.project.name),
+        edge_port=edge_port,
+        environment=environment,
+        sandbox=sandbox or Sandbox.for_project(config, store.location.state_dir),
+    )
+    if config.compute.provider == "local":
+        return local
+    if config.compute.provider == "cloudflare" and config.compute.cloudflare is not None:
+        from branchline.providers.compute.cloudflare import CloudflareComputeProvider
+
+        cf = config.compute.cloudflare
+        # Releases are built (and kept) here, as local compute builds them.
+        return CloudflareComputeProvider(
+            config=config, store=store, client=workers_client(config), builder=local,
+            script_name=cf.script_name, edge_url=cf.edge_url, environment=environment,
+        )  # fmt: skip
     raise _unavailable("compute", config.compute.provider)
+
+
+def workers_client(config: Config) -> CloudflareWorkersClient:
+    """The Workers API client `[compute.cloudflare]` describes (its zone for routes:
+    its own `zone_id`, else `[dns.cloudflare] zone_id`)."""
+    from branchline.providers.cloudflare_client import TOKEN_VARIABLE
+    from branchline.providers.compute.cloudflare_api import CloudflareWorkersClient
+
+    cf = config.compute.cloudflare
+    assert cf is not None, "the config requires [compute.cloudflare] with provider cloudflare"
+    token = cf.api_token.get_secret_value() if cf.api_token else os.environ.get(TOKEN_VARIABLE)
+    zone = cf.zone_id or (config.dns.cloudflare.zone_id if config.dns.cloudflare else None)
+    return CloudflareWorkersClient(
+        account_id=cf.account_id, zone_id=zone, api_token=token, base_url=cf.api_url,
+        deadline=cf.call_deadline.total_seconds(),
+    )  # fmt: skip
 
 
 def dns_provider(

@@ -11,12 +11,18 @@ and control paths under /_fake for tests (not validated):
     POST /_fake/zones           {"name"} -> {"id", "name"}
     GET  /_fake/health
     POST /_fake/reset-counters
+
+Any other request naming a host other than the fake's own address (its Host header)
+is Cloudflare's edge: the custom domain or Workers route serving that host picks the
+script, and its deployed version answers (a health check of a "Cloudflare" preview
+reaches the uploaded bundle).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import hashlib
 import hmac
 import json
@@ -60,6 +66,10 @@ ACCOUNT = "/accounts/{account_id}"
 SCRIPT = ACCOUNT + "/workers/scripts/{script_name}"
 ZONE = "/zones/{zone_id}"
 RECORD = ZONE + "/dns_records/{dns_record_id}"
+# Not passed on by a proxy (RFC 9110 7.6.1), nor the length the body is re-sent with.
+HOP_HEADERS = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
+                         "transfer-encoding", "upgrade", "content-length",
+                         "content-encoding"})  # fmt: skip
 DEFAULT_DNS_PAGE = 100  # the document's default per_page for DNS records
 
 
@@ -203,9 +213,62 @@ class FakeCloudflareApp:
             response = await self.control(request, path.removeprefix("/_fake/"))
         elif path.startswith(spec.API_PREFIX + "/"):
             response = await self.api(request, path.removeprefix(spec.API_PREFIX))
+        elif self._edge_host(request) is not None:
+            response = await self.edge(request)
         else:
             response = envelope_error(404, 7000, "No route for that URI")
         await response(scope, receive, send)
+
+    # -- Cloudflare's edge: a request for a host a route or custom domain serves -----------
+
+    def _edge_host(self, request: Request) -> str | None:
+        """The host a request names when it is not for the API's own host (the
+        fake's address): then it is for a Worker, as at Cloudflare's edge."""
+        host = (request.headers.get("host") or "").rsplit(":", 1)[0].lower()
+        if not host or host in ("127.0.0.1", "localhost", "[::1]"):
+            return None
+        return host
+
+    def _script_for(self, host: str, path: str) -> str | None:
+        """The script serving `host` + `path`: a custom domain's, else the route whose
+        pattern matches (`host/*`, `*.host/*`; `*` matches anything)."""
+        for domain in self.world.domains.values():
+            if domain.hostname == host:
+                return domain.service
+        target = host + path
+        for route in sorted(self.world.routes.values(), key=lambda r: -len(r.pattern)):
+            pattern = route.pattern.split("://", 1)[-1]
+            if route.script and fnmatch.fnmatchcase(target, pattern):
+                return route.script
+        return None
+
+    async def edge(self, request: Request) -> Response:
+        """Proxy the request to the deployed version of the script serving its host."""
+        host = self._edge_host(request) or ""
+        script = self._script_for(host, request.url.path)
+        if script is None:
+            return Response(f"no Worker serves {host}{request.url.path}", 404,
+                            media_type="text/plain")  # fmt: skip
+        running = self.running.get(script)
+        if running is None:
+            return Response(f"the Worker {script} has no deployed version running", 503,
+                            media_type="text/plain")  # fmt: skip
+        import httpx
+
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+        target = (
+            running.url + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        )
+        try:
+            async with httpx.AsyncClient(timeout=60, trust_env=False) as client:
+                answer = await client.request(
+                    request.method, target, headers=headers, content=await request.body()
+                )
+        except httpx.HTTPError as exc:
+            return Response(f"the Worker {script} did not answer: {exc.__class__.__name__}",
+                            502, media_type="text/plain")  # fmt: skip
+        kept = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_HEADERS}
+        return Response(answer.content, answer.status_code, headers=kept)
 
     # -- Cloudflare's API ------------------------------------------------------------
 

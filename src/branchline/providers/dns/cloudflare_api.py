@@ -1,68 +1,42 @@
 """The part of Cloudflare's API the DNS provider uses (one zone's records, the zone
-itself), through the official `cloudflare` SDK's async client.
-
-Every call goes through the SDK's `with_raw_response` and reads the JSON envelope
-for the fields branchline uses: the SDK's record models are a union of every
-record type, and some of 5.9's models fail to build under pydantic 2.14.
-
-The SDK's own retries are off (`max_retries=0`): it would retry a POST on a 5xx,
-and it cannot bound the waits by a deadline. Here:
-- a 429 is waited out as its `Retry-After` says (with jitter), for any method;
-- a GET's 5xx, timeouts and lost connections are asked again with backoff;
-- everything stops at the call's deadline, with an error saying what was met.
-A refused token names CLOUDFLARE_API_TOKEN, an unknown zone `[dns.cloudflare]
-zone_id`; the token never reaches an error or a log.
-
-The SDK does not block the event loop once made: its HTTP is httpx's async client,
-and its one blocking probe (the platform, for a header) runs in a thread
-(`asyncify`). Making it loads the CA certificates: done in a thread too.
+itself). How a call is made, retried and explained is `providers.cloudflare_client`'s;
+an unknown zone names `[dns.cloudflare] zone_id`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import email.utils
 import functools
-import json
-import random
-import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import cloudflare
 import httpx
 from cloudflare import AsyncCloudflare
 
-from branchline.errors import BranchlineError
-from branchline.providers.calls import CallCount
+from branchline.providers.cloudflare_client import (
+    DEFAULT_API_URL,
+    TOKEN_VARIABLE,
+    CloudflareApiClient,
+    CloudflareError,
+    Wording,
+)
 
-TOKEN_VARIABLE = "CLOUDFLARE_API_TOKEN"  # noqa: S105 - the variable's name
-DEFAULT_API_URL = "https://api.cloudflare.com/client/v4"
+__all__ = [
+    "DEFAULT_API_URL",
+    "TOKEN_VARIABLE",
+    "CfRecord",
+    "CloudflareDnsClient",
+    "CloudflareError",
+]
+
 PAGE = 100  # records per page of a listing (Cloudflare's default)
-RETRIED_READING = frozenset({500, 502, 503, 504})  # a GET changes nothing: ask again
-FIRST_BACKOFF = 0.2  # seconds; doubled after each retry, at most MAX_BACKOFF
-MAX_BACKOFF = 5.0
 NOT_FOUND_RECORD = 81044  # "Record does not exist."
-BAD_ZONE = 7003  # "Could not route to /zones/..., perhaps your object identifier is invalid?"
 TOKEN_HINT = (
     f'Set {TOKEN_VARIABLE} (or `[dns.cloudflare] api_token = "${{SOME_VARIABLE}}"`) to an '
     "API token with the permission Zone → DNS → Edit on this zone."
 )
-
-
-class CloudflareError(BranchlineError):
-    """Cloudflare refused or failed a call; `status` and `cf_code` (Cloudflare's error
-    code) as it gave them."""
-
-    def __init__(
-        self, message: str, *, status: int | None = None, code: int | None = None,
-        hint: str | None = None,
-    ) -> None:  # fmt: skip
-        super().__init__(message, hint=hint)
-        self.status = status
-        self.cf_code = code
+WORDING = Wording(token_hint=TOKEN_HINT, table="[dns.cloudflare]")
 
 
 @dataclass(frozen=True)
@@ -92,8 +66,10 @@ class CfRecord:
         )
 
 
-class CloudflareDnsClient:
+class CloudflareDnsClient(CloudflareApiClient):
     """One zone's DNS records. Construction does no I/O."""
+
+    wording = WORDING
 
     def __init__(
         self,
@@ -105,44 +81,11 @@ class CloudflareDnsClient:
         deadline: float = 120.0,
         http_client: httpx.AsyncClient | None = None,
     ) -> None:
-        self.zone_id = zone_id
-        self.deadline = deadline  # per call, retries and waits included
-        self.count = CallCount()
-        self._token = api_token
-        self._base_url = base_url.rstrip("/")
-        self._timeout = timeout
-        self._given_http = http_client
-        self._sdk: AsyncCloudflare | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    async def _client(self) -> AsyncCloudflare:
-        """The SDK client of the running event loop: a command may run several loops
-        one after the other, and a connection belongs to the loop that opened it.
-        Made in a thread: its HTTP client loads the CA certificates (25-50 ms)."""
-        if not self._token:
-            raise CloudflareError(
-                "no Cloudflare API token: the Cloudflare DNS provider needs one",
-                hint=TOKEN_HINT,
-            )
-        loop = asyncio.get_running_loop()
-        if self._sdk is not None and self._loop is loop:
-            return self._sdk
-        made = await asyncio.to_thread(
-            AsyncCloudflare, api_token=self._token, base_url=self._base_url, max_retries=0,
-            timeout=self._timeout, http_client=self._given_http,
+        super().__init__(
+            api_token=api_token, base_url=base_url, timeout=timeout, deadline=deadline,
+            http_client=http_client,
         )  # fmt: skip
-        if self._sdk is not None and self._loop is loop:  # a concurrent call made one first
-            if self._given_http is None:
-                await made.close()
-            return self._sdk
-        self._sdk, self._loop = made, loop
-        return made
-
-    async def aclose(self) -> None:
-        """Close the connections; the client may still be used (it opens new ones)."""
-        sdk, self._sdk, self._loop = self._sdk, None, None
-        if sdk is not None and self._given_http is None:
-            await sdk.close()
+        self.zone_id = zone_id
 
     # -- the zone -----------------------------------------------------------------
 
@@ -216,53 +159,6 @@ class CloudflareDnsClient:
             raise
         return True
 
-    # -- the calls ------------------------------------------------------------------
-
-    async def _call(
-        self, route: str, send: Callable[[AsyncCloudflare], Awaitable[Any]]
-    ) -> dict[str, Any]:
-        """One API call (the JSON envelope), retried as the module says."""
-        reading = route.startswith("GET ")
-        give_up = time.monotonic() + self.deadline
-        backoff = FIRST_BACKOFF
-        while True:
-            self.count.called(route)
-            wait: float | None = None
-            try:
-                answer = await send(await self._client())
-            except cloudflare.APIStatusError as exc:
-                if exc.status_code == 429:
-                    wait = _retry_after(exc.response.headers) + random.uniform(0, 0.1)  # noqa: S311 - jitter
-                    problem = _error(route, exc)
-                elif reading and exc.status_code in RETRIED_READING:
-                    wait = backoff * random.uniform(0.5, 1.0)  # noqa: S311 - jitter
-                    problem = _error(route, exc)
-                else:
-                    raise _error(route, exc) from None
-            except (cloudflare.APIConnectionError, cloudflare.APITimeoutError) as exc:
-                problem = CloudflareError(
-                    f"Cloudflare did not answer {route}: {exc.__class__.__name__}",
-                    hint="Check the network (and `[dns.cloudflare] api_url`); then try again.",
-                )
-                if not reading:
-                    raise problem from None
-                wait = backoff * random.uniform(0.5, 1.0)  # noqa: S311 - jitter
-            else:
-                body: dict[str, Any] = json.loads(answer.http_response.text)
-                return body
-            if time.monotonic() + wait > give_up:
-                raise CloudflareError(
-                    f"{problem.message} (still so after {self.count.retries} retries, "
-                    f"the call's deadline of {self.deadline:g} s would pass)",
-                    status=problem.status,
-                    code=problem.cf_code,
-                    hint=problem.hint,
-                )
-            self.count.retries += 1
-            self.count.waited += wait
-            await asyncio.sleep(wait)
-            backoff = min(backoff * 2, MAX_BACKOFF)
-
 
 def _list_page(cf: AsyncCloudflare, *, query: dict[str, Any]) -> Awaitable[Any]:
     return _records(cf).list(**query)  # type: ignore[no-any-return]
@@ -272,50 +168,6 @@ def _records(cf: AsyncCloudflare) -> Any:
     """The SDK's records with raw responses, untyped: its create and update are one
     overload per record type (a `Literal` each), and the type here is a checked str."""
     return cf.dns.records.with_raw_response
-
-
-def _error(route: str, exc: cloudflare.APIStatusError) -> CloudflareError:
-    """Cloudflare's refusal in words, with the setting to fix."""
-    errors = exc.body.get("errors") if isinstance(exc.body, dict) else None
-    first = errors[0] if isinstance(errors, list) and errors and isinstance(errors[0], dict) else {}
-    code = first.get("code") if isinstance(first.get("code"), int) else None
-    said = str(first.get("message") or exc.response.reason_phrase)[:300]
-    status = exc.status_code
-    hint = None
-    if status in (401, 403) or code in (9106, 6003, 10000, 9109):
-        message = f"Cloudflare refused the API token ({status}, code {code}: {said})"
-        hint = (
-            TOKEN_HINT + " A token limited to other zones is refused too: check that "
-            "`[dns.cloudflare] zone_id` is this zone's."
-        )
-    elif code == BAD_ZONE or (status == 404 and code in (7000, 7003)):
-        message = f"Cloudflare knows no zone with this id ({status}, code {code}: {said})"
-        hint = (
-            "Set `[dns.cloudflare] zone_id` to the zone's id (the dashboard's Overview page "
-            "of the zone shows it, under API)."
-        )
-    elif status == 429:
-        message = f"Cloudflare's rate limit met on {route} ({said})"
-        hint = "Cloudflare allows 1200 calls per 5 minutes; wait, or make fewer calls."
-    else:
-        message = f"Cloudflare refused {route}: {status}, code {code}: {said}"
-    return CloudflareError(message, status=status, code=code, hint=hint)
-
-
-def _retry_after(headers: httpx.Headers) -> float:
-    """Seconds a 429 asks to wait (a number or an HTTP date); 1 when it does not say."""
-    value = headers.get("retry-after")
-    if value is None:
-        return 1.0
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return 1.0
-    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
 
 
 def _time(value: object) -> datetime:
