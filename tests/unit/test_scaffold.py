@@ -233,6 +233,29 @@ def test_node_app_scripts(tmp_path: Path) -> None:
     assert "migrate: no migrations found" in " ".join(_notes(detection, guessed=True))
 
 
+def test_cloudflare_workers_are_worker_services_without_a_run_command(tmp_path: Path) -> None:
+    """A wrangler config makes a directory a Worker: `runtime = "worker"` (wrangler
+    bundles it, workerd serves it), its package.json still giving its build."""
+    package = {"name": "api", "scripts": {"start": "wrangler dev"}, "dependencies": {"pg": "^8"}}
+    files = {"package.json": json.dumps(package), "package-lock.json": "{}",
+             "src/index.js": "export default {}"}  # fmt: skip
+    root = write_files(tmp_path, {
+        **{f"services/api/{k}": v for k, v in files.items()},
+        "services/api/wrangler.toml": 'name = "api"\nmain = "src/index.js"\n',
+        **{f"services/auth/{k}": v for k, v in files.items()},
+        "services/auth/wrangler.jsonc": '{ "name": "auth" } // a comment',
+    })  # fmt: skip
+    detection, config = _generate(root)
+    assert sorted(config.services) == ["api", "auth"]
+    for name, marker in (("api", "wrangler.toml"), ("auth", "wrangler.jsonc")):
+        service = config.services[name]
+        assert (service.runtime, service.run, service.build) == ("worker", None, ("npm", "ci"))
+        assert next(s for s in detection.services if s.name == name).marker == marker
+    text = (root / "branchline.toml").read_text()
+    assert text.count('runtime = "worker"') == 2 and "\nrun = " not in text
+    assert "wrangler dev" not in text
+
+
 def test_node_placeholder_test_script_is_not_a_job(tmp_path: Path) -> None:
     package = {
         "scripts": {"start": "next start", "test": 'echo "Error: no test specified" && exit 1'}

@@ -423,7 +423,7 @@ def _check_cloud_runtimes(provider: str, services: Mapping[str, ServiceConfig]) 
             raise _invalid(
                 f'`[compute] provider = "cloudflare"` runs Workers only, and service '
                 f"`{name}` is a process",
-                f'make it a Worker (`runtime = "worker"`, its wrangler.toml in its path), '
+                'make it a Worker (`runtime = "worker"`, its wrangler.toml in its path), '
                 'or keep `[compute] provider = "local"`',
                 loc=("services", name, "runtime"),
             )

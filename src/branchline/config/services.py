@@ -19,6 +19,10 @@ from branchline.config.problems import _invalid
 _RESERVED_ENV = frozenset({"PORT", "DATABASE_URL"})
 
 
+# Where a Worker service's config is, as wrangler looks for it: in its `path`.
+WRANGLER_CONFIGS = ("wrangler.toml", "wrangler.jsonc", "wrangler.json")
+
+
 class DepsConfig(_Model):
     """`[services.<name>.deps]`: the service's dependencies, installed once per
     content of its lock files and shared by every release with the same ones.

@@ -2,7 +2,8 @@
 
 The root, a `backend/`-like folder, and every folder under the conventional monorepo
 parents (`services/*`, `apps/*`, ...) are asked, most explicit file first: a Procfile,
-then Python (Django, alembic, FastAPI, Flask), Node, Go, Rust, Cloudflare Workers.
+then Python (Django, alembic, FastAPI, Flask), Node, Go, Rust; a Cloudflare Worker's
+wrangler config before all of them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from branchline.config.services import WRANGLER_CONFIGS
 from branchline.scaffold import node, procfile, python
 from branchline.scaffold.model import (
     DetectedService,
@@ -37,11 +39,10 @@ NO_MIGRATIONS = (
 
 
 def _compiled(found: Findings) -> None:
-    """Go, Rust and Cloudflare Workers: the build tools' conventions."""
+    """Go and Rust: the build tools' conventions."""
     guesses: dict[str, tuple[list[str], list[str]]] = {
         "go.mod": (["go", "build", "-o", "app", "."], ["./app"]),
         "Cargo.toml": (["cargo", "build", "--release"], ["cargo", "run", "--release"]),
-        "wrangler.toml": (["npm", "ci"], ["sh", "-c", 'exec npx wrangler dev --port "$PORT"']),
     }
     for marker, (build, run) in guesses.items():
         if not (found.directory / marker).is_file():
@@ -57,7 +58,23 @@ def _compiled(found: Findings) -> None:
         return
 
 
+def _worker(found: Findings) -> None:
+    """A Cloudflare Worker (its wrangler config): `runtime = "worker"`, no run command
+    (wrangler bundles it, workerd serves it); its package.json still gives its build."""
+    for marker in WRANGLER_CONFIGS:
+        if (found.directory / marker).is_file():
+            found.mark(marker)
+            found.runtime = "worker"
+            found.serves = True
+            found.run = found.step(
+                "run", (), "a Cloudflare Worker: wrangler bundles it, workerd serves it",
+                found.file(marker),
+            )  # fmt: skip
+            return
+
+
 DETECTORS: tuple[Callable[[Findings], None], ...] = (
+    _worker,
     procfile.detect,
     python.detect,
     node.detect,
@@ -149,6 +166,7 @@ def _service(found: Findings, name: str) -> DetectedService:
         health_path=health or "/health",
         release=found.release,
         comments=tuple(line.replace("<service>", name) for line in found.comments),
+        runtime=found.runtime,
     )
 
 

@@ -59,6 +59,7 @@ class DetectedService:
     health_path: str = "/health"
     release: Step | None = None
     comments: tuple[str, ...] = ()  # extra lines for the toml, already commented
+    runtime: str = "process"  # "worker": no run command, workerd serves its bundle
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class Findings:
     directory: Path
     marker: str | None = None
     serves: bool = False  # a server was found, not just a marker file
+    runtime: str = "process"  # "worker": a Cloudflare Worker (its wrangler config)
     run: Step | None = None
     build: Step | None = None
     health_path: str | None = None

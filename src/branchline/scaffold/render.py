@@ -95,12 +95,18 @@ def _service(service: DetectedService, order: int, notes: list[Note]) -> list[st
     lines += [f"[services.{service.name}]", f"path = {toml_str(service.path)}"]
     if service.build is not None:
         lines.append(f"build = {toml_list(service.build.argv)}")
-    lines += [
-        "# run gets PORT in its environment; {{ port }} in an argument is the same number.",
-        f"run = {toml_list(service.run.argv)}",
-        f"health_path = {toml_str(service.health_path)}",
-        f"order = {order}",
-    ]
+    if service.runtime == "worker":
+        lines += [
+            "# A Cloudflare Worker: wrangler bundles it (`wrangler deploy --dry-run`), workerd",
+            "# serves it locally; its variables and secrets are its bindings.",
+            'runtime = "worker"',
+        ]
+    else:
+        lines += [
+            "# run gets PORT in its environment; {{ port }} in an argument is the same number.",
+            f"run = {toml_list(service.run.argv)}",
+        ]
+    lines += [f"health_path = {toml_str(service.health_path)}", f"order = {order}"]
     if service.release is not None:
         lines += _release(service.release)
     lines += [*service.comments, ""]

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Protocol
 
 from branchline.config import ServiceConfig
+from branchline.config.services import WRANGLER_CONFIGS
 from branchline.errors import BranchlineError
 from branchline.providers.compute import envtemplate, workerd, workertools
 
 BUNDLE = "bundle"  # in a worker's release directory, beside `tree`: what wrangler wrote
-WRANGLER_CONFIGS = ("wrangler.toml", "wrangler.jsonc", "wrangler.json")
 
 
 @dataclass(frozen=True)
