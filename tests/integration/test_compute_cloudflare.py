@@ -179,8 +179,12 @@ def test_a_worker_is_uploaded_deployed_routed_rolled_back_and_deleted(
         release = await compute.build("notes", sha)
         return await compute.deploy("notes", PREVIEW, release, given)
 
+    fake.reset_counters()
     deployment = run(compute, build_and_deploy(first))
     assert deployment.status == "live"
+    # The upload that makes the script, its deployments (the version's id), the routes,
+    # the new route.
+    assert sum(fake.calls()["by_route"].values()) == 4, fake.calls()["by_route"]
     assert deployment.url == f"https://{PREVIEW.host_name('notes', ZONE)}/"
     assert deployment.detail["script"] == script
     assert at_host(fake, "/health") == {"status": "ok", "commit": first}
@@ -215,6 +219,7 @@ def test_a_worker_is_uploaded_deployed_routed_rolled_back_and_deleted(
     routes = fake.calls()["by_route"]
     assert "POST /accounts/{account_id}/workers/scripts/{script_name}/versions" not in routes
     assert routes["POST /accounts/{account_id}/workers/scripts/{script_name}/deployments"] == 1
+    assert sum(routes.values()) == 2  # the deployment, a look at the routes
 
     # An unhealthy release: deployed, checked, and the traffic goes back at once.
     index = project / "services" / "notes" / "src" / "index.js"

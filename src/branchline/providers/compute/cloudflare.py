@@ -149,6 +149,10 @@ class CloudflareComputeProvider:
             )
             serving = next((d.detail.get("version_id") for d in previous
                             if d.detail.get("script") == script), None)  # fmt: skip
+            known = await rows.deployments(conn, self.project, environment=where,
+                                           service=service)  # fmt: skip
+            made = any(d.detail.get("script") == script and d.detail.get("version_id")
+                       for d in known)  # fmt: skip
             await resources.record(
                 conn, self.project, "deployment", f"{service}:{where}", "creating",
                 environment=where,
@@ -160,8 +164,13 @@ class CloudflareComputeProvider:
             )  # fmt: skip
             try:
                 if version is None:
-                    version = await self._upload(spec, environment, release, env, script, host)
-                await self.client.deploy(script, version, message=f"branchline {release.name}")
+                    version, deployed = await self._upload(
+                        spec, environment, release, env, script, host, first=not made
+                    )
+                else:
+                    deployed = False
+                if not deployed:
+                    await self.client.deploy(script, version, message=f"branchline {release.name}")
                 await rows.update_deployment(conn, deployment_id, detail={"version_id": version})
                 await self.client.ensure_route(f"{host}/*", script)
                 result = await self._health(spec, host, release, position)
@@ -186,20 +195,23 @@ class CloudflareComputeProvider:
 
     async def _upload(
         self, spec: ServiceConfig, environment: Environment, release: Release,
-        env: DeploymentEnv, script: str, host: str,
-    ) -> str:  # fmt: skip
-        """The release as a new version of `script` (made by this upload when it does
-        not exist yet); its id."""
+        env: DeploymentEnv, script: str, host: str, *, first: bool,
+    ) -> tuple[str, bool]:  # fmt: skip
+        """The release as a new version of `script`: its id, and whether it is deployed
+        already. The `first` upload for a script makes it and deploys at once (nothing
+        served before); later ones are versions only, until their deployment. A script
+        thought new that exists is uploaded to the same way; one thought there that is
+        gone (deleted by hand) is made again."""
         bundle, bindings = await asyncio.to_thread(
             self._upload_parts, spec, environment, release, env, host
         )
-        try:
-            return await self.client.upload(script, bundle, bindings, deploy=False)
-        except CloudflareError as exc:
-            if exc.cf_code != NO_SUCH_SCRIPT and exc.status != 404:
-                raise
-        # The script's first version: the upload that makes it deploys it too.
-        return await self.client.upload(script, bundle, bindings, deploy=True)
+        if not first:
+            try:
+                return await self.client.upload(script, bundle, bindings, deploy=False), False
+            except CloudflareError as exc:
+                if exc.cf_code != NO_SUCH_SCRIPT and exc.status != 404:
+                    raise
+        return await self.client.upload(script, bundle, bindings, deploy=True), True
 
     def _upload_parts(
         self, spec: ServiceConfig, environment: Environment, release: Release,
