@@ -3,7 +3,9 @@ the call and raw httpx elsewhere: every request and every answer held to Cloudfl
 documents (none may be invalid but the deliberate ones), Cloudflare's envelope and
 error codes (not found, bad token, duplicate DNS records, rate limits on demand),
 secrets never shown, each deployed version answering over HTTP (a rollback changes
-what answers), and a stop that leaves nothing running."""
+what answers), and a stop that leaves nothing running. Versions run on the
+echo-for-tests stand-in here; tests/integration/test_fake_cloudflare_workerd.py runs
+them in workerd."""
 
 from __future__ import annotations
 
@@ -30,6 +32,9 @@ pytestmark = pytest.mark.integration
 TOKEN = "cf-fake-token-0123456789abcdef"
 ZONE = "example.com"
 SECRET = "s3cret-value-that-must-never-show"
+# These tests tell versions apart by their text: the stand-in that answers with it
+# (test_fake_cloudflare_workerd runs real Workers).
+ECHO = "echo-for-tests"
 # (method, path) of the requests the tests send against the documents on purpose.
 DELIBERATE: list[tuple[str, str]] = []
 
@@ -37,7 +42,7 @@ DELIBERATE: list[tuple[str, str]] = []
 @pytest.fixture(scope="module")
 def fake(cluster_root: Path) -> Iterator[FakeCloudflare]:
     state = new_state_dir(cluster_root)
-    cf = FakeCloudflare.start(state, token=TOKEN, zones=(ZONE, "other.test"))
+    cf = FakeCloudflare.start(state, token=TOKEN, zones=(ZONE, "other.test"), runner=ECHO)
     try:
         yield cf
         # The SDK's requests and the fake's answers: all as Cloudflare's documents say.
@@ -393,7 +398,7 @@ def test_in_process_app_serves_the_async_sdk(tmp_path: Path) -> None:
 
 def test_stop_leaves_nothing_running(cluster_root: Path) -> None:
     state = new_state_dir(cluster_root)
-    cf = FakeCloudflare.start(state, token=TOKEN)
+    cf = FakeCloudflare.start(state, token=TOKEN, runner=ECHO)
     try:
         upload(cf, "one", "one")
         upload(cf, "two", "two")
@@ -408,7 +413,7 @@ def test_stop_leaves_nothing_running(cluster_root: Path) -> None:
 
 def test_a_fake_killed_with_its_group_takes_its_workers_along(cluster_root: Path) -> None:
     state = new_state_dir(cluster_root)
-    cf = FakeCloudflare.start(state, token=TOKEN)
+    cf = FakeCloudflare.start(state, token=TOKEN, runner=ECHO)
     try:
         upload(cf, "one", "one")
         assert len(leftover_processes(state)) == 2

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from branchline.fakes.cloudflare.app import FakeCloudflareApp, build_app
-from branchline.fakes.cloudflare.runners import RUNNERS
+from branchline.fakes.cloudflare.runners import DEFAULT_RUNNER, RUNNERS
 from branchline.fakes.cloudflare.spec import API_PREFIX, openapi
 from branchline.fakes.running import serve_until_stopped
 
@@ -31,8 +31,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--account-id", default=None)
     parser.add_argument("--zone", action="append", default=[], help="a zone it holds (repeat)")
     parser.add_argument("--subdomain", default="branchline-fake")
-    # Only the tests' stand-in exists yet (the workerd runner is to come).
-    parser.add_argument("--runner", choices=sorted(RUNNERS), default="echo-for-tests")
+    # workerd runs the uploaded JavaScript; echo-for-tests is the fake's own tests' stand-in.
+    parser.add_argument("--runner", choices=sorted(RUNNERS), default=DEFAULT_RUNNER)
     return parser.parse_args(argv)
 
 

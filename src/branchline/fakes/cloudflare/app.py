@@ -390,7 +390,8 @@ class FakeCloudflareApp:
 
     async def _run(self, script: Script) -> None:
         """Run the script's deployed version on the runner (the one answering before
-        is stopped by it); a version that will not start undoes its deployment."""
+        is stopped by it once the new one answers); a version that will not start
+        undoes its deployment, and the one before it keeps answering."""
         version = script.deployed()
         if version is None:
             return
@@ -406,8 +407,8 @@ class FakeCloudflareApp:
             url = await asyncio.to_thread(self.runner.start, deployable)
         except RunnerError as exc:
             script.deployments.pop()
-            self.running.pop(script.name, None)
-            raise CloudflareError(400, 10021, f"the Worker failed to start: {exc}") from None
+            why = mask(str(exc), deployable.secrets.values())
+            raise CloudflareError(400, 10021, f"the Worker failed to start: {why}") from None
         self.running[script.name] = Running(url, version.id)
 
     async def _stop(self, name: str) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from branchline.fakes.cloudflare.runners import DEFAULT_RUNNER
 from branchline.fakes.running import RunningFake, launch
 
 START_TIMEOUT = 60.0  # seconds: the documents' parse on a slow machine
@@ -42,12 +43,15 @@ class FakeCloudflare(RunningFake):
         account_id: str | None = None,
         zones: Sequence[str] = ("example.com",),
         subdomain: str = "branchline-fake",
-        runner: str = "echo-for-tests",
+        runner: str = DEFAULT_RUNNER,
         timeout: float = START_TIMEOUT,
     ) -> FakeCloudflare:
         """Start `python -m branchline.fakes.cloudflare` (its log, ready file and the
         deployed versions' files in `state_dir`) and wait until it answers. The process
-        carries BRANCHLINE_STATE_DIR=`state_dir`; the token goes by environment."""
+        carries BRANCHLINE_STATE_DIR=`state_dir`; the token goes by environment.
+        `runner`: what runs a deployed version (see `runners`): "workerd", the
+        uploaded modules in workerd (the Workers tools must be installed), or
+        "echo-for-tests", the fake's own tests' stand-in."""
         state_dir = state_dir.absolute()
         args = ["--subdomain", subdomain, "--runner", runner]
         for zone in zones:
