@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import cloudflare
 import httpx
 
 from branchline.providers.cloudflare_client import (
@@ -137,13 +138,14 @@ class CloudflareWorkersClient(CloudflareApiClient):
 
     async def deploy(self, script: str, version_id: str, *, message: str = "") -> str:
         """Send all of `script`'s traffic to `version_id`; the deployment's id."""
-        annotations = {"workers/message": message[:100]} if message else {}
+        # Omitted, not null, when there is no message: the document refuses a null.
+        annotations: Any = {"workers/message": message[:100]} if message else cloudflare.omit
         body = await self._call(
             "POST /accounts/{account_id}/workers/scripts/{script_name}/deployments",
             lambda cf: cf.workers.scripts.deployments.with_raw_response.create(
                 script, account_id=self.account_id, strategy="percentage",
                 versions=[{"version_id": version_id, "percentage": 100}],
-                annotations=annotations or None,  # type: ignore[arg-type]
+                annotations=annotations,
             ),
         )  # fmt: skip
         return str(body["result"]["id"])
