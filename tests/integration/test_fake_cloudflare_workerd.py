@@ -36,6 +36,7 @@ pytestmark = pytest.mark.integration
 
 TOKEN = "cf-fake-token-workerd-0123456789"
 SECRET = "s3cret-of-the-workerd-runner-never-shown"
+OTHER_SECRET = "another-s3cret-put-later"
 DATE = "2024-08-06"
 
 
@@ -100,7 +101,8 @@ def fake(cluster_root: Path) -> Iterator[FakeCloudflare]:
         assert leftover_processes(state) == []
         # Not one file under the fake's state directory holds the secret's value.
         for path in state.rglob("*"):
-            assert not path.is_file() or SECRET.encode() not in path.read_bytes(), path
+            kept = path.read_bytes() if path.is_file() else b""
+            assert SECRET.encode() not in kept and OTHER_SECRET.encode() not in kept, path
     finally:
         cf.stop()
         remove_state_dir(state)
@@ -173,6 +175,12 @@ def test_a_deployed_worker_runs_its_javascript(fake: FakeCloudflare) -> None:
     assert '(name = "MODE", text = "preview")' in configs[0].read_text()
     for path in fake.state_dir.rglob("*"):
         assert not path.is_file() or SECRET.encode() not in path.read_bytes(), path
+    # A secret changed through the API is a new version, deployed: the Worker sees it.
+    sdk(fake).workers.scripts.secrets.update(
+        "web", account_id=fake.account_id, name="API_KEY", text=OTHER_SECRET, type="secret_text"
+    )
+    assert answer(fake, "web")["secret_length"] == len(OTHER_SECRET)
+    assert len(workerd_pids(fake.state_dir)) == 1
 
 
 def test_versions_a_rollback_and_versions_that_will_not_start(fake: FakeCloudflare) -> None:
@@ -277,8 +285,18 @@ def test_the_runner_on_its_own(cluster_root: Path) -> None:
         with pytest.raises(RunnerError, match="boom") as failed:
             runner.start(version("bad", f"throw new Error('boom {SECRET}'); export default {{}}"))
         assert SECRET not in str(failed.value)  # its log lines, the secret masked
+        # A Worker that never finishes starting: given up on after the timeout.
+        runner.timeout = 2
+        began = time.monotonic()
+        with pytest.raises(RunnerError, match="did not answer within 2 s"):
+            runner.start(version("loops", "while (true) {} export default {}"))
+        print(f"a start that never answers given up on in {time.monotonic() - began:.1f} s")
         assert httpx.get(url, timeout=10).json()["label"] == "v4"
         assert len(workerd_pids(directory)) == 1
+        # Only the running version's files are kept (a stopped or failed one's go).
+        homes = [h.name.split("-")[0] for h in (directory / "workers" / "timed").iterdir()
+                 if h.is_dir()]  # fmt: skip
+        assert homes == ["v4"]
         print(f"workerd version start: median {statistics.median(times):.3f} s "
               f"(min {min(times):.3f}, max {max(times):.3f}) over {len(times)}")  # fmt: skip
     finally:

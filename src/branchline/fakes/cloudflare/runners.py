@@ -218,7 +218,11 @@ class WorkerdRunner:
             try:
                 _wait_answering(process, port, self.timeout)
             except RunnerError as failed:
-                _end(process)
+                # It serves nothing yet: no grace (one stuck in a start-up loop would
+                # ignore SIGTERM).
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                process.wait(5)
                 said = _since(log, start)
                 if "address already in use" in said.lower() and attempt < 2:
                     continue
