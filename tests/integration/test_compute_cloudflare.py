@@ -240,6 +240,32 @@ def test_a_worker_is_uploaded_deployed_routed_rolled_back_and_deleted(
         if path.is_file() and not path.is_symlink():
             assert SECRET.encode() not in path.read_bytes(), path
 
+    # Reconcile: a script of this project's that no deployment explains (a crash
+    # between Cloudflare's answer and the row) goes with its route; others' stay.
+    stray = compute.script_name("notes", Environment.preview(99))
+    live_bundle, uploaded = compute._upload_parts(
+        compute.config.services["notes"], PREVIEW,
+        run(compute, compute.releases("notes"))[0], given, "x.notes.example",
+    )  # fmt: skip
+
+    async def strays() -> None:
+        for name in (stray, "someone-elses-worker", f"{compute.project}-notes-staging"):
+            await compute.client.upload(name, live_bundle, uploaded, deploy=True)
+        await compute.client.ensure_route("notes-preview-99.notes.example/*", stray)
+
+    run(compute, strays())
+    would = run(compute, compute.reconcile(dry_run=True))
+    assert [(f.kind, f.target, f.done) for f in would] == [("script", stray, False)]
+    done = run(compute, compute.reconcile())
+    assert [(f.target, f.done) for f in done] == [(stray, True)]
+    kept = fake.state()
+    assert stray not in kept["scripts"] and "someone-elses-worker" in kept["scripts"]
+    assert f"{compute.project}-notes-staging" in kept["scripts"]  # not an environment's name
+    assert [r["script"] for r in kept["routes"]] == [script]
+    assert run(compute, compute.reconcile()) == []
+    for name in ("someone-elses-worker", f"{compute.project}-notes-staging"):
+        run(compute, compute.client.delete_script(name))
+
     # Deleted: the route and the script (and its versions) go; nothing left.
     assert run(compute, compute.delete("notes", PREVIEW)) is True
     kept = fake.state()

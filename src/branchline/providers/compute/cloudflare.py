@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import re
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +35,7 @@ from typing import Any
 
 from branchline.config import Config, ServiceConfig
 from branchline.environment import Environment
-from branchline.errors import UsageError
+from branchline.errors import BranchlineError, UsageError
 from branchline.health import HealthPolicy, HealthResult, check_health
 from branchline.masking import mask
 from branchline.providers.cloudflare_client import CloudflareError
@@ -54,11 +55,14 @@ from branchline.providers.compute.cloudflare_api import (
     CloudflareWorkersClient,
 )
 from branchline.providers.compute.local import LIVE, LocalComputeProvider, _masked, _release
+from branchline.providers.reconciling import Finding
 from branchline.store import Store, resources
 from branchline.store import compute as rows
 
 # Bindings that hold a credential however they are named: sent as secrets.
 SECRET_VARS = ("DATABASE_URL", "PGPASSWORD")
+# Deployments whose script stands in the account until they are deleted.
+STANDING = ("starting", "live", "failed")
 
 
 async def _nothing(_environment: Environment) -> DeploymentEnv:
@@ -316,7 +320,7 @@ class CloudflareComputeProvider:
         async with self.builder._locked(f"deploy:{service}:{where}") as conn:
             running = await rows.deployments(
                 conn, self.project, environment=where, service=service,
-                statuses=("starting", "live", "failed"),
+                statuses=STANDING,
             )  # fmt: skip
             await resources.record(conn, self.project, "deployment", f"{service}:{where}",
                                    "deleting")  # fmt: skip
@@ -346,6 +350,46 @@ class CloudflareComputeProvider:
             "branchline does not read a Worker's logs on Cloudflare yet",
             hint="Follow them with `wrangler tail SCRIPT` (or the dashboard's Logs tab).",
         )
+
+    async def reconcile(self, *, dry_run: bool = False) -> list[Finding]:
+        """Scripts (and their routes) of this project's that no deployment explains: a
+        crash between Cloudflare's answer and the store's row, a cleanup cut short.
+        A script is this project's when its name is one `script_name` makes for one of
+        its services and an environment's name; every other script is left alone."""
+        async with self.store.connect() as conn:
+            known = await rows.deployments(conn, self.project)
+        explained = {str(d.detail.get("script")) for d in known
+                     if d.status in STANDING and d.detail.get("script")}  # fmt: skip
+        routes = await self.client.routes() if self.client.zone_id else []
+        found = []
+        for script in await self.client.list_scripts():
+            if script in explained or not self._ours(script):
+                continue
+            if not dry_run:
+                for route in routes:
+                    if route.script == script:
+                        await self.client.delete_route(route.id)
+                await self.client.delete_script(script)
+            found.append(Finding("script", script, "delete", "no deployment explains it",
+                                 not dry_run))  # fmt: skip
+        return found
+
+    def _ours(self, script: str) -> bool:
+        """Whether `script` is a name `script_name` makes for this project: one of its
+        services, and a valid environment name."""
+        pattern = re.escape(self.script_template.lower())
+        services = "|".join(re.escape(s.lower()) for s in sorted(self.config.services))
+        pattern = pattern.replace(re.escape("{project}"), re.escape(self.project.lower()))
+        pattern = pattern.replace(re.escape("{service}"), f"(?:{services})")
+        pattern = pattern.replace(re.escape("{environment}"), "(?P<environment>[a-z0-9-]+)")
+        match = re.fullmatch(pattern, script)
+        if match is None:
+            return False
+        try:
+            Environment.parse(match.group("environment"))
+        except (BranchlineError, ValueError):
+            return False
+        return True
 
     async def aclose(self) -> None:
         await self.client.aclose()
