@@ -57,9 +57,15 @@ def _reach_providers(config: Config) -> list[str]:
     them is raised (a missing key, an unknown project)."""
     import asyncio
 
-    from branchline.providers.registry import verify_database, verify_dns, verify_forge
+    from branchline.providers.registry import (
+        verify_compute,
+        verify_database,
+        verify_dns,
+        verify_forge,
+    )
 
     async def reach() -> list[str | None]:
-        return [await verify_database(config), await verify_dns(config), await verify_forge(config)]
+        return [await verify_database(config), await verify_compute(config),
+                await verify_dns(config), await verify_forge(config)]  # fmt: skip
 
     return [found for found in asyncio.run(reach()) if found]

@@ -172,6 +172,24 @@ def cloudflare_dns_client(config: Config) -> CloudflareDnsClient:
     )  # fmt: skip
 
 
+async def verify_compute(config: Config) -> str | None:
+    """Ask Cloudflare whether `[compute.cloudflare]` works: the token reaches the
+    account's Workers scripts and the zone's Workers routes (None for local compute)."""
+    if config.compute.provider != "cloudflare":
+        return None
+    client = workers_client(config)
+    try:
+        scripts = await client.list_scripts()
+        routes = await client.routes() if client.zone_id else None
+    finally:
+        await client.aclose()
+    account = client.account_id
+    found = f"Cloudflare Workers: the token reaches account {account} ({len(scripts)} scripts)"
+    if routes is None:
+        return found + "; no zone for the routes: set `[compute.cloudflare] zone_id`"
+    return found + f" and the Workers routes of zone {client.zone_id} ({len(routes)} routes)"
+
+
 async def verify_dns(config: Config) -> str | None:
     """Ask Cloudflare whether `[dns.cloudflare]` works: the token is accepted and
     reaches the zone's records (None for the local DNS)."""
