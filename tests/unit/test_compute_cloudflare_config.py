@@ -128,3 +128,13 @@ def test_a_version_s_bindings_hide_secrets_and_credentials(tmp_path: Path) -> No
     metadata = json.dumps([b.as_metadata() for b in bindings])
     assert '"type": "secret_text", "name": "API_KEY"' in metadata
     assert Binding("X", "v").as_metadata() == {"type": "plain_text", "name": "X", "text": "v"}
+
+
+def test_exported_workflows_pass_the_token_for_workers_too(tmp_path: Path) -> None:
+    from branchline.config import load_config
+    from branchline.export import github_actions
+
+    load(tmp_path, BASE + TABLE)
+    (tmp_path / "branchline.toml").write_text(BASE + TABLE)
+    env = github_actions.step_env(load_config(tmp_path / "branchline.toml", env={}))
+    assert env["CLOUDFLARE_API_TOKEN"] == "${{ secrets.CLOUDFLARE_API_TOKEN }}"

@@ -55,7 +55,7 @@ def step_env(config: Config) -> dict[str, str]:
     env = dict(BASE_ENV)
     if config.database.provider == "neon":
         env.setdefault("NEON_API_KEY", "${{ secrets.NEON_API_KEY }}")
-    if config.dns.provider == "cloudflare":
+    if config.dns.provider == "cloudflare" or config.compute.provider == "cloudflare":
         env.setdefault("CLOUDFLARE_API_TOKEN", "${{ secrets.CLOUDFLARE_API_TOKEN }}")
     for name, has_default in references(config.path.read_text(encoding="utf-8")):
         if name in env or name.startswith("GITHUB_") or (has_default and not is_secret_name(name)):
