@@ -225,6 +225,10 @@ class Kit:
         }
 
     def url(self, host: str) -> str:
+        """Where users reach `host`: Cloudflare's edge (https) for Workers on
+        Cloudflare, else branchline's edge."""
+        if self.config.compute.provider == "cloudflare":
+            return f"https://{host}/"
         port = f":{self.edge_port}" if self.edge_port and self.edge_port != 80 else ""
         return f"http://{host}{port}/"
 
@@ -280,9 +284,15 @@ class Kit:
         if database_url is not None:
             vars["DATABASE_URL"] = database_url
         base = f"http://{ports.url_host(self.edge_host)}:{self.edge_port}" if self.edge_port else ""
+        cloud = self.config.compute.cloudflare if self.config.compute.provider != "local" else None
         for name, host in self.hosts(environment).items():
             key = naming.sql_identifier(name).upper()
-            vars[f"{key}_URL"] = base
+            # On Cloudflare a sibling is its host, over https (or the `edge_url` that
+            # stands for Cloudflare's edge, the host in the Host header).
+            if cloud is not None:
+                vars[f"{key}_URL"] = cloud.edge_url or f"https://{host}"
+            else:
+                vars[f"{key}_URL"] = base
             vars[f"{key}_HOST"] = host
         secrets = await self.secrets.get_all(environment.name)
         return DeploymentEnv(vars=vars, secrets=secrets)
