@@ -1,6 +1,6 @@
 // The three Workers in-process on a migrated database (DATABASE_URL): web driven as a
-// browser would, its calls to auth and api answered by their own fetch handlers (routed
-// by the Host header, as branchline's edge routes them). Skipped without DATABASE_URL.
+// browser would, its calls to auth and api answered by their own fetch handlers (by the
+// URL's host). Skipped without DATABASE_URL.
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { test } from "node:test";
@@ -14,18 +14,16 @@ const skip = url ? false : "needs DATABASE_URL (a migrated database)";
 const env = {
   DATABASE_URL: url,
   AUTH_SECRET: "integration-secret",
-  AUTH_URL: "http://edge",
-  AUTH_HOST: "auth.test",
-  API_URL: "http://edge",
-  API_HOST: "api.test",
+  AUTH_URL: "http://auth.test",
+  API_URL: "http://api.test",
   BRANCHLINE_COMMIT: "0123456789abcdef",
 };
 const WORKERS = { "auth.test": auth, "api.test": api };
 
-// What web's fetch() reaches: the Worker its Host header names.
+// What web's fetch() reaches: the Worker its URL names.
 globalThis.fetch = async (input, init = {}) => {
   const request = new Request(input, init);
-  const worker = WORKERS[new Headers(init.headers).get("Host")];
+  const worker = WORKERS[new URL(request.url).hostname];
   return worker ? worker.fetch(request, env) : new Response("no such host", { status: 404 });
 };
 

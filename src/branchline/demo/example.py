@@ -28,7 +28,6 @@ from branchline.errors import UsageError
 from branchline.providers.compute import workertools
 
 EXAMPLES_IN_CHECKOUT = Path(__file__).resolve().parents[3] / "examples"
-IN_CHECKOUT = EXAMPLES_IN_CHECKOUT / "codex"
 # Where the examples' boxed code finds its tools (their `[security] path`, the demo's
 # interpreter first for codex).
 SYSTEM_PATH = ("/usr/local/bin", "/usr/bin", "/bin")
@@ -93,11 +92,6 @@ PRODUCT_NOTES = Change(
 )
 
 
-def find_example() -> Path:
-    """codex's directory (see `Example.find`)."""
-    return CODEX.find()
-
-
 def check_tools() -> None:
     """The example's tests run `python -m pytest` and `ruff check .` with the demo's own
     Python (the example's `[security] path` puts its directory first): both must be
@@ -141,7 +135,7 @@ CODEX = Example(
     # Refuses to start where a setting it needs is missing: only production.
     broken=Change(
         "services/web/app.py",
-        '\n# A release that starts everywhere but in production, where a setting it needs is\n'
+        "\n# A release that starts everywhere but in production, where a setting it needs is\n"
         "# missing: the tests pass, the production health check does not.\n"
         'if os.environ.get("BRANCHLINE_ENVIRONMENT") == "production":\n'
         '    raise SystemExit("web: refusing to start: SHOP_CURRENCY is not configured")\n',

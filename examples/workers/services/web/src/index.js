@@ -6,9 +6,9 @@
 //   GET  /health   {status, service, commit, release, database}; 503 without its database
 //
 // Bindings: DATABASE_URL (checked by /health), AUTH_URL and API_URL (the base URLs of
-// this environment's auth and api), AUTH_HOST and API_HOST (sent as the Host header:
-// branchline gives its edge's URL and each service's host name, so the calls go
-// through the edge as users' do). Unset or down, the page says "auth unavailable".
+// this environment's auth and api), AUTH_HOST and API_HOST (their host names: locally
+// branchline gives its edge's URL and each service's host name, and the edge routes by
+// Host). Unset or down, the page says "auth unavailable".
 import pg from "pg";
 
 const SERVICE = "web";
@@ -43,18 +43,57 @@ export async function call(env, service, method, path, { body, token } = {}) {
   const base = (env[`${key}_URL`] || "").replace(/\/+$/, "");
   if (!/^https?:\/\//.test(base)) throw new Unavailable(`${service} unavailable (${key}_URL is not set)`);
   const headers = { "Content-Type": "application/json" };
-  if (env[`${key}_HOST`]) headers.Host = env[`${key}_HOST`];
   if (token) headers.Authorization = `Bearer ${token}`;
+  const data = body === undefined ? undefined : JSON.stringify(body);
   let answer;
   try {
-    answer = await fetch(base + path, {
-      method, headers, body: body === undefined ? undefined : JSON.stringify(body),
-    });
+    const host = env[`${key}_HOST`];
+    answer = host
+      ? await fetchWithHost(base + path, host, { method, headers, body: data })
+      : await fetch(base + path, { method, headers, body: data });
   } catch {
     throw new Unavailable(`${service} unavailable`);
   }
   if (answer.status >= 500) throw new Unavailable(`${service} unavailable (${answer.status})`);
   return [answer.status, await answer.json().catch(() => null)];
+}
+
+// `fetch`, but with `host` as the Host header: a Worker's fetch() never sends the Host
+// it is given (it sends the URL's), and branchline's edge routes by Host. So: one
+// HTTP/1.1 exchange over a TCP socket (cloudflare:sockets, as pg's own connections),
+// `Connection: close`, the answer read to its end.
+export async function fetchWithHost(url, host, { method = "GET", headers = {}, body } = {}) {
+  const { connect } = await import("cloudflare:sockets");
+  const target = new URL(url);
+  const payload = new TextEncoder().encode(body ?? "");
+  const lines = [`${method} ${target.pathname}${target.search} HTTP/1.1`, `Host: ${host}`,
+    "Connection: close", `Content-Length: ${payload.length}`];
+  for (const [name, value] of Object.entries(headers)) lines.push(`${name}: ${value}`);
+  const socket = connect({ hostname: target.hostname, port: Number(target.port || 80) });
+  const writer = socket.writable.getWriter();
+  await writer.write(new TextEncoder().encode(`${lines.join("\r\n")}\r\n\r\n`));
+  if (payload.length) await writer.write(payload);
+  const raw = new Uint8Array(await new Response(socket.readable).arrayBuffer());
+  await socket.close().catch(() => {});
+  const line = (from) => raw.findIndex((b, i) => i >= from && b === 13 && raw[i + 1] === 10);
+  const head = [];
+  let at = 0;
+  for (let end = line(at); end > at; at = end + 2, end = line(at)) {
+    head.push(new TextDecoder().decode(raw.subarray(at, end)));
+  }
+  const status = Number((head[0] || "").split(" ")[1]) || 502;
+  let content = raw.subarray(at + 2);
+  if (head.some((h) => /^transfer-encoding:\s*chunked/i.test(h))) {
+    const chunks = [];
+    for (let pos = at + 2, end = line(pos); end >= 0; end = line(pos)) {
+      const size = parseInt(new TextDecoder().decode(raw.subarray(pos, end)), 16);
+      if (!size) break;
+      chunks.push(raw.subarray(end + 2, end + 2 + size));
+      pos = end + 2 + size + 2;
+    }
+    content = new Uint8Array(await new Blob(chunks).arrayBuffer());
+  }
+  return new Response(status === 204 || status === 304 ? null : content, { status });
 }
 
 const escape = (text) =>
