@@ -47,10 +47,10 @@ def test_each_example_is_found_and_its_changes_apply_to_its_files(
 
 def test_a_change_whose_anchor_is_gone_says_so(tmp_path: Path) -> None:
     (tmp_path / "app.py").write_text("print('hello')\n")
-    change = example.Change("app.py", "# inserted\n", before="\nfrom common")
+    change = example.Change("a change", "app.py", "# inserted\n", before="\nfrom common")
     with pytest.raises(UsageError, match=r"cannot change app\.py"):
         change.apply(tmp_path)
-    example.Change("app.py", "# inserted\n", before="print").apply(tmp_path)
+    example.Change("a change", "app.py", "# inserted\n", before="print").apply(tmp_path)
     assert (tmp_path / "app.py").read_text() == "# inserted\nprint('hello')\n"
 
 

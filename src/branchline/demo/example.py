@@ -35,10 +35,12 @@ SYSTEM_PATH = ("/usr/local/bin", "/usr/bin", "/bin")
 
 @dataclass(frozen=True)
 class Change:
-    """A change the demo commits to its copy of the example: `path` written with
-    `text`; with `before`, `text` inserted before the first `before` in the file
-    instead (an error when the file has none: the example changed, not the story)."""
+    """A change the demo commits to its copy of the example, with `message`: `path`
+    written with `text`; with `before`, `text` inserted before the first `before` in
+    the file instead (an error when the file has none: the example changed, not the
+    story)."""
 
+    message: str
     path: str
     text: str
     before: str | None = None
@@ -88,7 +90,9 @@ class Example:
 
 # The same migration for both: their api owns `products`.
 PRODUCT_NOTES = Change(
-    "migrations/003_product_notes.sql", "ALTER TABLE products ADD COLUMN note text;\n"
+    "products get a note",
+    "migrations/003_product_notes.sql",
+    "ALTER TABLE products ADD COLUMN note text;\n",
 )
 
 
@@ -134,6 +138,7 @@ CODEX = Example(
     sync=PRODUCT_NOTES,
     # Refuses to start where a setting it needs is missing: only production.
     broken=Change(
+        "web: needs a currency setting",
         "services/web/app.py",
         "\n# A release that starts everywhere but in production, where a setting it needs is\n"
         "# missing: the tests pass, the production health check does not.\n"
@@ -153,6 +158,7 @@ WORKERS = Example(
     sync=PRODUCT_NOTES,
     # Serves everywhere, but answers 500 in production, where a setting is missing.
     broken=Change(
+        "web: needs a currency setting",
         "services/web/src/index.js",
         "    // A release that serves everywhere but in production, where a setting it needs\n"
         "    // is missing: the tests pass, the production health check does not.\n"

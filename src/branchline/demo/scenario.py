@@ -333,7 +333,7 @@ async def _scenario(demo: Demo, p: Pipelines, config: Config) -> None:
 
     async def sync() -> str:
         second = await asyncio.to_thread(
-            demo.commit, "feature", example.sync.apply, "products get a note"
+            demo.commit, "feature", example.sync.apply, example.sync.message
         )
         await _forge(kit).sync_pr(1)
         await _expect(kit, await _settle(demo, p), {"testing": "success", "preview": "success"})
@@ -364,7 +364,7 @@ async def _scenario(demo: Demo, p: Pipelines, config: Config) -> None:
     async def broken() -> str:
         good = await commit_of(PRODUCTION, "web")
         await asyncio.to_thread(example.broken.apply, demo.project)
-        await asyncio.to_thread(demo.git, "commit", "-qam", "web: needs a currency setting")
+        await asyncio.to_thread(demo.git, "commit", "-qam", example.broken.message)
         await _forge(kit).push("main")
         await _expect(kit, await _settle(demo, p), {"testing": "success", "production": "failure"})
         still = {await commit_of(PRODUCTION, s) for s in hosts[PRODUCTION]}
