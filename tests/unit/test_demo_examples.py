@@ -67,12 +67,15 @@ def test_the_workers_example_without_its_tools_fails_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("BRANCHLINE_WORKERS_TOOLS", str(tmp_path / "no-tools"))
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
+
+    def made(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("the demo began (its directory made) without the Workers tools")
+
+    monkeypatch.setattr(demo_module, "Demo", made)
     console = Console(file=io.StringIO(), width=200, color_system=None)
     with pytest.raises(WorkersToolsMissingError) as raised:
         demo_module.run(console, example="workers")
     assert "npm ci" in (raised.value.hint or "")
-    assert list(tmp_path.iterdir()) == []  # nothing made: no demo directory
 
 
 def test_an_unknown_example_is_refused() -> None:
