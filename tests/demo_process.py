@@ -19,7 +19,9 @@ class DemoProcess:
     its output collected as it comes."""
 
     def __init__(self, tmp: Path, *args: str) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BRANCHLINE_")}
+        # Nothing of the user's branchline state; where the Workers tools are, kept.
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("BRANCHLINE_") or k == "BRANCHLINE_WORKERS_TOOLS"}  # fmt: skip
         env.update(TMPDIR=str(tmp), PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "branchline", "demo", *args], stdout=subprocess.PIPE,

@@ -140,16 +140,16 @@ def test_stray_processes_are_found_by_environment_not_command_line(tmp_path: Pat
 def test_the_example_comes_from_the_package_else_the_checkout(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert example.find_example() == example.IN_CHECKOUT  # an editable install
+    assert example.CODEX.find() == example.EXAMPLES_IN_CHECKOUT / "codex"  # editable install
     shipped = tmp_path / "branchline"
     (shipped / "examples" / "codex").mkdir(parents=True)
     (shipped / "examples" / "codex" / "branchline.toml").write_text("")
     monkeypatch.setattr(resources, "files", lambda _package: shipped)
-    assert example.find_example() == shipped / "examples" / "codex"  # a wheel
+    assert example.CODEX.find() == shipped / "examples" / "codex"  # a wheel
     monkeypatch.setattr(resources, "files", lambda _package: tmp_path / "nothing")
-    monkeypatch.setattr(example, "IN_CHECKOUT", tmp_path / "nothing-either")
+    monkeypatch.setattr(example, "EXAMPLES_IN_CHECKOUT", tmp_path / "nothing-either")
     with pytest.raises(UsageError, match="example app the demo copies is missing"):
-        example.find_example()
+        example.CODEX.find()
 
 
 def test_without_pytest_the_demo_says_which_extra_to_install(

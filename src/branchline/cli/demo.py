@@ -15,6 +15,11 @@ class Database(StrEnum):
     neon = "neon"
 
 
+class Example(StrEnum):
+    codex = "codex"
+    workers = "workers"
+
+
 def demo(
     ctx: typer.Context,
     keep: Annotated[
@@ -34,12 +39,23 @@ def demo(
             "local cluster; the summary counts the API calls).",
         ),
     ] = Database.local,
+    example: Annotated[
+        Example,
+        typer.Option(
+            "--example",
+            help="Which example app: codex (three Python services) or workers (three "
+            "Cloudflare Workers in JavaScript, run in workerd: needs the Workers tools, "
+            "`(cd tools/workers && npm ci)`, and npm).",
+        ),
+    ] = Example.codex,
 ) -> None:
-    """Show the whole system on a temporary copy of the example app (codex): a push
-    tested, a pull request's preview, an update, the merge rolled out, a broken release
-    rolled back. Everything it starts is removed when it ends, however it ends (Ctrl-C
-    and SIGTERM included)."""
+    """Show the whole system on a temporary copy of an example app (codex, or workers):
+    a push tested, a pull request's preview, an update, the merge rolled out, a broken
+    release rolled back. Everything it starts is removed when it ends, however it ends
+    (Ctrl-C and SIGTERM included)."""
     from branchline import demo as scenario
 
-    code = scenario.run(app_context(ctx).output.out, keep=keep, database=database.value)
+    code = scenario.run(
+        app_context(ctx).output.out, keep=keep, database=database.value, example=example.value
+    )
     raise typer.Exit(code)

@@ -21,7 +21,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from branchline.demo.example import check_tools, find_example
+from branchline.demo.example import EXAMPLES
 from branchline.demo.keep import look_around, serve_until_stopped
 from branchline.demo.scenario import NEON_API_KEY, Demo, play
 from branchline.demo.stopping import Interruptions, Removal, teardown
@@ -35,24 +35,31 @@ __all__ = ["run"]
 DATABASES = ("local", "neon")
 
 
-def run(console: Console, *, keep: bool = False, database: str = "local") -> int:
-    """Play the demo, its database on local clusters or (`database="neon"`) on Neon's
-    API served by a fake Neon it starts first; returns its exit code (128 + the
-    signal's number when one stopped it before its end)."""
+def run(
+    console: Console, *, keep: bool = False, database: str = "local", example: str = "codex"
+) -> int:
+    """Play the demo with `example` (see `example.EXAMPLES`), its database on local
+    clusters or (`database="neon"`) on Neon's API served by a fake Neon it starts
+    first; returns its exit code (128 + the signal's number when one stopped it before
+    its end)."""
     if database not in DATABASES:
         raise UsageError(f"the demo's database is one of {', '.join(DATABASES)}, "
                          f"not {database!r}")  # fmt: skip
-    # What it needs, before anything is made: the example app and the tools its tests
-    # run with, Postgres, git.
-    find_example()
-    check_tools()
+    if example not in EXAMPLES:
+        raise UsageError(f"the demo's example is one of {', '.join(EXAMPLES)}, "
+                         f"not {example!r}")  # fmt: skip
+    played = EXAMPLES[example]
+    # What it needs, before anything is made: the example app and the tools its tests,
+    # builds and services run with, Postgres, git.
+    played.find()
+    played.check()
     find_binaries()
     if shutil.which("git") is None:
         raise UsageError("the demo needs git, and there is none on the PATH",
                          hint="Install git (for example `apt-get install git`).")  # fmt: skip
     command = _command()
     with Interruptions() as interruptions:
-        demo = Demo(console, keep=keep, command=command, database=database)
+        demo = Demo(console, keep=keep, command=command, database=database, example=played)
         ending = "failed"  # until it is known to end otherwise
         try:
             _prepare(demo)
@@ -90,11 +97,12 @@ def _prepare(demo: Demo) -> None:
     demo.root.chmod(0o755)  # when run as root, Postgres runs as another user: it must enter
     demo.say(f"the demo works in {demo.root}; everything it starts is removed when it ends",
              whole=True)  # fmt: skip
-    # Every process the demo starts (tests, migrations, services) runs `python`:
-    # this interpreter, which has psycopg. State lives in the demo's own directory.
+    # What the demo starts itself runs this interpreter's tools first. State lives in
+    # the demo's own directory.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    # ... and the example's `[security] path` names it for code from its branches.
-    os.environ["CODEX_PYTHON_BIN"] = str(Path(sys.executable).parent)
+    # The variables the example's branchline.toml refers to (codex's `[security] path`
+    # names this interpreter, which has psycopg, for code from its branches).
+    os.environ.update(demo.example.variables())
     os.environ["BRANCHLINE_STATE_DIR"] = str(demo.state_dir)
     os.environ.pop("BRANCHLINE_DATABASE_URL", None)
     # A throw-away project: any free ports (it prints its URLs), unless the user chose,
@@ -161,6 +169,8 @@ def _farewell(demo: Demo, removal: Removal, ending: str) -> None:
     demo.say(f"\nremoved everything the demo started: {escape(removed)}.")
     if ending == "done":
         again = " --database neon" if demo.database == "neon" else ""
+        if demo.example.name != "codex":
+            again = f" --example {demo.example.name}{again}"
         demo.say("Its URLs above are gone with it. To keep it all running and look around "
                  "(live URLs, the dashboard, the CLI): "
                  f"`{demo.command} demo{again} --keep`.")  # fmt: skip

@@ -76,7 +76,7 @@ def look_around(demo: Demo) -> list[str]:
     """The commands (with the directory and variables they need) that show the demo's
     state from another terminal."""
     # With Neon, config_env() adds its key (the fake's, made for the demo).
-    variables = {"BRANCHLINE_STATE_DIR": str(demo.state_dir), **config_env()}
+    variables = {"BRANCHLINE_STATE_DIR": str(demo.state_dir), **config_env(demo.example)}
     exports = " ".join(f"{name}={shlex.quote(value)}" for name, value in variables.items())
     return [
         f"cd {shlex.quote(str(demo.project))}",

@@ -29,7 +29,7 @@ from rich.table import Table
 
 from branchline import naming
 from branchline.config import Config, load_config
-from branchline.demo.example import find_example
+from branchline.demo.example import CODEX, Example
 from branchline.edge import daemon
 from branchline.environment import Environment
 from branchline.errors import BranchlineError
@@ -45,13 +45,6 @@ from branchline.store import runs as run_rows
 
 PRODUCTION = Environment.production()
 PREVIEW = Environment.preview(1)
-
-BROKEN = """
-# A release that starts everywhere but in production, where a setting it needs is
-# missing: the tests pass, the production health check does not.
-if os.environ.get("BRANCHLINE_ENVIRONMENT") == "production":
-    raise SystemExit("web: refusing to start: SHOP_CURRENCY is not configured")
-"""
 
 
 @dataclass
@@ -71,6 +64,7 @@ class Demo:
     serving: bool = False  # --keep: the story is over, everything serves until stopped
     database: str = "local"  # the example's database provider: "local" or "neon"
     neon: FakeNeon | None = None  # with "neon": the fake Neon the demo started
+    example: Example = CODEX  # the example app it plays the story with
 
     @property
     def neon_dir(self) -> Path:
@@ -79,7 +73,7 @@ class Demo:
 
     @property
     def project(self) -> Path:
-        return self.root / "codex"
+        return self.root / self.example.name
 
     @property
     def state_dir(self) -> Path:
@@ -124,11 +118,11 @@ class Played:
     urls: dict[str, str]  # ... and its URL through the edge
 
 
-def config_env() -> dict[str, str]:
-    """The variables the example's branchline.toml refers to, as the demo set them
-    (with Neon, its API key too: branchline reads it from NEON_API_KEY, never from the
-    file or a command line)."""
-    env = {"CODEX_PYTHON_BIN": os.environ.get("CODEX_PYTHON_BIN", "")}
+def config_env(example: Example) -> dict[str, str]:
+    """The variables `example`'s branchline.toml refers to, as the demo set them (with
+    Neon, its API key too: branchline reads it from NEON_API_KEY, never from the file
+    or a command line)."""
+    env = {name: os.environ.get(name, "") for name in example.variables()}
     if NEON_API_KEY in os.environ:
         env[NEON_API_KEY] = os.environ[NEON_API_KEY]
     return env
@@ -159,21 +153,22 @@ def use_neon(toml: str, neon: FakeNeon) -> str:
 
 def _copy_example(demo: Demo) -> None:
     # .branchline/: the state of anyone who ran the example in place stays there.
-    shutil.copytree(find_example(), demo.project,
-                    ignore=shutil.ignore_patterns("__pycache__", ".branchline"))  # fmt: skip
+    # node_modules/: what an `npm ci` in place installed; the builds install their own.
+    shutil.copytree(demo.example.find(), demo.project, ignore=shutil.ignore_patterns(
+        "__pycache__", ".branchline", "node_modules"))  # fmt: skip
     if demo.neon is not None:
         toml = demo.project / "branchline.toml"
         toml.write_text(use_neon(toml.read_text(), demo.neon))
     demo.git("init", "-q", "-b", "main")
     demo.git("add", ".")
-    demo.git("commit", "-qm", "codex: web, auth and api")
+    demo.git("commit", "-qm", f"{demo.example.name}: web, auth and api")
 
 
 async def play(demo: Demo) -> Played:
     """Set up, play every phase, show the table; raises when a phase goes wrong."""
     began = time.monotonic()
     await asyncio.to_thread(_copy_example, demo)
-    config = load_config(demo.project / "branchline.toml", env=config_env())
+    config = load_config(demo.project / "branchline.toml", env=config_env(demo.example))
     store = Store(locate_state(demo.project, os.environ))
     await _phase(
         demo, "setup: state, production database, edge", lambda: _setup(demo, config, store)
@@ -183,7 +178,7 @@ async def play(demo: Demo) -> Played:
     async with open_pipelines(
         config, store, edge_port=info.edge_port, dns_port=info.dns_port
     ) as pipelines:
-        await _scenario(demo, pipelines)
+        await _scenario(demo, pipelines, config)
         hosts = pipelines.kit.hosts(PRODUCTION)
         urls = {service: pipelines.kit.url(host) for service, host in hosts.items()}
     _summary(demo, time.monotonic() - began)
@@ -249,10 +244,11 @@ async def _settle(demo: Demo, p: Pipelines) -> list[run_rows.RunRow]:
     return sorted((r for r in runs if r.id not in before), key=lambda r: r.id)
 
 
-def _health(port: int, host: str) -> dict[str, Any]:
-    """The service's health through the edge; a new route reaches the edge by NOTIFY
-    moments after a deploy, so a 404 or 502 is asked again for a few seconds."""
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/health", headers={"Host": host})
+def _health(port: int, host: str, path: str = "/health") -> dict[str, Any]:
+    """The service's health (its `health_path`) through the edge; a new route reaches
+    the edge by NOTIFY moments after a deploy, so a 404 or 502 is asked again for a few
+    seconds."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Host": host})
     deadline = time.monotonic() + 5
     while True:
         try:
@@ -294,10 +290,16 @@ async def _failed_jobs(kit: Kit, run: run_rows.RunRow) -> str:
     return "".join(told)
 
 
-async def _scenario(demo: Demo, p: Pipelines) -> None:
+async def _scenario(demo: Demo, p: Pipelines, config: Config) -> None:
     kit = p.kit
     port = kit.edge_port or 0
     hosts = {env: kit.hosts(env) for env in (PREVIEW, PRODUCTION)}
+    example = demo.example
+
+    async def commit_of(env: Environment, service: str) -> str:
+        """What `service` of `env` reports as its commit, asked at its health path."""
+        path = config.services[service].health_path
+        return str((await asyncio.to_thread(_health, port, hosts[env][service], path))["commit"])
 
     def note(path: str, text: str) -> Callable[[Path], None]:
         def write(root: Path) -> None:
@@ -325,28 +327,27 @@ async def _scenario(demo: Demo, p: Pipelines) -> None:
         await _forge(kit).open_pr("feature", "A spring sale banner")
         await _expect(kit, await _settle(demo, p), {"testing": "success", "preview": "success"})
         for service, host in hosts[PREVIEW].items():
-            commit = (await asyncio.to_thread(_health, port, host))["commit"]
+            commit = await commit_of(PREVIEW, service)
             demo.say(f"  {service}: {kit.url(host)} answers commit {commit[:8]}")
         return "preview-1 live: three services on branch pr-1, URLs above"
 
     async def sync() -> str:
         second = await asyncio.to_thread(
-            demo.commit, "feature",
-            note("migrations/003_product_notes.sql", "ALTER TABLE products ADD COLUMN note text;"),
-            "products get a note",
-        )  # fmt: skip
+            demo.commit, "feature", example.sync.apply, example.sync.message
+        )
         await _forge(kit).sync_pr(1)
         await _expect(kit, await _settle(demo, p), {"testing": "success", "preview": "success"})
         deadline = time.monotonic() + 5  # the edge switches routes on NOTIFY: moments later
         while True:
-            answers = {(await asyncio.to_thread(_health, port, h))["commit"]
-                       for h in hosts[PREVIEW].values()}  # fmt: skip
+            answers = {await commit_of(PREVIEW, s) for s in hosts[PREVIEW]}
             if answers == {second} or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.05)
         if answers != {second}:
             raise BranchlineError(f"the preview answers {sorted(answers)}, not {second[:8]}")
-        return f"preview-1 now serves {second[:8]} (migration 003 applied to pr-1), same URLs"
+        migration = Path(example.sync.path).stem.split("_", 1)[0]
+        return (f"preview-1 now serves {second[:8]} (migration {migration} applied to pr-1), "
+                "same URLs")  # fmt: skip
 
     async def merge() -> str:
         await _forge(kit).close_pr(1, merge=True)
@@ -355,20 +356,18 @@ async def _scenario(demo: Demo, p: Pipelines) -> None:
             kit, runs, {"cleanup": "success", "testing": "success", "production": "success"}
         )
         for service, host in hosts[PRODUCTION].items():
-            commit = (await asyncio.to_thread(_health, port, host))["commit"]
+            commit = await commit_of(PRODUCTION, service)
             demo.say(f"  {service}: {kit.url(host)} answers commit {commit[:8]}")
         left = [b.name for b in await kit.database.list_branches() if b.name.startswith("pr-1")]
         return f"rolled out to production; preview-1 cleaned up ({len(left)} branches left)"
 
     async def broken() -> str:
-        good = (await asyncio.to_thread(_health, port, hosts[PRODUCTION]["web"]))["commit"]
-        app = demo.project / "services" / "web" / "app.py"
-        app.write_text(app.read_text().replace("\nfrom common", BROKEN + "\nfrom common", 1))
-        await asyncio.to_thread(demo.git, "commit", "-qam", "web: needs a currency setting")
+        good = await commit_of(PRODUCTION, "web")
+        await asyncio.to_thread(example.broken.apply, demo.project)
+        await asyncio.to_thread(demo.git, "commit", "-qam", example.broken.message)
         await _forge(kit).push("main")
         await _expect(kit, await _settle(demo, p), {"testing": "success", "production": "failure"})
-        still = {(await asyncio.to_thread(_health, port, h))["commit"]
-                 for h in hosts[PRODUCTION].values()}  # fmt: skip
+        still = {await commit_of(PRODUCTION, s) for s in hosts[PRODUCTION]}
         async with kit.store.connect() as conn:
             issue = (await forge_rows.issues(conn, kit.project))[0]
         demo.say(f"  [yellow]incident issue #{issue.number}: {escape(issue.title)}[/yellow]")

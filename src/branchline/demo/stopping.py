@@ -170,7 +170,7 @@ def _destroy_clusters(state_dir: Path, removal: Removal) -> int:
 
 
 async def _stop_services(demo: Demo) -> int:
-    config = load_config(demo.project / "branchline.toml", env=config_env())
+    config = load_config(demo.project / "branchline.toml", env=config_env(demo.example))
     store = Store(locate_state(demo.project, os.environ))
     await store.start()
     kit = Kit.build(config, store)
