@@ -47,8 +47,11 @@ export async function call(env, service, method, path, { body, token } = {}) {
   const data = body === undefined ? undefined : JSON.stringify(body);
   let answer;
   try {
+    // The Host to send differs from the URL's only behind an edge reached by address
+    // (branchline's locally); on Cloudflare the URL is the host's own (https).
     const host = env[`${key}_HOST`];
-    answer = host
+    const direct = !host || new URL(base).hostname === host;
+    answer = !direct
       ? await fetchWithHost(base + path, host, { method, headers, body: data })
       : await fetch(base + path, { method, headers, body: data });
   } catch {
