@@ -431,6 +431,10 @@ def test_durations_in_config(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- health
 
+# Cloudflare runs Workers only: the same project, its services Workers.
+WORKERS = BASE.replace('run = "python -m api"', 'runtime = "worker"').replace(
+    'run = "python -m web"', 'runtime = "worker"'
+)
 CLOUDFLARE = """
 [compute]
 provider = "cloudflare"
@@ -450,7 +454,7 @@ def test_health_defaults_locally(tmp_path: Path) -> None:
 
 
 def test_health_defaults_on_cloudflare_are_the_reference(tmp_path: Path) -> None:
-    health = load(tmp_path, BASE + CLOUDFLARE).health
+    health = load(tmp_path, WORKERS + CLOUDFLARE).health
     assert health.first_wait == timedelta(seconds=30)
     assert health.later_wait == timedelta(seconds=15)
     assert health.retries == 10
@@ -462,7 +466,7 @@ def test_health_defaults_on_cloudflare_are_the_reference(tmp_path: Path) -> None
 
 
 def test_health_values_set_by_the_user_win(tmp_path: Path) -> None:
-    text = BASE + CLOUDFLARE + '\n[health]\nfirst_wait = "1s"\nretries = 2\n'
+    text = WORKERS + CLOUDFLARE + '\n[health]\nfirst_wait = "1s"\nretries = 2\n'
     health = load(tmp_path, text).health
     assert health.first_wait == timedelta(seconds=1)
     assert health.later_wait == timedelta(seconds=15)
