@@ -340,6 +340,44 @@ def test_exported_workflows_pass_actionlint(project: Path, tmp_path: Path) -> No
     assert actions_runner.lint(paths) == []
 
 
+def test_a_project_of_workers_installs_the_workers_tools_where_it_builds(
+    tmp_path: Path,
+) -> None:
+    """Preview, production and rollback build (or may rebuild) Workers: a step installs
+    the pinned tools first and points BRANCHLINE_WORKERS_TOOLS at them; actionlint (and
+    its shellcheck) passes the step."""
+    root = tmp_path / "workers"
+    shutil.copytree(REPO / "examples" / "workers", root,
+                    ignore=shutil.ignore_patterns("node_modules", ".branchline"))  # fmt: skip
+    toml = root / "branchline.toml"
+    toml.write_text(toml.read_text().replace(
+        '[compute]\nprovider = "local"', '[compute]\nprovider = "cloudflare"', 1
+    ) + '[compute.cloudflare]\naccount_id = "acc"\nzone_id = "zone"\n')  # fmt: skip
+    config = load_config(toml, env={})
+    files = github_actions.render(config, github_actions.Settings(version="9.9.9"))
+    out = tmp_path / "out"
+    out.mkdir()
+    for name, text in files.items():
+        (out / name).write_text(text)
+    for name, wanted in (("preview.yml", True), ("production.yml", True),
+                         ("rollback.yml", True), ("testing.yml", False),
+                         ("cleanup.yml", False)):  # fmt: skip
+        workflow = actions_runner.load_workflow(out / name)
+        (job,) = workflow["jobs"].values() if name != "testing.yml" else [
+            workflow["jobs"]["testing"]]  # fmt: skip
+        names = [step.get("name", "") for step in job["steps"]]
+        has = any(n.startswith("Workers tools") for n in names)
+        assert has is wanted, (name, names)
+        if wanted:
+            step = next(s for s in job["steps"] if s.get("name", "").startswith("Workers"))
+            assert 'branchline workers-tools install "$tools"' in step["run"]
+            assert names.index(step["name"]) == len(names) - 2  # just before branchline's
+            assert job["steps"][-1]["env"]["CLOUDFLARE_API_TOKEN"] == (
+                "${{ secrets.CLOUDFLARE_API_TOKEN }}"
+            )
+    assert actions_runner.lint(sorted(out.iterdir())) == []
+
+
 def test_exported_workflows_take_secrets_from_github(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

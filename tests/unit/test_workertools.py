@@ -43,3 +43,51 @@ def test_the_pins_are_exact() -> None:
     lock = json.loads((workertools.CHECKOUT_TOOLS / "package-lock.json").read_text())
     assert lock["packages"]["node_modules/wrangler"]["version"] == "4.164.0"
     assert lock["packages"]["node_modules/workerd"]["version"] == "1.20261123.1"
+
+
+FAKE_NPM = """#!/bin/sh
+# `npm ci` as far as the tools' layout goes: the files find() looks for.
+echo "$@" > npm-args
+[ -f package-lock.json ] || exit 9
+mkdir -p node_modules/.bin node_modules/wrangler/bin node_modules/@cloudflare/workerd-linux-64/bin
+touch node_modules/.bin/node node_modules/wrangler/bin/wrangler.js
+touch node_modules/@cloudflare/workerd-linux-64/bin/workerd
+"""
+
+
+def test_install_copies_the_pins_runs_npm_ci_once_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "npm").write_text(FAKE_NPM)
+    (bindir / "npm").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")
+    target = tmp_path / "tools"
+    tools, installed = workertools.install(target)
+    assert installed and tools.root == target
+    assert (target / "npm-args").read_text().split() == ["ci", "--no-audit", "--no-fund"]
+    pinned = workertools.pinned_files()
+    for name in workertools.PINNED:
+        assert (target / name).read_bytes() == (pinned / name).read_bytes()
+    (target / "npm-args").unlink()
+    assert workertools.install(target)[1] is False  # there already: npm not asked
+    assert not (target / "npm-args").exists()
+
+
+def test_install_without_npm_or_with_a_failing_npm_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(workertools.UsageError) as failed:
+        workertools.install(tmp_path / "a")
+    assert "needs npm" in failed.value.message
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "npm").write_text("#!/bin/sh\necho 'npm ERR! network unreachable' >&2\nexit 1\n")
+    (bindir / "npm").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bindir))
+    with pytest.raises(workertools.UsageError) as failed:
+        workertools.install(tmp_path / "b")
+    assert "failed with 1: npm ERR! network unreachable" in failed.value.message
+    assert "registry" in failed.value.hint

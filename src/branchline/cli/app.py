@@ -31,6 +31,7 @@ from branchline.cli import serve as serve_cmd
 from branchline.cli import state as state_cmd
 from branchline.cli import status as status_cmd
 from branchline.cli import token as token_cmd
+from branchline.cli import tools as tools_cmd
 from branchline.cli.context import AppContext
 from branchline.cli.output import Output
 
@@ -111,6 +112,7 @@ app.add_typer(issues_cmd.app, name="issues")
 app.add_typer(token_cmd.app, name="token")
 app.add_typer(ci_cmd.app, name="ci")
 app.add_typer(export_cmd.app, name="export")
+app.add_typer(tools_cmd.app, name="workers-tools")
 
 
 def app_for(args: list[str]) -> typer.Typer:

@@ -120,7 +120,7 @@ def _concurrency(group: str, cancel: bool) -> list[str]:
 def _job(
     name: str, settings: Settings, env: dict[str, str], run: str, *, ref: str,
     condition: str | None = None, environment: str | None = None, always: bool = False,
-    timeout: int = 60, extra_env: dict[str, str] | None = None,
+    timeout: int = 60, extra_env: dict[str, str] | None = None, workers: bool = False,
 ) -> list[str]:  # fmt: skip
     lines = [f"  {name}:"]
     if condition:
@@ -146,8 +146,10 @@ def _job(
         f"          python-version: {_q(PYTHON)}",
         "      - name: Install branchline",
         f"        run: python -m pip install {_q(f'branchline=={settings.version}')}",
-        f"      - name: branchline {name}",
     ]
+    if workers:
+        lines += WORKERS_TOOLS_STEP
+    lines.append(f"      - name: branchline {name}")
     if always:
         lines.append("        if: always()")
     variables = {**env, **(extra_env or {})}
@@ -160,6 +162,19 @@ def _job(
 
 
 HEAD = "${{ github.event.pull_request.head.sha || github.sha }}"
+# Worker services are bundled by wrangler (and tried in workerd): their tools, as
+# branchline pins them, into the runner's temporary directory (unless already set).
+WORKERS_TOOLS_STEP = [
+    "      - name: Workers tools (wrangler, workerd, pinned by branchline)",
+    "        run: |",
+    '          tools="${BRANCHLINE_WORKERS_TOOLS:-$RUNNER_TEMP/branchline-workers-tools}"',
+    '          branchline workers-tools install "$tools"',
+    '          echo "BRANCHLINE_WORKERS_TOOLS=$tools" >> "$GITHUB_ENV"',
+]
+
+
+def _has_workers(config: Config) -> bool:
+    return any(s.runtime == "worker" for s in config.services.values())
 
 
 def testing(config: Config, settings: Settings) -> str:
@@ -210,7 +225,7 @@ def preview(config: Config, settings: Settings) -> str:
          f"  # request is previewed once a writer labels it {APPROVAL_LABEL}."],
         _job("preview", settings, step_env(config),
              "branchline ci preview --wait-for-testing 30m", ref=HEAD, condition=_q(labeled),
-             environment="preview"),
+             environment="preview", workers=_has_workers(config)),
     )  # fmt: skip
 
 
@@ -230,7 +245,7 @@ def production(config: Config, settings: Settings) -> str:
          "  # in order with health checks; a failed check rolls back and opens an issue."],
         _job("production", settings, step_env(config),
              "branchline ci production --wait-for-testing 30m", ref="${{ github.sha }}",
-             environment="production", timeout=120),
+             environment="production", timeout=120, workers=_has_workers(config)),
     )  # fmt: skip
 
 
@@ -264,7 +279,7 @@ def rollback(config: Config, settings: Settings) -> str:
         _concurrency("production", False),
         ["jobs:"],
         _job("rollback", settings, step_env(config), _q(run), ref="${{ github.sha }}",
-             environment="production", timeout=30,
+             environment="production", timeout=30, workers=_has_workers(config),
              extra_env={"SERVICE": "${{ inputs.service }}", "TO_RELEASE": "${{ inputs.to }}"}),
     )  # fmt: skip
 

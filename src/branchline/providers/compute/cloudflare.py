@@ -113,7 +113,14 @@ class CloudflareComputeProvider:
                 f"service {service} is not a Worker: Cloudflare compute runs Workers only",
                 hint=f'Set `runtime = "worker"` under `[services.{service}]`.',
             )
-        return await self.builder.build(service, commit)
+        release = await self.builder.build(service, commit)
+        if not (Path(release.location) / runtimes.BUNDLE).is_dir():
+            # Built on another machine (a CI runner's disk, gone with it): its files are
+            # not here to upload. Built again here, as a new build of the same commit.
+            async with self.store.connect() as conn:
+                await rows.set_release_status(conn, release.id, "pruned")
+            release = await self.builder.build(service, commit)
+        return release
 
     async def releases(self, service: str) -> list[Release]:
         return await self.builder.releases(service)
@@ -305,6 +312,8 @@ class CloudflareComputeProvider:
              and d.detail.get("version_id")),
             None,
         )  # fmt: skip
+        if not version:
+            target = await self.build(service, target.commit)  # its files, here
         deployment = await self._deploy(
             service, environment, target, await self.environment_of(environment),
             version=str(version) if version else None, retire_as="rolled_back",
