@@ -9,9 +9,13 @@ request closed, and nothing in the account but production's."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import secrets as random
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,12 +25,17 @@ import httpx
 import pytest
 
 from branchline.fakes.cloudflare import FakeCloudflare
-from tests import workers_tools
+from branchline.fakes.github.process import FakeGitHub
+from branchline.providers.compute.workertools import tools_dir as workers_tools_dir
+from tests import actions_runner, workers_tools
 from tests.cloudflare_zone import FakeZoneServer
 from tests.codex_project import commit_on, git
-from tests.conftest import REPO, new_state_dir, remove_state_dir, run_cli
+from tests.conftest import ANY_FREE_PORT, REPO, new_state_dir, remove_state_dir, run_cli
+from tests.e2e.test_github_actions_workflow import PAYLOADS, pull_request_payload, state_url
 
 pytestmark = pytest.mark.integration
+__all__ = ["state_url"]  # the fixture, by name
+REPOSITORY = "acme/workers"
 
 TOKEN = "cf-flow-token-0123456789abcdef"
 ZONE = "workers.example"
@@ -187,3 +196,131 @@ def test_workers_on_cloudflare_from_push_to_rollback_and_cleanup(
     assert [d["release"]["commit"] for d in live] == [merged]
     assert account(fake)[0] == sorted(production)  # nothing left behind by the failure
     assert os.environ.get("CLOUDFLARE_API_TOKEN", "") != TOKEN
+
+
+def _push_payload(before: str, after: str) -> dict[str, Any]:
+    """GitHub's own push example, made a push of `after` to main of the fake's repo."""
+    payload: dict[str, Any] = json.loads(
+        (PAYLOADS / "push.new-branch-master.payload.json").read_text()
+    )
+    payload.update(ref="refs/heads/main", before=before, after=after, created=False)
+    payload["repository"]["full_name"] = REPOSITORY
+    payload["head_commit"]["id"] = after
+    payload["commits"] = []
+    return payload
+
+
+@pytest.mark.timeout(900)  # testing, preview, testing again, production: each a job
+def test_exported_preview_and_production_workflows_run_on_cloudflare(
+    project: tuple[Path, dict[str, str]], cloud: tuple[FakeCloudflare, FakeZoneServer],
+    state_url: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    """The preview.yml and production.yml users commit, their jobs' steps run in order
+    as a runner would (tests/actions_runner.py), with the state in a Postgres URL, the
+    code host the fake GitHub, Workers and DNS on the fake Cloudflare."""
+    fake, _zone = cloud
+    root, env = project
+    github = FakeGitHub.start(tmp_path / "fake-github", repository=REPOSITORY,
+                              token="ghp_" + random.token_hex(18))  # fmt: skip
+    try:
+        config = root / "branchline.toml"
+        local = '[forge]\nprovider = "local"'
+        assert local in config.read_text()
+        config.write_text(config.read_text().replace(local, '[forge]\nprovider = "github"', 1)
+                          + f'\n[forge.github]\nrepository = "{REPOSITORY}"\n'
+                          f'api_url = "{github.url}"\nwrite_interval = "0s"\n')  # fmt: skip
+        git(root, "commit", "-qam", "the code host is GitHub")
+        key = base64.b64encode(os.urandom(32)).decode()
+        shared = {"BRANCHLINE_STATE_DIR": env["BRANCHLINE_STATE_DIR"],
+                  "BRANCHLINE_DATABASE_URL": state_url, "BRANCHLINE_SECRET_KEY": key,
+                  "GITHUB_TOKEN": github.token, "CLOUDFLARE_API_TOKEN": TOKEN}  # fmt: skip
+        for argv, given in ((("export", "github-actions"), None), (("db", "init"), None),
+                            (("secret", "set", "AUTH_SECRET", "--env", "production"),
+                             "auth-secret-of-production\n")):  # fmt: skip
+            done = run_cli(*argv, cwd=root, env=shared, input=given)
+            assert done.returncode == 0, done.stdout + done.stderr
+        git(root, "add", ".github")
+        git(root, "commit", "-qm", "the exported workflows")
+        workflows = root / ".github" / "workflows"
+        base_sha = git(root, "rev-parse", "HEAD")
+        head_sha = commit_on(root, "feature", {"services/web/NOTE": "hi\n"}, "a change")
+        github.add_pull(head="feature", sha=head_sha, base="main", base_sha=base_sha,
+                        number=8, files=["services/web/NOTE"])  # fmt: skip
+        summary, github_env = tmp_path / "summary.md", tmp_path / "github-env"
+        summary.touch()
+        github_env.touch()
+        secrets = {"BRANCHLINE_DATABASE_URL": state_url, "BRANCHLINE_SECRET_KEY": key,
+                   "GITHUB_TOKEN": github.token, "CLOUDFLARE_API_TOKEN": TOKEN}  # fmt: skip
+
+        ran: list[str] = []
+
+        def run_workflow(name: str, job: str, event: str, payload: dict[str, Any], sha: str,
+                         ref: str) -> str:  # fmt: skip
+            ran.append(name)
+            event_path = tmp_path / f"{name}-{event}.json"
+            event_path.write_text(json.dumps(payload))
+            contexts = actions_runner.Contexts(
+                secrets=secrets,
+                github={"event": payload, "sha": sha, "ref": ref, "event_name": event,
+                        "repository": REPOSITORY},
+            )  # fmt: skip
+            workflow = actions_runner.load_workflow(workflows / name)
+            git(root, "checkout", "-q", sha)  # the simulated checkout
+            runner_env = {
+                **{k: v for k, v in os.environ.items()
+                   if not k.startswith(("BRANCHLINE_", "GITHUB_", "CLOUDFLARE_"))},
+                **ANY_FREE_PORT,
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                "PIP_NO_INDEX": "1", "BRANCHLINE_STATE_DIR": env["BRANCHLINE_STATE_DIR"],
+                # The runner's tools: installed already, the step finds them.
+                "BRANCHLINE_WORKERS_TOOLS": str(workers_tools_dir()),
+                "RUNNER_TEMP": str(tmp_path), "GITHUB_ENV": str(github_env),
+                "CI": "true", "GITHUB_ACTIONS": "true", "GITHUB_EVENT_NAME": event,
+                "GITHUB_EVENT_PATH": str(event_path), "GITHUB_SHA": sha, "GITHUB_REF": ref,
+                # Each workflow run its own id (a job's retry in one run is recorded once).
+                "GITHUB_REPOSITORY": REPOSITORY, "GITHUB_RUN_ID": str(4242 + len(ran)),
+                "GITHUB_RUN_ATTEMPT": "1", "GITHUB_SERVER_URL": "https://github.com",
+                "GITHUB_STEP_SUMMARY": str(summary), "GITHUB_WORKSPACE": str(root),
+            }  # fmt: skip
+            try:
+                results = actions_runner.run_job(workflow, job, checkout=root,
+                                                 contexts=contexts, base_env=runner_env,
+                                                 timeout=240)  # fmt: skip
+            except subprocess.TimeoutExpired as exc:
+                raise AssertionError(f"{name} timed out: {exc.stdout!r} {exc.stderr!r}") from None
+            finally:
+                git(root, "checkout", "-q", "main")
+            output = "\n".join(f"--- {r.name} ({r.returncode})\n{r.output}" for r in results)
+            assert [r.returncode for r in results] == [0] * len(results), output
+            assert len(results) == len([s for s in workflow["jobs"][job]["steps"]
+                                        if "run" in s]), output  # fmt: skip
+            return output
+
+        opened = pull_request_payload(8, "feature", head_sha, base_sha)
+        opened["repository"]["full_name"] = REPOSITORY
+        for side in (opened["pull_request"]["head"], opened["pull_request"]["base"]):
+            side["repo"]["full_name"] = REPOSITORY
+        pr_ref = "refs/pull/8/merge"
+        run_workflow("testing.yml", "testing", "pull_request", opened, head_sha, pr_ref)
+        previewed = run_workflow("preview.yml", "preview", "pull_request", opened, head_sha,
+                                 pr_ref)  # fmt: skip
+        assert "already there: the Workers tools" in previewed
+        assert f"BRANCHLINE_WORKERS_TOOLS={workers_tools_dir()}" in github_env.read_text()
+        for service in SERVICES:
+            assert health(fake, f"{service}-preview-8.{ZONE}")["commit"] == head_sha
+        assert {f"workers-{s}-preview-8" for s in SERVICES} <= set(account(fake)[0])
+        kinds = {d["environment"] for d in github.state()["deployments"]}
+        assert "preview-8" in kinds, kinds
+
+        first = git(root, "rev-list", "--max-parents=0", "HEAD")
+        pushed = _push_payload(first, base_sha)
+        main_ref = "refs/heads/main"
+        tested = run_workflow("testing.yml", "testing", "push", pushed, base_sha, main_ref)
+        assert "testing: success" in tested, tested
+        run_workflow("production.yml", "production", "push", pushed, base_sha, main_ref)
+        for service in SERVICES:
+            assert health(fake, f"{service}.{ZONE}")["commit"] == base_sha
+        assert {f"workers-{s}-production" for s in SERVICES} <= set(account(fake)[0])
+        assert github.calls()["invalid"] == [], "every call fits GitHub's API document"
+    finally:
+        github.stop()

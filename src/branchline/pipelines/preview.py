@@ -215,7 +215,9 @@ async def seed_once(kit: Kit, ctx: StepContext, branch: str) -> None:
 
 async def deploy(kit: Kit, ctx: StepContext) -> None:
     pr = _pr(ctx)
-    if not kit.edge_port:
+    if not kit.edge_port and kit.config.compute.provider == "local":
+        # Local services are reached through branchline's edge; Cloudflare's Workers
+        # through Cloudflare's.
         raise BranchlineError(
             "the edge is not running, so a preview could not be reached",
             hint="Start it with `branchline edge` (the CLI does so when it runs pipelines).",
