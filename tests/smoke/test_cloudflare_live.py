@@ -1,4 +1,5 @@
-"""Opt-in: the Cloudflare DNS provider on a real zone. Needs CLOUDFLARE_API_TOKEN (Zone
+"""Opt-in: the Cloudflare DNS provider on a real zone, and the Workers client on a real
+account (see the second test). Needs CLOUDFLARE_API_TOKEN (Zone
 → DNS → Edit on the zone), CLOUDFLARE_ACCOUNT_ID and BRANCHLINE_CLOUDFLARE_TEST_ZONE
 (the name of a throw-away zone of that account). It makes a preview's record (a
 proxied CNAME to the apex) and a TXT record under a random label, sees them resolve
@@ -73,3 +74,54 @@ def test_records_on_a_real_cloudflare_zone(cluster_root: Path) -> None:
         asyncio.run(scenario())
     finally:
         store.stop()
+
+
+@pytest.mark.skipif(
+    not all(os.environ.get(v) for v in NEEDED),
+    reason="needs a real Cloudflare account and zone: set CLOUDFLARE_API_TOKEN (also with "
+    "Workers Scripts and Workers Routes edit), CLOUDFLARE_ACCOUNT_ID and "
+    "BRANCHLINE_CLOUDFLARE_TEST_ZONE",
+)
+def test_a_worker_version_deployment_route_and_rollback_on_real_cloudflare() -> None:
+    """The Workers client on a real account: a throw-away script's first upload, a
+    second version deployed, a route on the test zone, back to the first version,
+    then the route and the script deleted (named `branchline-smoke-<random>`: a script
+    left behind by a failure is easy to find)."""
+    from branchline.providers.compute.cloudflare_api import Binding, CloudflareWorkersClient
+    from branchline.providers.compute.workerd import WorkerBundle, WorkerModule
+
+    zone = os.environ["BRANCHLINE_CLOUDFLARE_TEST_ZONE"]
+    token = os.environ["CLOUDFLARE_API_TOKEN"]
+    account = os.environ["CLOUDFLARE_ACCOUNT_ID"]
+    api_url = os.environ.get("CLOUDFLARE_API_URL", DEFAULT_API_URL)
+    script = f"branchline-smoke-{os.urandom(3).hex()}"
+
+    def bundle(n: int) -> WorkerBundle:
+        code = f"export default {{ fetch() {{ return new Response('v{n}'); }} }};\n".encode()
+        return WorkerBundle("index.js", {"index.js": WorkerModule("esModule", code)},
+                            "2026-11-01")  # fmt: skip
+
+    async def scenario() -> None:
+        finder = CloudflareDnsClient(zone_id="", api_token=token, base_url=api_url)
+        try:
+            zone_id = await finder.zone_named(zone, account)
+        finally:
+            await finder.aclose()
+        assert zone_id, f"the token reaches no zone {zone!r} in that account"
+        client = CloudflareWorkersClient(account_id=account, zone_id=zone_id, api_token=token,
+                                         base_url=api_url)  # fmt: skip
+        secret = [Binding("SMOKE_SECRET", os.urandom(8).hex(), secret=True)]
+        try:
+            first = await client.upload(script, bundle(1), secret, deploy=True)
+            second = await client.upload(script, bundle(2), secret, deploy=False)
+            await client.deploy(script, second, message="branchline smoke")
+            route = await client.ensure_route(f"{script}.{zone}/*", script)
+            assert (await client.deployments(script))[0] == second
+            await client.deploy(script, first, message="branchline smoke: back")
+            assert (await client.deployments(script))[0] == first
+            assert await client.delete_route(route.id)
+        finally:
+            await client.delete_script(script)
+            await client.aclose()
+
+    asyncio.run(scenario())

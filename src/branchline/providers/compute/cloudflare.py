@@ -29,7 +29,7 @@ import asyncio
 import copy
 import re
 from collections.abc import AsyncIterator, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,8 @@ from branchline.providers.compute.cloudflare_api import (
     Binding,
     CloudflareWorkersClient,
 )
-from branchline.providers.compute.local import LIVE, LocalComputeProvider, _masked, _release
+from branchline.providers.compute.deploying import deploying
+from branchline.providers.compute.local import LocalComputeProvider, _masked, _release
 from branchline.providers.reconciling import Finding
 from branchline.store import Store, resources
 from branchline.store import compute as rows
@@ -154,54 +155,36 @@ class CloudflareComputeProvider:
         where = environment.name
         host = environment.host_name(spec.subdomain, self.config.project.zone)
         script = self.script_name(service, environment)
-        async with self.builder._locked(f"deploy:{service}:{where}") as conn:
-            previous = await rows.deployments(
-                conn, self.project, environment=where, service=service, statuses=LIVE
-            )
-            serving = next((d.detail.get("version_id") for d in previous
-                            if d.detail.get("script") == script), None)  # fmt: skip
+        async with self.store.connect() as conn:
             known = await rows.deployments(conn, self.project, environment=where,
                                            service=service)  # fmt: skip
-            made = any(d.detail.get("script") == script and d.detail.get("version_id")
-                       for d in known)  # fmt: skip
-            await resources.record(
-                conn, self.project, "deployment", f"{service}:{where}", "creating",
-                environment=where,
-            )  # fmt: skip
-            deployment_id = await rows.insert_deployment(
-                conn, self.project, service, where, release.id,
-                {"var_names": sorted(env.vars), "secret_names": sorted(env.secrets),
-                 "host": host, "script": script},
-            )  # fmt: skip
-            try:
-                if version is None:
-                    version, deployed = await self._upload(
-                        spec, environment, release, env, script, host, first=not made
-                    )
-                else:
-                    deployed = False
-                if not deployed:
-                    await self.client.deploy(script, version, message=f"branchline {release.name}")
-                await rows.update_deployment(conn, deployment_id, detail={"version_id": version})
-                await self.client.ensure_route(f"{host}/*", script)
-                result = await self._health(spec, host, release, position)
-                if not result.healthy:
-                    await self._unhealthy(spec, release, environment, env, script, serving,
-                                          result, deployment_id)  # fmt: skip
-            except BaseException:
-                await rows.update_deployment(conn, deployment_id, status="failed")
-                await resources.record(
-                    conn, self.project, "deployment", f"{service}:{where}",
-                    "ready" if previous else "failed",
-                )  # fmt: skip
-                raise
-            await rows.update_deployment(
-                conn, deployment_id, status="live",
-                detail={"health": result.as_dict(), "live_at": _now()},
-            )  # fmt: skip
-            for old in previous:
-                await rows.update_deployment(conn, old.id, status=retire_as)
-            await resources.record(conn, self.project, "deployment", f"{service}:{where}", "ready")
+        made_before = any(d.detail.get("script") == script and d.detail.get("version_id")
+                          for d in known)  # fmt: skip
+        detail = {"var_names": sorted(env.vars), "secret_names": sorted(env.secrets),
+                  "host": host, "script": script}  # fmt: skip
+        async with (
+            self.builder._locked(f"deploy:{service}:{where}") as conn,
+            deploying(
+                conn, self.project, service, where, release.id, detail, retire_as=retire_as
+            ) as made,  # fmt: skip
+        ):
+            deployment_id = made.deployment_id
+            serving = next((d.detail.get("version_id") for d in made.previous
+                            if d.detail.get("script") == script), None)  # fmt: skip
+            deployed = False
+            if version is None:
+                version, deployed = await self._upload(
+                    spec, environment, release, env, script, host, first=not made_before
+                )
+            if not deployed:
+                await self.client.deploy(script, version, message=f"branchline {release.name}")
+            await rows.update_deployment(conn, deployment_id, detail={"version_id": version})
+            await self.client.ensure_route(f"{host}/*", script)
+            result = await self._health(spec, host, release, position)
+            if not result.healthy:
+                await self._unhealthy(spec, release, environment, env, script, serving,
+                                      result, deployment_id)  # fmt: skip
+            made.healthy(result)
         return await self._deployment(deployment_id)
 
     async def _upload(
@@ -427,6 +410,3 @@ class CloudflareComputeProvider:
 def _shown(detail: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in detail.items() if k not in ("vars", "var_names", "secret_names")}
 
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat()

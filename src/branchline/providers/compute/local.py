@@ -46,6 +46,7 @@ from branchline.providers.compute import (
     releases,
     runtimes,
 )
+from branchline.providers.compute.deploying import LIVE, deploying
 from branchline.providers.reconciling import Finding
 from branchline.sandbox import Box, Sandbox
 from branchline.store import Store, locks, resources, routes
@@ -55,7 +56,6 @@ from branchline.store.queries import Conn
 if TYPE_CHECKING:
     import httpx
 
-LIVE = ("live",)
 RUNNING = ("starting", "live", "draining", "stopping")
 # What delete stops: also failed deploys, whose process an interruption may have left.
 STOPPABLE = (*RUNNING, "failed")
@@ -314,46 +314,28 @@ class LocalComputeProvider:
         spec = await self._spec_of(release)
         where = environment.name
         host = environment.host_name(spec.subdomain, self.config.project.zone)
-        async with self._locked(f"deploy:{service}:{where}") as conn:
-            previous = await rows.deployments(
-                conn, self.project, environment=where, service=service, statuses=LIVE
+        # Names only: the values (a password in DATABASE_URL, the secrets) are asked for
+        # again whenever the service starts.
+        detail = {"var_names": sorted(env.vars), "secret_names": sorted(env.secrets),
+                  "host": host}  # fmt: skip
+        async with (
+            self._locked(f"deploy:{service}:{where}") as conn,
+            deploying(
+                conn, self.project, service, where, release.id, detail, retire_as="draining"
+            ) as made,  # fmt: skip
+        ):
+            deployment_id, previous = made.deployment_id, made.previous
+            if spec.release:
+                await self._release_phase(spec, environment, release, env, deployment_id)
+            port, _pid, result = await self._start_healthy(
+                spec, environment, release, env, deployment_id, position
             )
-            await resources.record(
-                conn, self.project, "deployment", f"{service}:{where}", "creating",
-                environment=where,
-            )  # fmt: skip
-            # Names only: the values (a password in DATABASE_URL, the secrets) are
-            # asked for again whenever the service starts.
-            deployment_id = await rows.insert_deployment(
-                conn, self.project, service, where, release.id,
-                {"var_names": sorted(env.vars), "secret_names": sorted(env.secrets),
-                 "host": host},
-            )  # fmt: skip
-            try:
-                if spec.release:
-                    await self._release_phase(spec, environment, release, env, deployment_id)
-                port, _pid, result = await self._start_healthy(
-                    spec, environment, release, env, deployment_id, position
-                )
-            except BaseException:
-                await rows.update_deployment(conn, deployment_id, status="failed")
-                await resources.record(
-                    conn, self.project, "deployment", f"{service}:{where}",
-                    "ready" if previous else "failed",
-                )  # fmt: skip
-                raise
             # The switch: one row update, picked up by the edge through NOTIFY.
             await routes.set_route(
                 conn, host=host, project=self.project, environment=where,
                 service=service, port=port, deployment_id=deployment_id,
             )  # fmt: skip
-            await rows.update_deployment(
-                conn, deployment_id, status="live",
-                detail={"health": result.as_dict(), "live_at": _now()},
-            )  # fmt: skip
-            for old in previous:
-                await rows.update_deployment(conn, old.id, status="draining")
-            await resources.record(conn, self.project, "deployment", f"{service}:{where}", "ready")
+            made.healthy(result)
         if previous:
             task = asyncio.create_task(self._retire(previous, retire_as))
             self._shared.background.append(task)
