@@ -409,4 +409,3 @@ class CloudflareComputeProvider:
 
 def _shown(detail: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in detail.items() if k not in ("vars", "var_names", "secret_names")}
-
