@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,7 @@ from branchline.providers.compute.cloudflare_api import (
     Binding,
     CloudflareWorkersClient,
 )
-from branchline.providers.compute.deploying import deploying
+from branchline.providers.compute.deploying import deploying, shown_detail
 from branchline.providers.compute.local import LocalComputeProvider, _masked, _release
 from branchline.providers.reconciling import Finding
 from branchline.store import Store, resources
@@ -224,11 +224,10 @@ class CloudflareComputeProvider:
         plain: dict[str, str] = dict(workerd.vars_of(declared))
         plain.update(envtemplate.render(spec.env, facts, service=spec.name))
         plain.update(env.vars)
-        plain.update(
-            BRANCHLINE_RELEASE=release.name, BRANCHLINE_COMMIT=release.commit,
-            BRANCHLINE_ENVIRONMENT=environment.name, BRANCHLINE_SERVICE=spec.name,
-            BRANCHLINE_HOST=host, BRANCHLINE_PROJECT=self.project,
-        )  # fmt: skip
+        plain.update(envtemplate.identity(
+            project=self.project, service=spec.name, environment=environment.name,
+            release=release.name, commit=release.commit, host=host,
+        ))  # fmt: skip
         hidden = set(env.secrets.values()) | set(self.config._secret_values)
         bindings = {
             name: Binding(name, value, secret=name in SECRET_VARS or value in hidden)
@@ -403,9 +402,5 @@ class CloudflareComputeProvider:
             id=row.id, service=row.service, environment=Environment.parse(row.environment),
             release=_release(release), status=row.status,
             url=f"https://{host}/" if host else None, created_at=row.created_at,
-            detail=_shown(row.detail),
+            detail=shown_detail(row.detail),
         )  # fmt: skip
-
-
-def _shown(detail: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in detail.items() if k not in ("vars", "var_names", "secret_names")}

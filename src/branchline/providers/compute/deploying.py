@@ -24,6 +24,8 @@ from branchline.store import resources
 from branchline.store.queries import Conn
 
 LIVE = ("live",)
+# Kept in a deployment's detail, never shown: which variables and secrets it was given.
+NOT_SHOWN = ("vars", "var_names", "secret_names")
 
 
 @dataclass
@@ -68,3 +70,8 @@ async def deploying(
     for old in previous:
         await rows.update_deployment(conn, old.id, status=made.retire_as)
     await resources.record(conn, project, "deployment", key, "ready")
+
+
+def shown_detail(detail: dict[str, Any]) -> dict[str, Any]:
+    """A deployment's detail as commands and the API show it."""
+    return {k: v for k, v in detail.items() if k not in NOT_SHOWN}

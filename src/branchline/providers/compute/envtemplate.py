@@ -83,3 +83,16 @@ def fill(text: str, facts: Mapping[str, str], where: str) -> str:
         return facts[name]
 
     return _PLACEHOLDER.sub(one, text)
+
+
+def identity(
+    *, project: str, service: str, environment: str, release: str, commit: str, host: str
+) -> dict[str, str]:
+    """What every service is told about itself, whatever runs it (a process, workerd,
+    Cloudflare): its release and commit (a health check reports the commit), its
+    environment, name, host and project."""
+    return {
+        "BRANCHLINE_RELEASE": release, "BRANCHLINE_COMMIT": commit,
+        "BRANCHLINE_ENVIRONMENT": environment, "BRANCHLINE_SERVICE": service,
+        "BRANCHLINE_HOST": host, "BRANCHLINE_PROJECT": project,
+    }  # fmt: skip

@@ -46,7 +46,7 @@ from branchline.providers.compute import (
     releases,
     runtimes,
 )
-from branchline.providers.compute.deploying import LIVE, deploying
+from branchline.providers.compute.deploying import LIVE, deploying, shown_detail
 from branchline.providers.reconciling import Finding
 from branchline.sandbox import Box, Sandbox
 from branchline.store import Store, locks, resources, routes
@@ -481,11 +481,13 @@ class LocalComputeProvider:
                 DATABASE_URL=db["db.uri"], PGHOST=db["db.host"], PGPORT=db["db.port"],
                 PGUSER=db["db.user"], PGPASSWORD=db["db.password"], PGDATABASE=db["db.name"],
             )  # fmt: skip
+        env.update(envtemplate.identity(
+            project=self.project, service=spec.name, environment=environment.name,
+            release=release.name, commit=release.commit, host=host,
+        ))  # fmt: skip
         env.update(
-            PORT=str(port), BRANCHLINE_RELEASE=release.name, BRANCHLINE_COMMIT=release.commit,
-            BRANCHLINE_ENVIRONMENT=environment.name, BRANCHLINE_SERVICE=spec.name,
-            BRANCHLINE_HOST=host, BRANCHLINE_PROJECT=self.project,
-            BRANCHLINE_STATE=str(self.state_dir), BRANCHLINE_DEPLOYMENT=str(deployment_id or ""),
+            PORT=str(port), BRANCHLINE_STATE=str(self.state_dir),
+            BRANCHLINE_DEPLOYMENT=str(deployment_id or ""),
         )  # fmt: skip
         if command is not None:
             return runtimes.Launch(envtemplate.render_args(command, facts, service=spec.name), env)
@@ -972,8 +974,7 @@ class LocalComputeProvider:
         return Deployment(
             id=row.id, service=row.service, environment=Environment.parse(row.environment),
             release=_release(release), status=row.status, url=url, created_at=row.created_at,
-            detail={k: v for k, v in row.detail.items()
-                    if k not in ("vars", "var_names", "secret_names")},
+            detail=shown_detail(row.detail),
         )  # fmt: skip
 
     def _launch(
