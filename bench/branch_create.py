@@ -1,248 +1,399 @@
-"""How fast a database branch is made from a parent of 10 MB, 100 MB (and 1 GB).
+"""How fast a database branch is made from a parent of 100 MB and 1 GB (3 GB with
+`--sizes 100,1000,3000`), by both methods, idle and under writes.
 
-Targets (database branches issue): branch creation within 1.3x of a raw copy of
-the parent's files, and under 1 s for a 100 MB parent. For each parent size it
-times, as the median of a few rounds:
+The parent is the provider's root filled by `pgbench -i` to about the size; it lives
+on a loop-mounted reflink XFS made for the run (as root; without root or mkfs.xfs
+the clone rows are skipped, saying why, and the copy rows run in a temporary
+directory). For each size, as medians of `--rounds` rounds, in rounds that
+interleave every method (the order rotates each round), first idle, then while a
+writer runs pgbench's TPC-B-like transactions against the parent without pause:
 
-- branch: `LocalDatabaseProvider.create_branch` until the branch answers
-  `SELECT 1`, as a user meets it: a spare standby of the parent is ready (the
-  provider refills it after each create, untimed here) and is promoted;
-- cold branch: the same with no spare ready, so the branch is an online
-  `pg_basebackup` copy (store rows, copy, start-up);
-- raw copy: `cp -a` of the parent's `base/` and `global/` after a `CHECKPOINT`,
-  then `sync` (the copy limit of this disk), as the cluster's user;
-- template: `CREATE DATABASE copy TEMPLATE app` on the idle parent;
-- pg_basebackup: the same copy branchline makes, alone (for context).
+- copy: `create_branch` with branching="copy" and no spare standby ready (cold:
+  store rows, online `pg_basebackup`, start-up) until the branch answers `SELECT 1`;
+  its floors: `pg_basebackup` alone, as branchline calls it, and `cp -a` of the
+  parent's `base/` and `global/` (no reflink) after a CHECKPOINT, then `sync`;
+- clone: `create_branch` with branching="clone" until `SELECT 1`; its floor, the
+  same steps by hand: pg_backup_start, `cp -a --reflink=always` of the data
+  directory but pg_wal, pg_backup_stop, reflink copy of pg_wal, backup_label,
+  `postgres -D` on a port of its own with fsync=off, until `SELECT 1` answers;
+- clone of a standby (a measurement, not a target): the same by hand from a
+  streaming standby of the parent (made with pg_basebackup -R on the XFS), the copy
+  opened as a primary (backup_label, no standby.signal: it replays its WAL, opens).
 
-    .venv/bin/python bench/branch_create.py [--large] [--rounds N]
+Where a clone's time goes is printed per phase: backup start (its checkpoint),
+file cloning, backup stop, WAL clone and label, start-up, replay, end of recovery,
+connecting; for the provider, what its log shows and its time over the raw floor
+(the store, locks, roles: its own work).
+
+Targets (copy-on-write branching issue): copy within 1.3x of `pg_basebackup`
+alone; clone under 0.5 s idle at every size and flat: the largest size within 1.5x
+of 100 MB. The 1-minute load average is printed at the start and the end: the
+machine may be shared.
+
+    .venv/bin/python bench/branch_create.py [--sizes 100,1000,3000] [--rounds N]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import inspect
+import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 
 import psycopg
+from clone_floor import (
+    ClonePhases,
+    Writer,
+    Xfs,
+    fill,
+    log_phases,
+    mount_xfs,
+    pgbench_scale,
+    raw_basebackup,
+    raw_clone,
+    raw_copy,
+    unmount_xfs,
+)
 
 from branchline.postgres import Cluster
-from branchline.postgres.copy import basebackup_args, directory_size, password_env
-from branchline.providers.database.local import LocalDatabaseProvider
+from branchline.postgres.copy import make_standby
+from branchline.providers.database.local import (
+    EPHEMERAL_SETTINGS,
+    LIGHT_SETTINGS,
+    LocalDatabaseProvider,
+)
 from branchline.store import Store, locate_state
 
-TARGET_RATIO = 1.3
-TARGET_100_SECONDS = 1.0
-SIZES_MB = (10, 100)
-LARGE_MB = 1000
+TARGET_COPY_RATIO = 1.3
+TARGET_CLONE_SECONDS = 0.5
+TARGET_CLONE_FLAT = 1.5
+DEFAULT_SIZES = "100,1000"
 DATABASE = "app"
 MB = 1024 * 1024
-ROW_BYTES = 282  # a row of the table below, with its share of the page
-ROWS = "SELECT g, md5(g::text), repeat('x', 200) FROM generate_series(%s::int, %s::int) g"
-CREATE_TABLE = "CREATE TABLE t (id, a, b) AS " + ROWS
-INSERT_ROWS = "INSERT INTO t " + ROWS
+LOADS = ("idle", "writes")
+# step key: (label, the key of its floor)
+STEPS = {
+    "copy": ("copy: create_branch, cold", "basebackup"),
+    "basebackup": ("copy floor: pg_basebackup", "basebackup"),
+    "cp": ("copy floor: cp -a + sync", "basebackup"),
+    "clone": ("clone: create_branch", "clone_raw"),
+    "clone_raw": ("clone floor: by hand", "clone_raw"),
+    "clone_standby": ("clone of a standby, by hand", "clone_raw"),
+}
+PHASES = ("backup_start", "files", "backup_stop", "wal")
+AFTER_SPAWN = ("startup", "replay", "end_recovery", "connect")
+PHASE_ROWS = {"clone_raw": "parent, by hand", "clone_standby": "standby, by hand",
+              "clone": "create_branch"}  # fmt: skip
 
 
 @dataclass
 class Result:
-    size_mb: int  # the nominal parent size
-    db_bytes: int = 0  # pg_database_size of the parent's database
-    files_bytes: int = 0  # base/ + global/ of the parent cluster
-    files: int = 0  # how many files those are (creating files is much of a copy's cost)
-    create: list[float] = field(default_factory=list)
-    cold: list[float] = field(default_factory=list)
-    raw_copy: list[float] = field(default_factory=list)
-    template: list[float] = field(default_factory=list)
-    basebackup: list[float] = field(default_factory=list)
+    size_mb: int
+    db_bytes: int = 0
+    scale: int = 0
+    fill_s: float = 0.0
+    standby_s: float = 0.0
+    rounds_s: float = 0.0
+    times: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # (load, step)
+    phases: dict[tuple[str, str], list[ClonePhases]] = field(default_factory=dict)
+    writer_tps: list[float] = field(default_factory=list)
+
+    def add(self, load: str, step: str, seconds: float) -> None:
+        self.times.setdefault((load, step), []).append(seconds)
+
+    def median(self, load: str, step: str) -> float | None:
+        times = self.times.get((load, step))
+        return statistics.median(times) if times else None
 
 
-def _fill(cluster: Cluster, target_bytes: int) -> int:
-    """Grow a realistic table in the parent's database to `target_bytes`; the real size."""
-    with psycopg.connect(cluster.uri(DATABASE), autocommit=True) as conn:
-        size, first = _database_size(conn), 1
-        rows = max(1000, int((target_bytes - size) / ROW_BYTES))
-        conn.execute(CREATE_TABLE, (first, rows))
-        first += rows
-        size = _database_size(conn)
-        while size < target_bytes * 0.98:  # top up if the estimate fell short
-            rows = max(1000, int((target_bytes - size) / ROW_BYTES))
-            conn.execute(INSERT_ROWS, (first, first + rows - 1))
-            first += rows
-            size = _database_size(conn)
-        conn.execute("VACUUM ANALYZE t")  # hint bits and visibility map set, as on a live database
-        conn.execute("CHECKPOINT")
-        return size
+def _say(text: str) -> None:
+    print(text, flush=True)
 
 
-def _database_size(conn: psycopg.Connection) -> int:
-    row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
-    assert row is not None
-    return int(row[0])
+def _branch(provider: LocalDatabaseProvider, name: str, phases: list[ClonePhases]) -> float:
+    """`create_branch` until the branch answers; where its time went, from its log."""
 
-
-def _as_user(cluster: Cluster, args: list[str]) -> None:
-    run_as = cluster.run_as
-    subprocess.run(
-        args, check=True, user=run_as.uid, group=run_as.gid, extra_groups=run_as.extra_groups
-    )
-
-
-def _raw_copy(cluster: Cluster, dest: Path) -> float:
-    with psycopg.connect(cluster.uri(), autocommit=True) as conn:
-        conn.execute("CHECKPOINT")
-    subprocess.run(["sync"], check=True)  # nothing of earlier work left to flush
-    dest.mkdir()
-    cluster.run_as.own(dest)
-    try:
-        began = time.perf_counter()
-        src = cluster.data_dir
-        _as_user(cluster, ["cp", "-a", str(src / "base"), str(src / "global"), str(dest)])
-        subprocess.run(["sync"], check=True)
-        return time.perf_counter() - began
-    finally:
-        shutil.rmtree(dest)
-
-
-def _template(cluster: Cluster) -> float:
-    # Connected to `postgres`: the template must have no other sessions.
-    with psycopg.connect(cluster.uri(), autocommit=True) as conn:
-        began = time.perf_counter()
-        conn.execute("CREATE DATABASE copy TEMPLATE app")
-        elapsed = time.perf_counter() - began
-        conn.execute("DROP DATABASE copy")
-    return elapsed
-
-
-def _basebackup(cluster: Cluster, dest: Path) -> float:
-    dest.mkdir()
-    cluster.run_as.own(dest)
-    try:
-        began = time.perf_counter()
-        cluster.run_tool(
-            basebackup_args(cluster, dest / "data", durable=False),
-            what="pg_basebackup",
-            env=password_env(cluster),
-        )
-        return time.perf_counter() - began
-    finally:
-        shutil.rmtree(dest)
-
-
-def _branch(provider: LocalDatabaseProvider, name: str, *, spare: bool) -> float:
     async def timed() -> float:
-        await provider.ensure_spare()
-        if not spare:
-            provider.drop_spare()
+        provider.drop_spare()  # cold: a copy branch is an online copy
         began = time.perf_counter()
         await provider.create_branch(name)
         with psycopg.connect(provider.cluster(name).uri(DATABASE)) as conn:
             conn.execute("SELECT 1")
-        elapsed = time.perf_counter() - began
-        await provider.aclose()  # the refill of the spare, untimed
+        elapsed, answered = time.perf_counter() - began, time.time()
+        split = ClonePhases(total=elapsed)
+        log_phases(provider.cluster(name).log_file, None, answered, split)
+        phases.append(split)
+        await provider.aclose()
         await provider.delete_branch(name)
         return elapsed
 
     return asyncio.run(timed())
 
 
-def _measure(store: Store, root: Path, size_mb: int, rounds: int) -> Result:
-    state = root / f"db-{size_mb}"
+def _providers(
+    store: Store, state: Path, size_mb: int, clone: bool
+) -> dict[str, LocalDatabaseProvider]:
+    made = {}
+    api = "branching" in inspect.signature(LocalDatabaseProvider).parameters  # TEMP
+    for method in ("copy", *(["clone"] if clone and api else [])):
+        extra = {"branching": method} if api else {}
+        made[method] = LocalDatabaseProvider(
+            project=f"bench-{size_mb}", state_dir=state, store=store, database=DATABASE,
+            **extra,  # type: ignore[arg-type]
+        )  # fmt: skip
+    return made
+
+
+def _measure(store: Store, where: Path, size_mb: int, rounds: int, clone: bool) -> Result:
+    """One parent of `size_mb`: every method, idle and under writes, `rounds` times."""
+    state = where / f"db-{size_mb}"
     state.mkdir(mode=0o755)
-    provider = LocalDatabaseProvider(
-        project=f"bench-{size_mb}", state_dir=state, store=store, database=DATABASE
-    )
-    result = Result(size_mb)
+    providers = _providers(store, state, size_mb, clone)
+    # The root as the provider that branches makes it (a copy provider keeps a spare).
+    first = providers.get("clone", providers["copy"])
+    result = Result(size_mb, scale=pgbench_scale(size_mb))
+    standby = Cluster(where / f"standby-{size_mb}")
     try:
-        asyncio.run(provider.init_root())
-        parent = provider.cluster(provider.root)
-        result.db_bytes = _fill(parent, size_mb * MB)
-        copied = [parent.data_dir / "base", parent.data_dir / "global"]
-        result.files_bytes = sum(directory_size(path) for path in copied)
-        result.files = sum(1 for path in copied for f in path.rglob("*") if f.is_file())
-        steps: list[tuple[list[float], Callable[[int], float]]] = [
-            (result.raw_copy, lambda i: _raw_copy(parent, root / f"raw-{size_mb}-{i}")),
-            (result.template, lambda i: _template(parent)),
-            (result.basebackup, lambda i: _basebackup(parent, root / f"bb-{size_mb}-{i}")),
-            (result.create, lambda i: _branch(provider, f"bench-{size_mb}-{i}", spare=True)),
-            (result.cold, lambda i: _branch(provider, f"cold-{size_mb}-{i}", spare=False)),
-        ]
+        asyncio.run(first.init_root())
+        first.drop_spare()
+        parent = first.cluster(first.root)
+        began = time.perf_counter()
+        result.db_bytes = fill(parent, DATABASE, size_mb)
+        result.fill_s = time.perf_counter() - began
+        _say(f"[{size_mb} MB] pgbench -i -s {result.scale}: {result.db_bytes / MB:.0f} MB "
+             f"in {result.fill_s:.1f} s")  # fmt: skip
+        if clone:
+            began = time.perf_counter()
+            make_standby(parent, standby, settings={**LIGHT_SETTINGS, **EPHEMERAL_SETTINGS})
+            result.standby_s = time.perf_counter() - began
+            _say(f"[{size_mb} MB] streaming standby made in {result.standby_s:.1f} s")
+
+        def phased(load: str, key: str, run: Callable[[], ClonePhases]) -> Callable[[], float]:
+            def step() -> float:
+                split = run()
+                result.phases.setdefault((load, key), []).append(split)
+                return split.total
+
+            return step
+
+        def steps(load: str, n: str) -> list[tuple[str, Callable[[], float]]]:
+            made: list[tuple[str, Callable[[], float]]] = [
+                ("copy", lambda: _branch(providers["copy"], f"copy-{n}",
+                                         result.phases.setdefault((load, "copy"), []))),
+                ("basebackup", lambda: raw_basebackup(parent, where / f"bb-{n}")),
+                ("cp", lambda: raw_copy(parent, where / f"cp-{n}")),
+            ]  # fmt: skip
+            if "clone" in providers:
+                made.append(
+                    (
+                        "clone",
+                        lambda: _branch(
+                            providers["clone"],
+                            f"clone-{n}",
+                            result.phases.setdefault((load, "clone"), []),
+                        ),
+                    )
+                )
+            if clone:
+                made += [
+                    ("clone_raw", phased(load, "clone_raw", lambda: raw_clone(
+                        parent, where / f"raw-{n}", from_standby=False))),
+                    ("clone_standby", phased(load, "clone_standby", lambda: raw_clone(
+                        standby, where / f"sb-{n}", from_standby=True))),
+                ]  # fmt: skip
+            return made
+
+        began = time.perf_counter()
         for i in range(rounds):
-            for into, step in steps:
-                into.append(step(i))
+            for load in LOADS:
+                writer = Writer(parent, DATABASE, where / f"writer-{size_mb}.log")
+                with writer if load == "writes" else contextlib.nullcontext():
+                    todo = steps(load, f"{size_mb}-{i}-{load[0]}")
+                    shift = i % len(todo)  # each method goes first in turn
+                    for key, step in todo[shift:] + todo[:shift]:
+                        # Nothing of earlier work (the last copy, a deleted branch)
+                        # left to flush while this one is timed.
+                        subprocess.run(["sync"], check=True)
+                        result.add(load, key, step())
+                if load == "writes":
+                    result.writer_tps.append(writer.tps)
+            _say(f"[{size_mb} MB] round {i + 1}/{rounds} done "
+                 f"({time.perf_counter() - began:.0f} s)")  # fmt: skip
+        result.rounds_s = time.perf_counter() - began
     finally:
+        standby.destroy()
         for home in [*(state / "branches").glob("*"), *(state / "spares").glob("*-*")]:
             Cluster(home).destroy()
+        for leftover in where.glob(f"*-{size_mb}-*"):  # a raw copy an interrupt left
+            Cluster(leftover).destroy()
         shutil.rmtree(state, ignore_errors=True)
     return result
 
 
+def _interrupted(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # SIGTERM cleans up as Ctrl-C does
+
+
+@contextlib.contextmanager
+def _xfs(work: Path, gb: int, wanted: bool) -> Iterator[Xfs | str]:
+    """The reflink XFS for the run (or why there is none), always unmounted after."""
+    made = mount_xfs(work, gb) if wanted else "not-asked"
+    try:
+        yield made
+    finally:
+        if isinstance(made, Xfs):
+            problem = unmount_xfs(made)
+            _say(f"xfs unmounted and removed{f' ({problem})' if problem else ''}")
+
+
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _print_times(results: list[Result]) -> None:
+    _say(f"\n{'parent':<7}{'db MB':>7}  {'load':<7}{'what':<30}{'median s':>9}{'max s':>8}"
+         f"{'x floor':>9}{'n':>3}")  # fmt: skip
+    for r in results:
+        for load in LOADS:
+            for key, (label, floor_key) in STEPS.items():
+                times = r.times.get((load, key))
+                if not times:
+                    continue
+                median, floor = statistics.median(times), r.median(load, floor_key)
+                ratio = _fmt(median / floor if floor else None, ".2f")
+                _say(f"{r.size_mb:<7}{r.db_bytes / MB:>7.0f}  {load:<7}{label:<30}"
+                     f"{median:>9.3f}{max(times):>8.3f}{ratio:>9}{len(times):>3}")  # fmt: skip
+
+
+def _print_phases(results: list[Result]) -> None:
+    _say("\nwhere a clone's time goes (medians, s): backup start (its checkpoint), file "
+         "clones, backup stop, pg_wal clone and label; all that before the server starts "
+         "(for create_branch, its store work too); start-up, WAL replay, end of recovery, "
+         "SELECT 1; own work: create_branch's time over the floor's")  # fmt: skip
+    heads = ["bk start", "files", "bk stop", "wal+label", "before pg", "start-up", "replay",
+             "end recov", "connect", "total", "own work"]  # fmt: skip
+    _say(f"{'parent':<7}{'load':<7}{'source':<16}" + "".join(f"{h:>10}" for h in heads))
+    for r in results:
+        for load in LOADS:
+            for key, label in PHASE_ROWS.items():
+                splits = r.phases.get((load, key))
+                if not splits:
+                    continue
+
+                by_hand = key != "clone"  # create_branch's steps are not seen apart
+                columns = [*(PHASES if by_hand else ()), "before_server", *AFTER_SPAWN, "total"]
+                med = {c: statistics.median(getattr(s, c) for s in splits) for c in columns}
+                raw = r.median(load, "clone_raw")
+                if not by_hand and raw is not None:
+                    med["own"] = med["total"] - raw
+                values = [med.get(c) for c in (*PHASES, "before_server", *AFTER_SPAWN, "total",
+                                               "own")]  # fmt: skip
+                _say(
+                    f"{r.size_mb:<7}{load:<7}{label:<16}"
+                    + "".join(f"{_fmt(v):>10}" for v in values)
+                )
+
+
+def _summary(results: list[Result], clone: bool) -> tuple[list[str], bool]:
+    """The summary's items and whether every target was met."""
+    summary, ok = [], True
+    for r in results:
+        n = f"{r.size_mb}mb"
+        summary.append(f"size_{n}={r.db_bytes / MB:.0f}")
+        for load in LOADS:
+            w = "" if load == "idle" else "writes_"
+            for key in STEPS:
+                value = r.median(load, key)
+                if value is not None:
+                    summary.append(f"{key}_{w}{n}_s={value:.3f}")
+        copy, floor = r.median("idle", "copy"), r.median("idle", "basebackup")
+        if copy is not None and floor:
+            summary.append(f"copy_ratio_{n}={copy / floor:.2f}")
+            ok = ok and copy / floor <= TARGET_COPY_RATIO
+        made, raw = r.median("idle", "clone"), r.median("idle", "clone_raw")
+        if made is not None and raw:
+            summary.append(f"clone_ratio_{n}={made / raw:.2f}")
+            ok = ok and made < TARGET_CLONE_SECONDS
+        standby, parent = r.median("writes", "clone_standby"), r.median("writes", "clone_raw")
+        if standby is not None and parent:
+            summary.append(f"standby_vs_parent_writes_{n}={standby / parent:.2f}")
+        if r.writer_tps:
+            summary.append(f"writer_tps_{n}={statistics.median(r.writer_tps):.0f}")
+    for key, name in (("clone", "clone_flat_ratio"), ("clone_raw", "clone_raw_flat_ratio")):
+        times = [t for t in (r.median("idle", key) for r in results) if t is not None]
+        if len(times) >= 2:
+            summary.append(f"{name}={times[-1] / times[0]:.2f}")
+            if key == "clone":
+                ok = ok and times[-1] / times[0] <= TARGET_CLONE_FLAT
+    if clone and not any(r.times.get(("idle", "clone")) for r in results):
+        summary.append("clone_branch=not-measured")
+    return summary, ok
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--large", action="store_true", help=f"also a {LARGE_MB} MB parent")
+    parser.add_argument("--sizes", default=DEFAULT_SIZES,
+                        help="parent sizes in MB, comma-separated (3000 takes long)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-clone", action="store_true", help="the copy method only")
     args = parser.parse_args()
-    sizes = [*SIZES_MB, *([LARGE_MB] if args.large else [])]
-    root = Path(tempfile.mkdtemp(prefix="branchline-bench-"))
-    root.chmod(0o755)
-    store = Store(locate_state(root, {"BRANCHLINE_STATE_DIR": str(root / "state")}))
-    results = []
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    signal.signal(signal.SIGTERM, _interrupted)
+    load_start = os.getloadavg()[0]
+    started = time.perf_counter()
+    _say(f"load average (1 min) at start: {load_start:.2f}; sizes {sizes} MB, "
+         f"{args.rounds} round(s)")  # fmt: skip
+    work = Path(tempfile.mkdtemp(prefix="branchline-bench-"))
+    work.chmod(0o755)
+    store = Store(locate_state(work, {"BRANCHLINE_STATE_DIR": str(work / "state")}))
+    results: list[Result] = []
+    image_gb = 8 + 5 * -(-max(sizes) // 1000)  # parent, its WAL archive, standby, copies
     try:
-        asyncio.run(store.start())
-        for size_mb in sizes:
-            results.append(_measure(store, root, size_mb, args.rounds))
+        with _xfs(work, image_gb, not args.no_clone) as xfs:
+            clone = isinstance(xfs, Xfs)
+            if isinstance(xfs, Xfs):
+                where = xfs.mount
+                _say(f"reflink XFS of {image_gb} GB (sparse) loop-mounted in "
+                     f"{time.perf_counter() - started:.1f} s")  # fmt: skip
+            else:
+                where = work / "plain"
+                where.mkdir(mode=0o755)
+                _say(f"clone method skipped: {xfs}")
+            asyncio.run(store.start())
+            for size_mb in sizes:
+                began = time.perf_counter()
+                results.append(_measure(store, where, size_mb, args.rounds, clone))
+                _say(f"[{size_mb} MB] took {time.perf_counter() - began:.0f} s in all "
+                     f"(data {results[-1].fill_s:.0f} s, standby {results[-1].standby_s:.0f} s, "
+                     f"rounds {results[-1].rounds_s:.0f} s)")  # fmt: skip
     finally:
         store.location.cluster.destroy()
-        shutil.rmtree(root, ignore_errors=True)
-
+        shutil.rmtree(work, ignore_errors=True)
+    load_end = os.getloadavg()[0]
+    _print_times(results)
+    if clone:
+        _print_phases(results)
+    summary, ok = _summary(results, clone)
+    _say(f"\nload average (1 min): {load_start:.2f} at start, {load_end:.2f} at end; "
+         f"the run took {time.perf_counter() - started:.0f} s")  # fmt: skip
+    skipped = [] if clone else [f"clone=skipped:{xfs}"]
     print(
-        f"{'parent':<8}{'db MB':>8}{'files MB':>10}{'files':>7}  {'what':<26}"
-        f"{'median s':>10}{'max s':>10}{'x raw copy':>12}"
-    )
-    ok = True
-    summary = []
-    for r in results:
-        raw = statistics.median(r.raw_copy)
-        create = statistics.median(r.create)
-        template = statistics.median(r.template)
-        ratio = create / raw
-        rows = [
-            ("branch create", r.create),
-            ("branch create, cold copy", r.cold),
-            ("raw copy + sync", r.raw_copy),
-            ("CREATE DATABASE TEMPLATE", r.template),
-            ("pg_basebackup alone", r.basebackup),
-        ]
-        for label, times in rows:
-            median = statistics.median(times)
-            print(
-                f"{r.size_mb:<8}{r.db_bytes / MB:>8.1f}{r.files_bytes / MB:>10.1f}{r.files:>7}"
-                f"  {label:<26}"
-                f"{median:>10.3f}{max(times):>10.3f}{median / raw:>12.2f}"
-            )
-        ok = ok and ratio <= TARGET_RATIO
-        if r.size_mb == 100:
-            ok = ok and create < TARGET_100_SECONDS
-        n = r.size_mb
-        summary += [
-            f"size_mb_{n}={r.db_bytes / MB:.1f}",
-            f"create_s_{n}={create:.3f}",
-            f"raw_copy_s_{n}={raw:.3f}",
-            f"template_s_{n}={template:.3f}",
-            f"basebackup_s_{n}={statistics.median(r.basebackup):.3f}",
-            f"ratio_{n}={ratio:.2f}",
-            f"cold_create_s_{n}={statistics.median(r.cold):.3f}",
-            f"cold_ratio_{n}={statistics.median(r.cold) / raw:.2f}",
-        ]
-    print(
-        f"summary: {' '.join(summary)} target_ratio={TARGET_RATIO} "
-        f"target_s_100={TARGET_100_SECONDS} ok={str(ok).lower()}"
+        f"summary: {' '.join([*summary, *skipped])} load1_start={load_start:.2f} "
+        f"load1_end={load_end:.2f} target_copy_ratio={TARGET_COPY_RATIO} "
+        f"target_clone_s={TARGET_CLONE_SECONDS} target_clone_flat={TARGET_CLONE_FLAT} "
+        f"ok={str(ok).lower()}"
     )
     return 0 if ok else 1
 
