@@ -280,13 +280,26 @@ def test_a_ready_spare_becomes_the_next_branch_and_is_refilled(
     fresh_db: LocalDatabaseProvider,
 ) -> None:
     db = fresh_db
+    assert db.spare is None  # a command leaves the spare to serve's housekeeping
+    assert run(db, db.ensure_spare()) is True  # what serve's reconcile pass, or db gc, does
+    first = db.spare
+    assert first is not None and first.state().value == "running"
+    # In a command, the branch is the spare and nothing is refilled: it returns when
+    # its own work is done.
+    run(db, db.create_branch("first-from-spare"))
+    assert db.cluster("first-from-spare").home.resolve() == first.home.resolve()
+    assert db.spare is None and db.cluster("first-from-spare").meta().port
+
+    run(db, db.ensure_spare())
     spare = db.spare
-    assert spare is not None and spare.state().value == "running"  # init_root made one
+    assert spare is not None
     prod = uri(db, "production")
     execute(prod, "CREATE TABLE latest (v int)")
     execute(prod, "INSERT INTO latest VALUES (1)")  # just before the branch is asked for
 
+    db.refill_spare = True  # as in serve: the next spare is made right after
     run(db, db.create_branch("from-spare"))
+    assert run(db, db.get_branch("from-spare")).detail["made_by"] == "spare"  # type: ignore[union-attr]
     home = db.cluster("from-spare").home
     assert home.is_symlink() and home.resolve() == spare.home.resolve()
     refill = db.spare

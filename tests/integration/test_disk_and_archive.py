@@ -62,6 +62,7 @@ def _archive_state(db: LocalDatabaseProvider) -> dict[str, object]:
 def test_a_copy_into_the_reserve_is_refused_and_production_keeps_writing(
     db: LocalDatabaseProvider, caplog: pytest.LogCaptureFixture
 ) -> None:
+    assert run(db, db.ensure_spare()) is True and db.spare is not None
     db.min_free = SizeSpec(fraction=1.0)  # the whole disk kept for production's WAL
     with pytest.raises(space.DiskFullError) as caught:
         run(db, db.create_branch("pr-1"))

@@ -39,6 +39,11 @@ class LocalDatabaseConfig(_Model):
     # Free space only production's WAL may use: a branch, spare or backup that would
     # eat into it is refused. "500MB", "5%"; default 10% of the filesystem, at most 1 GB.
     min_free: str | int | None = None
+    # How a branch is copied from its parent: "clone" (copy-on-write clones of its
+    # files: constant time, needs XFS with reflink or btrfs, see `db pool create`),
+    # "copy" (an online pg_basebackup: time grows with the data), or "auto": clones
+    # where the filesystem can (tried, not guessed), else copies.
+    branching: Literal["auto", "clone", "copy"] = "auto"
 
     @field_validator("min_free")
     @classmethod

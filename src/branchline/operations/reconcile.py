@@ -28,7 +28,7 @@ from branchline.environment import Environment
 from branchline.errors import UsageError
 from branchline.kit import Kit
 from branchline.pipelines import cleanup, preview, testing
-from branchline.providers.database import GarbageCollector
+from branchline.providers.database import GarbageCollector, GcReport, SpareKeeper
 from branchline.providers.forge import PullRequest
 from branchline.providers.reconciling import Finding, Reconcilable
 from branchline.store import artifacts as artifact_rows
@@ -171,8 +171,15 @@ async def _branches(kit: Kit, dry_run: bool) -> list[Finding]:
                 await kit.database.delete_branch(branch.name)
                 finding.done = True
             found.append(finding)
-    if isinstance(kit.database, GarbageCollector) and not dry_run:
+    if isinstance(kit.database, SpareKeeper) and not dry_run:
+        # The spare waits while a run works: refilling it takes half of a small
+        # machine from the run's migration.
+        report: GcReport | None = await kit.database.gc(keep_spare=not running)
+    elif isinstance(kit.database, GarbageCollector) and not dry_run:
         report = await kit.database.gc()
+    else:
+        report = None
+    if report is not None:
         for name in report.expired_deleted:
             found.append(Finding("branch", name, "delete", "expired", True))
         for name in report.interrupted_cleaned:

@@ -150,6 +150,14 @@ def tree_size(path: Path, *, skip: tuple[str, ...] = ()) -> int:
     return total
 
 
+def clone_estimate(data_dir: Path, segment: int = WAL_SEGMENT) -> int:
+    """What a copy-on-write clone of the cluster in `data_dir` takes on the disk when
+    made: its data is shared with the parent until either side writes, so only what
+    is written anew - the backup label, the segments its checkpoint, switch and
+    start add (to both sides' pg_wal and the archive) - and the directories' blocks."""
+    return 6 * segment + 4 * 1024**2
+
+
 def copy_estimate(data_dir: Path, segment: int = WAL_SEGMENT) -> int:
     """What an online copy of the cluster in `data_dir` takes on the disk: its data
     (the parent's WAL history is not copied), the two segments the copy's own pg_wal

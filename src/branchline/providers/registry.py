@@ -37,6 +37,7 @@ def database_provider(config: Config, store: Store) -> DatabaseProvider:
             database=config.database.local.database,
             binaries=find_binaries({"BRANCHLINE_PG_BIN": pg_bin}) if pg_bin else None,
             min_free=config.database.local.reserve,
+            branching=config.database.local.branching,
         )
     if provider == "neon" and config.database.neon is not None:
         from branchline.providers.database.neon import NeonDatabaseProvider

@@ -177,6 +177,20 @@ class GarbageCollector(Protocol):
 
 
 @runtime_checkable
+class SpareKeeper(Protocol):
+    """A provider that may keep a spare copy ready to hide the copy time."""
+
+    # True in a long-running process (serve): the spare is refilled right after a
+    # branch took it; a command leaves that to serve's housekeeping or `db gc`.
+    refill_spare: bool
+
+    async def gc(self, *, keep_spare: bool = True) -> GcReport:
+        """As GarbageCollector.gc; `keep_spare=False` leaves the spare as it is (a
+        run is using the machine: a refill would slow its migration down)."""
+        ...
+
+
+@runtime_checkable
 class CreateDbGrants(Protocol):
     async def allow_createdb(self, name: str) -> None:
         """Let the branch's application role create databases (a test runner's own)."""

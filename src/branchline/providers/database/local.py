@@ -7,9 +7,12 @@ Layout under the state directory:
     backups/<root>/<ts>/    base backups of the root branch (data/, backup.json)
 
 The root branch (`production`) is created by `init_root` with WAL archiving
-on; every other branch is an online `pg_basebackup` copy of its parent,
-started on a free loopback port. Before anything is created or deleted the
-intent is written to the store, so `gc` can finish or undo what a crash left.
+on; every other branch is an online copy of its parent, started on a free
+loopback port: copy-on-write clones of its files where the filesystem can
+clone (`branching_method`: the same fraction of a second at any size), an
+online `pg_basebackup` elsewhere (helped by a spare standby, kept by `serve`).
+Before anything is created or deleted the intent is written to the store, so
+`gc` can finish or undo what a crash left.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
@@ -33,12 +36,13 @@ from branchline.branchdata import DataPlan, ShapeReport
 from branchline.config.sizes import SizeSpec
 from branchline.errors import BranchlineError, PostgresError, UsageError
 from branchline.locking import finish_in_thread
-from branchline.postgres import Cluster, ClusterState, PgBinaries, archiver, roles, space
+from branchline.postgres import Cluster, ClusterState, PgBinaries, archiver, reflink, roles, space
 from branchline.postgres.cluster import FAST_SETTINGS
 from branchline.postgres.copy import (
     BaseBackup,
     archive_settings,
     clone,
+    clone_online,
     directory_size,
     make_standby,
     promote_standby,
@@ -86,6 +90,9 @@ EPHEMERAL_SETTINGS = FAST_SETTINGS
 # A branch is usually migrated right after it is made: refilling the spare at that
 # moment takes half of a 2-core machine from the migration, so the refill waits.
 SPARE_REFILL_DELAY = 2.0
+Branching = Literal["auto", "clone", "copy"]
+CLONE = "clone"  # copy-on-write clones of the parent's files (XFS reflink, btrfs)
+COPY = "copy"  # an online pg_basebackup of the parent
 
 
 class LocalDatabaseProvider:
@@ -103,8 +110,14 @@ class LocalDatabaseProvider:
         database: str = "app",
         binaries: PgBinaries | None = None,
         min_free: SizeSpec | None = None,
+        branching: Branching = "auto",
     ) -> None:
         self.project = project
+        self.branching = branching
+        self._clones: bool | None = None  # whether the branches' filesystem can clone
+        # The spare is refilled right after it is adopted only in a long-running
+        # process (serve): a command returns when its own work is done.
+        self.refill_spare = False
         self.min_free = min_free  # None: 10% of the filesystem, at most 1 GB
         self._said: set[str] = set()  # background warnings already logged
         self.spare_note: str | None = None  # why the last ensure_spare made none
@@ -153,6 +166,26 @@ class LocalDatabaseProvider:
         return Disk(self.state_dir, self.cluster(self.root), self.archive_dir, self.backups_dir,
                     self.min_free)  # fmt: skip
 
+    def branching_method(self) -> str:
+        """How a branch is made here: CLONE where the branches' filesystem can clone
+        files (tried once per process), else COPY. `branching = "clone"` where it
+        cannot is an error saying how to get a filesystem that can."""
+        if self.branching == COPY:
+            return COPY
+        if self._clones is None:
+            self._clones = reflink.can_clone(self.state_dir / "branches")
+        if self._clones:
+            return CLONE
+        if self.branching == CLONE:
+            raise UsageError(
+                f'`branching = "clone"` is set, but the filesystem of {self.state_dir} '
+                "cannot clone files (copy-on-write needs XFS made with reflink=1, or btrfs)",
+                hint="Make a pool that can (`sudo branchline db pool create --size 20G`), "
+                "move the state directory to such a filesystem, or set `branching = "
+                '"auto"` in [database.local] to copy with pg_basebackup instead.',
+            )
+        return COPY
+
     def _start_root(self) -> Cluster:
         """Start production (with the current archive command: see Disk.ensure_archiving)."""
         root = self.cluster(self.root)
@@ -179,7 +212,6 @@ class LocalDatabaseProvider:
                     raise_if_disk_full(exc, self.disk, f"create {name!r}")
                     raise
                 branch = await self._mark_ready(conn, name, detail={"root": True})
-        await self.ensure_spare()
         return branch
 
     def _create_root_cluster(self) -> None:
@@ -227,16 +259,20 @@ class LocalDatabaseProvider:
             # Refused before anything is made: a copy that would fill the disk takes
             # production down with it (Postgres stops when it cannot write its WAL).
             restorable = await self._restorable(at) if at is not None else None
-            need = await finish_in_thread(self._need_for_branch, parent, at)
+            method = await finish_in_thread(self.branching_method)
+            need = await finish_in_thread(self._need_for_branch, parent, at, method)
             what = f"create branch {name!r} from {parent!r}"
-            spare_unused = at is not None or parent != self.root
+            spare_unused = at is not None or parent != self.root or method == CLONE
             await self._require_room(conn, need, what, spare_unused=spare_unused)
             await self._intend(conn, name, parent=parent, expires=expires)
             try:
                 if at is not None and restorable is not None:
                     await self._restore(name, at, *restorable)
-                elif not (parent == self.root and await self._adopt_spare(name)):
-                    await finish_in_thread(self._clone_sync, parent, name)
+                    made_by = "restore"
+                elif method == COPY and parent == self.root and await self._adopt_spare(name):
+                    made_by = "spare"
+                else:
+                    made_by = await finish_in_thread(self._clone_sync, parent, name)
                 # Passwords of its own: its parent's open nothing here, and its own
                 # open nothing else (not the parent, not another branch).
                 await finish_in_thread(self._own_credentials, name)
@@ -248,11 +284,12 @@ class LocalDatabaseProvider:
                 raise_if_disk_full(exc, self.disk, f"create branch {name!r}")
                 raise
             detail: dict[str, Any] = {"restored_to": at.isoformat()} if at else {}
+            detail["made_by"] = made_by
             if data is not None:
                 detail |= {"data": data.as_dict(), "shaped": shaped.as_dict()}
             return await self._mark_ready(conn, name, detail=detail)
 
-    def _need_for_branch(self, parent: str, at: datetime | None) -> int:
+    def _need_for_branch(self, parent: str, at: datetime | None, method: str = COPY) -> int:
         """About what a new branch takes on the disk when made."""
         if at is not None:
             usable = [b for b in self.backups() if b.end_time <= at]
@@ -264,6 +301,8 @@ class LocalDatabaseProvider:
             held = [p.name for p in self.archive_dir.glob("*")]
             replayed = sum(1 for n in held if archiver.SEGMENT_NAME.fullmatch(n) and n >= start)
             return space.tree_size(usable[-1].path) + (replayed + 2) * space.WAL_SEGMENT
+        if method == CLONE:
+            return space.clone_estimate(self.cluster(parent).data_dir)
         spare = self.spare
         if parent == self.root and spare is not None and spare.state() is ClusterState.RUNNING:
             # The spare is already on the disk: promoting it starts a new timeline's
@@ -319,12 +358,18 @@ class LocalDatabaseProvider:
             rows = await branch_rows.list_all(conn, self.project)
         return await finish_in_thread(self._reclaimable, rows)
 
-    def _clone_sync(self, parent: str, name: str, port: int | None = None) -> None:
+    def _clone_sync(self, parent: str, name: str, port: int | None = None) -> str:
+        """Make `name` an online copy of `parent`; the way it was made (CLONE, COPY)."""
         source = self._start_root() if parent == self.root else self.cluster(parent)
         source.start()
         target = self.cluster(name)
-        clone(source, target, settings=self._branch_settings(), port=port)
+        method = self.branching_method()
+        if method == CLONE:
+            clone_online(source, target, settings=self._branch_settings(), port=port)
+        else:
+            clone(source, target, settings=self._branch_settings(), port=port)
         target.start()
+        return method
 
     def _shape_sync(self, name: str, plan: DataPlan) -> ShapeReport:
         """Make branch `name` hold what `plan` says (see branchline.branchdata): the
@@ -468,7 +513,9 @@ class LocalDatabaseProvider:
             plan = DataPlan.from_dict(row.detail.get("data"))
             # The old data stays aside until the new copy is ready: a whole copy's room.
             parent_data = self.cluster(row.parent).data_dir
-            need = await finish_in_thread(space.copy_estimate, parent_data)
+            method = await finish_in_thread(self.branching_method)
+            estimate = space.clone_estimate if method == CLONE else space.copy_estimate
+            need = await finish_in_thread(estimate, parent_data)
             await self._require_room(conn, need, f"reset branch {name!r}")
             try:
                 await finish_in_thread(self._reset_sync, row.parent, name, plan)
@@ -567,6 +614,12 @@ class LocalDatabaseProvider:
         self.spare_note = None
         if self.cluster(self.root).state() is ClusterState.MISSING:
             return False
+        if await finish_in_thread(self.branching_method) == CLONE:
+            # A clone is as fast as promoting a spare, and costs no standby.
+            if self.spare is not None:
+                await self._drop_spare_quietly()
+            self.spare_note = "not needed: branches are copy-on-write clones"
+            return False
         try:
             return await self._ensure_spare()
         except (BranchlineError, OSError, psycopg.Error) as exc:
@@ -648,9 +701,14 @@ class LocalDatabaseProvider:
             if conn is None:
                 return False
             adopted = await finish_in_thread(self._adopt_spare_sync, name)
-        if adopted:
+        if adopted and self.refill_spare:
             self._background.append(asyncio.create_task(self._refill_spare_soon()))
         return adopted
+
+    async def _drop_spare_quietly(self) -> None:
+        async with self._try_locked(SPARE_LOCK) as conn:
+            if conn is not None:
+                await finish_in_thread(self.drop_spare)
 
     async def _refill_spare_soon(self) -> bool:
         deadline = time.monotonic() + SPARE_REFILL_DELAY
@@ -711,7 +769,7 @@ class LocalDatabaseProvider:
 
         def gather() -> dict[str, Any]:
             status = self.disk.archive_status()
-            return {"disk": self.disk.room().as_dict(),
+            return {"disk": self.disk.room().as_dict(), "branching": self.branching_method(),
                     "archive": status.as_dict() if status is not None else None}  # fmt: skip
 
         return await finish_in_thread(gather)
@@ -778,6 +836,7 @@ class LocalDatabaseProvider:
         now: datetime | None = None,
         backup_interval: timedelta = timedelta(hours=24),
         backup_retention: timedelta = timedelta(days=7),
+        keep_spare: bool = True,
     ) -> GcReport:
         """Delete expired branches, finish or undo what a crash interrupted, remove
         clusters the store does not know and rows whose cluster is gone, and keep
@@ -820,7 +879,8 @@ class LocalDatabaseProvider:
         interval = timedelta(0) if gap else backup_interval
         await self._maintain_backups(report, now, interval, backup_retention)
         # Never needs a spare to run: one that cannot be made is a note, not a failure.
-        report.spare_rebuilt = await self.ensure_spare()
+        if keep_spare:
+            report.spare_rebuilt = await self.ensure_spare()
         if self.spare_note:
             report.notes.append(f"spare copy {self.spare_note}")
         status = await finish_in_thread(self.disk.archive_status)
