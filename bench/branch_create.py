@@ -20,10 +20,14 @@ writer runs pgbench's TPC-B-like transactions against the parent without pause:
   streaming standby of the parent (made with pg_basebackup -R on the XFS), the copy
   opened as a primary (backup_label, no standby.signal: it replays its WAL, opens).
 
-Where a clone's time goes is printed per phase: backup start (its checkpoint),
+Every step starts after a `sync` (nothing of the last one left to flush); the
+standby streams from the parent throughout, for every method alike.
+
+Where a branch's time goes is printed per phase: backup start (its checkpoint),
 file cloning, backup stop, WAL clone and label, start-up, replay, end of recovery,
-connecting; for the provider, what its log shows and its time over the raw floor
-(the store, locks, roles: its own work).
+until `SELECT 1` answers (from the server's log); for `create_branch`, the times its
+clone records (`CloneTimes`, read by wrapping `clone_online`), its own steps (room,
+store rows, passwords: wrapped and timed) and its time over its method's floor.
 
 Targets (copy-on-write branching issue): copy within 1.3x of `pg_basebackup`
 alone; clone under 0.5 s idle at every size and flat: the largest size within 1.5x
@@ -51,6 +55,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any
+from unittest import mock
 
 import psycopg
 from clone_floor import (
@@ -67,11 +73,13 @@ from clone_floor import (
     unmount_xfs,
 )
 
-from branchline.postgres import Cluster
-from branchline.postgres.copy import make_standby
+from branchline.postgres import Cluster, ClusterMeta
+from branchline.postgres.copy import CloneTimes, clone_online, make_standby
+from branchline.providers.database import local
 from branchline.providers.database.local import (
     EPHEMERAL_SETTINGS,
     LIGHT_SETTINGS,
+    Branching,
     LocalDatabaseProvider,
 )
 from branchline.store import Store, locate_state
@@ -92,10 +100,19 @@ STEPS = {
     "clone_raw": ("clone floor: by hand", "clone_raw"),
     "clone_standby": ("clone of a standby, by hand", "clone_raw"),
 }
+# create_branch's own steps, timed apart (the rest of its own work: locks, store
+# connections, waiting for its server to be ready).
+OWN_STEPS = {
+    "_need_for_branch": "room estimate",
+    "_require_room": "room check",
+    "_intend": "intent rows",
+    "_own_credentials": "own passwords",
+    "_mark_ready": "ready row",
+}
 PHASES = ("backup_start", "files", "backup_stop", "wal")
-AFTER_SPAWN = ("startup", "replay", "end_recovery", "connect")
-PHASE_ROWS = {"clone_raw": "parent, by hand", "clone_standby": "standby, by hand",
-              "clone": "create_branch"}  # fmt: skip
+AFTER_SPAWN = ("startup", "replay", "end_recovery", "after_ready")
+PHASE_ROWS = {"clone_raw": "clone, by hand", "clone_standby": "standby, by hand",
+              "clone": "clone: create", "copy": "copy: create"}  # fmt: skip
 
 
 @dataclass
@@ -122,22 +139,72 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
+def _timed(real: Callable[..., Any], name: str, spent: dict[str, float]) -> Callable[..., Any]:
+    """`real` (a function or a coroutine function), adding its time to `spent[name]`."""
+
+    def add(began: float) -> None:
+        spent[name] = spent.get(name, 0.0) + time.perf_counter() - began
+
+    if inspect.iscoroutinefunction(real):
+
+        async def waited(*args: Any, **kwargs: Any) -> Any:
+            began = time.perf_counter()
+            try:
+                return await real(*args, **kwargs)
+            finally:
+                add(began)
+
+        return waited
+
+    def called(*args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return real(*args, **kwargs)
+        finally:
+            add(began)
+
+    return called
+
+
+def _timing(provider: LocalDatabaseProvider, spent: dict[str, float]) -> contextlib.ExitStack:
+    """The provider's own steps (OWN_STEPS) timed into `spent` while the stack is open."""
+    stack = contextlib.ExitStack()
+    for name in OWN_STEPS:
+        wrapped = _timed(getattr(provider, name), name, spent)
+        stack.enter_context(mock.patch.object(provider, name, wrapped))
+    return stack
+
+
 def _branch(provider: LocalDatabaseProvider, name: str, phases: list[ClonePhases]) -> float:
-    """`create_branch` until the branch answers; where its time went, from its log."""
+    """`create_branch` until the branch answers; where its time went: the clone's own
+    times (the provider keeps them to itself: its `clone_online` is wrapped), its own
+    steps (wrapped too) and the branch's log."""
+    recorded: list[CloneTimes] = []
+
+    def clone_timed(*args: Any, **kwargs: Any) -> ClusterMeta:
+        recorded.append(CloneTimes())
+        return clone_online(*args, **kwargs, times=recorded[-1])
 
     async def timed() -> float:
         provider.drop_spare()  # cold: a copy branch is an online copy
-        began = time.perf_counter()
-        await provider.create_branch(name)
-        with psycopg.connect(provider.cluster(name).uri(DATABASE)) as conn:
-            conn.execute("SELECT 1")
-        elapsed, answered = time.perf_counter() - began, time.time()
-        split = ClonePhases(total=elapsed)
-        log_phases(provider.cluster(name).log_file, None, answered, split)
+        split = ClonePhases()
+        with mock.patch.object(local, "clone_online", clone_timed), _timing(provider, split.own):
+            began = time.perf_counter()
+            branch = await provider.create_branch(name)
+            with psycopg.connect(provider.cluster(name).uri(DATABASE)) as conn:
+                conn.execute("SELECT 1")
+            split.total, answered = time.perf_counter() - began, time.time()
+        if branch.detail.get("made_by") != provider.branching:
+            raise RuntimeError(f"{name} was made by {branch.detail.get('made_by')}, "
+                               f"not {provider.branching}")  # fmt: skip
+        for times in recorded:
+            split.backup_start, split.files = times.backup_start, times.files
+            split.backup_stop = times.backup_stop  # its pg_wal clone included
+        log_phases(provider.cluster(name).log_file, answered, split)
         phases.append(split)
         await provider.aclose()
         await provider.delete_branch(name)
-        return elapsed
+        return split.total
 
     return asyncio.run(timed())
 
@@ -145,14 +212,15 @@ def _branch(provider: LocalDatabaseProvider, name: str, phases: list[ClonePhases
 def _providers(
     store: Store, state: Path, size_mb: int, clone: bool
 ) -> dict[str, LocalDatabaseProvider]:
-    made = {}
-    api = "branching" in inspect.signature(LocalDatabaseProvider).parameters  # TEMP
-    for method in ("copy", *(["clone"] if clone and api else [])):
-        extra = {"branching": method} if api else {}
+    """One provider per method, on one state directory: one parent for both."""
+    made: dict[str, LocalDatabaseProvider] = {}
+    methods: tuple[Branching, ...] = ("copy", "clone") if clone else ("copy",)
+    for method in methods:
         made[method] = LocalDatabaseProvider(
             project=f"bench-{size_mb}", state_dir=state, store=store, database=DATABASE,
-            **extra,  # type: ignore[arg-type]
+            branching=method,
         )  # fmt: skip
+        assert made[method].branching_method() == method
     return made
 
 
@@ -278,32 +346,51 @@ def _print_times(results: list[Result]) -> None:
 
 
 def _print_phases(results: list[Result]) -> None:
-    _say("\nwhere a clone's time goes (medians, s): backup start (its checkpoint), file "
-         "clones, backup stop, pg_wal clone and label; all that before the server starts "
-         "(for create_branch, its store work too); start-up, WAL replay, end of recovery, "
-         "SELECT 1; own work: create_branch's time over the floor's")  # fmt: skip
+    _say("\nwhere a branch's time goes (medians, s): backup start (its checkpoint), file "
+         "clones, backup stop, pg_wal clone and backup_label (create_branch: within bk "
+         "stop); before pg: all until the server's first log line (create_branch: its "
+         "store and lock work too; a copy: pg_basebackup); start-up, WAL replay, end of "
+         "recovery (its checkpoint), after ready: until SELECT 1 answers (create_branch: "
+         "waiting for ready, its own passwords, its store row); own work: create_branch "
+         "over its method's floor (the clone by hand; pg_basebackup alone)")  # fmt: skip
     heads = ["bk start", "files", "bk stop", "wal+label", "before pg", "start-up", "replay",
-             "end recov", "connect", "total", "own work"]  # fmt: skip
+             "end recov", "after rdy", "total", "own work"]  # fmt: skip
     _say(f"{'parent':<7}{'load':<7}{'source':<16}" + "".join(f"{h:>10}" for h in heads))
+    steps: list[str] = []
     for r in results:
         for load in LOADS:
             for key, label in PHASE_ROWS.items():
                 splits = r.phases.get((load, key))
                 if not splits:
                     continue
-
-                by_hand = key != "clone"  # create_branch's steps are not seen apart
-                columns = [*(PHASES if by_hand else ()), "before_server", *AFTER_SPAWN, "total"]
+                # create_branch: its clone's own times (the WAL clone within the
+                # stop); a copy shows only what its log does.
+                known = {"clone": PHASES[:3], "copy": ()}.get(key, PHASES)
+                columns = [*known, "before_server", *AFTER_SPAWN, "total"]
                 med = {c: statistics.median(getattr(s, c) for s in splits) for c in columns}
-                raw = r.median(load, "clone_raw")
-                if not by_hand and raw is not None:
-                    med["own"] = med["total"] - raw
+                floor = r.median(load, STEPS[key][1])
+                if key in ("clone", "copy") and floor is not None:
+                    med["own"] = med["total"] - floor
                 values = [med.get(c) for c in (*PHASES, "before_server", *AFTER_SPAWN, "total",
                                                "own")]  # fmt: skip
                 _say(
                     f"{r.size_mb:<7}{load:<7}{label:<16}"
                     + "".join(f"{_fmt(v):>10}" for v in values)
                 )
+                if key in ("clone", "copy"):
+                    own = {n: statistics.median(s.own.get(n, 0.0) for s in splits)
+                           for n in OWN_STEPS}  # fmt: skip
+                    steps.append(
+                        f"{r.size_mb:<7}{load:<7}{label:<16}"
+                        + "".join(f"{own[n]:>14.3f}" for n in OWN_STEPS)
+                        + f"{sum(own.values()):>10.3f}"
+                    )
+    _say("\ncreate_branch's own steps (medians, s; the rest of its own work: locks, store "
+         "connections, waiting for its server's start)")  # fmt: skip
+    _say(f"{'parent':<7}{'load':<7}{'source':<16}"
+         + "".join(f"{h:>14}" for h in OWN_STEPS.values()) + f"{'sum':>10}")  # fmt: skip
+    for line in steps:
+        _say(line)
 
 
 def _summary(results: list[Result], clone: bool) -> tuple[list[str], bool]:
@@ -321,6 +408,9 @@ def _summary(results: list[Result], clone: bool) -> tuple[list[str], bool]:
         copy, floor = r.median("idle", "copy"), r.median("idle", "basebackup")
         if copy is not None and floor:
             summary.append(f"copy_ratio_{n}={copy / floor:.2f}")
+            cp = r.median("idle", "cp")
+            if cp:
+                summary.append(f"copy_vs_cp_{n}={copy / cp:.2f}")
             ok = ok and copy / floor <= TARGET_COPY_RATIO
         made, raw = r.median("idle", "clone"), r.median("idle", "clone_raw")
         if made is not None and raw:

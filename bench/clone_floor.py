@@ -11,7 +11,7 @@ import shutil
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -248,24 +248,26 @@ def raw_basebackup(cluster: Cluster, dest: Path) -> float:
 @dataclass
 class ClonePhases:
     """Where the time of one clone goes, in seconds. The four from start-up on come
-    from the copy's log (millisecond stamps) and are 0 when a line is missing; for
-    `create_branch` the first four are unknown (0): `before_server` holds them."""
+    from the copy's log (millisecond stamps) and are 0 when a line is missing."""
 
     backup_start: float = 0.0  # pg_backup_start(fast): the checkpoint (a restartpoint on a standby)
     files: float = 0.0  # reflink copy of the data directory but pg_wal
     backup_stop: float = 0.0  # pg_backup_stop
     wal: float = 0.0  # reflink copy of pg_wal (and pg_control, from a standby), backup_label
-    startup: float = 0.0  # postgres spawned .. redo starts
+    startup: float = 0.0  # the server's first log line .. redo starts
     replay: float = 0.0  # redo starts .. redo done (to the end of the backup and the WAL)
     end_recovery: float = 0.0  # redo done .. ready (the end-of-recovery checkpoint)
-    connect: float = 0.0  # ready .. SELECT 1 answered
+    # ready .. SELECT 1 answered (create_branch: waiting for ready, the branch's own
+    # passwords, its store row, then the SELECT)
+    after_ready: float = 0.0
     total: float = 0.0
+    own: dict[str, float] = field(default_factory=dict)  # create_branch's own steps
 
     @property
     def before_server(self) -> float:
-        """Everything before the copy's postgres starts (for a raw clone, the sum
-        of the first four phases)."""
-        return self.total - self.startup - self.replay - self.end_recovery - self.connect
+        """Everything before the copy's server logs its first line (by hand: the first
+        four phases and spawning it)."""
+        return self.total - self.startup - self.replay - self.end_recovery - self.after_ready
 
 
 def _log_times(log: Path) -> dict[str, float]:
@@ -284,18 +286,19 @@ def _log_times(log: Path) -> dict[str, float]:
     return found
 
 
-def log_phases(log: Path, spawned: float | None, answered: float, into: ClonePhases) -> None:
-    """Split the server's spawn (Unix time; None: its first log line) .. SELECT 1
-    answered by the milestones in its log."""
+def log_phases(log: Path, answered: float, into: ClonePhases) -> None:
+    """Split the server's life until `SELECT 1` answered (a Unix time) by the
+    milestones of its log; from its first line on, so that a server a provider
+    spawned (at a moment not known here) is split as one spawned here."""
     marks = _log_times(log)
-    start = marks.get("start", answered) if spawned is None else spawned
+    start = marks.get("start", answered)
     redo = marks.get("redo", start)
     done = marks.get("done", redo)
     ready = marks.get("ready", answered)
     into.startup = max(0.0, redo - start)
     into.replay = max(0.0, done - redo)
     into.end_recovery = max(0.0, ready - done)
-    into.connect = max(0.0, answered - ready)
+    into.after_ready = max(0.0, answered - ready)
 
 
 def _clone_tree(cluster: Cluster, src: Path, dest: Path, names: list[str], what: str) -> None:
@@ -345,13 +348,13 @@ def raw_clone(source: Cluster, dest: Path, *, from_standby: bool) -> ClonePhases
                 (data / name).write_text(text)
                 source.run_as.own(data / name)
         t4 = time.perf_counter()
-        process, spawned = _start_copy(source, dest)
+        process = _start_copy(source, dest)
         _wait_answers(process, dest, source)
         answered = time.time()
         t5 = time.perf_counter()
         phases.backup_start, phases.files, phases.backup_stop = t1 - began, t2 - t1, t3 - t2
         phases.wal, phases.total = t4 - t3, t5 - began
-        log_phases(dest / "postgres.log", spawned, answered, phases)
+        log_phases(dest / "postgres.log", answered, phases)
         return phases
     finally:
         if process is not None and process.poll() is None:
@@ -364,7 +367,7 @@ def raw_clone(source: Cluster, dest: Path, *, from_standby: bool) -> ClonePhases
         Cluster(dest).destroy()  # anything of it still running, and its files
 
 
-def _start_copy(source: Cluster, dest: Path) -> tuple[subprocess.Popen[bytes], float]:
+def _start_copy(source: Cluster, dest: Path) -> subprocess.Popen[bytes]:
     sockets = dest / "s"
     sockets.mkdir(mode=0o700)
     source.run_as.own(sockets)
@@ -374,14 +377,13 @@ def _start_copy(source: Cluster, dest: Path) -> tuple[subprocess.Popen[bytes], f
         args += ["-c", f"{key}={value}"]
     run_as = source.run_as
     with (dest / "postgres.log").open("ab") as log:
-        spawned = time.time()
         process = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             env=_clean_env(),
             user=run_as.uid, group=run_as.gid, extra_groups=run_as.extra_groups,
         )  # fmt: skip
     (dest / "port").write_text(settings["port"])
-    return process, spawned
+    return process
 
 
 def _wait_answers(process: subprocess.Popen[bytes], dest: Path, source: Cluster,
