@@ -54,6 +54,8 @@ def mount_xfs(work: Path, size_gb: int) -> Xfs | str:
                                         else None)  # fmt: skip
     if mkfs is None:
         return "no-mkfs.xfs"
+    if shutil.disk_usage(work).free < size_gb * 1024 * MB:
+        return f"under-{size_gb}GB-free-for-its-image"  # sparse, but a run may fill it
     image, mount = work / "xfs.img", work / "xfs"
     with image.open("wb") as fh:
         fh.truncate(size_gb * 1024 * MB)
