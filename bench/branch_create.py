@@ -30,9 +30,9 @@ clone records (`CloneTimes`, read by wrapping `clone_online`), its own steps (ro
 store rows, passwords: wrapped and timed) and its time over its method's floor.
 
 Targets (copy-on-write branching issue): copy within 1.3x of `pg_basebackup`
-alone; clone under 0.5 s idle at every size and flat: the largest size within 1.5x
-of 100 MB. The 1-minute load average is printed at the start and the end: the
-machine may be shared.
+alone at every size; clone under 0.5 s idle at the largest size (3 GB when
+measured) and flat: the largest size within 1.5x of the smallest. The 1-minute
+load average is printed at the start and the end: the machine may be shared.
 
     .venv/bin/python bench/branch_create.py [--sizes 100,1000,3000] [--rounds N]
 """
@@ -415,7 +415,6 @@ def _summary(results: list[Result], clone: bool) -> tuple[list[str], bool]:
         made, raw = r.median("idle", "clone"), r.median("idle", "clone_raw")
         if made is not None and raw:
             summary.append(f"clone_ratio_{n}={made / raw:.2f}")
-            ok = ok and made < TARGET_CLONE_SECONDS
         standby, parent = r.median("writes", "clone_standby"), r.median("writes", "clone_raw")
         if standby is not None and parent:
             summary.append(f"standby_vs_parent_writes_{n}={standby / parent:.2f}")
@@ -425,7 +424,10 @@ def _summary(results: list[Result], clone: bool) -> tuple[list[str], bool]:
         times = [t for t in (r.median("idle", key) for r in results) if t is not None]
         if len(times) >= 2:
             summary.append(f"{name}={times[-1] / times[0]:.2f}")
-            if key == "clone":
+        if key == "clone" and times:
+            largest = results[-1].median("idle", "clone")
+            ok = ok and largest is not None and largest < TARGET_CLONE_SECONDS
+            if len(times) >= 2:
                 ok = ok and times[-1] / times[0] <= TARGET_CLONE_FLAT
     if clone and not any(r.times.get(("idle", "clone")) for r in results):
         summary.append("clone_branch=not-measured")
@@ -440,6 +442,9 @@ def main() -> int:
     parser.add_argument("--no-clone", action="store_true", help="the copy method only")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
+    # Ctrl-C and SIGTERM unwind through every cleanup (even when started in the
+    # background, where a shell leaves SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupted)
     load_start = os.getloadavg()[0]
     started = time.perf_counter()
@@ -482,11 +487,16 @@ def main() -> int:
     print(
         f"summary: {' '.join([*summary, *skipped])} load1_start={load_start:.2f} "
         f"load1_end={load_end:.2f} target_copy_ratio={TARGET_COPY_RATIO} "
-        f"target_clone_s={TARGET_CLONE_SECONDS} target_clone_flat={TARGET_CLONE_FLAT} "
+        f"target_clone_s={TARGET_CLONE_SECONDS} target_clone_at_mb={sizes[-1]} "
+        f"target_clone_flat={TARGET_CLONE_FLAT} "
         f"ok={str(ok).lower()}"
     )
     return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted: every cluster stopped, the XFS unmounted", file=sys.stderr)
+        sys.exit(130)
