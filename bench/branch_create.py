@@ -229,13 +229,11 @@ def _measure(store: Store, where: Path, size_mb: int, rounds: int, clone: bool) 
     state = where / f"db-{size_mb}"
     state.mkdir(mode=0o755)
     providers = _providers(store, state, size_mb, clone)
-    # The root as the provider that branches makes it (a copy provider keeps a spare).
-    first = providers.get("clone", providers["copy"])
+    first = providers["copy"]  # the root is the same for both; neither keeps a spare
     result = Result(size_mb, scale=pgbench_scale(size_mb))
     standby = Cluster(where / f"standby-{size_mb}")
     try:
         asyncio.run(first.init_root())
-        first.drop_spare()
         parent = first.cluster(first.root)
         began = time.perf_counter()
         result.db_bytes = fill(parent, DATABASE, size_mb)
@@ -248,46 +246,39 @@ def _measure(store: Store, where: Path, size_mb: int, rounds: int, clone: bool) 
             result.standby_s = time.perf_counter() - began
             _say(f"[{size_mb} MB] streaming standby made in {result.standby_s:.1f} s")
 
-        def phased(load: str, key: str, run: Callable[[], ClonePhases]) -> Callable[[], float]:
-            def step() -> float:
-                split = run()
-                result.phases.setdefault((load, key), []).append(split)
-                return split.total
-
-            return step
-
         def steps(load: str, n: str) -> list[tuple[str, Callable[[], float]]]:
-            made: list[tuple[str, Callable[[], float]]] = [
-                ("copy", lambda: _branch(providers["copy"], f"copy-{n}",
-                                         result.phases.setdefault((load, "copy"), []))),
+            """This round's steps: (key, timed step)."""
+
+            def branch(method: str) -> Callable[[], float]:
+                splits = result.phases.setdefault((load, method), [])
+                return lambda: _branch(providers[method], f"{method}-{n}", splits)
+
+            def by_hand(key: str, source: Cluster, from_standby: bool) -> Callable[[], float]:
+                def step() -> float:
+                    split = raw_clone(source, where / f"{key}-{n}", from_standby=from_standby)
+                    result.phases.setdefault((load, key), []).append(split)
+                    return split.total
+
+                return step
+
+            made = [
+                ("copy", branch("copy")),
                 ("basebackup", lambda: raw_basebackup(parent, where / f"bb-{n}")),
                 ("cp", lambda: raw_copy(parent, where / f"cp-{n}")),
-            ]  # fmt: skip
-            if "clone" in providers:
-                made.append(
-                    (
-                        "clone",
-                        lambda: _branch(
-                            providers["clone"],
-                            f"clone-{n}",
-                            result.phases.setdefault((load, "clone"), []),
-                        ),
-                    )
-                )
+            ]
             if clone:
                 made += [
-                    ("clone_raw", phased(load, "clone_raw", lambda: raw_clone(
-                        parent, where / f"raw-{n}", from_standby=False))),
-                    ("clone_standby", phased(load, "clone_standby", lambda: raw_clone(
-                        standby, where / f"sb-{n}", from_standby=True))),
-                ]  # fmt: skip
+                    ("clone", branch("clone")),
+                    ("clone_raw", by_hand("clone_raw", parent, False)),
+                    ("clone_standby", by_hand("clone_standby", standby, True)),
+                ]
             return made
 
         began = time.perf_counter()
         for i in range(rounds):
             for load in LOADS:
                 writer = Writer(parent, DATABASE, where / f"writer-{size_mb}.log")
-                with writer if load == "writes" else contextlib.nullcontext():
+                with writer if load == "writes" else contextlib.nullcontext():  # idle
                     todo = steps(load, f"{size_mb}-{i}-{load[0]}")
                     shift = i % len(todo)  # each method goes first in turn
                     for key, step in todo[shift:] + todo[:shift]:
