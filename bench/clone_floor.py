@@ -50,8 +50,7 @@ def mount_xfs(work: Path, size_gb: int) -> Xfs | str:
     why none can be made here."""
     if os.geteuid() != 0:
         return "not-root"
-    mkfs = shutil.which("mkfs.xfs") or ("/usr/sbin/mkfs.xfs" if Path("/usr/sbin/mkfs.xfs").exists()
-                                        else None)  # fmt: skip
+    mkfs = shutil.which("mkfs.xfs", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
     if mkfs is None:
         return "no-mkfs.xfs"
     if shutil.disk_usage(work).free < size_gb * 1024 * MB:
@@ -316,8 +315,8 @@ def raw_clone(source: Cluster, dest: Path, *, from_standby: bool) -> ClonePhases
     primary); pg_backup_stop; reflink copy of pg_wal (from a standby pg_control
     too, last: its minimum recovery point is where that backup ends); backup_label;
     `postgres -D` on a port of its own with fsync=off, until `SELECT 1` answers
-    (as the superuser the copy carries). The copy is stopped
-    and removed before returning."""
+    (as the superuser the copy carries). The copy is stopped and removed before
+    returning."""
     src, data = source.data_dir, dest / "data"
     skip = {"pg_wal", "postmaster.pid", "postmaster.opts", "standby.signal"}
     last = ["global/pg_control"] if from_standby else []
