@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -76,7 +77,9 @@ def _age(moment: datetime) -> str:
 def _branch_table(branches: list[Branch]) -> Table:
     from rich.table import Table
 
-    table = Table("branch", "parent", "status", "postgres", "age", "expires", "size", "port")
+    table = Table(
+        "branch", "parent", "status", "postgres", "age", "expires", "size", "port", "made by"
+    )
     for b in branches:
         table.add_row(
             b.name,
@@ -87,6 +90,7 @@ def _branch_table(branches: list[Branch]) -> Table:
             b.expires_at.strftime("%Y-%m-%d %H:%M") if b.expires_at else "-",
             _human_size(b.size_bytes),
             str(b.port or "-"),
+            str(b.detail.get("made_by") or "-"),
         )
     return table
 
@@ -124,11 +128,33 @@ async def _init_root(db: DatabaseProvider) -> Branch:
 
 @branches_app.command("list")
 def branches_list(ctx: typer.Context) -> None:
-    """Every branch with parent, age, expiry, size and status."""
-    branches = _run(ctx, lambda db: db.list_branches())
-    _output(ctx).output.emit(
-        [b.as_dict() for b in branches], lambda console: console.print(_branch_table(branches))
-    )
+    """Every branch with parent, age, expiry, size, status and how it was made."""
+
+    async def work(db: DatabaseProvider) -> tuple[list[Branch], str | None]:
+        from branchline.locking import finish_in_thread
+        from branchline.providers.database import BranchingMethod
+
+        method = None
+        if isinstance(db, BranchingMethod):
+            with contextlib.suppress(UsageError):  # clones demanded where none can be made
+                method = await finish_in_thread(db.branching_method)
+        return await db.list_branches(), method
+
+    branches, method = _run(ctx, work)
+
+    def human(console: Console) -> None:
+        console.print(_branch_table(branches))
+        if method is not None:
+            console.print(f"new branches are made by: {_METHODS.get(method, method)}")
+
+    _output(ctx).output.emit([b.as_dict() for b in branches], human)
+
+
+_METHODS = {
+    "clone": "clone (copy-on-write clones of the parent's files: constant time)",
+    "copy": "copy (pg_basebackup: time grows with the data; `db pool create` makes clones "
+    "possible)",
+}
 
 
 @branches_app.command("create")

@@ -177,6 +177,14 @@ class GarbageCollector(Protocol):
 
 
 @runtime_checkable
+class BranchingMethod(Protocol):
+    def branching_method(self) -> str:
+        """How a new branch is made here ("clone", "copy"); blocking (it may probe
+        the disk once). Raises UsageError when the configured way is impossible."""
+        ...
+
+
+@runtime_checkable
 class SpareKeeper(Protocol):
     """A provider that may keep a spare copy ready to hide the copy time."""
 

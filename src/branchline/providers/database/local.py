@@ -170,11 +170,7 @@ class LocalDatabaseProvider:
         """How a branch is made here: CLONE where the branches' filesystem can clone
         files (tried once per process), else COPY. `branching = "clone"` where it
         cannot is an error saying how to get a filesystem that can."""
-        if self.branching == COPY:
-            return COPY
-        if self._clones is None:
-            self._clones = reflink.can_clone(self.state_dir / "branches")
-        if self._clones:
+        if self._clones_usable():
             return CLONE
         if self.branching == CLONE:
             raise UsageError(
@@ -185,6 +181,14 @@ class LocalDatabaseProvider:
                 '"auto"` in [database.local] to copy with pg_basebackup instead.',
             )
         return COPY
+
+    def _clones_usable(self) -> bool:
+        """Whether clones are wanted and the branches' filesystem can make them."""
+        if self.branching == COPY:
+            return False
+        if self._clones is None:
+            self._clones = reflink.can_clone(self.state_dir / "branches")
+        return self._clones
 
     def _start_root(self) -> Cluster:
         """Start production (with the current archive command: see Disk.ensure_archiving)."""
@@ -300,7 +304,9 @@ class LocalDatabaseProvider:
             start = usable[-1].start_wal_file
             held = [p.name for p in self.archive_dir.glob("*")]
             replayed = sum(1 for n in held if archiver.SEGMENT_NAME.fullmatch(n) and n >= start)
-            return space.tree_size(usable[-1].path) + (replayed + 2) * space.WAL_SEGMENT
+            # The backup's files are cloned where the disk can (cp --reflink=auto).
+            files = 0 if method == CLONE else space.tree_size(usable[-1].path)
+            return files + (replayed + 2) * space.WAL_SEGMENT
         if method == CLONE:
             return space.clone_estimate(self.cluster(parent).data_dir)
         spare = self.spare
@@ -792,7 +798,9 @@ class LocalDatabaseProvider:
         reserve; it counts as taken once the WAL it ends in is archived."""
         root = await finish_in_thread(self._start_root)
         await finish_in_thread(self.disk.refuse_while_failing, "take a base backup")
-        need = await finish_in_thread(space.copy_estimate, root.data_dir)
+        clones = await finish_in_thread(self._clones_usable)
+        estimate = space.clone_estimate if clones else space.copy_estimate
+        need = await finish_in_thread(estimate, root.data_dir)
         async with self.store.connect() as conn:
             await self._require_room(conn, need, f"take a base backup of {self.root!r}")
         try:
@@ -807,7 +815,7 @@ class LocalDatabaseProvider:
         self.backups_dir.mkdir(parents=True, exist_ok=True)
         dest = self.backups_dir / stamp
         try:
-            backup = take_base_backup(cluster, dest)
+            backup = take_base_backup(cluster, dest, clones=self._clones_usable())
             if archived:
                 self._flush_wal_past("take a base backup")
         except BaseException:
