@@ -17,7 +17,6 @@ Before anything is created or deleted the intent is written to the store, so
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import os
@@ -90,9 +89,6 @@ EPHEMERAL_SETTINGS = FAST_SETTINGS
 # An idle branch is a handful of processes; the logical replication launcher is one
 # a branch never uses (about 1.5 MB of its 10 MB, measured: bench/branch_memory.py).
 IDLE_SETTINGS = {"max_logical_replication_workers": "0"}
-# A branch is usually migrated right after it is made: refilling the spare at that
-# moment takes half of a 2-core machine from the migration, so the refill waits.
-SPARE_REFILL_DELAY = 2.0
 Branching = Literal["auto", "clone", "copy"]
 CLONE = "clone"  # copy-on-write clones of the parent's files (XFS reflink, btrfs)
 COPY = "copy"  # an online pg_basebackup of the parent
@@ -118,15 +114,10 @@ class LocalDatabaseProvider:
         self.project = project
         self.branching = branching
         self._clones: bool | None = None  # whether the branches' filesystem can clone
-        # The spare is refilled right after it is adopted only in a long-running
-        # process (serve): a command returns when its own work is done.
-        self.refill_spare = False
         self.min_free = min_free  # None: 10% of the filesystem, at most 1 GB
         self._said: set[str] = set()  # background warnings already logged
         self.spare_note: str | None = None  # why the last ensure_spare made none
         self.binaries = binaries
-        self._background: list[asyncio.Task[object]] = []
-        self._closing = False  # set by aclose: a waiting refill starts now
         self.state_dir = state_dir
         self.store = store
         self.root = root
@@ -710,20 +701,14 @@ class LocalDatabaseProvider:
             if conn is None:
                 return False
             adopted = await finish_in_thread(self._adopt_spare_sync, name)
-        if adopted and self.refill_spare:
-            self._background.append(asyncio.create_task(self._refill_spare_soon()))
+        # Not refilled here: a command returns when its branch is ready, and a run
+        # migrates its branch right now. serve refills it between runs (keep_spare).
         return adopted
 
     async def _drop_spare_quietly(self) -> None:
         async with self._try_locked(SPARE_LOCK) as conn:
             if conn is not None:
                 await finish_in_thread(self.drop_spare)
-
-    async def _refill_spare_soon(self) -> bool:
-        deadline = time.monotonic() + SPARE_REFILL_DELAY
-        while not self._closing and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        return await self.ensure_spare()
 
     def _adopt_spare_sync(self, name: str) -> bool:
         spare = self.spare
@@ -765,13 +750,8 @@ class LocalDatabaseProvider:
         return await finish_in_thread(stop_all)
 
     async def aclose(self) -> None:
-        """Wait for background work (refilling the spare) before the process ends."""
-        pending, self._background = self._background, []
-        self._closing = True
-        for task in pending:
-            # A failed refill only means the next create copies; gc retries it.
-            with contextlib.suppress(BranchlineError, OSError, psycopg.Error):
-                await task
+        """Nothing runs in the background: the spare is refilled by serve's loop
+        (`operations.runtime.keep_spare`) or `db gc`, never behind a command."""
 
     async def storage(self) -> dict[str, Any]:
         """The disk and production's WAL archive, for `status` and `/metrics`."""
