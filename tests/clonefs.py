@@ -23,6 +23,8 @@ def why_not() -> str | None:
     for tool in ("mkfs.xfs", "mount", "losetup"):
         if shutil.which(tool) is None:
             return f"no {tool} on this machine (mkfs.xfs is in xfsprogs)"
+    if not Path("/dev/loop-control").exists():
+        return "no loop devices here (/dev/loop-control is missing)"
     return None
 
 

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from branchline.errors import UsageError
-from branchline.postgres import Cluster
+from branchline.postgres import Cluster, reflink
 from branchline.providers.database import pool
 from branchline.providers.database.local import LocalDatabaseProvider
 from branchline.store import Store
@@ -45,15 +45,15 @@ def project_dir(clone_dir: Path, cluster_root: Path) -> Iterator[Path]:
         shutil.rmtree(state, ignore_errors=True)
 
 
-def reflink(source: Path, dest: Path) -> subprocess.CompletedProcess[str]:
+def cp_reflink(source: Path, dest: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["cp", "--reflink=always", str(source), str(dest)],
                           capture_output=True, text=True, check=False)  # fmt: skip
 
 
 def test_the_clone_dir_clones(clone_dir: Path) -> None:
     (clone_dir / "a").write_bytes(os.urandom(1 << 20))
-    assert reflink(clone_dir / "a", clone_dir / "b").returncode == 0
-    assert pool.can_clone(clone_dir) is True
+    assert cp_reflink(clone_dir / "a", clone_dir / "b").returncode == 0
+    assert reflink.can_clone(clone_dir) is True
 
 
 def test_create_status_again_and_delete(project_dir: Path) -> None:
@@ -64,11 +64,11 @@ def test_create_status_again_and_delete(project_dir: Path) -> None:
     assert image.stat().st_blocks * 512 < 200 * 1024**2  # sparse
     shown = pool.status(project_dir)
     assert shown is not None and shown["mounted"] and shown["can_clone"] is True
-    assert shown["total"] > 900 * 1024**2 and shown["free"] > 0
+    assert shown["total"] > 900 * 1024**2 and shown["free"] > 0 and shown["disk_free"] > 0
     assert shown["data"] == dict.fromkeys(pool.DATA_DIRS, "pool")
     # Through the links, the branches' directory is the cloning filesystem.
     (project_dir / "branches" / "a").write_bytes(os.urandom(1 << 20))
-    done = reflink(project_dir / "branches" / "a", project_dir / "branches" / "b")
+    done = cp_reflink(project_dir / "branches" / "a", project_dir / "branches" / "b")
     assert done.returncode == 0, done.stderr
 
     assert pool.create(project_dir, "1024M", stop_clusters=NO_STOP).already
@@ -158,9 +158,13 @@ def test_production_moves_into_the_pool_and_back(shared_store: Store, project_di
     assert "production" in stopped and {"branches", "backups", "wal-archive"} <= set(made.moved)
     assert pool.placement(project_dir)["branches"] == "pool"
     assert db.cluster("production").data_dir.resolve().is_relative_to(project_dir / "pool")
-    # It starts again on its next use, from the pool, with its rows; branches are made there.
+    # It starts again on its next use, from the pool, with its rows; branches are
+    # cloned there (a provider tries once whether it can clone: a new one here).
+    db = LocalDatabaseProvider(project=db.project, state_dir=project_dir, store=shared_store)
     assert rows(db, "production") == [("before the pool",)]
-    run(db, db.create_branch("feature"))
+    assert db.branching_method() == "clone"
+    made_branch = run(db, db.create_branch("feature"))
+    assert made_branch.detail.get("made_by") == "clone", made_branch.detail
     assert rows(db, "feature") == [("before the pool",)]
     assert (project_dir / "pool" / "branches" / "feature").exists()
 

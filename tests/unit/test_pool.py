@@ -5,6 +5,9 @@ rollback need no mount), including a crash's remains."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -215,3 +218,41 @@ def test_a_crash_mid_move_is_finished_or_undone(tmp_path: Path) -> None:
                                      "wal-archive": "disk", "backups": "disk"}  # fmt: skip
     assert _leftovers(state) == []
     assert pool.recover(state) == []  # nothing left to do
+
+
+def test_ensure_mounted_waits_for_a_move_and_tidies_after_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pool, "is_mounted", lambda _pool: True)
+    pool.save(pool.Pool(tmp_path, 2 * GB, datetime.now(UTC)))
+    assert pool.ensure_mounted(tmp_path) is not None  # settled: no lock taken
+
+    # Another process moves data (holds the lock, marked): ensure_mounted waits.
+    (tmp_path / "pool.moving").touch()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(tmp_path / "pool.lock")], stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        began = time.monotonic()
+        assert pool.ensure_mounted(tmp_path) is not None
+        assert time.monotonic() - began >= 0.3
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (tmp_path / "pool.moving").exists()  # seen under the lock: a crash's
+
+    # The pool command's own process (stopping clusters through the provider) does not
+    # wait for itself.
+    (tmp_path / "pool.moving").touch()
+    with pool._locked(tmp_path):
+        assert pool.ensure_mounted(tmp_path) is not None
+
+
+HOLD_LOCK = """
+import fcntl, sys, time
+fh = open(sys.argv[1], "a")
+fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(0.5)
+"""

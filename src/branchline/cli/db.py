@@ -413,7 +413,7 @@ def _stopper(ctx: typer.Context) -> Callable[[], object]:
             return []
         stopped = asyncio.run(db.stop_clusters())
         if stopped:
-            app_ctx.output.progress(f"stopped {', '.join(stopped)}; they start again when used")
+            app_ctx.output.progress(f"stopped {', '.join(stopped)} (started again when used)")
         return stopped
 
     return stop
@@ -421,7 +421,7 @@ def _stopper(ctx: typer.Context) -> Callable[[], object]:
 
 def _show_outcome(ctx: typer.Context, outcome: pool.Outcome, said: str) -> None:
     def human(console: Console) -> None:
-        console.print(f"{said}: {_human_size(outcome.pool.size)} at {outcome.pool.mount}")
+        console.print(f"{said} ({_human_size(outcome.pool.size)}) at {outcome.pool.mount}")
         if outcome.moved:
             console.print(f"moved: {', '.join(outcome.moved)}")
         for note in outcome.notes:
@@ -438,9 +438,8 @@ def pool_create(
     """Make the pool (root) and move the branches' data into it. Idempotent."""
     from branchline.providers.database import pool
 
-    state_dir = _pool_dir(ctx)
-    _output(ctx).output.progress("making the pool and moving the branches' data into it")
-    outcome = pool.create(state_dir, size, stop_clusters=_stopper(ctx))
+    out = _output(ctx).output
+    outcome = pool.create(_pool_dir(ctx), size, stop_clusters=_stopper(ctx), progress=out.progress)
     _show_outcome(ctx, outcome, "the pool is there already" if outcome.already else "pool ready")
 
 
@@ -463,14 +462,16 @@ def pool_delete(
     """Move the branches' data back to the disk, unmount and remove the pool (root)."""
     from branchline.providers.database import pool
 
-    state_dir = _pool_dir(ctx)
-    outcome = pool.delete(state_dir, stop_clusters=_stopper(ctx), force=force)
+    out = _output(ctx).output
+    outcome = pool.delete(
+        _pool_dir(ctx), stop_clusters=_stopper(ctx), force=force, progress=out.progress
+    )
     if outcome is None:
         _output(ctx).output.emit(
             {"pool": None, "deleted": False}, lambda c: c.print("no pool: nothing to delete")
         )
         return
-    _show_outcome(ctx, outcome, "deleted the pool of")
+    _show_outcome(ctx, outcome, "deleted the pool")
 
 
 @pool_app.command("status")
@@ -492,6 +493,10 @@ def pool_status(ctx: typer.Context) -> None:
         else:
             console.print(f"mounted at {data['mount']}: {_human_size(data['used'])} used, "
                           f"{_human_size(data['free'])} free")  # fmt: skip
+            if data["disk_free"] < data["free"]:  # the sparse image cannot grow that far
+                left = _human_size(data["disk_free"])
+                console.print(f"[yellow]the disk under the image has only {left} free: the "
+                              "pool can grow only that much more[/yellow]")  # fmt: skip
             clones = {True: "yes", False: "[red]no[/red]", None: "unknown (not root)"}
             console.print(f"can clone: {clones[data['can_clone']]}")
         places = {"pool": "in the pool", "disk": "on the disk", "none": "not made yet"}

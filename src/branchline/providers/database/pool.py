@@ -18,14 +18,12 @@ that `recover` (run by every entry point here) finishes or undoes.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
 import re
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,17 +32,21 @@ from typing import Any
 
 from branchline.config.sizes import human_bytes, parse_size
 from branchline.errors import BranchlineError, UsageError
-from branchline.postgres import Cluster, space
+from branchline.postgres import Cluster, reflink, space
 
 # What the branches' data is: everything else (locks, logs, releases) stays put.
 DATA_DIRS = ("branches", "spares", "wal-archive", "backups")
 MIN_SIZE = 1024**3  # below it XFS's log and metadata leave little room for branches
-FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
 MOUNTINFO = Path("/proc/self/mountinfo")
 COMMAND_TIMEOUT = 600.0  # a copy of production can take minutes
 MKFS = ("mkfs.xfs", "-q", "-m", "reflink=1")
 
 StopClusters = Callable[[], object]
+Progress = Callable[[str], None]
+
+
+def _quiet(message: str) -> None:
+    """The default progress: say nothing."""
 
 
 @dataclass(frozen=True)
@@ -240,33 +242,51 @@ def _unmount(mount: Path) -> None:
     _run("umount", str(mount), what=f"unmount {mount}", hint=hint)
 
 
+# State directories whose pool lock this process holds: the pool command moving the
+# data stops the clusters through the provider, whose ensure_mounted must not wait
+# for that same command (a second flock in one process waits for itself).
+_HELD: set[str] = set()
+
+
 @contextlib.contextmanager
 def _locked(state_dir: Path) -> Iterator[None]:
     """One pool command of a project at a time (create, mount, delete)."""
     state_dir.mkdir(parents=True, exist_ok=True)
+    key = os.path.realpath(state_dir)
     with (state_dir / "pool.lock").open("a") as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        yield
+        _HELD.add(key)
+        try:
+            yield
+        finally:
+            _HELD.discard(key)
 
 
 def ensure_mounted(state_dir: Path) -> Pool | None:
-    """The project's pool, mounted; None when it has none. Cheap when mounted (a read
-    of /proc/self/mountinfo); after a reboot it mounts the image again, which needs
-    root: a UsageError says what to run otherwise."""
+    """The project's pool, mounted; None when it has none. Cheap when mounted and
+    nothing moves (a read of /proc/self/mountinfo, a few stats). After a reboot it
+    mounts the image again, which needs root: a UsageError says what to run
+    otherwise. While a pool command moves the data it waits for it to finish, and it
+    finishes or undoes a move a crash interrupted."""
     pool = load(state_dir)
     if pool is None:
         return None
-    if not is_mounted(pool):
-        if os.geteuid() != 0:
-            raise UsageError(
-                f"the pool {pool.image} that holds the branches' data is not mounted "
-                "(the machine restarted?)",
-                hint="Mount it again: `sudo branchline db pool mount`.",
-            )
-        with _locked(state_dir):
-            if not is_mounted(pool):
-                _mount(pool)
-    recover(state_dir)
+    mounted = is_mounted(pool)
+    if mounted and (not _unsettled(state_dir) or os.path.realpath(state_dir) in _HELD):
+        return pool
+    if not mounted and os.geteuid() != 0:
+        raise UsageError(
+            f"the pool {pool.image} that holds the branches' data is not mounted "
+            "(the machine restarted?)",
+            hint="Mount it again: `sudo branchline db pool mount`.",
+        )
+    with _locked(state_dir):  # held by a pool command for as long as it moves data
+        pool = load(state_dir)
+        if pool is None:  # deleted meanwhile: the data is back on the disk
+            return None
+        if not is_mounted(pool):
+            _mount(pool)
+        recover(state_dir)
     return pool
 
 
@@ -286,11 +306,40 @@ def placement(state_dir: Path) -> dict[str, str]:
     return found
 
 
+def _moving_marker(state_dir: Path) -> Path:
+    return state_dir / "pool.moving"
+
+
+@contextlib.contextmanager
+def _moving(state_dir: Path) -> Iterator[None]:
+    """Marks the moves of a pool command (under the pool's lock), so that
+    `ensure_mounted` waits for them instead of finding the directories mid-swap."""
+    marker = _moving_marker(state_dir)
+    marker.touch()
+    try:
+        yield
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def _unsettled(state_dir: Path) -> bool:
+    """Whether data is being moved, or a crash left a move half done."""
+    mount = state_dir / "pool"
+    return _moving_marker(state_dir).exists() or any(
+        _aside(state_dir, name, "before-pool").exists()
+        or _aside(state_dir, name, "outgoing").exists()
+        or (mount / f".{name}.incoming").exists()
+        for name in DATA_DIRS
+    )
+
+
 def recover(state_dir: Path) -> list[str]:
-    """Finish or undo a move a crash interrupted; what it did. A swap is complete once
-    the symlink is in place, and a copy counts only once it has its final name."""
+    """Finish or undo a move a crash interrupted (under the pool's lock); what it did.
+    A swap is complete once the symlink is in place, and a copy counts only once it
+    has its final name."""
     done = []
     mount = state_dir / "pool"
+    _moving_marker(state_dir).unlink(missing_ok=True)  # seen under the lock: a crash's
     for name in DATA_DIRS:
         path = state_dir / name
         before = _aside(state_dir, name, "before-pool")
@@ -396,6 +445,12 @@ def _move_out(state_dir: Path, name: str) -> bool:
     return True
 
 
+def room(pool: Pool) -> int:
+    """Bytes branches can still write in the mounted pool: its own free space, but no
+    more than the disk under the sparse image can still give it."""
+    return min(_free(pool.mount), _free(pool.state_dir))
+
+
 def _disk_data(state_dir: Path) -> int:
     return sum(
         space.tree_size(state_dir / n) for n in DATA_DIRS if placement(state_dir)[n] == "disk"
@@ -410,9 +465,12 @@ def _free(path: Path) -> int:
 # -- the commands -------------------------------------------------------------------
 
 
-def create(state_dir: Path, size_text: str, *, stop_clusters: StopClusters) -> Outcome:
+def create(
+    state_dir: Path, size_text: str, *, stop_clusters: StopClusters, progress: Progress = _quiet
+) -> Outcome:
     """Make, mount and record the pool, then move the data directories into it
-    (`stop_clusters` first when there is data to move). Idempotent for one size."""
+    (`stop_clusters` first when there is data to move; `progress` hears of each long
+    step). Idempotent for one size."""
     require_root("creating a pool")
     state_dir.mkdir(parents=True, exist_ok=True)
     size = parse_pool_size(size_text)
@@ -434,7 +492,7 @@ def create(state_dir: Path, size_text: str, *, stop_clusters: StopClusters) -> O
                 _mount(pool)
         outcome = Outcome(pool, already=already, notes=[note] if note else [])
         outcome.notes += recover(state_dir)
-        _fill(outcome, stop_clusters)
+        _fill(outcome, stop_clusters, progress)
     return outcome
 
 
@@ -479,19 +537,30 @@ def _make(state_dir: Path, size: int) -> tuple[Pool, str | None]:
     return pool, note
 
 
-def _fill(outcome: Outcome, stop_clusters: StopClusters) -> None:
+def _fill(outcome: Outcome, stop_clusters: StopClusters, progress: Progress = _quiet) -> None:
     state_dir = outcome.pool.state_dir
-    if "disk" in placement(state_dir).values():
-        stop_clusters()  # they start again on their next use, from the pool
-        need, free = _disk_data(state_dir), _free(outcome.pool.mount)
-        if need > free:
-            raise UsageError(
-                f"the branches on the disk take {human_bytes(need)}, more than the pool's "
-                f"{human_bytes(free)} free",
-                hint="Delete branches (`branchline db gc`), or make a larger pool: "
-                "`sudo branchline db pool delete`, then `create --size` more.",
-            )
+    need, free = _disk_data(state_dir), _free(outcome.pool.mount)
+    if need > free:
+        raise UsageError(
+            f"the branches on the disk take {human_bytes(need)}, more than the pool's "
+            f"{human_bytes(free)} free",
+            hint="Delete branches (`branchline db gc`), or make a larger pool: "
+            "`sudo branchline db pool delete`, then `create --size` more.",
+        )
+    # Marked first: a branchline command waits (ensure_mounted) instead of starting
+    # a cluster again between the stop and the copies.
+    with _moving(state_dir):
+        if "disk" in placement(state_dir).values():
+            stop_clusters()  # they start again on their next use, from the pool
+        _fill_each(outcome, progress)
+
+
+def _fill_each(outcome: Outcome, progress: Progress) -> None:
+    state_dir = outcome.pool.state_dir
     for name in DATA_DIRS:
+        if placement(state_dir)[name] == "disk":
+            size = human_bytes(space.tree_size(state_dir / name))
+            progress(f"moving {name} into the pool ({size})")
         try:
             if _move_in(state_dir, name):
                 outcome.moved.append(name)
@@ -514,7 +583,13 @@ def mount(state_dir: Path) -> Outcome:
     return Outcome(pool, already=already)
 
 
-def delete(state_dir: Path, *, stop_clusters: StopClusters, force: bool = False) -> Outcome | None:
+def delete(
+    state_dir: Path,
+    *,
+    stop_clusters: StopClusters,
+    force: bool = False,
+    progress: Progress = _quiet,
+) -> Outcome | None:
     """Move the data back to the disk, unmount, remove the image and the record; None
     when there is no pool. `force`: also when the data cannot come back (it is lost)."""
     require_root("deleting a pool")
@@ -523,18 +598,19 @@ def delete(state_dir: Path, *, stop_clusters: StopClusters, force: bool = False)
         if pool is None:
             return None
         outcome = Outcome(pool)
-        try:
-            if not is_mounted(pool):
+        mounted = is_mounted(pool)  # something else mounted there is refused, even forced
+        if not mounted:
+            try:
                 _mount(pool)
-        except BranchlineError:
-            if not force:
-                raise
-            outcome.notes.append("the pool could not be mounted: its data is lost")
-        mounted = mounted_source(pool.mount) is not None
+                mounted = True
+            except BranchlineError:
+                if not force:
+                    raise
+                outcome.notes.append("the pool could not be mounted: its data is lost")
         if mounted:
             outcome.notes += recover(state_dir)
             try:
-                _empty(outcome, stop_clusters)
+                _empty(outcome, stop_clusters, progress)
             except BranchlineError as exc:
                 if not force:
                     raise
@@ -551,7 +627,7 @@ def delete(state_dir: Path, *, stop_clusters: StopClusters, force: bool = False)
     return outcome
 
 
-def _empty(outcome: Outcome, stop_clusters: StopClusters) -> None:
+def _empty(outcome: Outcome, stop_clusters: StopClusters, progress: Progress = _quiet) -> None:
     state_dir = outcome.pool.state_dir
     inside = [n for n, where in placement(state_dir).items() if where == "pool"]
     if not inside:
@@ -566,8 +642,15 @@ def _empty(outcome: Outcome, stop_clusters: StopClusters) -> None:
             hint="Delete branches first (`branchline db branches delete NAME`, "
             "`branchline db gc`), or --force to delete the pool with everything in it.",
         )
-    stop_clusters()
+    with _moving(state_dir):
+        stop_clusters()
+        _empty_each(outcome, inside, progress)
+
+
+def _empty_each(outcome: Outcome, inside: list[str], progress: Progress) -> None:
+    state_dir = outcome.pool.state_dir
     for name in inside:
+        progress(f"moving {name} out of the pool")
         try:
             if _move_out(state_dir, name):
                 outcome.moved.append(name)
@@ -578,26 +661,6 @@ def _empty(outcome: Outcome, stop_clusters: StopClusters) -> None:
 
 
 # -- status -------------------------------------------------------------------------
-
-
-def can_clone(directory: Path) -> bool | None:
-    """Whether files in `directory` can be cloned (FICLONE); None if it cannot be tried
-    here (not writable)."""
-    try:
-        with (
-            tempfile.TemporaryFile(dir=directory) as source,
-            tempfile.TemporaryFile(dir=directory) as target,
-        ):
-            source.write(b"branchline")
-            source.flush()
-            fcntl.ioctl(target.fileno(), FICLONE, source.fileno())
-    except PermissionError:
-        return None
-    except OSError as exc:
-        if exc.errno in (errno.EACCES, errno.EROFS):
-            return None
-        return False
-    return True
 
 
 def status(state_dir: Path) -> dict[str, Any] | None:
@@ -614,6 +677,9 @@ def status(state_dir: Path) -> dict[str, Any] | None:
     if mounted:
         st = os.statvfs(pool.mount)
         total = st.f_blocks * st.f_frsize
+        # Tried (a probe file in the mount), which only root may write there.
+        clones = reflink.can_clone(pool.mount) if os.geteuid() == 0 else None
         data |= {"total": total, "used": total - st.f_bfree * st.f_frsize,
-                 "free": st.f_bavail * st.f_frsize, "can_clone": can_clone(pool.mount)}  # fmt: skip
+                 "free": st.f_bavail * st.f_frsize, "disk_free": _free(state_dir),
+                 "can_clone": clones}  # fmt: skip
     return data
