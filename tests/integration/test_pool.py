@@ -11,6 +11,7 @@ import stat
 import subprocess
 import tempfile
 from collections.abc import Coroutine, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -174,3 +175,18 @@ def test_production_moves_into_the_pool_and_back(shared_store: Store, project_di
     assert rows(db, "production") == [("before the pool",)]
     assert rows(db, "feature") == [("before the pool",)]
     assert not clonefs.loop_devices(project_dir / "pool.img")
+
+
+def test_another_filesystem_at_the_pools_place_is_refused(project_dir: Path) -> None:
+    pool.save(pool.Pool(project_dir, 1024**3, datetime.now(UTC)))
+    (project_dir / "pool").mkdir()
+    mounted = ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(project_dir / "pool")]
+    subprocess.run(mounted, check=True)
+    for attempt in (
+        lambda: pool.ensure_mounted(project_dir),
+        lambda: pool.delete(project_dir, stop_clusters=NO_STOP, force=True),
+    ):
+        with pytest.raises(UsageError, match="where branchline mounts the pool") as caught:
+            attempt()
+        assert "umount" in caught.value.hint
+    assert pool.load(project_dir) is not None  # nothing deleted, forced or not
