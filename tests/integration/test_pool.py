@@ -159,15 +159,19 @@ def test_production_moves_into_the_pool_and_back(shared_store: Store, project_di
     assert "production" in stopped and {"branches", "backups", "wal-archive"} <= set(made.moved)
     assert pool.placement(project_dir)["branches"] == "pool"
     assert db.cluster("production").data_dir.resolve().is_relative_to(project_dir / "pool")
-    # It starts again on its next use, from the pool, with its rows; branches are
-    # cloned there (a provider tries once whether it can clone: a new one here).
-    db = LocalDatabaseProvider(project=db.project, state_dir=project_dir, store=shared_store)
+    # It starts again on its next use, from the pool, with its rows; the provider
+    # that copied before sees the pool and clones there.
     assert rows(db, "production") == [("before the pool",)]
-    assert db.branching_method() == "clone"
     made_branch = run(db, db.create_branch("feature"))
     assert made_branch.detail.get("made_by") == "clone", made_branch.detail
+    assert db.branching_method() == "clone"
     assert rows(db, "feature") == [("before the pool",)]
     assert (project_dir / "pool" / "branches" / "feature").exists()
+    # A restart: the clusters stopped, the pool unmounted. The next use mounts it.
+    stop()
+    subprocess.run(["umount", str(project_dir / "pool")], check=True)
+    assert rows(db, "feature") == [("before the pool",)]
+    assert run(db, db.create_branch("after-restart")).detail.get("made_by") == "clone"
 
     deleted = pool.delete(project_dir, stop_clusters=stop)
     assert deleted is not None and "branches" in deleted.moved

@@ -22,7 +22,7 @@ import dataclasses
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -49,7 +49,7 @@ from branchline.postgres.copy import (
     standby_is_streaming,
     take_base_backup,
 )
-from branchline.providers.database import Branch, BranchStatus, GcReport
+from branchline.providers.database import Branch, BranchStatus, GcReport, pool
 from branchline.providers.database.local_disk import (
     Disk,
     log_once,
@@ -114,6 +114,7 @@ class LocalDatabaseProvider:
         self.project = project
         self.branching = branching
         self._clones: bool | None = None  # whether the branches' filesystem can clone
+        self._pooled = False  # whether the branches' data was in a pool at the last look
         self.min_free = min_free  # None: 10% of the filesystem, at most 1 GB
         self._said: set[str] = set()  # background warnings already logged
         self.spare_note: str | None = None  # why the last ensure_spare made none
@@ -557,11 +558,13 @@ class LocalDatabaseProvider:
             return await self._branch(conn, name)
 
     async def list_branches(self) -> list[Branch]:
+        await self._pool_ready()
         async with self.store.connect() as conn:
             rows = await branch_rows.list_all(conn, self.project)
             return [branch_from_row(row, self._compute_state(row.name)) for row in rows]
 
     async def connection_uri(self, name: str) -> str:
+        await self._pool_ready()
         branch = await self.get_branch(name)
         if branch is None or branch.status is not BranchStatus.READY:
             raise UsageError(
@@ -612,6 +615,7 @@ class LocalDatabaseProvider:
         (logged once), dropped first when the disk runs into the reserve, and a
         failure to make one is logged and cleaned up. `spare_note` says which."""
         self.spare_note = None
+        await self._pool_ready()
         if self.cluster(self.root).state() is ClusterState.MISSING:
             return False
         if await finish_in_thread(self.branching_method) == CLONE:
@@ -754,6 +758,7 @@ class LocalDatabaseProvider:
         (`operations.runtime.keep_spare`) or `db gc`, never behind a command."""
 
     async def storage(self) -> dict[str, Any]:
+        await self._pool_ready()
         """The disk and production's WAL archive, for `status` and `/metrics`."""
 
         def gather() -> dict[str, Any]:
@@ -779,6 +784,7 @@ class LocalDatabaseProvider:
         """A base backup of the root, now. Refused while WAL archiving fails (a backup
         is restorable only with the WAL after it) or when it would eat into the
         reserve; it counts as taken once the WAL it ends in is archived."""
+        await self._pool_ready()
         root = await finish_in_thread(self._start_root)
         await finish_in_thread(self.disk.refuse_while_failing, "take a base backup")
         clones = await finish_in_thread(self._clones_usable)
@@ -834,6 +840,7 @@ class LocalDatabaseProvider:
         the root's base backups fresh and pruned."""
         now = now or datetime.now(UTC)
         report = GcReport()
+        await self._pool_ready()
         async with self.store.connect() as conn:
             rows = await branch_rows.list_all(conn, self.project)
             interrupted = await resources.unfinished(conn, self.project, RESOURCE_KIND)
@@ -931,10 +938,23 @@ class LocalDatabaseProvider:
 
     # -- internals ----------------------------------------------------------
 
-    def _locked(self, name: str) -> contextlib.AbstractAsyncContextManager[Conn]:
+    @contextlib.asynccontextmanager
+    async def _locked(self, name: str) -> AsyncIterator[Conn]:
         """The branch's lock: one create/delete/reset of a name at a time. It is held
-        on this machine's disk too, so the state database dying cannot free it."""
-        return locks.held(self.store, self._lock_key(name), here=self._lock_dir)
+        on this machine's disk too, so the state database dying cannot free it. The
+        pool, if the project has one, is mounted first."""
+        await self._pool_ready()
+        async with locks.held(self.store, self._lock_key(name), here=self._lock_dir) as conn:
+            yield conn
+
+    async def _pool_ready(self) -> None:
+        """Before branch data is touched: the project's pool mounted again after a
+        restart (`db pool`); a pool made or deleted since the last look means the
+        filesystem changed, so whether it can clone is tried again."""
+        found = await finish_in_thread(pool.ensure_mounted, self.state_dir)
+        if (found is not None) != self._pooled:
+            self._pooled = found is not None
+            self._clones = None
 
     def _try_locked(self, name: str) -> contextlib.AbstractAsyncContextManager[Conn | None]:
         """The branch's lock if free: how gc tells work a crash interrupted from work
