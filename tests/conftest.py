@@ -18,6 +18,7 @@ from typing import TypeVar
 import pytest
 
 from branchline.postgres import Cluster
+from tests import clonefs
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = REPO / "tests"
@@ -25,7 +26,7 @@ T = TypeVar("T")
 # Where every test starts clusters or processes (the CLI in a subprocess included),
 # and the fixtures that do: all of them are `integration`, out of the fast lane.
 REAL_DIRECTORIES = ("integration", "e2e", "chaos", "security")
-REAL_FIXTURES = frozenset({"pg_cluster", "state_dir", "shared_store"})
+REAL_FIXTURES = frozenset({"pg_cluster", "state_dir", "shared_store", "clone_dir"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -62,6 +63,25 @@ def pg_cluster(cluster_root: Path) -> Iterator[Cluster]:
         yield cluster
     finally:
         cluster.destroy()
+
+
+@pytest.fixture(scope="session")
+def clone_dir(cluster_root: Path) -> Iterator[Path]:
+    """A directory on a filesystem that can clone files (reflink XFS, loop-mounted),
+    for the whole session; unmounted at its end. Where none can be made: a skip that
+    says why, but a failure under CI (`CI` set), where a skip would pass unseen."""
+    with contextlib.ExitStack() as stack:
+        why = clonefs.why_not()
+        if why is None:
+            try:
+                path = stack.enter_context(clonefs.clone_filesystem(cluster_root))
+            except RuntimeError as exc:  # no loop device in this container, say
+                why = str(exc)
+        if why is not None:
+            if os.environ.get("CI", "") not in ("", "0"):
+                pytest.fail(f"{why}; under CI (CI={os.environ['CI']}) it must be there")
+            pytest.skip(why)
+        yield path
 
 
 @pytest.fixture

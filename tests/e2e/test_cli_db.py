@@ -11,6 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from branchline.postgres import reflink
 from tests.conftest import run_cli
 
 CONFIG = """\
@@ -67,10 +68,19 @@ def cli_json(project: tuple[Path, dict[str, str]], *args: str) -> object:
 
 def test_branch_lifecycle_through_the_cli(project: tuple[Path, dict[str, str]]) -> None:
     root, env = project
+    state = Path(env["BRANCHLINE_STATE_DIR"])
+    method = "clone" if reflink.can_clone(state / "probe") else "copy"
+    spares = next(state.glob("projects/*/spares"), None) if method == "copy" else None
+    if spares is not None:  # `db gc` prepares a spare, `db init` no longer waits for one
+        assert not (spares / "production.next").exists()
+    cli_json(project, "db", "gc")
     created = cli_json(project, "db", "branches", "create", "pr-8", "--expires", "2h")
     assert isinstance(created, dict)
     assert created["name"] == "pr-8" and created["parent"] == "production"
     assert created["expires_at"] is not None and created["status"] == "ready"
+    assert created["detail"]["made_by"] == {"copy": "spare", "clone": "clone"}[method]
+    # The command returned when its branch was ready: it refilled no spare on the way.
+    assert not list(state.glob("projects/*/spares/production.next"))
     again = cli_json(project, "db", "branches", "create", "pr-8")
     assert isinstance(again, dict) and again["port"] == created["port"]
     listed = cli_json(project, "db", "branches", "list")
@@ -78,6 +88,9 @@ def test_branch_lifecycle_through_the_cli(project: tuple[Path, dict[str, str]]) 
     assert [b["name"] for b in listed] == ["production", "pr-8"]
     human = run_cli("db", "branches", "list", cwd=root, env=env)
     assert "pr-8" in human.stdout and "production" in human.stdout
+    assert f"new branches are made by: {method}" in human.stdout
+    status = cli_json(project, "status")
+    assert isinstance(status, dict) and status["storage"]["branching"] == method
     url = cli_json(project, "db", "url", "pr-8")
     assert isinstance(url, dict)
     with psycopg.connect(str(url["uri"])) as conn:

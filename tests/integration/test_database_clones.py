@@ -167,27 +167,3 @@ def test_copies_where_clones_are_not_wanted_or_not_possible(
         assert "cannot clone files" in caught.value.message
         assert "db pool create" in caught.value.hint
         assert run(db, db.get_branch("pr-1")) is None  # refused before anything was made
-
-
-@pytest.fixture(scope="module")
-def clone_dir(cluster_root: Path) -> Iterator[Path]:
-    """A loop-mounted XFS made with reflink=1 (temporary: see tests/conftest.py)."""
-    if os.geteuid() != 0 or shutil.which("mkfs.xfs") is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must test clones: it runs as root with xfsprogs")
-        pytest.skip("a reflink XFS needs root and mkfs.xfs (Debian's xfsprogs)")
-    base = Path(tempfile.mkdtemp(prefix="clonefs-", dir=cluster_root))
-    base.chmod(0o755)
-    image, mount = base / "fs.img", base / "fs"
-    mount.mkdir()
-    with image.open("wb") as fh:
-        fh.truncate(4 * 1024**3)
-    subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(image)], check=True)
-    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
-    try:
-        mount.chmod(0o755)
-        yield mount
-    finally:
-        if subprocess.run(["umount", str(mount)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount)], check=False)
-        shutil.rmtree(base, ignore_errors=True)

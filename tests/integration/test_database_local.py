@@ -4,6 +4,7 @@ load, concurrency, idempotence, reset, point-in-time restore, gc."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import tempfile
@@ -276,41 +277,35 @@ def test_gc_removes_expired_interrupted_and_stray_things(fresh_db: LocalDatabase
     assert again.as_dict()["expired_deleted"] == [] and not again.interrupted_cleaned
 
 
-def test_a_ready_spare_becomes_the_next_branch_and_is_refilled(
+def test_a_ready_spare_becomes_the_next_branch_and_is_not_refilled_behind_it(
     fresh_db: LocalDatabaseProvider,
 ) -> None:
     db = fresh_db
-    assert db.spare is None  # a command leaves the spare to serve's housekeeping
-    assert run(db, db.ensure_spare()) is True  # what serve's reconcile pass, or db gc, does
-    first = db.spare
-    assert first is not None and first.state().value == "running"
-    # In a command, the branch is the spare and nothing is refilled: it returns when
-    # its own work is done.
-    run(db, db.create_branch("first-from-spare"))
-    assert db.cluster("first-from-spare").home.resolve() == first.home.resolve()
-    assert db.spare is None and db.cluster("first-from-spare").meta().port
-
-    run(db, db.ensure_spare())
+    assert db.spare is None  # db init does not wait for one
+    assert run(db, db.ensure_spare()) is True  # what serve's loop, or db gc, does
     spare = db.spare
-    assert spare is not None
+    assert spare is not None and spare.state().value == "running"
     prod = uri(db, "production")
     execute(prod, "CREATE TABLE latest (v int)")
     execute(prod, "INSERT INTO latest VALUES (1)")  # just before the branch is asked for
 
-    db.refill_spare = True  # as in serve: the next spare is made right after
     run(db, db.create_branch("from-spare"))
     assert run(db, db.get_branch("from-spare")).detail["made_by"] == "spare"  # type: ignore[union-attr]
     home = db.cluster("from-spare").home
     assert home.is_symlink() and home.resolve() == spare.home.resolve()
-    refill = db.spare
-    assert refill is not None and refill.home != spare.home
-    assert refill.state().value == "running"
+    # The command returned when its branch was ready: no copy of production was
+    # started behind it (serve refills between runs: operations.runtime.keep_spare).
+    assert db.spare is None and not list(db.spares_dir.glob("*.tmp"))
+    assert sorted(p.name for p in db.spares_dir.iterdir()) == [spare.home.name]
     branch = uri(db, "from-spare")
     assert execute(branch, "SELECT v FROM latest") == [(1,)]
     assert execute(branch, "SELECT pg_is_in_recovery()") == [(False,)]
     execute(branch, "INSERT INTO latest VALUES (2)")  # writable, and independent
     assert execute(prod, "SELECT v FROM latest") == [(1,)]
     assert "primary_conninfo" not in db.cluster("from-spare").meta().settings
+    # The next branch without a spare is a copy; the spare comes back when asked.
+    assert run(db, db.create_branch("copied")).detail["made_by"] == "copy"
+    assert run(db, db.ensure_spare()) is True and db.spare is not None
     # Deleting the branch removes the spare directory it was made from.
     run(db, db.delete_branch("from-spare"))
     assert not home.exists() and not spare.home.exists()
@@ -339,3 +334,49 @@ def test_a_branch_stays_locked_when_the_state_database_drops_the_lock(
     busy_meanwhile, free_afterwards = run(db, scenario())
     assert busy_meanwhile, "the branch was free to take while its holder still worked"
     assert free_afterwards, "the branch stayed locked after its holder was done"
+
+
+def test_serve_refills_the_spare_only_while_no_run_works(shared_store: Store) -> None:
+    """keep_spare (serve's loop): a run under way (its migration) is never slowed by
+    a copy of production; once none is, the spare is made."""
+    from types import SimpleNamespace
+
+    from branchline.operations.runtime import keep_spare
+    from branchline.store import runs as run_rows
+
+    asked: list[float] = []
+
+    class Database:
+        async def ensure_spare(self) -> bool:
+            asked.append(time.monotonic())
+            return True
+
+        async def gc(self, *, keep_spare: bool = True) -> object:
+            raise AssertionError("keep_spare never collects garbage")
+
+    project = f"spare-{os.urandom(4).hex()}"
+    kit = SimpleNamespace(database=Database(), store=shared_store, project=project)
+
+    async def scenario() -> None:
+        async with shared_store.connect() as conn:
+            run_id = await run_rows.insert_run(
+                conn, project=project, workflow="ci", definition={}, jobs=[],
+                triggered_by="test", ref=None, sha=None, base_sha=None, pr=None, repo=None,
+                concurrency_group=None, cancel_in_progress=False, secret_scope=None,
+            )  # fmt: skip
+        loop = asyncio.create_task(keep_spare(kit, every=0.05))  # type: ignore[arg-type]
+        try:
+            await asyncio.sleep(0.5)
+            assert asked == [], "refilled while a run worked"
+            async with shared_store.connect() as conn:
+                await run_rows.set_run(conn, run_id, status="success")
+            deadline = time.monotonic() + 5
+            while not asked and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert asked, "no refill once the run was over"
+        finally:
+            loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+
+    asyncio.run(scenario())

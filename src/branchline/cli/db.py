@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
@@ -19,7 +21,7 @@ if TYPE_CHECKING:
 
     from branchline.kit import Kit
     from branchline.migrations import MigrateResult, PreflightResult
-    from branchline.providers.database import Branch, DatabaseProvider
+    from branchline.providers.database import Branch, DatabaseProvider, pool
 
 app = typer.Typer(help="Database branches: create, reset, migrate, diff, restore.")
 branches_app = typer.Typer(help="Create, list, reset and delete branches.")
@@ -76,7 +78,9 @@ def _age(moment: datetime) -> str:
 def _branch_table(branches: list[Branch]) -> Table:
     from rich.table import Table
 
-    table = Table("branch", "parent", "status", "postgres", "age", "expires", "size", "port")
+    table = Table(
+        "branch", "parent", "status", "postgres", "age", "expires", "size", "port", "made by"
+    )
     for b in branches:
         table.add_row(
             b.name,
@@ -87,6 +91,7 @@ def _branch_table(branches: list[Branch]) -> Table:
             b.expires_at.strftime("%Y-%m-%d %H:%M") if b.expires_at else "-",
             _human_size(b.size_bytes),
             str(b.port or "-"),
+            str(b.detail.get("made_by") or "-"),
         )
     return table
 
@@ -124,11 +129,33 @@ async def _init_root(db: DatabaseProvider) -> Branch:
 
 @branches_app.command("list")
 def branches_list(ctx: typer.Context) -> None:
-    """Every branch with parent, age, expiry, size and status."""
-    branches = _run(ctx, lambda db: db.list_branches())
-    _output(ctx).output.emit(
-        [b.as_dict() for b in branches], lambda console: console.print(_branch_table(branches))
-    )
+    """Every branch with parent, age, expiry, size, status and how it was made."""
+
+    async def work(db: DatabaseProvider) -> tuple[list[Branch], str | None]:
+        from branchline.locking import finish_in_thread
+        from branchline.providers.database import BranchingMethod
+
+        method = None
+        if isinstance(db, BranchingMethod):
+            with contextlib.suppress(UsageError):  # clones demanded where none can be made
+                method = await finish_in_thread(db.branching_method)
+        return await db.list_branches(), method
+
+    branches, method = _run(ctx, work)
+
+    def human(console: Console) -> None:
+        console.print(_branch_table(branches))
+        if method is not None:
+            console.print(f"new branches are made by: {_METHODS.get(method, method)}")
+
+    _output(ctx).output.emit([b.as_dict() for b in branches], human)
+
+
+_METHODS = {
+    "clone": "clone (copy-on-write clones of the parent's files: constant time)",
+    "copy": "copy (pg_basebackup: time grows with the data; `db pool create` makes clones "
+    "possible)",
+}
 
 
 @branches_app.command("create")
@@ -376,3 +403,129 @@ def gc(ctx: typer.Context) -> None:
             console.print("nothing to collect")
 
     _output(ctx).output.emit(data, human)
+
+
+pool_app = typer.Typer(
+    help="A cloning filesystem (reflink XFS in a loop-mounted image) for the branches' data."
+)
+app.add_typer(pool_app, name="pool")
+
+
+def _pool_dir(ctx: typer.Context) -> Path:
+    """The project's state directory, where the pool and the branches' data live."""
+    app_ctx = app_context(ctx)
+    config = app_ctx.config()
+    if config.database.provider != "local":
+        raise UsageError(
+            f"a pool holds local branches; this project's database is {config.database.provider}",
+            hint='The pool is for [database] provider = "local".',
+        )
+    return app_ctx.store().location.project_dir(config.project.name)
+
+
+def _stopper(ctx: typer.Context) -> Callable[[], object]:
+    """Stops the project's clusters before their data moves (no state database needed);
+    they start again on their next use."""
+
+    def stop() -> list[str]:
+        import asyncio
+
+        from branchline.providers.database import ClusterControl
+        from branchline.providers.registry import database_provider
+
+        app_ctx = app_context(ctx)
+        db = database_provider(app_ctx.config(), app_ctx.store())
+        if not isinstance(db, ClusterControl):
+            return []
+        stopped = asyncio.run(db.stop_clusters())
+        if stopped:
+            app_ctx.output.progress(f"stopped {', '.join(stopped)} (started again when used)")
+        return stopped
+
+    return stop
+
+
+def _show_outcome(ctx: typer.Context, outcome: pool.Outcome, said: str) -> None:
+    def human(console: Console) -> None:
+        console.print(f"{said} ({_human_size(outcome.pool.size)}) at {outcome.pool.mount}")
+        if outcome.moved:
+            console.print(f"moved: {', '.join(outcome.moved)}")
+        for note in outcome.notes:
+            console.print(f"note: {note}", markup=False)
+
+    _output(ctx).output.emit(outcome.as_dict(), human)
+
+
+@pool_app.command("create")
+def pool_create(
+    ctx: typer.Context,
+    size: Annotated[str, typer.Option(help='Size of the image, e.g. "20G" (sparse).')],
+) -> None:
+    """Make the pool (root) and move the branches' data into it. Idempotent."""
+    from branchline.providers.database import pool
+
+    out = _output(ctx).output
+    outcome = pool.create(_pool_dir(ctx), size, stop_clusters=_stopper(ctx), progress=out.progress)
+    _show_outcome(ctx, outcome, "the pool is there already" if outcome.already else "pool ready")
+
+
+@pool_app.command("mount")
+def pool_mount(ctx: typer.Context) -> None:
+    """Mount the pool again (after a restart of the machine; root)."""
+    from branchline.providers.database import pool
+
+    outcome = pool.mount(_pool_dir(ctx))
+    _show_outcome(ctx, outcome, "mounted already" if outcome.already else "mounted")
+
+
+@pool_app.command("delete")
+def pool_delete(
+    ctx: typer.Context,
+    force: Annotated[
+        bool, typer.Option(help="Delete it even when its data cannot move back (it is lost).")
+    ] = False,
+) -> None:
+    """Move the branches' data back to the disk, unmount and remove the pool (root)."""
+    from branchline.providers.database import pool
+
+    out = _output(ctx).output
+    outcome = pool.delete(
+        _pool_dir(ctx), stop_clusters=_stopper(ctx), force=force, progress=out.progress
+    )
+    if outcome is None:
+        _output(ctx).output.emit(
+            {"pool": None, "deleted": False}, lambda c: c.print("no pool: nothing to delete")
+        )
+        return
+    _show_outcome(ctx, outcome, "deleted the pool")
+
+
+@pool_app.command("status")
+def pool_status(ctx: typer.Context) -> None:
+    """The pool's size, use, mount and whether it can clone."""
+    from branchline.providers.database import pool
+
+    data = pool.status(_pool_dir(ctx))
+
+    def human(console: Console) -> None:
+        if data is None:
+            console.print("no pool: `sudo branchline db pool create --size 20G` makes one")
+            return
+        console.print(f"image: {data['image']} ({_human_size(data['size'])}, "
+                      f"{_human_size(data.get('image_allocated'))} on the disk)")  # fmt: skip
+        if not data["mounted"]:
+            console.print(f"[red]not mounted[/red] at {data['mount']}: "
+                          "`sudo branchline db pool mount`")  # fmt: skip
+        else:
+            console.print(f"mounted at {data['mount']}: {_human_size(data['used'])} used, "
+                          f"{_human_size(data['free'])} free")  # fmt: skip
+            if data["disk_free"] < data["free"]:  # the sparse image cannot grow that far
+                left = _human_size(data["disk_free"])
+                console.print(f"[yellow]the disk under the image has only {left} free: the "
+                              "pool can grow only that much more[/yellow]")  # fmt: skip
+            clones = {True: "yes", False: "[red]no[/red]", None: "unknown (not root)"}
+            console.print(f"can clone: {clones[data['can_clone']]}")
+        places = {"pool": "in the pool", "disk": "on the disk", "none": "not made yet"}
+        console.print(", ".join(f"{name} {places[where]}" for name, where in data["data"].items()))
+
+    _output(ctx).output.emit({"pool": data}, human)

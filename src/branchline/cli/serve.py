@@ -55,7 +55,6 @@ def serve(
     from branchline.edge import daemon
     from branchline.engine.engine import EngineOptions
     from branchline.operations.runtime import open_pipelines
-    from branchline.providers.database import SpareKeeper
     from branchline.server.actions import OperationActions
     from branchline.server.app import create_app, run_server
 
@@ -123,8 +122,6 @@ def serve(
             options=options,
             edge_bind=chosen.edge_bind,
         ) as pipelines:
-            if isinstance(pipelines.kit.database, SpareKeeper):
-                pipelines.kit.database.refill_spare = True  # this process outlives its runs
             work = [
                 pipelines.run_forever(
                     concurrency=concurrency,

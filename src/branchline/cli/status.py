@@ -108,6 +108,13 @@ def _render_storage(console: Console, storage: dict[str, Any]) -> None:
         f"{'[/red]' if low else ''} of {human_bytes(disk['total_bytes'])} on "
         f"{escape(disk['path'])} ({human_bytes(disk['reserve_bytes'])} kept for production's WAL)"
     )
+    branching = storage.get("branching")
+    if branching == "clone":
+        console.print("[bold]branches[/bold] copy-on-write clones (the same fraction of a second "
+                      "at any size)")  # fmt: skip
+    elif branching == "copy":
+        console.print("[bold]branches[/bold] pg_basebackup copies (time grows with the data; "
+                      "`branchline db pool create` makes a filesystem that clones)")  # fmt: skip
     archive = storage.get("archive")
     if archive is None:
         console.print("[bold]archive[/bold]  production is not running")

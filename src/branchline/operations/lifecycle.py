@@ -63,7 +63,9 @@ async def down(kit: Kit) -> Down:
 
 
 def disk_usage(path: Path) -> int:
-    """Bytes of the files under `path` (links not followed; unreadable parts skipped)."""
+    """Bytes the files under `path` take on the disk (links not followed; unreadable
+    parts skipped): allocated, not apparent, so a pool's sparse image counts for what
+    its branches fill, not for its size."""
     total = 0
     pending = [path]
     while pending:
@@ -76,7 +78,7 @@ def disk_usage(path: Path) -> int:
                 if entry.is_dir(follow_symlinks=False):
                     pending.append(Path(entry.path))
                 else:
-                    total += entry.stat(follow_symlinks=False).st_size
+                    total += entry.stat(follow_symlinks=False).st_blocks * 512
             except OSError:
                 continue
     return total

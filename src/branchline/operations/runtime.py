@@ -22,13 +22,16 @@ from branchline.masking import mask_url
 from branchline.operations.reconcile import reconcile
 from branchline.pipelines import catalog
 from branchline.pipelines.dispatch import Dispatcher, Started, secrets_for, settle
+from branchline.providers.database import SpareKeeper
 from branchline.secrets import ValueSealer
 from branchline.store import Store
+from branchline.store import runs as run_rows
 
 logger = logging.getLogger(__name__)
 LOOP_WATCH_EVERY = 0.05  # seconds between the loop watch's ticks
 LOOP_STALL = 0.1  # a tick this late means the loop was held
 CONFIG_WATCH_EVERY = 1.0  # seconds between looks at branchline.toml
+SPARE_EVERY = 5.0  # seconds between looks at the spare copy, while no run works
 RESTART_FIRST, RESTART_LAST = 1.0, 30.0  # backoff bounds when the workers stop
 
 
@@ -73,6 +76,7 @@ class Pipelines:
             asyncio.create_task(self._first_reconcile_then_dispatch(every, reconcile_every)),
             asyncio.create_task(watch_loop()),
             asyncio.create_task(self.watch_config()),
+            asyncio.create_task(keep_spare(self.kit)),
         ]
         try:
             await self._work_forever(concurrency, install_signal_handlers)
@@ -170,6 +174,24 @@ class Pipelines:
                 await self.kit.store.wait_available()
             ticks += 1
             await asyncio.sleep(every)
+
+
+async def keep_spare(kit: Kit, every: float = SPARE_EVERY) -> None:
+    """Refill the database provider's spare copy while no run works: a branch takes
+    it and leaves the refill to this loop, so a run's migration never shares the
+    machine with a whole copy of production (3.2 s beside a refill, 0.4 s alone)."""
+    database = kit.database
+    if not isinstance(database, SpareKeeper):
+        return
+    while True:
+        await asyncio.sleep(every)
+        try:
+            async with kit.store.connect() as conn:
+                busy = await run_rows.active_runs(conn, kit.project)
+            if not busy:
+                await database.ensure_spare()
+        except Exception as exc:  # the state database may be restarting: next time
+            logger.warning("keeping the spare copy failed: %s", _short(exc))
 
 
 def _short(exc: BaseException) -> str:

@@ -11,6 +11,7 @@ Passwords travel in PGPASSWORD, never on a command line.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import re
@@ -118,11 +119,23 @@ def clone_online(
     the copy, started with the returned backup label, replays the WAL from the
     backup's checkpoint past its end before it accepts connections. A temporary
     replication slot keeps that WAL on the parent until the copy has cloned it."""
-    times = times if times is not None else CloneTimes()
     if child.data_dir.exists():
         shutil.rmtree(child.data_dir)  # left by a crash during an earlier copy
     child.home.mkdir(parents=True, exist_ok=True)
     child.run_as.own(child.home)
+    clone_data(parent, child.data_dir, times=times)
+    source = parent.meta()
+    # Roles and their passwords come with the data, as with pg_basebackup.
+    meta = ClusterMeta(source.superuser, source.password, port or free_port(), dict(settings),
+                       source.app_user, source.app_password)  # fmt: skip
+    child.write_meta(meta)
+    return meta
+
+
+def clone_data(parent: Cluster, target: Path, *, times: CloneTimes | None = None) -> None:
+    """Clone the running `parent`'s data directory into `target` (which must not
+    exist) as a consistent backup: its files, its WAL and the backup label."""
+    times = times if times is not None else CloneTimes()
     slot = f"branchline_clone_{os.urandom(6).hex()}"
     with psycopg.connect(parent.uri(), autocommit=True, connect_timeout=10) as conn:
         new_api = conn.info.server_version >= 150000
@@ -137,7 +150,7 @@ def clone_online(
         began = time.monotonic()
         try:
             times.files_cloned = reflink.clone_tree(
-                parent.data_dir, child.data_dir, skip=_NOT_COPIED, emptied=_COPIED_EMPTY,
+                parent.data_dir, target, skip=_NOT_COPIED, emptied=_COPIED_EMPTY,
                 skip_file=("pg_internal.init",),
             )  # fmt: skip
         except BaseException:
@@ -151,17 +164,11 @@ def clone_online(
         label, tablespace_map = str(row[0]), row[1]
         # Every WAL segment from the backup's checkpoint on, the stop record included
         # (pg_backup_stop switched to a new segment, so it is written out).
-        _clone_wal(parent.data_dir / "pg_wal", child.data_dir / "pg_wal")
+        _clone_wal(parent.data_dir / "pg_wal", target / "pg_wal")
         times.backup_stop = time.monotonic() - began
-    _write_owned(child, "backup_label", label)
+    _write_owned(parent, target / "backup_label", label)
     if tablespace_map:
-        _write_owned(child, "tablespace_map", str(tablespace_map))
-    source = parent.meta()
-    # Roles and their passwords come with the data, as with pg_basebackup.
-    meta = ClusterMeta(source.superuser, source.password, port or free_port(), dict(settings),
-                       source.app_user, source.app_password)  # fmt: skip
-    child.write_meta(meta)
-    return meta
+        _write_owned(parent, target / "tablespace_map", str(tablespace_map))
 
 
 def _clone_wal(source: Path, target: Path) -> None:
@@ -171,8 +178,7 @@ def _clone_wal(source: Path, target: Path) -> None:
         partial.unlink(missing_ok=True)
 
 
-def _write_owned(cluster: Cluster, name: str, text: str) -> None:
-    path = cluster.data_dir / name
+def _write_owned(cluster: Cluster, path: Path, text: str) -> None:
     path.write_text(text)
     path.chmod(0o600)
     cluster.run_as.own(path)
@@ -277,15 +283,21 @@ _WAL_FILE = re.compile(r"START WAL LOCATION: \S+ \(file ([0-9A-F]{24})\)")
 _START_TIME = re.compile(r"START TIME: (.+)")
 
 
-def take_base_backup(cluster: Cluster, dest: Path) -> BaseBackup:
-    """A durable base backup of the running `cluster` into `dest` (which must not exist)."""
+def take_base_backup(cluster: Cluster, dest: Path, *, clones: bool = False) -> BaseBackup:
+    """A durable base backup of the running `cluster` into `dest` (which must not exist):
+    clones of its files where the filesystem can (`clones`: they share their blocks
+    with the cluster until it writes), else a pg_basebackup copy."""
     dest.mkdir(parents=True)
     cluster.run_as.own(dest)
-    cluster.run_tool(
-        basebackup_args(cluster, dest / "data", durable=True),
-        what="pg_basebackup",
-        env=password_env(cluster),
-    )
+    if clones:
+        clone_data(cluster, dest / "data")
+        _sync_filesystem(dest)
+    else:
+        cluster.run_tool(
+            basebackup_args(cluster, dest / "data", durable=True),
+            what="pg_basebackup",
+            env=password_env(cluster),
+        )
     end_time = _server_now(cluster)
     label = (dest / "data" / "backup_label").read_text()
     wal = _WAL_FILE.search(label)
@@ -298,6 +310,24 @@ def take_base_backup(cluster: Cluster, dest: Path) -> BaseBackup:
     backup = BaseBackup(dest, wal.group(1), start_time, end_time)
     (dest / "backup.json").write_text(json.dumps(backup.as_dict()))
     return backup
+
+
+def _sync_filesystem(path: Path) -> None:
+    """Make what was written under `path` durable: one syncfs of its filesystem (a
+    clone's blocks are already on the disk; its metadata may not be)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        _syncfs(fd)
+    finally:
+        os.close(fd)
+
+
+def _syncfs(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 def archive_settings(archive_dir: Path, run_as: RunAs) -> dict[str, str]:

@@ -177,12 +177,22 @@ class GarbageCollector(Protocol):
 
 
 @runtime_checkable
-class SpareKeeper(Protocol):
-    """A provider that may keep a spare copy ready to hide the copy time."""
+class BranchingMethod(Protocol):
+    def branching_method(self) -> str:
+        """How a new branch is made here ("clone", "copy"); blocking (it may probe
+        the disk once). Raises UsageError when the configured way is impossible."""
+        ...
 
-    # True in a long-running process (serve): the spare is refilled right after a
-    # branch took it; a command leaves that to serve's housekeeping or `db gc`.
-    refill_spare: bool
+
+@runtime_checkable
+class SpareKeeper(Protocol):
+    """A provider that may keep a spare copy ready to hide the copy time. A branch
+    takes the spare without refilling it (a command returns when its branch is
+    ready); serve refills it while no run works (`keep_spare`), and so does `db gc`."""
+
+    async def ensure_spare(self) -> bool:
+        """Make sure the spare is ready; True if one was (re)built. Never fails."""
+        ...
 
     async def gc(self, *, keep_spare: bool = True) -> GcReport:
         """As GarbageCollector.gc; `keep_spare=False` leaves the spare as it is (a

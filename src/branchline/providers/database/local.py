@@ -17,13 +17,12 @@ Before anything is created or deleted the intent is written to the store, so
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -50,7 +49,7 @@ from branchline.postgres.copy import (
     standby_is_streaming,
     take_base_backup,
 )
-from branchline.providers.database import Branch, BranchStatus, GcReport
+from branchline.providers.database import Branch, BranchStatus, GcReport, pool
 from branchline.providers.database.local_disk import (
     Disk,
     log_once,
@@ -87,9 +86,9 @@ LIGHT_SETTINGS = {
 }
 # Branches are disposable copies: trade crash safety for speed.
 EPHEMERAL_SETTINGS = FAST_SETTINGS
-# A branch is usually migrated right after it is made: refilling the spare at that
-# moment takes half of a 2-core machine from the migration, so the refill waits.
-SPARE_REFILL_DELAY = 2.0
+# An idle branch is a handful of processes; the logical replication launcher is one
+# a branch never uses (about 1.5 MB of its 10 MB, measured: bench/branch_memory.py).
+IDLE_SETTINGS = {"max_logical_replication_workers": "0"}
 Branching = Literal["auto", "clone", "copy"]
 CLONE = "clone"  # copy-on-write clones of the parent's files (XFS reflink, btrfs)
 COPY = "copy"  # an online pg_basebackup of the parent
@@ -115,15 +114,11 @@ class LocalDatabaseProvider:
         self.project = project
         self.branching = branching
         self._clones: bool | None = None  # whether the branches' filesystem can clone
-        # The spare is refilled right after it is adopted only in a long-running
-        # process (serve): a command returns when its own work is done.
-        self.refill_spare = False
+        self._pooled = False  # whether the branches' data was in a pool at the last look
         self.min_free = min_free  # None: 10% of the filesystem, at most 1 GB
         self._said: set[str] = set()  # background warnings already logged
         self.spare_note: str | None = None  # why the last ensure_spare made none
         self.binaries = binaries
-        self._background: list[asyncio.Task[object]] = []
-        self._closing = False  # set by aclose: a waiting refill starts now
         self.state_dir = state_dir
         self.store = store
         self.root = root
@@ -170,11 +165,7 @@ class LocalDatabaseProvider:
         """How a branch is made here: CLONE where the branches' filesystem can clone
         files (tried once per process), else COPY. `branching = "clone"` where it
         cannot is an error saying how to get a filesystem that can."""
-        if self.branching == COPY:
-            return COPY
-        if self._clones is None:
-            self._clones = reflink.can_clone(self.state_dir / "branches")
-        if self._clones:
+        if self._clones_usable():
             return CLONE
         if self.branching == CLONE:
             raise UsageError(
@@ -185,6 +176,14 @@ class LocalDatabaseProvider:
                 '"auto"` in [database.local] to copy with pg_basebackup instead.',
             )
         return COPY
+
+    def _clones_usable(self) -> bool:
+        """Whether clones are wanted and the branches' filesystem can make them."""
+        if self.branching == COPY:
+            return False
+        if self._clones is None:
+            self._clones = reflink.can_clone(self.state_dir / "branches")
+        return self._clones
 
     def _start_root(self) -> Cluster:
         """Start production (with the current archive command: see Disk.ensure_archiving)."""
@@ -300,7 +299,9 @@ class LocalDatabaseProvider:
             start = usable[-1].start_wal_file
             held = [p.name for p in self.archive_dir.glob("*")]
             replayed = sum(1 for n in held if archiver.SEGMENT_NAME.fullmatch(n) and n >= start)
-            return space.tree_size(usable[-1].path) + (replayed + 2) * space.WAL_SEGMENT
+            # The backup's files are cloned where the disk can (cp --reflink=auto).
+            files = 0 if method == CLONE else space.tree_size(usable[-1].path)
+            return files + (replayed + 2) * space.WAL_SEGMENT
         if method == CLONE:
             return space.clone_estimate(self.cluster(parent).data_dir)
         spare = self.spare
@@ -402,7 +403,7 @@ class LocalDatabaseProvider:
         return report
 
     def _branch_settings(self) -> dict[str, str]:
-        return {**LIGHT_SETTINGS, **EPHEMERAL_SETTINGS}
+        return {**LIGHT_SETTINGS, **EPHEMERAL_SETTINGS, **IDLE_SETTINGS}
 
     async def restore(self, name: str, at: datetime) -> Branch:
         return await self.create_branch(name, self.root, at=at)
@@ -557,11 +558,13 @@ class LocalDatabaseProvider:
             return await self._branch(conn, name)
 
     async def list_branches(self) -> list[Branch]:
+        await self._pool_ready()
         async with self.store.connect() as conn:
             rows = await branch_rows.list_all(conn, self.project)
             return [branch_from_row(row, self._compute_state(row.name)) for row in rows]
 
     async def connection_uri(self, name: str) -> str:
+        await self._pool_ready()
         branch = await self.get_branch(name)
         if branch is None or branch.status is not BranchStatus.READY:
             raise UsageError(
@@ -612,6 +615,7 @@ class LocalDatabaseProvider:
         (logged once), dropped first when the disk runs into the reserve, and a
         failure to make one is logged and cleaned up. `spare_note` says which."""
         self.spare_note = None
+        await self._pool_ready()
         if self.cluster(self.root).state() is ClusterState.MISSING:
             return False
         if await finish_in_thread(self.branching_method) == CLONE:
@@ -701,20 +705,14 @@ class LocalDatabaseProvider:
             if conn is None:
                 return False
             adopted = await finish_in_thread(self._adopt_spare_sync, name)
-        if adopted and self.refill_spare:
-            self._background.append(asyncio.create_task(self._refill_spare_soon()))
+        # Not refilled here: a command returns when its branch is ready, and a run
+        # migrates its branch right now. serve refills it between runs (keep_spare).
         return adopted
 
     async def _drop_spare_quietly(self) -> None:
         async with self._try_locked(SPARE_LOCK) as conn:
             if conn is not None:
                 await finish_in_thread(self.drop_spare)
-
-    async def _refill_spare_soon(self) -> bool:
-        deadline = time.monotonic() + SPARE_REFILL_DELAY
-        while not self._closing and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        return await self.ensure_spare()
 
     def _adopt_spare_sync(self, name: str) -> bool:
         spare = self.spare
@@ -756,15 +754,11 @@ class LocalDatabaseProvider:
         return await finish_in_thread(stop_all)
 
     async def aclose(self) -> None:
-        """Wait for background work (refilling the spare) before the process ends."""
-        pending, self._background = self._background, []
-        self._closing = True
-        for task in pending:
-            # A failed refill only means the next create copies; gc retries it.
-            with contextlib.suppress(BranchlineError, OSError, psycopg.Error):
-                await task
+        """Nothing runs in the background: the spare is refilled by serve's loop
+        (`operations.runtime.keep_spare`) or `db gc`, never behind a command."""
 
     async def storage(self) -> dict[str, Any]:
+        await self._pool_ready()
         """The disk and production's WAL archive, for `status` and `/metrics`."""
 
         def gather() -> dict[str, Any]:
@@ -790,9 +784,12 @@ class LocalDatabaseProvider:
         """A base backup of the root, now. Refused while WAL archiving fails (a backup
         is restorable only with the WAL after it) or when it would eat into the
         reserve; it counts as taken once the WAL it ends in is archived."""
+        await self._pool_ready()
         root = await finish_in_thread(self._start_root)
         await finish_in_thread(self.disk.refuse_while_failing, "take a base backup")
-        need = await finish_in_thread(space.copy_estimate, root.data_dir)
+        clones = await finish_in_thread(self._clones_usable)
+        estimate = space.clone_estimate if clones else space.copy_estimate
+        need = await finish_in_thread(estimate, root.data_dir)
         async with self.store.connect() as conn:
             await self._require_room(conn, need, f"take a base backup of {self.root!r}")
         try:
@@ -807,7 +804,7 @@ class LocalDatabaseProvider:
         self.backups_dir.mkdir(parents=True, exist_ok=True)
         dest = self.backups_dir / stamp
         try:
-            backup = take_base_backup(cluster, dest)
+            backup = take_base_backup(cluster, dest, clones=self._clones_usable())
             if archived:
                 self._flush_wal_past("take a base backup")
         except BaseException:
@@ -843,6 +840,7 @@ class LocalDatabaseProvider:
         the root's base backups fresh and pruned."""
         now = now or datetime.now(UTC)
         report = GcReport()
+        await self._pool_ready()
         async with self.store.connect() as conn:
             rows = await branch_rows.list_all(conn, self.project)
             interrupted = await resources.unfinished(conn, self.project, RESOURCE_KIND)
@@ -940,10 +938,23 @@ class LocalDatabaseProvider:
 
     # -- internals ----------------------------------------------------------
 
-    def _locked(self, name: str) -> contextlib.AbstractAsyncContextManager[Conn]:
+    @contextlib.asynccontextmanager
+    async def _locked(self, name: str) -> AsyncIterator[Conn]:
         """The branch's lock: one create/delete/reset of a name at a time. It is held
-        on this machine's disk too, so the state database dying cannot free it."""
-        return locks.held(self.store, self._lock_key(name), here=self._lock_dir)
+        on this machine's disk too, so the state database dying cannot free it. The
+        pool, if the project has one, is mounted first."""
+        await self._pool_ready()
+        async with locks.held(self.store, self._lock_key(name), here=self._lock_dir) as conn:
+            yield conn
+
+    async def _pool_ready(self) -> None:
+        """Before branch data is touched: the project's pool mounted again after a
+        restart (`db pool`); a pool made or deleted since the last look means the
+        filesystem changed, so whether it can clone is tried again."""
+        found = await finish_in_thread(pool.ensure_mounted, self.state_dir)
+        if (found is not None) != self._pooled:
+            self._pooled = found is not None
+            self._clones = None
 
     def _try_locked(self, name: str) -> contextlib.AbstractAsyncContextManager[Conn | None]:
         """The branch's lock if free: how gc tells work a crash interrupted from work

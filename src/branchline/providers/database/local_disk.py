@@ -9,6 +9,7 @@ and are named by `db restore` instead of making it wait.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from branchline.config.sizes import SizeSpec, human_bytes
 from branchline.errors import PostgresError
 from branchline.postgres import Cluster, ClusterState, archiver, space
 from branchline.postgres.copy import BaseBackup, archive_settings
+from branchline.providers.database import pool
 from branchline.store import branches as branch_rows
 
 logger = logging.getLogger(__name__)
@@ -37,7 +39,14 @@ class Disk:
     min_free: SizeSpec | None
 
     def room(self) -> space.Room:
-        return space.measure(self.state_dir, self.min_free)
+        """The room branches have: on the state directory's disk, or in the project's
+        pool, which can hold no more than what the disk under its sparse image can
+        still give it (and whose reserve is taken from the pool's own size)."""
+        found = pool.load(self.state_dir)
+        if found is None or not pool.is_mounted(found):
+            return space.measure(self.state_dir, self.min_free)
+        inside = space.measure(found.mount, self.min_free)
+        return dataclasses.replace(inside, free=min(inside.free, pool.room(found)))
 
     def branch_home(self, name: str) -> Path:
         return self.state_dir / "branches" / name
