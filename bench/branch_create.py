@@ -123,6 +123,7 @@ class Result:
     fill_s: float = 0.0
     standby_s: float = 0.0
     rounds_s: float = 0.0
+    teardown_s: float = 0.0
     times: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # (load, step)
     phases: dict[tuple[str, str], list[ClonePhases]] = field(default_factory=dict)
     writer_tps: list[float] = field(default_factory=list)
@@ -292,12 +293,14 @@ def _measure(store: Store, where: Path, size_mb: int, rounds: int, clone: bool) 
                  f"({time.perf_counter() - began:.0f} s)")  # fmt: skip
         result.rounds_s = time.perf_counter() - began
     finally:
+        began = time.perf_counter()
         standby.destroy()
         for home in [*(state / "branches").glob("*"), *(state / "spares").glob("*-*")]:
             Cluster(home).destroy()
         for leftover in where.glob(f"*-{size_mb}-*"):  # a raw copy an interrupt left
             Cluster(leftover).destroy()
         shutil.rmtree(state, ignore_errors=True)
+        result.teardown_s = time.perf_counter() - began
     return result
 
 
@@ -463,7 +466,8 @@ def main() -> int:
                 results.append(_measure(store, where, size_mb, args.rounds, clone))
                 _say(f"[{size_mb} MB] took {time.perf_counter() - began:.0f} s in all "
                      f"(data {results[-1].fill_s:.0f} s, standby {results[-1].standby_s:.0f} s, "
-                     f"rounds {results[-1].rounds_s:.0f} s)")  # fmt: skip
+                     f"rounds {results[-1].rounds_s:.0f} s, "
+                     f"teardown {results[-1].teardown_s:.0f} s)")  # fmt: skip
     finally:
         store.location.cluster.destroy()
         shutil.rmtree(work, ignore_errors=True)
