@@ -108,6 +108,14 @@ def _render_storage(console: Console, storage: dict[str, Any]) -> None:
         f"{'[/red]' if low else ''} of {human_bytes(disk['total_bytes'])} on "
         f"{escape(disk['path'])} ({human_bytes(disk['reserve_bytes'])} kept for production's WAL)"
     )
+    history = storage.get("history")
+    if history is not None:
+        since = history["oldest_restorable"] or "no backup yet"
+        console.print(
+            f"[bold]history[/bold]  {human_bytes(history['bytes'])} of "
+            f"{human_bytes(history['limit_bytes'])} (WAL archive and {history['backups']} "
+            f"base backup(s); max_archive_size), restorable from {since}"
+        )
     archive = storage.get("archive")
     if archive is None:
         console.print("[bold]archive[/bold]  production is not running")
