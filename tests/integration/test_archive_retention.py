@@ -80,6 +80,8 @@ def test_pruned_by_size_the_newest_backup_still_restores(db: LocalDatabaseProvid
     assert report.archive is not None
     assert report.archive["bytes"] == after.total <= report.archive["limit_bytes"]
     assert report.as_dict()["archive"]["oldest_restorable"] == second.end_time.isoformat()
+    history = run(db, db.storage())["history"]  # what status and /metrics show
+    assert history["bytes"] == after.total and history["limit_bytes"] == after.limit_bytes
 
     # The newest backup and its WAL restore a moment after it.
     run(db, db.create_branch("restored-1", at=at))

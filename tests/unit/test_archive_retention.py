@@ -152,3 +152,41 @@ def test_a_clone_is_estimated_at_its_metadata_and_a_few_segments(tmp_path: Path)
     estimate = space.clone_estimate(data)
     assert estimate == files * space.CLONE_FILE_COST + 6 * space.WAL_SEGMENT
     assert estimate < space.copy_estimate(data)
+
+
+def _storage() -> dict[str, object]:
+    usage = ArchiveUsage(3 * GB, GB, 8 * GB, 2, NOW)
+    return {
+        "disk": {
+            "path": "/srv",
+            "total_bytes": 80 * GB,
+            "free_bytes": 40 * GB,
+            "reserve_bytes": GB,
+        },
+        "archive": None,
+        "history": usage.as_dict(),
+    }
+
+
+def test_status_and_metrics_show_the_archive_against_its_limit() -> None:
+    from rich.console import Console
+
+    from branchline.cli.status import _render_storage
+    from branchline.server.metrics import storage_lines
+
+    metrics = storage_lines(_storage())
+    assert f"branchline_wal_archive_size_bytes {4 * GB}" in metrics
+    assert f"branchline_wal_archive_limit_bytes {8 * GB}" in metrics
+    console = Console(record=True, width=200)
+    _render_storage(console, _storage())
+    shown = console.export_text()
+    assert "4.0 GB of 8.0 GB" in shown and "max_archive_size" in shown
+    assert f"restorable from {NOW.isoformat()}" in shown
+
+
+def test_gc_says_what_was_pruned_and_where_the_archive_stands() -> None:
+    from branchline.cli.db import _archive_line
+
+    line = _archive_line(ArchiveUsage(3 * GB, GB, 8 * GB, 2, NOW).as_dict())
+    assert line.startswith("4.0 GB of 8.0 GB (max_archive_size), 2 base backup(s)")
+    assert line.endswith(f"restorable from {NOW.isoformat()}")
