@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -134,8 +133,9 @@ def test_deleting_production_leaves_nothing_even_after_a_crash(db: LocalDatabase
     _wal(db, 2)
     assert db.archive_dir.exists() and db.backups_dir.exists()
 
-    def crash() -> None:  # dies half-way: the backups gone, the archive not yet
-        shutil.rmtree(db.backups_dir)
+    def crash() -> None:  # dies half-way: the backups set aside, the archive not yet
+        (db.state_dir / "trash").mkdir()
+        db.backups_dir.rename(db.state_dir / "trash" / "backups-production-dead")
         raise RuntimeError("killed")
 
     db._remove_history = crash  # type: ignore[method-assign]
@@ -147,6 +147,7 @@ def test_deleting_production_leaves_nothing_even_after_a_crash(db: LocalDatabase
     report = run(db, db.gc())  # finishes what the crash left
     assert "production (deleting)" in report.interrupted_cleaned
     assert not db.archive_dir.exists() and not db.backups_dir.exists()
+    assert not list((db.state_dir / "trash").iterdir())
     assert {b.name for b in run(db, db.list_branches())} == {"child-1"}
 
     run(db, db.delete_branch("child-1"))

@@ -5,6 +5,7 @@ Layout under the state directory:
     branches/<name>/        a cluster home (data/, cluster.json, postgres.log)
     wal-archive/<root>/     the root branch's archived WAL (for point-in-time restore)
     backups/<root>/<ts>/    base backups of the root branch (data/, backup.json)
+    trash/                  what is being removed (set aside first; gc empties it)
 
 The root branch (`production`) is created by `init_root` with WAL archiving
 on; every other branch is an online `pg_basebackup` copy of its parent,
@@ -466,14 +467,28 @@ class LocalDatabaseProvider:
     def _remove_history(self) -> None:
         """Production's WAL archive and base backups, backups first: WAL without a
         backup restores nothing, a backup without its WAL would still be offered."""
-        shutil.rmtree(self.backups_dir, ignore_errors=True)
-        shutil.rmtree(self.archive_dir, ignore_errors=True)
         for path in (self.backups_dir, self.archive_dir):
-            if path.exists():
-                raise PostgresError(
-                    f"could not remove {path} of the deleted {self.root!r}",
-                    hint="See what holds it open (`fuser -vm`), then run `branchline db gc`.",
-                )
+            self._discard(path)
+
+    @property
+    def _trash(self) -> Path:
+        return self.state_dir / "trash"
+
+    def _discard(self, path: Path) -> None:
+        """Remove `path` crash-safely: moved out of sight at once (a half-removed
+        backup must never be offered for a restore), then deleted; gc empties what a
+        crash left in the trash."""
+        self._trash.mkdir(exist_ok=True)
+        aside = self._trash / f"{path.parent.name}-{path.name}-{os.urandom(4).hex()}"
+        try:
+            path.rename(aside)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(aside, ignore_errors=True)
+
+    def _empty_trash(self) -> None:
+        for path in self._trash.glob("*") if self._trash.exists() else ():
+            shutil.rmtree(path, ignore_errors=True)
 
     async def reset_branch(self, name: str, *, source: str | None = None) -> Branch:
         """The branch's data replaced by `source`'s current data (default: its
@@ -866,6 +881,7 @@ class LocalDatabaseProvider:
                 )
                 report.interrupted_cleaned.append(f"{resource.name} ({current.state})")
         await self._remove_strays(report)
+        await finish_in_thread(self._empty_trash)
         report.archive_repaired, gap = await finish_in_thread(self.disk.repair)
         resumed = await finish_in_thread(self.disk.nudge)
         if resumed:
@@ -975,7 +991,7 @@ class LocalDatabaseProvider:
         """Drop `backups[:keep_from]`, then the WAL before the oldest kept one (it can
         never be replayed again); `rule` says why, in the report."""
         for old in backups[:keep_from]:
-            await finish_in_thread(shutil.rmtree, old.path, True)
+            await finish_in_thread(self._discard, old.path)
             report.backups_pruned.append(old.path.name)
         kept = backups[keep_from:]
         oldest = kept[0]
