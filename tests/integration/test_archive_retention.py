@@ -21,6 +21,7 @@ from branchline.postgres import space
 from branchline.providers.database.local import LocalDatabaseProvider
 from branchline.providers.database.local_retention import segment_sizes
 from branchline.store import Store
+from branchline.store import branches as branch_rows
 from tests.integration.test_database_local import _provider, execute, run, uri
 
 pytestmark = pytest.mark.integration
@@ -114,11 +115,20 @@ def test_pruned_by_age(db: LocalDatabaseProvider) -> None:
     (first,) = db.backups()
     held = segment_sizes(db.archive_dir)
     assert min(held) <= first.start_wal_file
-    # Eight days on, with the default 7 days: a new backup, and the old one goes.
-    report = run(db, db.gc(now=datetime.now(UTC) + timedelta(days=8)))
+    later = datetime.now(UTC) + timedelta(days=8)
+    # While a branch is being copied from production (maybe a restore starting from
+    # the oldest backup) nothing is pruned.
+    asyncio.run(_creating(db, "restoring-1", made=True))
+    report = run(db, db.gc(now=later))
+    assert report.backup_taken and not report.backups_pruned and not report.archive_pruned
+    assert any("'restoring-1' being copied" in n for n in report.notes), report.notes
+    asyncio.run(_creating(db, "restoring-1", made=False))
+    # Eight days on, with the default 7 days: a new backup, and the older ones go.
+    waited = db.backups()[1]
+    report = run(db, db.gc(now=later))
     (kept,) = db.backups()
-    assert report.backup_taken and kept.path != first.path
-    assert report.backups_pruned == [first.path.name]
+    assert report.backup_taken and kept.path not in (first.path, waited.path)
+    assert report.backups_pruned == [first.path.name, waited.path.name]
     assert any("wal_retention" in p for p in report.archive_pruned), report.archive_pruned
     assert min(segment_sizes(db.archive_dir)) >= kept.start_wal_file
     assert sum(segment_sizes(db.archive_dir).values()) < sum(held.values())
@@ -187,9 +197,17 @@ def test_the_list_shows_sizes_measured_now(db: LocalDatabaseProvider) -> None:
     assert gone["grow-1"] is None
 
 
-async def _stored_size(db: LocalDatabaseProvider, name: str) -> int | None:
-    from branchline.store import branches as branch_rows
+async def _creating(db: LocalDatabaseProvider, name: str, *, made: bool) -> None:
+    """A branch row as a create from production in progress has it, or none."""
+    async with db.store.connect() as conn:
+        if made:
+            await branch_rows.upsert(conn, db.project, name, parent="production",
+                                     provider="local", status="creating")  # fmt: skip
+        else:
+            await branch_rows.delete(conn, db.project, name)
 
+
+async def _stored_size(db: LocalDatabaseProvider, name: str) -> int | None:
     async with db.store.connect() as conn:
         row = await branch_rows.get(conn, db.project, name)
     assert row is not None

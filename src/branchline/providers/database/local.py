@@ -950,9 +950,19 @@ class LocalDatabaseProvider:
                 report.notes.append(f"no new base backup: {exc.message}")
         if not backups:
             return
-        keep_from = local_retention.kept_by_age(backups, now, retention)
-        backups = await self._drop_backups(report, backups, keep_from, "wal_retention")
-        backups = await self._prune_to_size(report, backups)
+        busy = await self._copies_of_root_under_way()
+        if busy:
+            # A restore among them may be starting from the oldest backup: pruning
+            # waits for the next pass rather than pull it (or its WAL) away.
+            names = ", ".join(repr(name) for name in busy)
+            report.notes.append(
+                f"pruning the WAL archive of {self.root!r} waits for the next gc: "
+                f"{names} being copied from it"
+            )
+        else:
+            keep_from = local_retention.kept_by_age(backups, now, retention)
+            backups = await self._drop_backups(report, backups, keep_from, "wal_retention")
+            backups = await self._prune_to_size(report, backups)
         usage = await finish_in_thread(self._archive_usage, backups)
         report.archive = usage.as_dict()
         if usage.over:
@@ -961,6 +971,12 @@ class LocalDatabaseProvider:
                 "([database.local] max_archive_size) even with only the newest base backup "
                 "kept: raise max_archive_size, or make production's data smaller"
             )
+
+    async def _copies_of_root_under_way(self) -> list[str]:
+        async with self.store.connect() as conn:
+            rows = await branch_rows.list_all(conn, self.project)
+        creating = BranchStatus.CREATING.value
+        return [row.name for row in rows if row.parent == self.root and row.status == creating]
 
     async def _prune_to_size(self, report: GcReport, backups: list[BaseBackup]) -> list[BaseBackup]:
         """Within max_archive_size: the oldest backups go (and the WAL before the next
