@@ -18,8 +18,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from branchline.config.sizes import SizeSpec
 from branchline.errors import UsageError
-from branchline.postgres import Cluster, reflink
+from branchline.postgres import Cluster, reflink, space
 from branchline.providers.database.local import Branching, LocalDatabaseProvider
 from branchline.store import Store
 from tests.integration.test_database_local import execute, run, uri
@@ -71,6 +72,13 @@ def test_a_clone_branch_holds_the_parent_and_needs_no_spare(
     execute(prod, "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 50000) g")
     branch = run(db, db.create_branch("pr-1"))
     assert branch.detail["made_by"] == "clone"
+    # Honest sizes: the clone owns only what it wrote (its WAL since the copy, the
+    # backup label), not the blocks it shares with production.
+    sizes = {b.name: b.size_bytes for b in run(db, db.list_branches())}
+    own, whole = sizes["pr-1"], sizes["production"]
+    assert own is not None and whole is not None
+    print(f"production {whole / 2**20:.1f} MB, the clone's own {own / 2**20:.1f} MB")
+    assert own < 4 * 2**20 < whole, (own, whole)  # a WAL segment zero-filled would be 16 MB
     pr = uri(db, "pr-1")
     assert execute(pr, "SELECT count(*), sum(id) FROM t") == [(50000, 1250025000)]
     # Independent both ways, and no replication slot of the parent's came along.
@@ -167,3 +175,26 @@ def test_copies_where_clones_are_not_wanted_or_not_possible(
         assert "cannot clone files" in caught.value.message
         assert "db pool create" in caught.value.hint
         assert run(db, db.get_branch("pr-1")) is None  # refused before anything was made
+
+
+def test_the_room_check_counts_a_clone_by_what_it_writes(
+    cloning_db: LocalDatabaseProvider,
+) -> None:
+    """A clone shares its parent's data: the free-space check asks only for what it
+    writes, so it is made where a copy would be refused, and refused only below that."""
+    db = cloning_db
+    prod = uri(db, "production")
+    execute(prod, "CREATE TABLE big AS SELECT g, repeat('x', 900) AS pad "
+                  "FROM generate_series(1, 100000) g")  # fmt: skip
+    clone_need = db._need_for_branch("production", None, "clone")
+    copy_need = db._need_for_branch("production", None, "copy")
+    assert copy_need > clone_need + 64 * 2**20, (clone_need, copy_need)
+    room = db.disk.room()
+    # Room for the clone and not for a copy: the clone is made.
+    db.min_free = SizeSpec(bytes=room.free - (clone_need + copy_need) // 2)
+    assert run(db, db.create_branch("fits")).detail["made_by"] == "clone"
+    # Not even room for what a clone writes: refused before anything is made.
+    db.min_free = SizeSpec(bytes=db.disk.room().free - clone_need // 2)
+    with pytest.raises(space.DiskFullError, match="not enough disk space to create branch"):
+        run(db, db.create_branch("refused"))
+    assert run(db, db.get_branch("refused")) is None
