@@ -5,10 +5,7 @@ clone, and a clear error when clones are demanded there."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -20,10 +17,10 @@ import pytest
 
 from branchline.config.sizes import SizeSpec
 from branchline.errors import UsageError
-from branchline.postgres import Cluster, reflink, space
-from branchline.providers.database.local import Branching, LocalDatabaseProvider
+from branchline.postgres import reflink, space
+from branchline.providers.database.local import LocalDatabaseProvider
 from branchline.store import Store
-from tests.integration.test_database_local import execute, run, uri
+from tests.integration.test_database_local import _provider, execute, run, uri
 
 pytestmark = pytest.mark.integration
 
@@ -31,23 +28,6 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def cloning_db(shared_store: Store, clone_dir: Path) -> Iterator[LocalDatabaseProvider]:
     yield from _provider(shared_store, clone_dir)
-
-
-def _provider(
-    store: Store, parent: Path, branching: Branching = "auto"
-) -> Iterator[LocalDatabaseProvider]:
-    state = Path(tempfile.mkdtemp(prefix="db-", dir=parent))
-    state.chmod(0o755)
-    provider = LocalDatabaseProvider(
-        project=f"p{os.urandom(4).hex()}", state_dir=state, store=store, branching=branching
-    )
-    try:
-        run(provider, provider.init_root())
-        yield provider
-    finally:
-        for home in [*(state / "branches").glob("*"), *(state / "spares").glob("*-*")]:
-            Cluster(home).destroy()
-        shutil.rmtree(state, ignore_errors=True)
 
 
 def test_the_clone_path_is_found_by_trying(clone_dir: Path, tmp_path: Path) -> None:
