@@ -20,6 +20,8 @@ import httpx
 
 from branchline import processes
 from branchline.edge import daemon
+from branchline.providers.database import pool
+from tests import clonefs
 from tests.conftest import leftover_processes, stop_leftovers
 from tests.demo_process import DemoProcess
 
@@ -35,6 +37,11 @@ def test_the_demo_runs_end_to_end_keeps_serving_and_cleans_up() -> None:
                       "5. a broken release"):  # fmt: skip
             assert phase in out
         assert "deleted afterwards" in out and "incident issue #1" in out
+        # Clones where the machine can (CI: root, xfsprogs): in a pool made for it.
+        image = root / "state" / "projects" / "codex" / "pool.img"
+        if pool.why_not_here() is None:
+            assert "database branches: copy-on-write clones" in out
+            assert clonefs.loop_devices(image), "the demo's pool is mounted while it runs"
         assert "rolled back automatically; production still serves the previous release" in out
         # The whole serve runs now: its workers and HTTP server beside the edge.
         info = daemon.read_info(root / "state")
@@ -74,6 +81,7 @@ def test_the_demo_runs_end_to_end_keeps_serving_and_cleans_up() -> None:
         assert leftover_processes(tmp) == []
         assert processes.trees(processes.tree_prefix(root / "state" / "projects" / "codex")) == []
         assert list(tmp.iterdir()) == []
+        assert not clonefs.loop_devices(image), "the demo's pool outlived it"
     finally:
         demo.kill()
         stop_leftovers(tmp)

@@ -5,10 +5,7 @@ clone, and a clear error when clones are demanded there."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -18,11 +15,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from branchline.config.sizes import SizeSpec
 from branchline.errors import UsageError
-from branchline.postgres import Cluster, reflink
-from branchline.providers.database.local import Branching, LocalDatabaseProvider
+from branchline.postgres import reflink, space
+from branchline.providers.database.local import LocalDatabaseProvider
 from branchline.store import Store
-from tests.integration.test_database_local import execute, run, uri
+from tests.integration.test_database_local import _provider, execute, run, uri
 
 pytestmark = pytest.mark.integration
 
@@ -30,23 +28,6 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def cloning_db(shared_store: Store, clone_dir: Path) -> Iterator[LocalDatabaseProvider]:
     yield from _provider(shared_store, clone_dir)
-
-
-def _provider(
-    store: Store, parent: Path, branching: Branching = "auto"
-) -> Iterator[LocalDatabaseProvider]:
-    state = Path(tempfile.mkdtemp(prefix="db-", dir=parent))
-    state.chmod(0o755)
-    provider = LocalDatabaseProvider(
-        project=f"p{os.urandom(4).hex()}", state_dir=state, store=store, branching=branching
-    )
-    try:
-        run(provider, provider.init_root())
-        yield provider
-    finally:
-        for home in [*(state / "branches").glob("*"), *(state / "spares").glob("*-*")]:
-            Cluster(home).destroy()
-        shutil.rmtree(state, ignore_errors=True)
 
 
 def test_the_clone_path_is_found_by_trying(clone_dir: Path, tmp_path: Path) -> None:
@@ -71,6 +52,13 @@ def test_a_clone_branch_holds_the_parent_and_needs_no_spare(
     execute(prod, "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 50000) g")
     branch = run(db, db.create_branch("pr-1"))
     assert branch.detail["made_by"] == "clone"
+    # Honest sizes: the clone owns only what it wrote (its WAL since the copy, the
+    # backup label), not the blocks it shares with production.
+    sizes = {b.name: b.size_bytes for b in run(db, db.list_branches())}
+    own, whole = sizes["pr-1"], sizes["production"]
+    assert own is not None and whole is not None
+    print(f"production {whole / 2**20:.1f} MB, the clone's own {own / 2**20:.1f} MB")
+    assert own < 4 * 2**20 < whole, (own, whole)  # a WAL segment zero-filled would be 16 MB
     pr = uri(db, "pr-1")
     assert execute(pr, "SELECT count(*), sum(id) FROM t") == [(50000, 1250025000)]
     # Independent both ways, and no replication slot of the parent's came along.
@@ -167,3 +155,26 @@ def test_copies_where_clones_are_not_wanted_or_not_possible(
         assert "cannot clone files" in caught.value.message
         assert "db pool create" in caught.value.hint
         assert run(db, db.get_branch("pr-1")) is None  # refused before anything was made
+
+
+def test_the_room_check_counts_a_clone_by_what_it_writes(
+    cloning_db: LocalDatabaseProvider,
+) -> None:
+    """A clone shares its parent's data: the free-space check asks only for what it
+    writes, so it is made where a copy would be refused, and refused only below that."""
+    db = cloning_db
+    prod = uri(db, "production")
+    execute(prod, "CREATE TABLE big AS SELECT g, repeat('x', 900) AS pad "
+                  "FROM generate_series(1, 100000) g")  # fmt: skip
+    clone_need = db._need_for_branch("production", None, "clone")
+    copy_need = db._need_for_branch("production", None, "copy")
+    assert copy_need > clone_need + 64 * 2**20, (clone_need, copy_need)
+    room = db.disk.room()
+    # Room for the clone and not for a copy: the clone is made.
+    db.min_free = SizeSpec(bytes=room.free - (clone_need + copy_need) // 2)
+    assert run(db, db.create_branch("fits")).detail["made_by"] == "clone"
+    # Not even room for what a clone writes: refused before anything is made.
+    db.min_free = SizeSpec(bytes=db.disk.room().free - clone_need // 2)
+    with pytest.raises(space.DiskFullError, match="not enough disk space to create branch"):
+        run(db, db.create_branch("refused"))
+    assert run(db, db.get_branch("refused")) is None

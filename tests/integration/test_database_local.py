@@ -21,7 +21,7 @@ import pytest
 from branchline.errors import UsageError
 from branchline.postgres import Cluster
 from branchline.providers.database import BranchStatus, DatabaseProvider
-from branchline.providers.database.local import LocalDatabaseProvider
+from branchline.providers.database.local import Branching, LocalDatabaseProvider
 from branchline.store import Store, resources
 from branchline.store import branches as branch_rows
 
@@ -29,12 +29,13 @@ pytestmark = pytest.mark.integration
 T = TypeVar("T")
 
 
-def _provider(store: Store, root_dir: Path) -> Iterator[LocalDatabaseProvider]:
+def _provider(
+    store: Store, root_dir: Path, branching: Branching = "auto"
+) -> Iterator[LocalDatabaseProvider]:
     state = Path(tempfile.mkdtemp(prefix="db-", dir=root_dir))
     state.chmod(0o755)
-    provider = LocalDatabaseProvider(
-        project=f"p{os.urandom(4).hex()}", state_dir=state, store=store, database="app"
-    )
+    provider = LocalDatabaseProvider(project=f"p{os.urandom(4).hex()}", state_dir=state,
+                                     store=store, database="app", branching=branching)  # fmt: skip
     try:
         run(provider, provider.init_root())
         yield provider

@@ -10,10 +10,10 @@ import shutil
 import stat
 import subprocess
 import tempfile
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 import pytest
@@ -24,9 +24,9 @@ from branchline.providers.database import pool
 from branchline.providers.database.local import LocalDatabaseProvider
 from branchline.store import Store
 from tests import clonefs
+from tests.integration.test_database_local import run
 
 pytestmark = pytest.mark.integration
-T = TypeVar("T")
 NO_STOP = lambda: None  # noqa: E731 - no clusters in these directories
 
 
@@ -125,16 +125,6 @@ def test_a_lost_image_says_what_to_run(project_dir: Path) -> None:
 
 
 # -- production moves in and out ------------------------------------------------------
-
-
-def run(db: LocalDatabaseProvider, work: Coroutine[Any, Any, T]) -> T:
-    async def main() -> T:
-        try:
-            return await work
-        finally:
-            await db.aclose()
-
-    return asyncio.run(main())
 
 
 def rows(db: LocalDatabaseProvider, name: str) -> list[tuple[Any, ...]]:

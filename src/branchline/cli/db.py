@@ -375,6 +375,16 @@ def backup(ctx: typer.Context) -> None:
     )
 
 
+def _archive_line(archive: dict[str, Any]) -> str:
+    """Production's WAL archive and backups against max_archive_size."""
+    oldest = archive.get("oldest_restorable")
+    since = f", restorable from {oldest}" if oldest else ""
+    return (
+        f"{_human_size(archive['bytes'])} of {_human_size(archive['limit_bytes'])} "
+        f"(max_archive_size), {archive['backups']} base backup(s){since}"
+    )
+
+
 @app.command("gc")
 def gc(ctx: typer.Context) -> None:
     """Delete expired branches, clean up after crashes, refresh and prune backups."""
@@ -392,8 +402,11 @@ def gc(ctx: typer.Context) -> None:
         for key, value in data.items():
             if not value:
                 continue
+            if key == "archive":  # where the archive stands, not something done
+                console.print(f"archive: {_archive_line(value)}")
+                continue
             done = True
-            if key in ("archive_repaired", "notes"):  # sentences: one a line
+            if key in ("archive_repaired", "archive_pruned", "notes"):  # sentences: one a line
                 for item in value:
                     console.print(f"{key.replace('_', ' ')}: {item}", markup=False)
                 continue

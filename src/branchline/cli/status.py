@@ -115,6 +115,14 @@ def _render_storage(console: Console, storage: dict[str, Any]) -> None:
     elif branching == "copy":
         console.print("[bold]branches[/bold] pg_basebackup copies (time grows with the data; "
                       "`branchline db pool create` makes a filesystem that clones)")  # fmt: skip
+    history = storage.get("history")
+    if history is not None:
+        since = history["oldest_restorable"] or "no backup yet"
+        console.print(
+            f"[bold]history[/bold]  {human_bytes(history['bytes'])} of "
+            f"{human_bytes(history['limit_bytes'])} (WAL archive and {history['backups']} "
+            f"base backup(s); max_archive_size), restorable from {since}"
+        )
     archive = storage.get("archive")
     if archive is None:
         console.print("[bold]archive[/bold]  production is not running")

@@ -11,7 +11,7 @@ import re
 from datetime import timedelta
 from typing import Literal, Self
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from branchline.config.base import _Model
 from branchline.config.data import MaskValue, check_mask_rules
@@ -44,22 +44,43 @@ class LocalDatabaseConfig(_Model):
     # "copy" (an online pg_basebackup: time grows with the data), or "auto": clones
     # where the filesystem can (tried, not guessed), else copies.
     branching: Literal["auto", "clone", "copy"] = "auto"
+    # Production's WAL archive is kept this long: any moment this far back can be
+    # restored (`db restore`), unless max_archive_size drops older moments first. "0s"
+    # keeps only what the newest base backup needs.
+    wal_retention: Duration = timedelta(days=7)
+    # The most production's WAL archive and base backups together may take: "4GB", or a
+    # share of the filesystem, "10%". gc drops the oldest backups and their WAL past it.
+    # Default 10% of the filesystem: the same share as the reserve, so a busy
+    # production's archive never takes more than it, on any size of disk.
+    max_archive_size: str | int | None = None
 
-    @field_validator("min_free")
+    @field_validator("min_free", "max_archive_size")
     @classmethod
-    def _min_free(cls, value: str | int | None) -> str | int | None:
-        if value is not None:
-            try:
-                parse_size(value)
-            except ValueError as exc:
-                raise _invalid(
-                    str(exc), 'write a size such as `{key} = "500MB"` or a share `"10%"`'
-                ) from None
+    def _size(cls, value: str | int | None, info: ValidationInfo) -> str | int | None:
+        if value is None:
+            return value
+        try:
+            size = parse_size(value)
+        except ValueError as exc:
+            raise _invalid(
+                str(exc), 'write a size such as `{key} = "500MB"` or a share `"10%"`'
+            ) from None
+        if info.field_name == "max_archive_size" and size.of(1024**4) == 0:
+            raise _invalid(
+                f"max_archive_size = {value!r} leaves no room for even one base backup, "
+                "and a restore starts from one",
+                'write a size such as `{key} = "4GB"` or a share `"10%"` (the default)',
+            )
         return value
 
     @property
     def reserve(self) -> SizeSpec | None:
         return None if self.min_free is None else parse_size(self.min_free)
+
+    @property
+    def archive_limit(self) -> SizeSpec | None:
+        """None: the default, 10% of the filesystem."""
+        return None if self.max_archive_size is None else parse_size(self.max_archive_size)
 
 
 class NeonConfig(_Model):

@@ -36,7 +36,8 @@ from branchline.errors import BranchlineError
 from branchline.fakes.neon import FakeNeon
 from branchline.kit import Kit
 from branchline.operations.runtime import Pipelines, open_pipelines
-from branchline.providers.database import RootInitializer
+from branchline.postgres import reflink
+from branchline.providers.database import RootInitializer, pool
 from branchline.providers.forge import LocalPullRequests
 from branchline.secrets import generate_value
 from branchline.store import Store, locate_state
@@ -45,6 +46,7 @@ from branchline.store import runs as run_rows
 
 PRODUCTION = Environment.production()
 PREVIEW = Environment.preview(1)
+DEMO_POOL = "2G"  # sparse: the demo's branches take a few MB of it
 
 
 @dataclass
@@ -203,6 +205,8 @@ async def _setup(demo: Demo, config: Config, store: Store) -> str:
     kit.sandbox.check()  # code from the example's branches runs boxed, or not at all
     demo.say(f"  {escape(kit.sandbox.describe())}")
     if isinstance(kit.database, RootInitializer):
+        if demo.database == "local":
+            demo.say(f"  {escape(await asyncio.to_thread(_clones_for, demo, config, store))}")
         await kit.database.init_root()
     await kit.aclose()
     for name in config.secrets.production.names:
@@ -211,6 +215,20 @@ async def _setup(demo: Demo, config: Config, store: Store) -> str:
         daemon.ensure_running, demo.state_dir, config.path, workers=False
     )  # the demo runs its pipelines here, to tell each step as it happens
     return f"production branch ready; edge on port {info.edge_port}, DNS on {info.dns_port}"
+
+
+def _clones_for(demo: Demo, config: Config, store: Store) -> str:
+    """Branches as copy-on-write clones where the machine can: on the demo's own disk
+    if it clones, else in a small pool (a loop-mounted XFS) the teardown removes."""
+    state = store.location.project_dir(config.project.name)
+    if reflink.can_clone(state / "branches"):
+        return "database branches: copy-on-write clones (this disk can clone files)"
+    why = pool.why_not_here()
+    if why is not None:
+        return f"database branches: pg_basebackup copies ({why} for clones)"
+    pool.create(state, DEMO_POOL, stop_clusters=lambda: None)
+    return (f"database branches: copy-on-write clones, in a {DEMO_POOL} pool made for the "
+            "demo (a loop-mounted XFS; `db pool create` does it for a project)")  # fmt: skip
 
 
 def _forge(kit: Kit) -> LocalPullRequests:

@@ -21,6 +21,7 @@ from branchline.demo.scenario import Demo, config_env
 from branchline.edge import daemon
 from branchline.kit import Kit
 from branchline.postgres import Cluster
+from branchline.providers.database import pool
 from branchline.store import Store, locate_state
 
 # Each cancels the demo's main task, as asyncio.run does for Ctrl-C: Python's default
@@ -125,6 +126,11 @@ def teardown(demo: Demo) -> Removal:
         except Exception as exc:  # keep tearing down: the clusters must go regardless
             removal.problems.append(f"stopping the services through the state failed: {exc}")
     removal.clusters = _destroy_clusters(demo.state_dir, removal)
+    for project in projects.glob("*"):  # a pool the demo made for clones: unmounted
+        try:
+            pool.discard(project)
+        except Exception as exc:
+            removal.problems.append(f"its pool in {project} was not removed: {exc}")
     # The fake Neon after the services (they used its branches), before the strays:
     # stopped, it stops its own clusters (a local provider's, in its directory); they
     # are destroyed then, their sockets' directories (outside it) with them.

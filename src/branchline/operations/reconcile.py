@@ -189,7 +189,9 @@ async def _branches(kit: Kit, dry_run: bool) -> list[Finding]:
         root = kit.config.database.parent
         for what in report.archive_repaired:
             found.append(Finding("archive", root, "repair", what, True))
-        for note in report.notes:  # a failing archive is news; a skipped spare is not
-            if note.startswith("WAL archiving"):
+        for what in report.archive_pruned:  # wal_retention, max_archive_size
+            found.append(Finding("archive", root, "prune", what, True))
+        for note in report.notes:  # a failing or oversized archive is news; a spare is not
+            if note.startswith(("WAL archiving", "production's WAL archive")):
                 found.append(Finding("archive", root, "wait", note, False))
     return found

@@ -38,6 +38,8 @@ def database_provider(config: Config, store: Store) -> DatabaseProvider:
             binaries=find_binaries({"BRANCHLINE_PG_BIN": pg_bin}) if pg_bin else None,
             min_free=config.database.local.reserve,
             branching=config.database.local.branching,
+            wal_retention=config.database.local.wal_retention,
+            max_archive_size=config.database.local.archive_limit,
         )
     if provider == "neon" and config.database.neon is not None:
         from branchline.providers.database.neon import NeonDatabaseProvider

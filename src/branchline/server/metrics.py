@@ -36,6 +36,14 @@ def storage_lines(storage: dict[str, Any]) -> str:
     gauge("branchline_disk_reserve_bytes",
           "Free bytes kept for production's WAL ([database.local] min_free).",
           disk["reserve_bytes"])  # fmt: skip
+    history = storage.get("history")
+    if history is not None:
+        gauge("branchline_wal_archive_size_bytes",
+              "Production's WAL archive and base backups on the disk.",
+              history["bytes"])  # fmt: skip
+        gauge("branchline_wal_archive_limit_bytes",
+              "What they may take ([database.local] max_archive_size).",
+              history["limit_bytes"])  # fmt: skip
     archive = storage.get("archive")
     if archive is not None:
         gauge("branchline_wal_archive_failing",

@@ -136,6 +136,9 @@ class GcReport:
     stale_rows_removed: list[str] = field(default_factory=list)
     backup_taken: bool = False
     backups_pruned: list[str] = field(default_factory=list)
+    archive_pruned: list[str] = field(default_factory=list)  # what went, and by which rule
+    # production's WAL archive and backups after gc: bytes, limit_bytes, oldest_restorable
+    archive: dict[str, Any] | None = None
     spare_rebuilt: bool = False
     archive_repaired: list[str] = field(default_factory=list)  # partial segments removed...
     notes: list[str] = field(default_factory=list)  # what could not be done, and why
@@ -148,6 +151,8 @@ class GcReport:
             "stale_rows_removed": self.stale_rows_removed,
             "backup_taken": self.backup_taken,
             "backups_pruned": self.backups_pruned,
+            "archive_pruned": self.archive_pruned,
+            "archive": self.archive,
             "spare_rebuilt": self.spare_rebuilt,
             "archive_repaired": self.archive_repaired,
             "notes": self.notes,

@@ -5,6 +5,7 @@ Layout under the state directory:
     branches/<name>/        a cluster home (data/, cluster.json, postgres.log)
     wal-archive/<root>/     the root branch's archived WAL (for point-in-time restore)
     backups/<root>/<ts>/    base backups of the root branch (data/, backup.json)
+    trash/                  what is being removed (set aside first; gc empties it)
 
 The root branch (`production`) is created by `init_root` with WAL archiving
 on; every other branch is an online copy of its parent, started on a free
@@ -32,24 +33,32 @@ from psycopg import sql
 
 from branchline import branchdata, naming
 from branchline.branchdata import DataPlan, ShapeReport
-from branchline.config.sizes import SizeSpec
+from branchline.config.sizes import SizeSpec, human_bytes
 from branchline.errors import BranchlineError, PostgresError, UsageError
 from branchline.locking import finish_in_thread
-from branchline.postgres import Cluster, ClusterState, PgBinaries, archiver, reflink, roles, space
+from branchline.postgres import (
+    Cluster,
+    ClusterState,
+    PgBinaries,
+    archiver,
+    extents,
+    reflink,
+    roles,
+    space,
+)
 from branchline.postgres.cluster import FAST_SETTINGS
 from branchline.postgres.copy import (
     BaseBackup,
     archive_settings,
     clone,
     clone_online,
-    directory_size,
     make_standby,
     promote_standby,
     restore_to_time,
     standby_is_streaming,
     take_base_backup,
 )
-from branchline.providers.database import Branch, BranchStatus, GcReport, pool
+from branchline.providers.database import Branch, BranchStatus, GcReport, local_retention, pool
 from branchline.providers.database.local_disk import (
     Disk,
     log_once,
@@ -68,7 +77,9 @@ from branchline.store.queries import Conn
 
 PROVIDER = "local"
 RESOURCE_KIND = "database_branch"
-SPARE_LOCK = "spare"  # not a valid branch name, so no branch lock can clash with it
+# Not valid branch names (a '-' never doubles), so no branch's lock clashes with them.
+SPARE_LOCK = "spare--"
+HISTORY_LOCK = "history--"  # held by a restore while it reads backups and WAL gc may prune
 
 # A dozen idle branches must fit on a small machine: small buffers, few
 # connections, but enough WAL senders for several concurrent copies of one parent.
@@ -88,7 +99,11 @@ LIGHT_SETTINGS = {
 EPHEMERAL_SETTINGS = FAST_SETTINGS
 # An idle branch is a handful of processes; the logical replication launcher is one
 # a branch never uses (about 1.5 MB of its 10 MB, measured: bench/branch_memory.py).
-IDLE_SETTINGS = {"max_logical_replication_workers": "0"}
+# New WAL segments neither zero-filled nor recycled: on a copy-on-write filesystem
+# both write whole 16 MB segments a clone would otherwise own (Postgres' advice for
+# such filesystems; a clone owned 16.2 MB, now 0.2 MB).
+BRANCH_SETTINGS = {"max_logical_replication_workers": "0", "wal_init_zero": "off",
+                 "wal_recycle": "off"}  # fmt: skip
 Branching = Literal["auto", "clone", "copy"]
 CLONE = "clone"  # copy-on-write clones of the parent's files (XFS reflink, btrfs)
 COPY = "copy"  # an online pg_basebackup of the parent
@@ -110,12 +125,18 @@ class LocalDatabaseProvider:
         binaries: PgBinaries | None = None,
         min_free: SizeSpec | None = None,
         branching: Branching = "auto",
+        wal_retention: timedelta = timedelta(days=7),
+        max_archive_size: SizeSpec | None = None,
     ) -> None:
         self.project = project
         self.branching = branching
         self._clones: bool | None = None  # whether the branches' filesystem can clone
         self._pooled = False  # whether the branches' data was in a pool at the last look
         self.min_free = min_free  # None: 10% of the filesystem, at most 1 GB
+        # How long and how big production's restore history may grow (gc prunes it).
+        self.retention = local_retention.Retention(
+            wal_retention, max_archive_size or local_retention.DEFAULT_LIMIT
+        )
         self._said: set[str] = set()  # background warnings already logged
         self.spare_note: str | None = None  # why the last ensure_spare made none
         self.binaries = binaries
@@ -248,6 +269,19 @@ class LocalDatabaseProvider:
                 f"point-in-time copies come only from {self.root!r}, which archives its WAL",
                 hint=f"Drop --parent, or use --parent {self.root}.",
             )
+        async with contextlib.AsyncExitStack() as stack:
+            if at is not None:  # gc prunes no backup or WAL while a restore reads them
+                await stack.enter_async_context(self._locked(HISTORY_LOCK))
+            return await self._create_locked(name, parent, at, expires, data)
+
+    async def _create_locked(
+        self,
+        name: str,
+        parent: str,
+        at: datetime | None,
+        expires: datetime | None,
+        data: DataPlan | None,
+    ) -> Branch:
         async with self._locked(name) as conn:
             row = await branch_rows.get(conn, self.project, name)
             if row is not None and row.status == BranchStatus.READY.value:
@@ -350,8 +384,9 @@ class LocalDatabaseProvider:
         low = room.free < room.reserve
         spares = [spare.home] if low and spare is not None and spare.home.exists() else []
         return self.disk.reclaimable(
-            rows, now=datetime.now(UTC), spares=spares, backups=self.backups()
-        )
+            rows, now=datetime.now(UTC), spares=spares, backups=self.backups(),
+            retention=self.retention.age,
+        )  # fmt: skip
 
     async def reclaimable(self) -> space.Reclaimable:
         """What `gc` could free now (shown when a copy is refused for want of room)."""
@@ -403,7 +438,7 @@ class LocalDatabaseProvider:
         return report
 
     def _branch_settings(self) -> dict[str, str]:
-        return {**LIGHT_SETTINGS, **EPHEMERAL_SETTINGS, **IDLE_SETTINGS}
+        return {**LIGHT_SETTINGS, **EPHEMERAL_SETTINGS, **BRANCH_SETTINGS}
 
     async def restore(self, name: str, at: datetime) -> Branch:
         return await self.create_branch(name, self.root, at=at)
@@ -483,17 +518,51 @@ class LocalDatabaseProvider:
     async def _delete_locked(self, conn: Conn, name: str) -> bool:
         row = await branch_rows.get(conn, self.project, name)
         cluster = self.cluster(name)
-        if row is None and not cluster.home.exists():
+        history = name == self.root and self._history_left()
+        if row is None and not cluster.home.exists() and not history:
             return False
         await resources.record(conn, self.project, RESOURCE_KIND, name, "deleting")
         if row is not None:
             await branch_rows.update(conn, self.project, name, status=BranchStatus.DELETING.value)
         await finish_in_thread(cluster.destroy)
         if name == self.root:
+            # Nothing of a deleted production lingers: its spare, WAL and backups go
+            # too. The row goes last, so a crash before it leaves a `deleting` record
+            # that gc finishes by coming back here.
             await finish_in_thread(self.drop_spare)
+            await finish_in_thread(self._remove_history)
         await branch_rows.delete(conn, self.project, name)
         await resources.record(conn, self.project, RESOURCE_KIND, name, "deleted")
         return True
+
+    def _history_left(self) -> bool:
+        return self.archive_dir.exists() or self.backups_dir.exists()
+
+    def _remove_history(self) -> None:
+        """Production's WAL archive and base backups, backups first: WAL without a
+        backup restores nothing, a backup without its WAL would still be offered."""
+        for path in (self.backups_dir, self.archive_dir):
+            self._discard(path)
+
+    @property
+    def _trash(self) -> Path:
+        return self.state_dir / "trash"
+
+    def _discard(self, path: Path) -> None:
+        """Remove `path` crash-safely: moved out of sight at once (a half-removed
+        backup must never be offered for a restore), then deleted; gc empties what a
+        crash left in the trash."""
+        self._trash.mkdir(exist_ok=True)
+        aside = self._trash / f"{path.parent.name}-{path.name}-{os.urandom(4).hex()}"
+        try:
+            path.rename(aside)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(aside, ignore_errors=True)
+
+    def _empty_trash(self) -> None:
+        for path in self._trash.glob("*") if self._trash.exists() else ():
+            shutil.rmtree(path, ignore_errors=True)
 
     async def reset_branch(self, name: str, *, source: str | None = None) -> Branch:
         """The branch's data replaced by `source`'s current data (default: its
@@ -558,10 +627,28 @@ class LocalDatabaseProvider:
             return await self._branch(conn, name)
 
     async def list_branches(self) -> list[Branch]:
+        """Every branch, with its size measured now (see `_size_now`)."""
         await self._pool_ready()
         async with self.store.connect() as conn:
             rows = await branch_rows.list_all(conn, self.project)
-            return [branch_from_row(row, self._compute_state(row.name)) for row in rows]
+        sizes = await finish_in_thread(lambda: {row.name: self._size_now(row.name) for row in rows})
+        return [
+            dataclasses.replace(
+                branch_from_row(row, self._compute_state(row.name)),
+                size_bytes=sizes[row.name],  # None: its cluster is gone
+            )
+            for row in rows
+        ]
+
+    def _size_now(self, name: str) -> int | None:
+        """What the branch takes on the disk now, None when its cluster is gone. A
+        branch's size is what deleting it would give back: the extents it does not
+        share with its parent (a clone shares nearly all until written). The root's is
+        everything it holds, shared or not: the clones are copies of it."""
+        home = self.cluster(name).home.resolve()  # an adopted spare is a link
+        if not home.is_dir():
+            return None
+        return space.tree_size(home) if name == self.root else extents.own_bytes(home)
 
     async def connection_uri(self, name: str) -> str:
         await self._pool_ready()
@@ -764,7 +851,8 @@ class LocalDatabaseProvider:
         def gather() -> dict[str, Any]:
             status = self.disk.archive_status()
             return {"disk": self.disk.room().as_dict(), "branching": self.branching_method(),
-                    "archive": status.as_dict() if status is not None else None}  # fmt: skip
+                    "archive": status.as_dict() if status is not None else None,
+                    "history": self._archive_usage().as_dict()}  # fmt: skip
 
         return await finish_in_thread(gather)
 
@@ -816,12 +904,19 @@ class LocalDatabaseProvider:
         usable = [b for b in self.backups() if b.end_time <= at]
         if not usable:
             known = self.backups()
-            earliest = known[0].end_time.isoformat() if known else None
+            if not known:
+                raise UsageError(
+                    f"no base backup of {self.root!r} exists, so no moment can be restored",
+                    hint="Run `branchline db init` (a new production), or `branchline db "
+                    "backup` to make moments from now on restorable.",
+                )
+            earliest = known[0].end_time.isoformat()
             raise UsageError(
-                f"no base backup of {self.root!r} is older than {at.isoformat()}",
-                hint=f"The earliest moment you can restore to is {earliest}."
-                if earliest
-                else "Run `branchline db init` first.",
+                f"{at.isoformat()} cannot be restored: the moments of {self.root!r} that can "
+                f"be are from {earliest} until now",
+                hint=f"The earliest moment you can restore to is {earliest}. Older history "
+                f"is pruned by [database.local] {self.retention.describe()}: raise them in "
+                "branchline.toml to keep more.",
             )
         return usable[-1]
 
@@ -832,13 +927,15 @@ class LocalDatabaseProvider:
         *,
         now: datetime | None = None,
         backup_interval: timedelta = timedelta(hours=24),
-        backup_retention: timedelta = timedelta(days=7),
+        backup_retention: timedelta | None = None,
         keep_spare: bool = True,
     ) -> GcReport:
         """Delete expired branches, finish or undo what a crash interrupted, remove
         clusters the store does not know and rows whose cluster is gone, and keep
-        the root's base backups fresh and pruned."""
+        the root's base backups fresh and its restore history within
+        `wal_retention` and `max_archive_size` (see local_retention)."""
         now = now or datetime.now(UTC)
+        backup_retention = self.retention.age if backup_retention is None else backup_retention
         report = GcReport()
         await self._pool_ready()
         async with self.store.connect() as conn:
@@ -869,12 +966,19 @@ class LocalDatabaseProvider:
                 )
                 report.interrupted_cleaned.append(f"{resource.name} ({current.state})")
         await self._remove_strays(report)
+        await finish_in_thread(self._empty_trash)
         report.archive_repaired, gap = await finish_in_thread(self.disk.repair)
         resumed = await finish_in_thread(self.disk.nudge)
         if resumed:
             report.archive_repaired.append(resumed)
         # After a gap in the archive only a backup taken after it restores later moments.
-        interval = timedelta(0) if gap else backup_interval
+        # A backup at least every `wal_retention`: the WAL from the newest backup on
+        # is kept whatever its age, so it bounds how old the archive gets.
+        interval = backup_interval
+        if backup_retention > timedelta(0):
+            interval = min(interval, backup_retention)
+        if gap:
+            interval = timedelta(0)
         await self._maintain_backups(report, now, interval, backup_retention)
         # Never needs a spare to run: one that cannot be made is a note, not a failure.
         if keep_spare:
@@ -905,6 +1009,18 @@ class LocalDatabaseProvider:
                 await branch_rows.delete(conn, self.project, name)
                 await resources.record(conn, self.project, RESOURCE_KIND, name, "deleted")
                 report.stale_rows_removed.append(name)
+        if self.root not in known and self.root not in on_disk and self._history_left():
+            async with self._try_locked(self.root) as conn:
+                # Unlocked and still no row: no init is under way; this is what a
+                # deleted production left (init_root clears it too before it starts).
+                if (
+                    conn is not None
+                    and await branch_rows.get(conn, self.project, self.root) is None
+                ):
+                    await finish_in_thread(self._remove_history)
+                    report.archive_pruned.append(
+                        f"the WAL archive and backups of the deleted {self.root!r}"
+                    )
 
     async def _maintain_backups(
         self, report: GcReport, now: datetime, interval: timedelta, retention: timedelta
@@ -920,21 +1036,82 @@ class LocalDatabaseProvider:
                 report.notes.append(f"no new base backup: {exc.message}")
         if not backups:
             return
-        # Keep every backup younger than the retention, and always the newest.
-        keep_from = next(
-            (i for i, b in enumerate(backups) if b.end_time > now - retention), len(backups) - 1
+        async with self._try_locked(HISTORY_LOCK) as free:
+            if free is None:
+                # A restore is reading the backups and WAL: pruning waits for the next
+                # pass rather than pull them away from under it.
+                report.notes.append(
+                    f"pruning the WAL archive of {self.root!r} waits for the next gc: "
+                    "a restore from it is under way"
+                )
+            else:
+                keep_from = local_retention.kept_by_age(backups, now, retention)
+                backups = await self._drop_backups(report, backups, keep_from, "wal_retention")
+                backups = await self._prune_to_size(report, backups)
+        usage = await finish_in_thread(self._archive_usage, backups)
+        report.archive = usage.as_dict()
+        if usage.over:
+            report.notes.append(
+                f"production's WAL archive and base backups take {usage.describe()} "
+                "([database.local] max_archive_size) even with only the newest base backup "
+                "kept: raise max_archive_size, or make production's data smaller"
+            )
+
+    async def _prune_to_size(self, report: GcReport, backups: list[BaseBackup]) -> list[BaseBackup]:
+        """Within max_archive_size: the oldest backups go (and the WAL before the next
+        one) while over it; when the only one left and its WAL are too much, a fresh
+        backup (if there is room) replaces it, so the WAL before it can go."""
+        usage = await finish_in_thread(self._archive_usage, backups)
+        while usage.over and len(backups) > 1:
+            backups = await self._drop_backups(report, backups, 1, "max_archive_size")
+            usage = await finish_in_thread(self._archive_usage, backups)
+        if not usage.over:
+            return backups
+        data = await finish_in_thread(
+            space.tree_size, self.cluster(self.root).data_dir, skip=("pg_wal",)
         )
+        if not local_retention.fresh_backup_helps(data, usage):
+            return backups
+        try:
+            backups.append(await self.take_backup())
+            report.backup_taken = True
+        except space.DiskFullError as exc:
+            report.notes.append(f"no fresh base backup to shrink the archive: {exc.message}")
+            return backups
+        return await self._drop_backups(report, backups, len(backups) - 1, "max_archive_size")
+
+    async def _drop_backups(
+        self, report: GcReport, backups: list[BaseBackup], keep_from: int, rule: str
+    ) -> list[BaseBackup]:
+        """Drop `backups[:keep_from]`, then the WAL before the oldest kept one (it can
+        never be replayed again); `rule` says why, in the report."""
         for old in backups[:keep_from]:
-            await finish_in_thread(shutil.rmtree, old.path, True)
+            await finish_in_thread(self._discard, old.path)
             report.backups_pruned.append(old.path.name)
-        oldest = backups[keep_from]
+        kept = backups[keep_from:]
+        oldest = kept[0]
+        before = await finish_in_thread(local_retention.segment_sizes, self.archive_dir)
         root = self.cluster(self.root)
-        # WAL older than the oldest kept backup can never be replayed again.
         await finish_in_thread(
             root.run_tool,
             [root.binaries.path("pg_archivecleanup"), str(self.archive_dir), oldest.start_wal_file],
             what="pg_archivecleanup",
         )
+        after = await finish_in_thread(local_retention.segment_sizes, self.archive_dir)
+        gone = [name for name in before if name not in after]
+        if keep_from or gone:
+            freed = human_bytes(sum(before[name] for name in gone))
+            report.archive_pruned.append(
+                f"{keep_from} base backup(s) and {len(gone)} WAL segment(s) ({freed}) from "
+                f"before {oldest.end_time.isoformat()} ({rule})"
+            )
+        return kept
+
+    def _archive_usage(
+        self, backups: list[BaseBackup] | None = None
+    ) -> local_retention.ArchiveUsage:
+        kept = self.backups() if backups is None else backups
+        return local_retention.measure(self.state_dir, self.archive_dir, kept, self.retention.size)
 
     # -- internals ----------------------------------------------------------
 
@@ -993,7 +1170,7 @@ class LocalDatabaseProvider:
 
     async def _mark_ready(self, conn: Conn, name: str, *, detail: dict[str, Any]) -> Branch:
         cluster = self.cluster(name)
-        size = await finish_in_thread(directory_size, cluster.data_dir)
+        size = await finish_in_thread(self._size_now, name)
         await branch_rows.update(
             conn,
             self.project,

@@ -20,7 +20,7 @@ import psycopg
 
 from branchline.config.sizes import SizeSpec, human_bytes
 from branchline.errors import PostgresError
-from branchline.postgres import Cluster, ClusterState, archiver, space
+from branchline.postgres import Cluster, ClusterState, archiver, extents, space
 from branchline.postgres.copy import BaseBackup, archive_settings
 from branchline.providers.database import pool
 from branchline.store import branches as branch_rows
@@ -70,7 +70,8 @@ class Disk:
             if r.expires_at is not None and r.expires_at <= now and r.parent is not None
         ]
         if expired:
-            size = sum(space.tree_size(self.branch_home(n).resolve()) for n in expired)
+            # What deleting them gives back: not the extents a clone shares.
+            size = sum(extents.own_bytes(self.branch_home(n).resolve()) for n in expired)
             items.append((f"{len(expired)} expired branch(es)", size))
         homes = self.state_dir / "branches"
         strays = [p for p in homes.glob("*") if p.name not in known] if homes.exists() else []

@@ -498,6 +498,37 @@ def create(
     return outcome
 
 
+def why_not_here() -> str | None:
+    """Why no pool can be made on this machine (root, mkfs.xfs, loop devices), or None."""
+    if os.geteuid() != 0:
+        return "making a pool needs root"
+    if shutil.which(MKFS[0]) is None:
+        return "making a pool needs mkfs.xfs (Debian's xfsprogs)"
+    if not Path("/dev/loop-control").exists():
+        return "this machine has no loop devices"
+    return None
+
+
+def discard(state_dir: Path) -> bool:
+    """Unmount and remove a throw-away project's pool with everything in it (the
+    demo's, whose clusters are destroyed already): nothing is moved back. The data
+    directories' symlinks go with it. True if there was one."""
+    pool = load(state_dir)
+    if pool is None:
+        return False
+    with _locked(state_dir):
+        if mounted_source(pool.mount) is not None and is_mounted(pool):
+            _unmount(pool.mount)
+        pool.image.unlink(missing_ok=True)
+        record_file(state_dir).unlink(missing_ok=True)
+        for name in DATA_DIRS:
+            if (state_dir / name).is_symlink():
+                (state_dir / name).unlink()
+        with contextlib.suppress(OSError):
+            pool.mount.rmdir()
+    return True
+
+
 def _make(state_dir: Path, size: int) -> tuple[Pool, str | None]:
     if shutil.which(MKFS[0]) is None:
         raise UsageError(
