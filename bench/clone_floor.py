@@ -389,7 +389,8 @@ def _start_copy(source: Cluster, dest: Path) -> subprocess.Popen[bytes]:
 
 def _wait_answers(process: subprocess.Popen[bytes], dest: Path, source: Cluster,
                   timeout: float = 300.0) -> None:  # fmt: skip
-    """Until the copy's postmaster says ready (postmaster.pid) and answers SELECT 1."""
+    """Until the copy's postmaster says ready (postmaster.pid) and answers SELECT 1,
+    as a primary (a copy of a standby too: it ended recovery)."""
     port = (dest / "port").read_text()
     pidfile = dest / "data" / "postmaster.pid"
     deadline = time.monotonic() + timeout
@@ -404,7 +405,9 @@ def _wait_answers(process: subprocess.Popen[bytes], dest: Path, source: Cluster,
                 with psycopg.connect(host="127.0.0.1", port=port, user=meta.superuser,
                                      password=meta.password, dbname="postgres",
                                      connect_timeout=10) as conn:  # fmt: skip
-                    conn.execute("SELECT 1")
+                    row = conn.execute("SELECT 1, pg_is_in_recovery()").fetchone()
+                if row is None or row[1]:
+                    raise RuntimeError(f"the clone in {dest} opened still in recovery")
                 return
         time.sleep(0.002)
     raise RuntimeError(f"the clone in {dest} did not open within {timeout:.0f} s")
