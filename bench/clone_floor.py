@@ -231,9 +231,11 @@ def raw_copy(cluster: Cluster, dest: Path) -> float:
 
 
 def raw_basebackup(cluster: Cluster, dest: Path) -> float:
-    """`pg_basebackup` alone, as branchline calls it: the copy method's floor."""
+    """The copy method's floor, as the clone's is: `pg_basebackup` as branchline calls
+    it, then the copy started with `postgres -D` until `SELECT 1` answers."""
     dest.mkdir()
     cluster.run_as.own(dest)
+    process: subprocess.Popen[bytes] | None = None
     try:
         began = time.perf_counter()
         cluster.run_tool(
@@ -241,9 +243,12 @@ def raw_basebackup(cluster: Cluster, dest: Path) -> float:
             what="pg_basebackup",
             env=password_env(cluster),
         )
+        process = _start_copy(cluster, dest)
+        _wait_answers(process, dest, cluster)
         return time.perf_counter() - began
     finally:
-        shutil.rmtree(dest)
+        _stop_copy(process)
+        Cluster(dest).destroy()
 
 
 @dataclass
@@ -358,14 +363,18 @@ def raw_clone(source: Cluster, dest: Path, *, from_standby: bool) -> ClonePhases
         log_phases(dest / "postgres.log", answered, phases)
         return phases
     finally:
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGQUIT)  # immediate: the copy is thrown away
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        _stop_copy(process)
         Cluster(dest).destroy()  # anything of it still running, and its files
+
+
+def _stop_copy(process: subprocess.Popen[bytes] | None) -> None:
+    if process is not None and process.poll() is None:
+        process.send_signal(signal.SIGQUIT)  # immediate: the copy is thrown away
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _start_copy(source: Cluster, dest: Path) -> subprocess.Popen[bytes]:
