@@ -25,6 +25,7 @@ from branchline.errors import BranchlineError, UsageError
 from branchline.processes import ProcessId
 from branchline.providers.compute import ComputeProvider, DeploymentEnv
 from branchline.providers.compute.local import LocalComputeProvider
+from branchline.providers.reconciling import Finding
 from branchline.store import compute as compute_rows
 from branchline.store import routes
 from tests.integration.conftest import store_in
@@ -294,3 +295,49 @@ def test_unknown_service_and_commit_are_explained(
         run(provider, provider.build("nope", "HEAD"))
     with pytest.raises(UsageError, match="not a commit"):
         run(provider, provider.build("api", "deadbeef" * 5))
+
+
+def test_reconcile_leaves_the_route_of_a_deploy_under_way(
+    compute: tuple[LocalComputeProvider, Path],
+) -> None:
+    """A deploy points the route at its deployment while that is still `starting`,
+    then marks it live: a reconcile pass in between leaves the route alone (it
+    removed a first deploy's route, and the service answered 404 from then on)."""
+    provider, _repo = compute
+    host = "api.shop.localhost"
+    release = run(provider, provider.build("api", "HEAD"))
+    live = run(provider, provider.deploy("api", PRODUCTION, release, DB))
+    port = asyncio.run(route_port(provider, host))
+    assert port is not None
+
+    async def reconcile_between_its_switch_and_live() -> tuple[int, list[Finding]]:
+        # As a deploy holds it: its lock, its `starting` row, the route switched.
+        async with provider._locked(f"deploy:api:{PRODUCTION.name}") as conn:
+            starting = await compute_rows.insert_deployment(
+                conn, provider.project, "api", PRODUCTION.name, release.id, {"port": port}
+            )
+            await routes.set_route(conn, host=host, project=provider.project,
+                                   environment=PRODUCTION.name, service="api", port=port,
+                                   deployment_id=starting)  # fmt: skip
+            return starting, await provider.reconcile()
+
+    starting, found = asyncio.run(reconcile_between_its_switch_and_live())
+    assert not [f for f in found if f.kind == "route"], found
+    assert asyncio.run(route_deployment(provider, host)) == starting
+    # Its deploy failed instead: the route goes back to the live deployment.
+
+    async def failed() -> None:
+        async with provider.store.connect() as conn:
+            await compute_rows.update_deployment(conn, starting, status="failed")
+
+    asyncio.run(failed())
+    assert [f.action for f in run(provider, provider.reconcile()) if f.kind == "route"] == [
+        "point at the live deployment"
+    ]
+    assert asyncio.run(route_deployment(provider, host)) == live.id
+
+
+async def route_deployment(provider: LocalComputeProvider, host: str) -> int | None:
+    async with provider.store.connect() as conn:
+        route = await routes.get_route(conn, host)
+    return route.deployment_id if route else None

@@ -887,14 +887,23 @@ class LocalComputeProvider:
     async def _stale_routes(self, dry_run: bool) -> list[Finding]:
         found = []
         async with self.store.connect() as conn:
+            # Routes first, deployments after: a deploy points the route at its new
+            # deployment while that is still `starting`, then marks it live; read the
+            # other way round, a first deploy's route looked stale in between (and was
+            # removed: the service answered 404 until the next deploy).
+            listed = await routes.list_routes(conn, self.project)
             live = {
                 (d.service, d.environment): d
                 for d in await rows.deployments(conn, self.project, statuses=LIVE)
             }
-            for route in await routes.list_routes(conn, self.project):
+            starting = {d.id for d in await rows.deployments(conn, self.project,
+                                                              statuses=("starting",))}  # fmt: skip
+            for route in listed:
                 current = live.get((route.service, route.environment))
                 if current is not None and route.deployment_id == current.id:
                     continue
+                if route.deployment_id in starting:
+                    continue  # its deploy is under way: it marks it live or undoes it
                 if current is not None and "port" in current.detail:
                     finding = Finding(
                         "route", route.host, "point at the live deployment",
