@@ -155,6 +155,9 @@ def test_copies_where_clones_are_not_wanted_or_not_possible(
         assert "cannot clone files" in caught.value.message
         assert "db pool create" in caught.value.hint
         assert run(db, db.get_branch("pr-1")) is None  # refused before anything was made
+        # Housekeeping and status still work, and say why nothing can be made.
+        assert run(db, db.storage())["branching"].startswith("none: clones are set")
+        run(db, db.gc())
 
 
 def test_the_room_check_counts_a_clone_by_what_it_writes(

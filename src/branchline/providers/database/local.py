@@ -705,7 +705,7 @@ class LocalDatabaseProvider:
         await self._pool_ready()
         if self.cluster(self.root).state() is ClusterState.MISSING:
             return False
-        if await finish_in_thread(self.branching_method) == CLONE:
+        if await finish_in_thread(self._clones_usable):
             # A clone is as fast as promoting a spare, and costs no standby.
             if self.spare is not None:
                 await self._drop_spare_quietly()
@@ -845,12 +845,16 @@ class LocalDatabaseProvider:
         (`operations.runtime.keep_spare`) or `db gc`, never behind a command."""
 
     async def storage(self) -> dict[str, Any]:
+        """The disk, how branches are made, production's WAL archive and its history,
+        for `status` and `/metrics`."""
         await self._pool_ready()
-        """The disk and production's WAL archive, for `status` and `/metrics`."""
 
         def gather() -> dict[str, Any]:
             status = self.disk.archive_status()
-            return {"disk": self.disk.room().as_dict(), "branching": self.branching_method(),
+            branching = CLONE if self._clones_usable() else COPY
+            if branching == COPY and self.branching == CLONE:
+                branching = "none: clones are set, and this disk cannot make them"
+            return {"disk": self.disk.room().as_dict(), "branching": branching,
                     "archive": status.as_dict() if status is not None else None,
                     "history": self._archive_usage().as_dict()}  # fmt: skip
 
