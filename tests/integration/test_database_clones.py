@@ -20,6 +20,7 @@ from branchline.errors import UsageError
 from branchline.postgres import reflink, space
 from branchline.providers.database.local import LocalDatabaseProvider
 from branchline.store import Store
+from tests.chaos.smallfs import MB, small_filesystem
 from tests.integration.test_database_local import _provider, execute, run, uri
 
 pytestmark = pytest.mark.integration
@@ -147,17 +148,18 @@ def test_copies_where_clones_are_not_wanted_or_not_possible(
     for db in _provider(shared_store, clone_dir, branching="copy"):
         assert db.branching_method() == "copy"
         assert run(db, db.create_branch("pr-1")).detail["made_by"] == "copy"
-    if reflink.can_clone(cluster_root / "probe"):
-        return  # this machine's test clusters sit on a cloning disk: nothing to refuse
-    for db in _provider(shared_store, cluster_root, branching="clone"):
-        with pytest.raises(UsageError) as caught:
-            run(db, db.create_branch("pr-1"))
-        assert "cannot clone files" in caught.value.message
-        assert "db pool create" in caught.value.hint
-        assert run(db, db.get_branch("pr-1")) is None  # refused before anything was made
-        # Housekeeping and status still work, and say why nothing can be made.
-        assert run(db, db.storage())["branching"].startswith("none: clones are set")
-        run(db, db.gc())
+    # A tmpfs never clones (clone_dir's root makes it): clones demanded there.
+    with small_filesystem(cluster_root, 256 * MB) as no_clones:
+        assert not reflink.can_clone(no_clones / "probe")
+        for db in _provider(shared_store, no_clones, branching="clone"):
+            with pytest.raises(UsageError) as caught:
+                run(db, db.create_branch("pr-1"))
+            assert "cannot clone files" in caught.value.message
+            assert "db pool create" in caught.value.hint
+            assert run(db, db.get_branch("pr-1")) is None  # refused before anything was made
+            # Housekeeping and status still work, and say why nothing can be made.
+            assert run(db, db.storage())["branching"].startswith("none: clones are set")
+            run(db, db.gc())
 
 
 def test_the_room_check_counts_a_clone_by_what_it_writes(

@@ -15,6 +15,8 @@ import os
 import struct
 from pathlib import Path
 
+from branchline.postgres import space
+
 # linux/fiemap.h and linux/fs.h: _IOWR('f', 11, struct fiemap).
 FS_IOC_FIEMAP = 0xC020660B
 FIEMAP_EXTENT_LAST = 0x0001
@@ -39,15 +41,9 @@ class _Walker:
 
     def tree(self, path: str) -> int:
         total = 0
-        try:
-            entries = list(os.scandir(path))
-        except OSError:
-            return 0
-        for entry in entries:
+        for entry in space.walk(Path(path)):
             try:
-                if entry.is_dir(follow_symlinks=False):
-                    total += self.tree(entry.path)
-                elif entry.is_file(follow_symlinks=False):
+                if entry.is_file(follow_symlinks=False):
                     total += self.file(entry.path, entry.stat(follow_symlinks=False))
             except OSError:
                 continue

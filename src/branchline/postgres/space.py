@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,23 +131,35 @@ def disk_full(path: Path, what: str, reclaimable: Reclaimable,
     )
 
 
-def tree_size(path: Path, *, skip: tuple[str, ...] = ()) -> int:
-    """Bytes allocated under `path` (like `du`), leaving out top-level entries in `skip`."""
-    total = 0
+def walk(path: Path, *, skip: tuple[str, ...] = ()) -> Iterator[os.DirEntry[str]]:
+    """Every file and directory under `path` (symlinks not followed), leaving out
+    top-level entries in `skip`; what vanishes while walked is passed over (files come
+    and go in a live data directory)."""
     try:
         entries = list(os.scandir(path))
     except OSError:
-        return 0
+        return
     for entry in entries:
         if entry.name in skip:
             continue
+        yield entry
         try:
-            if entry.is_dir(follow_symlinks=False):
-                total += tree_size(Path(entry.path))
-            elif entry.is_file(follow_symlinks=False):
+            below = entry.is_dir(follow_symlinks=False)
+        except OSError:
+            continue
+        if below:
+            yield from walk(Path(entry.path))
+
+
+def tree_size(path: Path, *, skip: tuple[str, ...] = ()) -> int:
+    """Bytes allocated under `path` (like `du`), leaving out top-level entries in `skip`."""
+    total = 0
+    for entry in walk(path, skip=skip):
+        try:
+            if entry.is_file(follow_symlinks=False):
                 total += entry.stat(follow_symlinks=False).st_blocks * 512
         except OSError:
-            continue  # files come and go in a live data directory
+            continue
     return total
 
 
@@ -175,16 +188,4 @@ def clone_estimate(data_dir: Path, segment: int = WAL_SEGMENT) -> int:
 
 def file_count(path: Path) -> int:
     """Files and directories under `path` (each costs an inode in a clone)."""
-    count = 0
-    try:
-        entries = list(os.scandir(path))
-    except OSError:
-        return 0
-    for entry in entries:
-        count += 1
-        try:
-            if entry.is_dir(follow_symlinks=False):
-                count += file_count(Path(entry.path))
-        except OSError:
-            continue
-    return count
+    return sum(1 for _entry in walk(path))

@@ -1115,7 +1115,8 @@ class LocalDatabaseProvider:
         self, backups: list[BaseBackup] | None = None
     ) -> local_retention.ArchiveUsage:
         kept = self.backups() if backups is None else backups
-        return local_retention.measure(self.state_dir, self.archive_dir, kept, self.retention.size)
+        total = self.disk.room().total  # the pool's size, when the branches live in one
+        return local_retention.measure(total, self.archive_dir, kept, self.retention.size)
 
     # -- internals ----------------------------------------------------------
 

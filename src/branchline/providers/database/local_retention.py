@@ -15,7 +15,7 @@ from pathlib import Path
 
 from branchline.config.durations import format_duration
 from branchline.config.sizes import SizeSpec, human_bytes
-from branchline.postgres import archiver, space
+from branchline.postgres import archiver, extents, space
 from branchline.postgres.copy import BaseBackup
 
 DEFAULT_LIMIT = SizeSpec(fraction=0.10)  # as `[database.local] max_archive_size` says
@@ -67,12 +67,15 @@ class ArchiveUsage:
 
 
 def measure(
-    state_dir: Path, archive_dir: Path, backups: list[BaseBackup], limit: SizeSpec
+    disk_total: int, archive_dir: Path, backups: list[BaseBackup], limit: SizeSpec
 ) -> ArchiveUsage:
+    """The history's size against `limit` (a share of `disk_total`, the size of the
+    branches' filesystem). A backup counts its own bytes: one made of clones shares
+    its blocks with production until production writes them."""
     return ArchiveUsage(
         wal_bytes=space.tree_size(archive_dir),
-        backup_bytes=sum(space.tree_size(b.path) for b in backups),
-        limit_bytes=limit.of(space.measure(state_dir).total),
+        backup_bytes=sum(extents.own_bytes(b.path) for b in backups),
+        limit_bytes=limit.of(disk_total),
         backups=len(backups),
         oldest_restorable=backups[0].end_time if backups else None,
     )
